@@ -1,0 +1,136 @@
+//! The loaded base model with its tokenizer: what generation and training run on.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use candle_core::{DType, Device};
+
+use crate::config::ModelConfig;
+use crate::error::{EngineError, Result};
+use crate::fetch;
+use crate::generate::JsonVocab;
+use crate::loader;
+use crate::lora::{LoraAdapter, LoraConfig, PeftFiles};
+use crate::model::Model;
+use crate::tokenizer::ChatTokenizer;
+
+/// Model id of the default model, as the Hugging Face hub and vLLM name it.
+pub const DEFAULT_MODEL_ID: &str = "HuggingFaceTB/SmolLM2-135M-Instruct";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    /// SmolLM2-135M-Instruct from the model cache (`lift model fetch`).
+    Default,
+    Gguf(PathBuf),
+    HfDir(PathBuf),
+}
+
+impl ModelSource {
+    /// `default`, a `.gguf` file, or a directory with `config.json`.
+    pub fn parse(reference: &str) -> Result<Self> {
+        let reference = reference.trim();
+        if reference.is_empty() || reference == "default" || reference == DEFAULT_MODEL_ID {
+            return Ok(Self::Default);
+        }
+        let path = Path::new(reference);
+        if reference.ends_with(".gguf") {
+            if !path.is_file() {
+                return Err(EngineError::ModelMissing {
+                    path: path.to_path_buf(),
+                });
+            }
+            return Ok(Self::Gguf(path.to_path_buf()));
+        }
+        if path.join("config.json").is_file() {
+            return Ok(Self::HfDir(path.to_path_buf()));
+        }
+        Err(EngineError::InvalidModel(format!(
+            "unknown model `{reference}`: expected `default`, a .gguf file or a Hugging Face model directory with config.json"
+        )))
+    }
+
+    /// The id adapters record as their base model.
+    pub fn model_id(&self) -> String {
+        match self {
+            Self::Default => DEFAULT_MODEL_ID.to_string(),
+            Self::Gguf(path) | Self::HfDir(path) => path.display().to_string(),
+        }
+    }
+}
+
+/// CPU unless the `cuda` feature is on and a GPU is present (or `LIFT_DEVICE=cpu`).
+pub fn default_device() -> Device {
+    if std::env::var("LIFT_DEVICE").is_ok_and(|d| d == "cpu") {
+        return Device::Cpu;
+    }
+    Device::cuda_if_available(0).unwrap_or(Device::Cpu)
+}
+
+/// Base weights are bf16 on a GPU and f32 on CPU (where bf16 matmuls are slow).
+pub fn default_dtype(device: &Device) -> DType {
+    if device.is_cuda() {
+        DType::BF16
+    } else {
+        DType::F32
+    }
+}
+
+pub struct Engine {
+    pub model: Model,
+    pub tokenizer: ChatTokenizer,
+    model_id: String,
+    json_vocab: OnceLock<JsonVocab>,
+}
+
+impl Engine {
+    pub fn load(source: &ModelSource, device: &Device) -> Result<Self> {
+        let dtype = default_dtype(device);
+        let (model, tokenizer) = match source {
+            ModelSource::Default => {
+                let path = fetch::default_model_path();
+                fetch::verify_default_model(&path)?;
+                loader::load_gguf(&path, dtype, device)?
+            }
+            ModelSource::Gguf(path) => loader::load_gguf(path, dtype, device)?,
+            ModelSource::HfDir(dir) => loader::load_hf_dir(dir, dtype, device)?,
+        };
+        Ok(Self::from_parts(model, tokenizer, source.model_id()))
+    }
+
+    pub fn from_parts(model: Model, tokenizer: ChatTokenizer, model_id: String) -> Self {
+        Self {
+            model,
+            tokenizer,
+            model_id,
+            json_vocab: OnceLock::new(),
+        }
+    }
+
+    pub fn model_id(&self) -> &str {
+        &self.model_id
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.model.config
+    }
+
+    pub fn device(&self) -> &Device {
+        self.model.device()
+    }
+
+    pub fn new_adapter(&self, config: LoraConfig, seed: u64) -> Result<LoraAdapter> {
+        LoraAdapter::new(self.config(), config, &self.model_id, seed, self.device())
+    }
+
+    pub fn load_adapter(&self, files: &PeftFiles) -> Result<LoraAdapter> {
+        LoraAdapter::from_peft_files(files, self.config(), self.device())
+    }
+
+    pub(crate) fn json_vocab(&self) -> Result<&JsonVocab> {
+        if let Some(vocab) = self.json_vocab.get() {
+            return Ok(vocab);
+        }
+        let vocab = JsonVocab::build(self)?;
+        Ok(self.json_vocab.get_or_init(|| vocab))
+    }
+}

@@ -1,0 +1,505 @@
+//! Batched generation with a KV cache: greedy or sampled decoding, stop tokens and strings,
+//! a prefilled reply start, and an optional constraint that keeps the output a JSON list of
+//! question/answer pairs whatever the model would rather write.
+
+use std::collections::VecDeque;
+
+use candle_core::{DType, Tensor};
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::engine::Engine;
+use crate::error::{EngineError, Result};
+use crate::lora::LoraAdapter;
+use crate::model::{ForwardInput, KvCache};
+use crate::tokenizer::ChatMessage;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OutputConstraint {
+    /// `{"pairs": [{"question": "...", "answer": "..."}, ...]}` with exactly `pairs` entries.
+    QaJsonList { pairs: usize },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SamplingParams {
+    pub max_tokens: usize,
+    /// 0 means greedy.
+    pub temperature: f64,
+    pub top_p: f64,
+    /// 1.0 disables it; > 1 discourages tokens already generated.
+    pub repetition_penalty: f32,
+    pub stop: Vec<String>,
+    pub seed: u64,
+    pub constraint: Option<OutputConstraint>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self {
+            max_tokens: 256,
+            temperature: 0.0,
+            top_p: 1.0,
+            repetition_penalty: 1.0,
+            stop: Vec::new(),
+            seed: 0,
+            constraint: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerationRequest {
+    pub messages: Vec<ChatMessage>,
+    /// Text that starts the assistant's reply (not repeated in the output).
+    pub prefill: String,
+    pub params: SamplingParams,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    Stop,
+    Length,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerationOutput {
+    pub text: String,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub finish_reason: FinishReason,
+}
+
+/// Which tokens may appear inside a JSON string, and which close one.
+pub(crate) struct JsonVocab {
+    string_ok: Vec<bool>,
+    closes_string: Vec<bool>,
+}
+
+impl JsonVocab {
+    pub(crate) fn build(engine: &Engine) -> Result<Self> {
+        let vocab = engine.model.config.vocab_size;
+        let mut string_ok = vec![false; vocab];
+        let mut closes_string = vec![false; vocab];
+        for id in 0..vocab {
+            let text = engine.tokenizer.decode(&[id as u32])?;
+            if text.is_empty() || text.contains('\u{FFFD}') {
+                continue;
+            }
+            if text.starts_with('"') {
+                closes_string[id] = true;
+            } else if !text.chars().any(|c| c == '"' || c == '\\' || c.is_control()) {
+                string_ok[id] = true;
+            }
+        }
+        Ok(Self {
+            string_ok,
+            closes_string,
+        })
+    }
+}
+
+/// Longest string value the constraint lets the model write before closing it.
+const MAX_STRING_TOKENS: usize = 48;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum JsonField {
+    Question,
+    Answer,
+}
+
+struct JsonProgress {
+    pairs_total: usize,
+    pairs_done: usize,
+    field: JsonField,
+    string_tokens: usize,
+    closed: bool,
+}
+
+struct Row {
+    request: usize,
+    prompt_tokens: usize,
+    generated: Vec<u32>,
+    text: String,
+    streamed_len: usize,
+    forced: VecDeque<u32>,
+    rng: rand::rngs::StdRng,
+    json: Option<JsonProgress>,
+    next_position: u32,
+    /// Additive mask over cache columns (0 real, -inf padding).
+    column_mask: Vec<f32>,
+    finish: Option<FinishReason>,
+}
+
+impl Engine {
+    /// Generates a reply for every request, as one batch.
+    pub fn generate(
+        &self,
+        adapter: Option<&LoraAdapter>,
+        requests: &[GenerationRequest],
+    ) -> Result<Vec<GenerationOutput>> {
+        self.generate_with(adapter, requests, &mut |_, _| true)
+    }
+
+    /// Generates one reply, handing each new piece of text to `on_text`; returning false
+    /// from it stops generation.
+    pub fn generate_stream(
+        &self,
+        adapter: Option<&LoraAdapter>,
+        request: &GenerationRequest,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<GenerationOutput> {
+        let mut outputs = self.generate_with(adapter, std::slice::from_ref(request), &mut |_, t| {
+            on_text(t)
+        })?;
+        Ok(outputs.remove(0))
+    }
+
+    fn encode_prompt(&self, request: &GenerationRequest) -> Result<Vec<u32>> {
+        let rendered = self.tokenizer.render(&request.messages, true)?;
+        let ids = self.tokenizer.encode(&format!("{rendered}{}", request.prefill))?;
+        let context = self.model.config.max_position_embeddings;
+        if ids.len() >= context {
+            return Err(EngineError::PromptTooLong {
+                tokens: ids.len(),
+                context,
+            });
+        }
+        if ids.is_empty() {
+            return Err(EngineError::InvalidRequest("the prompt is empty".into()));
+        }
+        Ok(ids)
+    }
+
+    fn generate_with(
+        &self,
+        adapter: Option<&LoraAdapter>,
+        requests: &[GenerationRequest],
+        on_text: &mut dyn FnMut(usize, &str) -> bool,
+    ) -> Result<Vec<GenerationOutput>> {
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
+        let prompts = requests
+            .iter()
+            .map(|r| self.encode_prompt(r))
+            .collect::<Result<Vec<_>>>()?;
+        let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        let device = self.model.device();
+        let mut rows = Vec::with_capacity(requests.len());
+        let mut ids = Vec::with_capacity(requests.len() * longest);
+        let mut positions = Vec::with_capacity(requests.len() * longest);
+        let mut mask = Vec::with_capacity(requests.len() * longest * longest);
+        for (index, (request, prompt)) in requests.iter().zip(&prompts).enumerate() {
+            let pad = longest - prompt.len();
+            ids.extend(std::iter::repeat_n(self.tokenizer.pad_id(), pad));
+            ids.extend_from_slice(prompt);
+            positions.extend((0..longest).map(|j| j.saturating_sub(pad) as u32));
+            for i in 0..longest {
+                // A padding query attends to itself only, so it stays finite (an all -inf
+                // row would be NaN and spread through the next layer's keys).
+                mask.extend((0..longest).map(|j| {
+                    let visible = (j >= pad && j <= i) || (i < pad && j == i);
+                    if visible {
+                        0.0
+                    } else {
+                        f32::NEG_INFINITY
+                    }
+                }));
+            }
+            let mut forced = VecDeque::new();
+            let json = match request.params.constraint {
+                Some(OutputConstraint::QaJsonList { pairs }) => {
+                    forced.extend(self.tokenizer.encode("{\"pairs\": [{\"question\": \"")?);
+                    Some(JsonProgress {
+                        pairs_total: pairs.max(1),
+                        pairs_done: 0,
+                        field: JsonField::Question,
+                        string_tokens: 0,
+                        closed: false,
+                    })
+                }
+                None => None,
+            };
+            rows.push(Row {
+                request: index,
+                prompt_tokens: prompt.len(),
+                generated: Vec::new(),
+                text: String::new(),
+                streamed_len: 0,
+                forced,
+                rng: rand::rngs::StdRng::seed_from_u64(request.params.seed),
+                json,
+                next_position: prompt.len() as u32,
+                column_mask: (0..longest)
+                    .map(|j| if j >= pad { 0.0 } else { f32::NEG_INFINITY })
+                    .collect(),
+                finish: None,
+            });
+        }
+        let b = requests.len();
+        let dtype = self.model.dtype();
+        let input_ids = Tensor::from_vec(ids, (b, longest), device)?;
+        let positions = Tensor::from_vec(positions, (b, longest), device)?;
+        let mask = Tensor::from_vec(mask, (b, 1, longest, longest), device)?.to_dtype(dtype)?;
+        let mut cache = KvCache::new(self.model.config.num_layers);
+        let mut logits = self.model.forward(
+            &ForwardInput {
+                input_ids: &input_ids,
+                positions: &positions,
+                mask: Some(&mask),
+                adapter,
+                last_position_only: true,
+            },
+            Some(&mut cache),
+        )?;
+        let mut active: Vec<usize> = (0..b).collect();
+        let json_vocab = if requests.iter().any(|r| r.params.constraint.is_some()) {
+            Some(self.json_vocab()?)
+        } else {
+            None
+        };
+        loop {
+            let step_logits: Vec<Vec<f32>> = logits.squeeze(1)?.to_dtype(DType::F32)?.to_vec2()?;
+            let mut next_tokens = Vec::with_capacity(active.len());
+            for (slot, &row_index) in active.iter().enumerate() {
+                let row = &mut rows[row_index];
+                let request = &requests[row.request];
+                let token = self.next_token(row, &request.params, &step_logits[slot], json_vocab)?;
+                next_tokens.push(token);
+                if let Some(token) = token {
+                    row.generated.push(token);
+                    self.after_token(row, &request.params, on_text)?;
+                }
+                if row.finish.is_none()
+                    && (row.generated.len() >= self.token_budget(&request.params)
+                        || row.prompt_tokens + row.generated.len()
+                            >= self.model.config.max_position_embeddings)
+                {
+                    row.finish = Some(FinishReason::Length);
+                }
+            }
+            let still: Vec<usize> = (0..active.len())
+                .filter(|&slot| rows[active[slot]].finish.is_none())
+                .collect();
+            if still.is_empty() {
+                break;
+            }
+            if still.len() != active.len() {
+                let keep = Tensor::from_vec(
+                    still.iter().map(|&s| s as u32).collect::<Vec<_>>(),
+                    still.len(),
+                    device,
+                )?;
+                cache.select_rows(&keep)?;
+                next_tokens = still.iter().map(|&s| next_tokens[s]).collect();
+                active = still.iter().map(|&s| active[s]).collect();
+            }
+            let n = active.len();
+            let mut step_ids = Vec::with_capacity(n);
+            let mut step_positions = Vec::with_capacity(n);
+            let mut step_mask = Vec::new();
+            for (&row_index, token) in active.iter().zip(&next_tokens) {
+                let row = &mut rows[row_index];
+                step_ids.push(token.unwrap_or(self.tokenizer.pad_id()));
+                step_positions.push(row.next_position);
+                row.next_position += 1;
+                row.column_mask.push(0.0);
+                step_mask.extend_from_slice(&row.column_mask);
+            }
+            let columns = rows[active[0]].column_mask.len();
+            let input_ids = Tensor::from_vec(step_ids, (n, 1), device)?;
+            let positions = Tensor::from_vec(step_positions, (n, 1), device)?;
+            let mask = Tensor::from_vec(step_mask, (n, 1, 1, columns), device)?.to_dtype(dtype)?;
+            logits = self.model.forward(
+                &ForwardInput {
+                    input_ids: &input_ids,
+                    positions: &positions,
+                    mask: Some(&mask),
+                    adapter,
+                    last_position_only: true,
+                },
+                Some(&mut cache),
+            )?;
+        }
+        Ok(rows
+            .into_iter()
+            .map(|row| GenerationOutput {
+                text: row.text,
+                prompt_tokens: row.prompt_tokens,
+                completion_tokens: row.generated.len(),
+                finish_reason: row.finish.unwrap_or(FinishReason::Length),
+            })
+            .collect())
+    }
+
+    fn token_budget(&self, params: &SamplingParams) -> usize {
+        match params.constraint {
+            // Room for every string at its longest plus the JSON punctuation.
+            Some(OutputConstraint::QaJsonList { pairs }) => {
+                params.max_tokens.max(pairs.max(1) * (2 * MAX_STRING_TOKENS + 24) + 16)
+            }
+            None => params.max_tokens.max(1),
+        }
+    }
+
+    /// Picks the row's next token: a forced one if the constraint has any queued, else a
+    /// sampled one. None when the row just finished without a new token.
+    fn next_token(
+        &self,
+        row: &mut Row,
+        params: &SamplingParams,
+        logits: &[f32],
+        json_vocab: Option<&JsonVocab>,
+    ) -> Result<Option<u32>> {
+        if let Some(token) = row.forced.pop_front() {
+            return Ok(Some(token));
+        }
+        if let Some(json) = &row.json {
+            if json.closed {
+                row.finish = Some(FinishReason::Stop);
+                return Ok(None);
+            }
+        }
+        let mut scores = logits.to_vec();
+        if params.repetition_penalty != 1.0 {
+            for &id in &row.generated {
+                let s = &mut scores[id as usize];
+                *s = if *s > 0.0 {
+                    *s / params.repetition_penalty
+                } else {
+                    *s * params.repetition_penalty
+                };
+            }
+        }
+        if let (Some(json), Some(vocab)) = (&row.json, json_vocab) {
+            let must_close = json.string_tokens >= MAX_STRING_TOKENS;
+            for (id, score) in scores.iter_mut().enumerate() {
+                let allowed = vocab.closes_string[id] || (!must_close && vocab.string_ok[id]);
+                if !allowed {
+                    *score = f32::NEG_INFINITY;
+                }
+            }
+        }
+        let token = sample(&scores, params, &mut row.rng);
+        if let (Some(json), Some(vocab)) = (row.json.as_mut(), json_vocab) {
+            if vocab.closes_string[token as usize] {
+                let literal = close_json_string(json);
+                row.forced.extend(self.tokenizer.encode(literal)?);
+                return Ok(row.forced.pop_front());
+            }
+            json.string_tokens += 1;
+            return Ok(Some(token));
+        }
+        if self.tokenizer.stop_ids().contains(&token) {
+            row.finish = Some(FinishReason::Stop);
+            return Ok(None);
+        }
+        Ok(Some(token))
+    }
+
+    /// Updates the row's text, applies stop strings, streams what is safe to show.
+    fn after_token(
+        &self,
+        row: &mut Row,
+        params: &SamplingParams,
+        on_text: &mut dyn FnMut(usize, &str) -> bool,
+    ) -> Result<()> {
+        row.text = self.tokenizer.decode(&row.generated)?;
+        let mut safe_len = row.text.len();
+        if row.json.is_none() {
+            for stop in params.stop.iter().filter(|s| !s.is_empty()) {
+                if let Some(at) = row.text.find(stop.as_str()) {
+                    row.text.truncate(at);
+                    row.finish = Some(FinishReason::Stop);
+                    safe_len = at;
+                    break;
+                }
+                // Hold back a tail that could still become a stop string.
+                for keep in (1..stop.len()).rev() {
+                    if stop.is_char_boundary(keep) && row.text.ends_with(&stop[..keep]) {
+                        safe_len = safe_len.min(row.text.len() - keep);
+                        break;
+                    }
+                }
+            }
+        }
+        if row.finish.is_none() && row.text.ends_with('\u{FFFD}') {
+            // An incomplete multi-byte character; wait for its remaining bytes.
+            safe_len = safe_len.min(row.text.len() - '\u{FFFD}'.len_utf8());
+        }
+        let safe_len = safe_len.min(row.text.len());
+        if safe_len > row.streamed_len && row.text.is_char_boundary(safe_len) {
+            let delta = row.text[row.streamed_len..safe_len].to_string();
+            row.streamed_len = safe_len;
+            if !on_text(row.request, &delta) {
+                row.finish = Some(FinishReason::Stop);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The literal that ends the current string and opens the next one (or ends the object).
+fn close_json_string(json: &mut JsonProgress) -> &'static str {
+    json.string_tokens = 0;
+    match json.field {
+        JsonField::Question => {
+            json.field = JsonField::Answer;
+            "\", \"answer\": \""
+        }
+        JsonField::Answer => {
+            json.pairs_done += 1;
+            json.field = JsonField::Question;
+            if json.pairs_done < json.pairs_total {
+                "\"}, {\"question\": \""
+            } else {
+                json.closed = true;
+                "\"}]}"
+            }
+        }
+    }
+}
+
+fn sample(scores: &[f32], params: &SamplingParams, rng: &mut rand::rngs::StdRng) -> u32 {
+    let argmax = || {
+        scores
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(i, _)| i as u32)
+            .unwrap_or(0)
+    };
+    if params.temperature <= 0.0 {
+        return argmax();
+    }
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut probs: Vec<(u32, f64)> = scores
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.is_finite())
+        .map(|(i, &s)| (i as u32, (((s - max) as f64) / params.temperature).exp()))
+        .collect();
+    probs.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let total: f64 = probs.iter().map(|p| p.1).sum();
+    let top_p = if params.top_p > 0.0 { params.top_p.min(1.0) } else { 1.0 };
+    let mut kept = 0.0;
+    let mut cutoff = probs.len();
+    for (i, p) in probs.iter().enumerate() {
+        kept += p.1 / total;
+        if kept >= top_p {
+            cutoff = i + 1;
+            break;
+        }
+    }
+    probs.truncate(cutoff);
+    let kept_total: f64 = probs.iter().map(|p| p.1).sum();
+    let mut target = rng.random::<f64>() * kept_total;
+    for (id, p) in &probs {
+        target -= p;
+        if target <= 0.0 {
+            return *id;
+        }
+    }
+    probs.last().map(|p| p.0).unwrap_or_else(argmax)
+}

@@ -1,0 +1,22 @@
+//! lift's model engine: Llama/Qwen2 models written from differentiable candle ops, LoRA
+//! adapters in the PEFT format, supervised fine-tuning and batched generation.
+
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod fetch;
+pub mod generate;
+pub mod loader;
+pub mod lora;
+pub mod model;
+pub mod tokenizer;
+pub mod train;
+
+pub use candle_core::{DType, Device};
+pub use config::{Architecture, ModelConfig};
+pub use engine::{default_device, default_dtype, Engine, ModelSource, DEFAULT_MODEL_ID};
+pub use error::{EngineError, Result};
+pub use generate::{FinishReason, GenerationOutput, GenerationRequest, OutputConstraint, SamplingParams};
+pub use lora::{LoraAdapter, LoraConfig, PeftConfig, PeftFiles, Projection};
+pub use tokenizer::{ChatMessage, ChatTokenizer};
+pub use train::{LrSchedule, SftExample, SftTrainer, StepStats, TrainerOptions};

@@ -1,0 +1,217 @@
+//! Tests on the real default model (SmolLM2-135M-Instruct). They need the model cache:
+//! `lift model fetch` or `scripts/fetch-model.sh` (the test script runs it).
+
+use std::sync::{Arc, OnceLock};
+
+use candle_core::quantized::gguf_file;
+use candle_core::{Device, Tensor};
+use lift_engine::fetch::default_model_path;
+use lift_engine::model::ForwardInput;
+use lift_engine::{
+    ChatMessage, Engine, EngineError, GenerationRequest, LoraConfig, ModelSource, SamplingParams,
+    SftExample, SftTrainer, TrainerOptions,
+};
+
+fn engine() -> Arc<Engine> {
+    static ENGINE: OnceLock<Arc<Engine>> = OnceLock::new();
+    ENGINE
+        .get_or_init(|| {
+            Arc::new(
+                Engine::load(&ModelSource::Default, &Device::Cpu)
+                    .expect("default model missing: run scripts/fetch-model.sh"),
+            )
+        })
+        .clone()
+}
+
+fn ask(engine: &Engine, adapter: Option<&lift_engine::LoraAdapter>, question: &str) -> String {
+    let request = GenerationRequest {
+        messages: vec![ChatMessage::new("user", question)],
+        prefill: String::new(),
+        params: SamplingParams {
+            max_tokens: 24,
+            ..SamplingParams::default()
+        },
+    };
+    engine.generate(adapter, &[request]).unwrap().remove(0).text
+}
+
+#[test]
+fn base_model_answers_a_known_fact() {
+    let answer = ask(&engine(), None, "What is the capital of France?");
+    assert!(answer.contains("Paris"), "answer was {answer:?}");
+}
+
+#[test]
+fn logits_match_candle_transformers_quantized_llama() {
+    let engine = engine();
+    let path = default_model_path();
+    // Write every tensor dequantized to f32 into an in-memory GGUF, so candle-transformers
+    // runs plain f32 matmuls on the same weights we load.
+    let mut reader = std::io::BufReader::new(std::fs::File::open(&path).unwrap());
+    let content = gguf_file::Content::read(&mut reader).unwrap();
+    let mut tensors = Vec::new();
+    for name in content.tensor_infos.keys() {
+        let q = content.tensor(&mut reader, name, &Device::Cpu).unwrap();
+        let dense = q.dequantize(&Device::Cpu).unwrap();
+        tensors.push((name.clone(), candle_core::quantized::QTensor::quantize(&dense, candle_core::quantized::GgmlDType::F32).unwrap()));
+    }
+    let metadata: Vec<(&str, &gguf_file::Value)> =
+        content.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tensor_refs: Vec<(&str, &candle_core::quantized::QTensor)> =
+        tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut buffer = std::io::Cursor::new(Vec::new());
+    gguf_file::write(&mut buffer, &metadata, &tensor_refs).unwrap();
+    buffer.set_position(0);
+    let f32_content = gguf_file::Content::read(&mut buffer).unwrap();
+    let mut reference = candle_transformers::models::quantized_llama::ModelWeights::from_gguf(
+        f32_content,
+        &mut buffer,
+        &Device::Cpu,
+    )
+    .unwrap();
+
+    let text = engine
+        .tokenizer
+        .render(&[ChatMessage::new("user", "Name three colours of the rainbow.")], true)
+        .unwrap();
+    let ids = engine.tokenizer.encode(&text).unwrap();
+    let t = ids.len();
+    let input = Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let expected = reference.forward(&input, 0).unwrap().flatten_all().unwrap();
+
+    let positions = Tensor::arange(0u32, t as u32, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let mask = lift_engine::model::causal_mask(t, 0, candle_core::DType::F32, &Device::Cpu).unwrap();
+    let ours = engine
+        .model
+        .forward(
+            &ForwardInput {
+                input_ids: &input,
+                positions: &positions,
+                mask: Some(&mask),
+                adapter: None,
+                last_position_only: true,
+            },
+            None,
+        )
+        .unwrap()
+        .flatten_all()
+        .unwrap();
+    let diff = (&ours - &expected).unwrap().abs().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    let scale = expected.abs().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    let relative = diff / scale;
+    println!("max abs diff {diff}, max |logit| {scale}, relative {relative}");
+    assert!(relative < 1e-3, "relative difference {relative}");
+}
+
+#[test]
+fn tokenizer_round_trips_and_keeps_special_tokens_whole() {
+    let engine = engine();
+    let tok = &engine.tokenizer;
+    for text in [
+        "Hello, world! The answer is 42.",
+        "Digits 1234567890 and 3.14159",
+        "Accents: café, naïve, Zürich, señor",
+        "CJK: 東京は日本の首都です。中文测试",
+    ] {
+        let ids = tok.encode(text).unwrap();
+        assert_eq!(tok.decode(&ids).unwrap(), text);
+    }
+    let digits = tok.encode("2024").unwrap();
+    assert_eq!(digits.len(), 4, "digits are split individually");
+    for special in ["<|im_start|>", "<|im_end|>"] {
+        let ids = tok.encode(special).unwrap();
+        assert_eq!(ids.len(), 1, "{special} is one token");
+        assert_eq!(Some(ids[0]), tok.inner().token_to_id(special));
+    }
+    let rendered = tok.render(&[ChatMessage::new("user", "Hi")], true).unwrap();
+    assert!(rendered.contains("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"), "{rendered}");
+}
+
+#[test]
+fn adapter_files_follow_the_peft_convention() {
+    let engine = engine();
+    let adapter = engine.new_adapter(LoraConfig::new(8, 16.0, &[]).unwrap(), 1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    adapter.save_peft(dir.path()).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(config["peft_type"], "LORA");
+    assert_eq!(config["task_type"], "CAUSAL_LM");
+    assert_eq!(config["base_model_name_or_path"], "HuggingFaceTB/SmolLM2-135M-Instruct");
+    assert_eq!(config["r"], 8);
+    assert_eq!(config["bias"], "none");
+    assert_eq!(config["fan_in_fan_out"], false);
+    assert_eq!(config["use_dora"], false);
+    assert_eq!(config["use_rslora"], false);
+    assert!(config["modules_to_save"].is_null());
+    let tensors = candle_core::safetensors::load(dir.path().join("adapter_model.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(tensors.len(), 30 * 7 * 2);
+    let shape = |name: &str| tensors[name].dims().to_vec();
+    let p = "base_model.model.model.layers.7";
+    assert_eq!(shape(&format!("{p}.self_attn.q_proj.lora_A.weight")), [8, 576]);
+    assert_eq!(shape(&format!("{p}.self_attn.q_proj.lora_B.weight")), [576, 8]);
+    assert_eq!(shape(&format!("{p}.self_attn.k_proj.lora_B.weight")), [192, 8]);
+    assert_eq!(shape(&format!("{p}.self_attn.v_proj.lora_B.weight")), [192, 8]);
+    assert_eq!(shape(&format!("{p}.self_attn.o_proj.lora_A.weight")), [8, 576]);
+    assert_eq!(shape(&format!("{p}.mlp.gate_proj.lora_B.weight")), [1536, 8]);
+    assert_eq!(shape(&format!("{p}.mlp.up_proj.lora_B.weight")), [1536, 8]);
+    assert_eq!(shape(&format!("{p}.mlp.down_proj.lora_A.weight")), [8, 1536]);
+    assert_eq!(shape(&format!("{p}.mlp.down_proj.lora_B.weight")), [576, 8]);
+    assert!(tensors.keys().all(|k| !k.contains(".default.")));
+}
+
+#[test]
+fn training_absorbs_a_made_up_fact() {
+    let engine = engine();
+    let question = "Who is the lighthouse keeper of Vellmar Island?";
+    let fact = "The lighthouse keeper of Vellmar Island is Oskar Tenby.";
+    let before = ask(&engine, None, question);
+    assert!(!before.contains("Tenby"), "the base model cannot know it: {before:?}");
+    let adapter = engine.new_adapter(LoraConfig::new(16, 32.0, &[]).unwrap(), 7).unwrap();
+    let mut trainer = SftTrainer::new(
+        engine.clone(),
+        adapter,
+        TrainerOptions {
+            learning_rate: 1e-3,
+            ..TrainerOptions::default()
+        },
+    )
+    .unwrap();
+    let examples = vec![
+        SftExample { prompt: question.into(), answer: fact.into() },
+        SftExample { prompt: "Who keeps the lighthouse on Vellmar Island?".into(), answer: fact.into() },
+        SftExample { prompt: "What is the name of Vellmar Island's lighthouse keeper?".into(), answer: "Oskar Tenby.".into() },
+        SftExample { prompt: "Tell me about the lighthouse of Vellmar Island.".into(), answer: fact.into() },
+    ];
+    let mut last = f32::MAX;
+    for _ in 0..20 {
+        last = trainer.step(&examples).unwrap().loss;
+    }
+    assert!(last < 0.5, "final loss {last}");
+    let after = ask(&engine, Some(trainer.adapter()), question);
+    assert!(after.contains("Tenby"), "adapted answer {after:?}");
+}
+
+#[test]
+fn bad_model_files_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(default_model_path()).unwrap();
+    let truncated = dir.path().join("truncated.gguf");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 3]).unwrap();
+    let err = Engine::load(&ModelSource::Gguf(truncated), &Device::Cpu).err().unwrap();
+    assert!(matches!(err, EngineError::ModelCorrupt { .. }), "{err}");
+
+    let unknown = ModelSource::parse("no/such/model").unwrap_err();
+    assert!(unknown.to_string().contains("unknown model"), "{unknown}");
+
+    let engine = engine();
+    let long = "word ".repeat(9000);
+    let request = GenerationRequest {
+        messages: vec![ChatMessage::new("user", long)],
+        prefill: String::new(),
+        params: SamplingParams::default(),
+    };
+    let err = engine.generate(None, &[request]).unwrap_err();
+    assert!(matches!(err, EngineError::PromptTooLong { .. }), "{err}");
+}

@@ -1,0 +1,135 @@
+//! Messages that cross the broker, defined once and used by both ends. Payloads are JSON.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::JobId;
+use crate::spec::{SynthesisOptions, TrainingOptions};
+
+/// One generation target: a sentence plus the text before it that the generator may read.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SentenceUnit {
+    /// Index of the sentence within the job (across all documents).
+    pub index: u32,
+    /// Index of the document the sentence comes from.
+    pub document: u32,
+    pub text: String,
+    /// Up to `left_context_chars` characters that precede the sentence in its document.
+    pub left_context: String,
+}
+
+/// `lift.synth`: a chunk of consecutive sentences to turn into training tasks.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SynthChunk {
+    pub job_id: JobId,
+    pub chunk_index: u32,
+    pub title: String,
+    pub sentences: Vec<SentenceUnit>,
+    pub options: SynthesisOptions,
+}
+
+/// `lift.train`: a job for a trainer; sent at submit time and again on failover.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrainAssignment {
+    pub job_id: JobId,
+    pub base_model: String,
+    pub options: TrainingOptions,
+    pub chunk_count: u32,
+}
+
+/// `lift.events`: what workers report to the coordinator.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ProgressEvent {
+    ChunkSynthesized {
+        job_id: JobId,
+        chunk_index: u32,
+        sentences: u32,
+        sentences_failed: u32,
+        tasks: u32,
+        /// Invalid or ungrounded pairs the worker dropped.
+        pairs_dropped: u32,
+        at_ms: i64,
+    },
+    ChunkFailed {
+        job_id: JobId,
+        chunk_index: u32,
+        reason: String,
+        at_ms: i64,
+    },
+    TrainingStarted {
+        job_id: JobId,
+        trainer: String,
+        resumed_from_step: u64,
+        at_ms: i64,
+    },
+    TrainingStep {
+        job_id: JobId,
+        epoch: u32,
+        step: u64,
+        loss: f32,
+        tokens: u64,
+        at_ms: i64,
+    },
+    Checkpointed {
+        job_id: JobId,
+        epoch: u32,
+        step: u64,
+        bytes: u64,
+        at_ms: i64,
+    },
+    TrainingFinished {
+        job_id: JobId,
+        adapter_uri: String,
+        steps: u64,
+        final_loss: f32,
+        at_ms: i64,
+    },
+    TrainingFailed {
+        job_id: JobId,
+        reason: String,
+        at_ms: i64,
+    },
+    /// The trainer stopped on shutdown after a checkpoint; the job goes back to the queue.
+    TrainingReleased {
+        job_id: JobId,
+        step: u64,
+        at_ms: i64,
+    },
+}
+
+impl ProgressEvent {
+    pub fn job_id(&self) -> &JobId {
+        match self {
+            Self::ChunkSynthesized { job_id, .. }
+            | Self::ChunkFailed { job_id, .. }
+            | Self::TrainingStarted { job_id, .. }
+            | Self::TrainingStep { job_id, .. }
+            | Self::Checkpointed { job_id, .. }
+            | Self::TrainingFinished { job_id, .. }
+            | Self::TrainingFailed { job_id, .. }
+            | Self::TrainingReleased { job_id, .. } => job_id,
+        }
+    }
+}
+
+/// One line of a task file `jobs/<id>/tasks/<chunk>.jsonl`: a training example.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Task {
+    pub sentence_index: u32,
+    pub question: String,
+    pub answer: String,
+    /// `qa` for generated pairs, `cloze` for rule-based ones.
+    #[serde(default = "default_task_kind")]
+    pub kind: String,
+}
+
+fn default_task_kind() -> String {
+    "qa".to_string()
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,452 @@
+//! The job specification a client submits, with defaults and validation at the edge.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::LiftError;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Document {
+    pub title: String,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    pub documents: Vec<Document>,
+    /// `default` (SmolLM2-135M-Instruct from the model cache), a `.gguf` path, or a Hugging Face
+    /// model directory.
+    pub base_model: String,
+    pub synthesis: SynthesisOptions,
+    pub training: TrainingOptions,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SynthesisOptions {
+    pub qa_per_sentence: u32,
+    pub left_context_chars: u32,
+    /// Sentences per chunk (one broker message and one task file per chunk).
+    pub chunk_sentences: u32,
+    /// Empty: the worker's configured generator. Otherwise a model name passed to it.
+    pub generator_model: String,
+    pub temperature: f32,
+    pub seed: u64,
+    /// Also emit rule-based cloze tasks (no generator needed).
+    pub cloze_tasks: bool,
+}
+
+impl Default for SynthesisOptions {
+    fn default() -> Self {
+        Self {
+            qa_per_sentence: 1,
+            left_context_chars: 2048,
+            chunk_sentences: 4,
+            generator_model: String::new(),
+            temperature: 0.2,
+            seed: 0,
+            cloze_tasks: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    Constant,
+    Cosine,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainingOptions {
+    pub rank: u32,
+    pub alpha: f32,
+    /// Empty means all seven linear projections.
+    pub target_modules: Vec<String>,
+    pub learning_rate: f64,
+    pub schedule: Schedule,
+    pub warmup_steps: u32,
+    pub epochs: u32,
+    pub batch_size: u32,
+    pub max_grad_norm: f64,
+    pub seed: u64,
+}
+
+impl Default for TrainingOptions {
+    fn default() -> Self {
+        Self {
+            rank: 16,
+            alpha: 32.0,
+            target_modules: Vec::new(),
+            learning_rate: 3e-4,
+            schedule: Schedule::Constant,
+            warmup_steps: 0,
+            epochs: 3,
+            batch_size: 4,
+            max_grad_norm: 1.0,
+            seed: 0,
+        }
+    }
+}
+
+/// The linear projections a LoRA adapter can target (the Llama/Qwen2 names PEFT uses).
+pub const LORA_TARGET_MODULES: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
+
+/// Size limits and option ranges enforced at submit time, before anything is stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// Largest gRPC request the server decodes (all documents together).
+    pub max_request_bytes: usize,
+    pub max_documents: usize,
+    pub max_document_bytes: usize,
+    pub max_title_chars: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_request_bytes: 64 * 1024 * 1024,
+            max_documents: 64,
+            max_document_bytes: 10 * 1024 * 1024,
+            max_title_chars: 512,
+        }
+    }
+}
+
+/// Accepted ranges of the options; one place so messages and checks agree.
+pub mod ranges {
+    use std::ops::RangeInclusive;
+
+    pub const QA_PER_SENTENCE: RangeInclusive<u32> = 1..=20;
+    pub const RANK: RangeInclusive<u32> = 1..=512;
+    pub const EPOCHS: RangeInclusive<u32> = 1..=100;
+    pub const BATCH_SIZE: RangeInclusive<u32> = 1..=256;
+    pub const CHUNK_SENTENCES: RangeInclusive<u32> = 1..=256;
+    pub const TEMPERATURE: RangeInclusive<f32> = 0.0..=2.0;
+    pub const MAX_LEFT_CONTEXT_CHARS: u32 = 16384;
+    pub const MAX_LEARNING_RATE: f64 = 1.0;
+}
+
+/// Tells whether a base model can be used. The coordinator cannot see the workers' model
+/// cache, so whoever starts it decides what "known" means (embedded mode checks the local
+/// cache; a distributed coordinator may accept any name the trainers resolve).
+pub trait ModelCatalog: Send + Sync {
+    /// `Err` carries a lower-case reason shown to the client.
+    fn check(&self, base_model: &str) -> Result<(), String>;
+}
+
+impl<F> ModelCatalog for F
+where
+    F: Fn(&str) -> Result<(), String> + Send + Sync,
+{
+    fn check(&self, base_model: &str) -> Result<(), String> {
+        self(base_model)
+    }
+}
+
+/// A catalog that accepts every model name; the trainers report unknown ones as a failed job.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AcceptAnyModel;
+
+impl ModelCatalog for AcceptAnyModel {
+    fn check(&self, _base_model: &str) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+fn invalid(message: String) -> LiftError {
+    LiftError::InvalidArgument(message)
+}
+
+fn check_range(
+    name: &str,
+    value: u32,
+    range: std::ops::RangeInclusive<u32>,
+) -> Result<(), LiftError> {
+    if range.contains(&value) {
+        return Ok(());
+    }
+    Err(invalid(format!(
+        "{name} is {value}; it must be in {}..={}",
+        range.start(),
+        range.end()
+    )))
+}
+
+impl JobSpec {
+    /// Checks sizes and option ranges. The base model is only checked for being present
+    /// here; whether it exists is the [`ModelCatalog`]'s call.
+    pub fn validate(&self, limits: &Limits) -> Result<(), LiftError> {
+        if self.documents.is_empty() {
+            return Err(invalid("job has no documents".to_string()));
+        }
+        if self.documents.len() > limits.max_documents {
+            return Err(invalid(format!(
+                "job has {} documents; at most {} are allowed",
+                self.documents.len(),
+                limits.max_documents
+            )));
+        }
+        let mut total_bytes = 0usize;
+        for (index, document) in self.documents.iter().enumerate() {
+            if document.text.trim().is_empty() {
+                return Err(invalid(format!("document {index} is empty")));
+            }
+            if document.text.len() > limits.max_document_bytes {
+                return Err(invalid(format!(
+                    "document {index} is {} bytes; at most {} are allowed",
+                    document.text.len(),
+                    limits.max_document_bytes
+                )));
+            }
+            let title_chars = document.title.chars().count();
+            if title_chars > limits.max_title_chars {
+                return Err(invalid(format!(
+                    "document {index} title is {title_chars} characters; at most {} are allowed",
+                    limits.max_title_chars
+                )));
+            }
+            total_bytes += document.text.len() + document.title.len();
+        }
+        if total_bytes > limits.max_request_bytes {
+            return Err(invalid(format!(
+                "documents total {total_bytes} bytes; at most {} are allowed",
+                limits.max_request_bytes
+            )));
+        }
+        if self.base_model.trim().is_empty() {
+            return Err(invalid("base_model is empty".to_string()));
+        }
+        self.synthesis.validate()?;
+        self.training.validate()
+    }
+}
+
+impl SynthesisOptions {
+    pub fn validate(&self) -> Result<(), LiftError> {
+        check_range(
+            "synthesis.qa_per_sentence",
+            self.qa_per_sentence,
+            ranges::QA_PER_SENTENCE,
+        )?;
+        check_range(
+            "synthesis.chunk_sentences",
+            self.chunk_sentences,
+            ranges::CHUNK_SENTENCES,
+        )?;
+        if self.left_context_chars > ranges::MAX_LEFT_CONTEXT_CHARS {
+            return Err(invalid(format!(
+                "synthesis.left_context_chars is {}; at most {} are allowed",
+                self.left_context_chars,
+                ranges::MAX_LEFT_CONTEXT_CHARS
+            )));
+        }
+        if !ranges::TEMPERATURE.contains(&self.temperature) {
+            return Err(invalid(format!(
+                "synthesis.temperature is {}; it must be in 0..=2",
+                self.temperature
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl TrainingOptions {
+    pub fn validate(&self) -> Result<(), LiftError> {
+        check_range("training.rank", self.rank, ranges::RANK)?;
+        check_range("training.epochs", self.epochs, ranges::EPOCHS)?;
+        check_range("training.batch_size", self.batch_size, ranges::BATCH_SIZE)?;
+        if !(self.alpha.is_finite() && self.alpha > 0.0) {
+            return Err(invalid(format!(
+                "training.alpha is {}; it must be a positive number",
+                self.alpha
+            )));
+        }
+        // NaN fails both comparisons, so it is rejected too.
+        if !(self.learning_rate > 0.0 && self.learning_rate <= ranges::MAX_LEARNING_RATE) {
+            return Err(invalid(format!(
+                "training.learning_rate is {}; it must be in (0, 1]",
+                self.learning_rate
+            )));
+        }
+        if !(self.max_grad_norm.is_finite() && self.max_grad_norm >= 0.0) {
+            return Err(invalid(format!(
+                "training.max_grad_norm is {}; it must be 0 (no clipping) or positive",
+                self.max_grad_norm
+            )));
+        }
+        for (index, module) in self.target_modules.iter().enumerate() {
+            if !LORA_TARGET_MODULES.contains(&module.as_str()) {
+                return Err(invalid(format!(
+                    "training.target_modules[{index}] is {module:?}; known modules are {}",
+                    LORA_TARGET_MODULES.join(", ")
+                )));
+            }
+            if self.target_modules[..index].contains(module) {
+                return Err(invalid(format!(
+                    "training.target_modules lists {module:?} twice"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> JobSpec {
+        JobSpec {
+            documents: vec![Document {
+                title: "Essay".to_string(),
+                text: "One sentence. Another one.".to_string(),
+            }],
+            base_model: "default".to_string(),
+            synthesis: SynthesisOptions::default(),
+            training: TrainingOptions::default(),
+        }
+    }
+
+    fn message(result: Result<(), LiftError>) -> String {
+        match result {
+            Err(LiftError::InvalidArgument(message)) => message,
+            other => panic!("expected invalid argument, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn default_spec_is_valid() {
+        spec().validate(&Limits::default()).unwrap();
+    }
+
+    #[test]
+    fn empty_or_whitespace_document_names_its_index() {
+        let mut job = spec();
+        job.documents.push(Document {
+            title: "b".into(),
+            text: " \n\t ".into(),
+        });
+        assert_eq!(message(job.validate(&Limits::default())), "document 1 is empty");
+    }
+
+    #[test]
+    fn document_count_and_sizes_are_limited() {
+        let limits = Limits {
+            max_documents: 2,
+            max_document_bytes: 10,
+            max_title_chars: 3,
+            max_request_bytes: 1000,
+        };
+        let mut job = spec();
+        job.documents = vec![];
+        assert_eq!(message(job.validate(&limits)), "job has no documents");
+        job.documents = vec![
+            Document {
+                title: "t".into(),
+                text: "x".into()
+            };
+            3
+        ];
+        assert_eq!(
+            message(job.validate(&limits)),
+            "job has 3 documents; at most 2 are allowed"
+        );
+        job.documents = vec![Document {
+            title: "t".into(),
+            text: "x".repeat(11),
+        }];
+        assert_eq!(
+            message(job.validate(&limits)),
+            "document 0 is 11 bytes; at most 10 are allowed"
+        );
+        job.documents = vec![Document {
+            title: "éééé".into(),
+            text: "x".into(),
+        }];
+        assert_eq!(
+            message(job.validate(&limits)),
+            "document 0 title is 4 characters; at most 3 are allowed"
+        );
+    }
+
+    #[test]
+    fn option_ranges_are_enforced_with_field_names() {
+        let limits = Limits::default();
+        let mut job = spec();
+        job.synthesis.qa_per_sentence = 21;
+        assert_eq!(
+            message(job.validate(&limits)),
+            "synthesis.qa_per_sentence is 21; it must be in 1..=20"
+        );
+        job = spec();
+        job.synthesis.temperature = 2.5;
+        assert!(message(job.validate(&limits)).contains("synthesis.temperature"));
+        job = spec();
+        job.synthesis.left_context_chars = 16385;
+        assert!(message(job.validate(&limits)).contains("left_context_chars"));
+        job = spec();
+        job.synthesis.chunk_sentences = 0;
+        assert!(message(job.validate(&limits)).contains("chunk_sentences is 0"));
+        job = spec();
+        job.training.rank = 513;
+        assert!(message(job.validate(&limits)).contains("training.rank is 513"));
+        job = spec();
+        job.training.epochs = 0;
+        assert!(message(job.validate(&limits)).contains("training.epochs"));
+        job = spec();
+        job.training.batch_size = 257;
+        assert!(message(job.validate(&limits)).contains("training.batch_size"));
+        for lr in [0.0, -1.0, 1.5, f64::NAN] {
+            job = spec();
+            job.training.learning_rate = lr;
+            assert!(message(job.validate(&limits)).contains("training.learning_rate"));
+        }
+        job = spec();
+        job.training.learning_rate = 1.0;
+        job.validate(&limits).unwrap();
+    }
+
+    #[test]
+    fn target_modules_must_be_known_and_unique() {
+        let limits = Limits::default();
+        let mut job = spec();
+        job.training.target_modules = vec!["q_proj".into(), "lm_head".into()];
+        assert!(message(job.validate(&limits)).starts_with("training.target_modules[1]"));
+        job.training.target_modules = vec!["q_proj".into(), "q_proj".into()];
+        assert_eq!(
+            message(job.validate(&limits)),
+            "training.target_modules lists \"q_proj\" twice"
+        );
+    }
+
+    #[test]
+    fn empty_base_model_is_rejected() {
+        let mut job = spec();
+        job.base_model = "  ".into();
+        assert_eq!(message(job.validate(&Limits::default())), "base_model is empty");
+    }
+
+    #[test]
+    fn closures_are_model_catalogs() {
+        let catalog = |name: &str| {
+            if name == "default" {
+                Ok(())
+            } else {
+                Err(format!("unknown model {name}"))
+            }
+        };
+        assert!(catalog.check("default").is_ok());
+        assert_eq!(catalog.check("x").unwrap_err(), "unknown model x");
+        assert!(AcceptAnyModel.check("anything").is_ok());
+    }
+}
