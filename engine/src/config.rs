@@ -66,15 +66,63 @@ impl ModelConfig {
             num_kv_heads: kv,
             head_dim: hidden / heads,
             rope_theta: theta,
-            rms_norm_eps: if architecture == Architecture::Qwen2 { 1e-6 } else { 1e-5 },
+            rms_norm_eps: if architecture == Architecture::Qwen2 {
+                1e-6
+            } else {
+                1e-5
+            },
             max_position_embeddings: ctx,
             tie_word_embeddings: tie,
         };
         Some(match name {
-            "smollm2-135m" => base(Architecture::Llama, 49152, 576, 1536, 30, 9, 3, 100_000.0, true, 8192),
-            "qwen2.5-0.5b" => base(Architecture::Qwen2, 151_936, 896, 4864, 24, 14, 2, 1_000_000.0, true, 32768),
-            "llama3-8b" => base(Architecture::Llama, 128_256, 4096, 14336, 32, 32, 8, 500_000.0, false, 8192),
-            "tiny" => base(Architecture::Llama, 300, 64, 128, 2, 4, 2, 10_000.0, true, 512),
+            "smollm2-135m" => base(
+                Architecture::Llama,
+                49152,
+                576,
+                1536,
+                30,
+                9,
+                3,
+                100_000.0,
+                true,
+                8192,
+            ),
+            "qwen2.5-0.5b" => base(
+                Architecture::Qwen2,
+                151_936,
+                896,
+                4864,
+                24,
+                14,
+                2,
+                1_000_000.0,
+                true,
+                32768,
+            ),
+            "llama3-8b" => base(
+                Architecture::Llama,
+                128_256,
+                4096,
+                14336,
+                32,
+                32,
+                8,
+                500_000.0,
+                false,
+                8192,
+            ),
+            "tiny" => base(
+                Architecture::Llama,
+                300,
+                64,
+                128,
+                2,
+                4,
+                2,
+                10_000.0,
+                true,
+                512,
+            ),
             _ => return None,
         })
     }

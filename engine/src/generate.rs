@@ -88,7 +88,10 @@ impl JsonVocab {
             }
             if text.starts_with('"') {
                 closes_string[id] = true;
-            } else if !text.chars().any(|c| c == '"' || c == '\\' || c.is_control()) {
+            } else if !text
+                .chars()
+                .any(|c| c == '"' || c == '\\' || c.is_control())
+            {
                 string_ok[id] = true;
             }
         }
@@ -149,15 +152,18 @@ impl Engine {
         request: &GenerationRequest,
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<GenerationOutput> {
-        let mut outputs = self.generate_with(adapter, std::slice::from_ref(request), &mut |_, t| {
-            on_text(t)
-        })?;
+        let mut outputs =
+            self.generate_with(adapter, std::slice::from_ref(request), &mut |_, t| {
+                on_text(t)
+            })?;
         Ok(outputs.remove(0))
     }
 
     fn encode_prompt(&self, request: &GenerationRequest) -> Result<Vec<u32>> {
         let rendered = self.tokenizer.render(&request.messages, true)?;
-        let ids = self.tokenizer.encode(&format!("{rendered}{}", request.prefill))?;
+        let ids = self
+            .tokenizer
+            .encode(&format!("{rendered}{}", request.prefill))?;
         let context = self.model.config.max_position_embeddings;
         if ids.len() >= context {
             return Err(EngineError::PromptTooLong {
@@ -265,7 +271,8 @@ impl Engine {
             for (slot, &row_index) in active.iter().enumerate() {
                 let row = &mut rows[row_index];
                 let request = &requests[row.request];
-                let token = self.next_token(row, &request.params, &step_logits[slot], json_vocab)?;
+                let token =
+                    self.next_token(row, &request.params, &step_logits[slot], json_vocab)?;
                 next_tokens.push(token);
                 if let Some(token) = token {
                     row.generated.push(token);
@@ -336,9 +343,9 @@ impl Engine {
     fn token_budget(&self, params: &SamplingParams) -> usize {
         match params.constraint {
             // Room for every string at its longest plus the JSON punctuation.
-            Some(OutputConstraint::QaJsonList { pairs }) => {
-                params.max_tokens.max(pairs.max(1) * (2 * MAX_STRING_TOKENS + 24) + 16)
-            }
+            Some(OutputConstraint::QaJsonList { pairs }) => params
+                .max_tokens
+                .max(pairs.max(1) * (2 * MAX_STRING_TOKENS + 24) + 16),
             None => params.max_tokens.max(1),
         }
     }
@@ -482,7 +489,11 @@ fn sample(scores: &[f32], params: &SamplingParams, rng: &mut rand::rngs::StdRng)
         .collect();
     probs.sort_by(|a, b| b.1.total_cmp(&a.1));
     let total: f64 = probs.iter().map(|p| p.1).sum();
-    let top_p = if params.top_p > 0.0 { params.top_p.min(1.0) } else { 1.0 };
+    let top_p = if params.top_p > 0.0 {
+        params.top_p.min(1.0)
+    } else {
+        1.0
+    };
     let mut kept = 0.0;
     let mut cutoff = probs.len();
     for (i, p) in probs.iter().enumerate() {

@@ -9,6 +9,7 @@ pub mod generate;
 pub mod loader;
 pub mod lora;
 pub mod model;
+pub mod testing;
 pub mod tokenizer;
 pub mod train;
 
@@ -16,7 +17,9 @@ pub use candle_core::{DType, Device};
 pub use config::{Architecture, ModelConfig};
 pub use engine::{default_device, default_dtype, Engine, ModelSource, DEFAULT_MODEL_ID};
 pub use error::{EngineError, Result};
-pub use generate::{FinishReason, GenerationOutput, GenerationRequest, OutputConstraint, SamplingParams};
+pub use generate::{
+    FinishReason, GenerationOutput, GenerationRequest, OutputConstraint, SamplingParams,
+};
 pub use lora::{LoraAdapter, LoraConfig, PeftConfig, PeftFiles, Projection};
 pub use tokenizer::{ChatMessage, ChatTokenizer};
 pub use train::{LrSchedule, SftExample, SftTrainer, StepStats, TrainerOptions};

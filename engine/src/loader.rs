@@ -48,9 +48,9 @@ fn build_model(
         let mut linear = |module: &str, with_bias: bool| -> Result<Linear> {
             let name = format!("{p}.{module}.weight");
             let short = module.rsplit('.').next().unwrap_or(module);
-            let (fan_in, fan_out) = config.projection_shape(short).ok_or_else(|| {
-                EngineError::InvalidModel(format!("unknown projection {module}"))
-            })?;
+            let (fan_in, fan_out) = config
+                .projection_shape(short)
+                .ok_or_else(|| EngineError::InvalidModel(format!("unknown projection {module}")))?;
             let weight = expect_shape(load(&name)?, &name, &[fan_out, fan_in])?;
             let bias = if with_bias {
                 let bias_name = format!("{p}.{module}.bias");
@@ -163,10 +163,11 @@ fn unpermute_qk(w: &Tensor, heads: usize) -> Result<Tensor> {
 
 impl TensorSource for GgufSource {
     fn take(&mut self, name: &str) -> Result<Tensor> {
-        self.take_optional(name)?.ok_or_else(|| EngineError::ModelCorrupt {
-            path: self.path.clone(),
-            reason: format!("tensor for {name} is missing"),
-        })
+        self.take_optional(name)?
+            .ok_or_else(|| EngineError::ModelCorrupt {
+                path: self.path.clone(),
+                reason: format!("tensor for {name} is missing"),
+            })
     }
 
     fn take_optional(&mut self, name: &str) -> Result<Option<Tensor>> {
@@ -205,7 +206,10 @@ pub fn load_gguf(path: &Path, dtype: DType, device: &Device) -> Result<(Model, C
     };
     let content = gguf_file::Content::read(&mut reader).map_err(|e| corrupt(e.to_string()))?;
     let md = &content.metadata;
-    let get = |key: &str| md.get(key).ok_or_else(|| corrupt(format!("metadata {key} is missing")));
+    let get = |key: &str| {
+        md.get(key)
+            .ok_or_else(|| corrupt(format!("metadata {key} is missing")))
+    };
     let arch_name = get("general.architecture")?
         .to_string()
         .map_err(|e| corrupt(e.to_string()))?
@@ -264,8 +268,12 @@ pub fn load_gguf(path: &Path, dtype: DType, device: &Device) -> Result<(Model, C
         tokens,
         merges,
         token_types,
-        bos_id: md.get("tokenizer.ggml.bos_token_id").and_then(|v| v.to_u32().ok()),
-        eos_id: md.get("tokenizer.ggml.eos_token_id").and_then(|v| v.to_u32().ok()),
+        bos_id: md
+            .get("tokenizer.ggml.bos_token_id")
+            .and_then(|v| v.to_u32().ok()),
+        eos_id: md
+            .get("tokenizer.ggml.eos_token_id")
+            .and_then(|v| v.to_u32().ok()),
         chat_template: md
             .get("tokenizer.chat_template")
             .and_then(|v| v.to_string().ok().cloned()),
@@ -371,9 +379,8 @@ pub fn load_hf_dir(dir: &Path, dtype: DType, device: &Device) -> Result<(Model, 
     }
     let mut tensors = HashMap::new();
     for file in &files {
-        let loaded = candle_core::safetensors::load(file, &Device::Cpu).map_err(|e| {
-            EngineError::InvalidModel(format!("{}: {e}", file.display()))
-        })?;
+        let loaded = candle_core::safetensors::load(file, &Device::Cpu)
+            .map_err(|e| EngineError::InvalidModel(format!("{}: {e}", file.display())))?;
         tensors.extend(loaded);
     }
     let mut source = SafetensorsSource {
@@ -386,10 +393,17 @@ pub fn load_hf_dir(dir: &Path, dtype: DType, device: &Device) -> Result<(Model, 
 
 /// A model of a named shape with random weights (benchmarks and fast tests): speed does not
 /// depend on weight values.
-pub fn random_model(config: ModelConfig, seed: u64, dtype: DType, device: &Device) -> Result<Model> {
+pub fn random_model(
+    config: ModelConfig,
+    seed: u64,
+    dtype: DType,
+    device: &Device,
+) -> Result<Model> {
     struct Random<'a> {
         config: &'a ModelConfig,
         device: &'a Device,
+        /// The CPU device cannot be seeded, so CPU weights come from our own generator.
+        cpu_rng: rand::rngs::StdRng,
     }
     impl TensorSource for Random<'_> {
         fn take(&mut self, name: &str) -> Result<Tensor> {
@@ -397,19 +411,28 @@ pub fn random_model(config: ModelConfig, seed: u64, dtype: DType, device: &Devic
             if name.ends_with("norm.weight") {
                 return Ok(Tensor::ones(c.hidden_size, DType::F32, self.device)?);
             }
-            let shape: Vec<usize> = if name == "model.embed_tokens.weight" || name == "lm_head.weight" {
-                vec![c.vocab_size, c.hidden_size]
-            } else {
-                let module = name.rsplit('.').nth(1).unwrap_or_default();
-                let (fan_in, fan_out) = c
-                    .projection_shape(module)
-                    .ok_or_else(|| EngineError::InvalidModel(format!("unknown tensor {name}")))?;
-                if name.ends_with(".bias") {
-                    vec![fan_out]
+            let shape: Vec<usize> =
+                if name == "model.embed_tokens.weight" || name == "lm_head.weight" {
+                    vec![c.vocab_size, c.hidden_size]
                 } else {
-                    vec![fan_out, fan_in]
-                }
-            };
+                    let module = name.rsplit('.').nth(1).unwrap_or_default();
+                    let (fan_in, fan_out) = c.projection_shape(module).ok_or_else(|| {
+                        EngineError::InvalidModel(format!("unknown tensor {name}"))
+                    })?;
+                    if name.ends_with(".bias") {
+                        vec![fan_out]
+                    } else {
+                        vec![fan_out, fan_in]
+                    }
+                };
+            if self.device.is_cpu() {
+                use rand::Rng;
+                let count = shape.iter().product();
+                let values: Vec<f32> = (0..count)
+                    .map(|_| self.cpu_rng.random_range(-0.02f32..0.02))
+                    .collect();
+                return Ok(Tensor::from_vec(values, shape, self.device)?);
+            }
             Ok(Tensor::rand(-0.02f32, 0.02f32, shape, self.device)?)
         }
         fn take_optional(&mut self, name: &str) -> Result<Option<Tensor>> {
@@ -419,10 +442,14 @@ pub fn random_model(config: ModelConfig, seed: u64, dtype: DType, device: &Devic
             self.take(name).map(Some)
         }
     }
-    device.set_seed(seed)?;
+    use rand::SeedableRng;
+    if !device.is_cpu() {
+        device.set_seed(seed)?;
+    }
     let mut source = Random {
         config: &config,
         device,
+        cpu_rng: rand::rngs::StdRng::seed_from_u64(seed),
     };
     build_model(config.clone(), &mut source, dtype, device)
 }

@@ -88,7 +88,9 @@ pub struct LoraConfig {
 impl LoraConfig {
     pub fn new(rank: usize, alpha: f64, target_modules: &[String]) -> Result<Self> {
         if rank == 0 {
-            return Err(EngineError::InvalidAdapter("rank must be at least 1".into()));
+            return Err(EngineError::InvalidAdapter(
+                "rank must be at least 1".into(),
+            ));
         }
         let targets = if target_modules.is_empty() {
             Projection::ALL.to_vec()
@@ -185,7 +187,12 @@ impl LoraAdapter {
     }
 
     /// The LoRA term for `x` `[.., in]`, or None when the projection carries no adapter.
-    pub fn delta(&self, layer: usize, projection: Projection, x: &Tensor) -> CandleResult<Option<Tensor>> {
+    pub fn delta(
+        &self,
+        layer: usize,
+        projection: Projection,
+        x: &Tensor,
+    ) -> CandleResult<Option<Tensor>> {
         let Some(pair) = self.layers.get(layer).and_then(|l| l.get(&projection)) else {
             return Ok(None);
         };
@@ -254,7 +261,11 @@ impl LoraAdapter {
     }
 
     /// Loads PEFT files for a base model of shape `model`, checking every name and shape.
-    pub fn from_peft_files(files: &PeftFiles, model: &ModelConfig, device: &Device) -> Result<Self> {
+    pub fn from_peft_files(
+        files: &PeftFiles,
+        model: &ModelConfig,
+        device: &Device,
+    ) -> Result<Self> {
         let peft: PeftConfig = serde_json::from_slice(&files.config_json)
             .map_err(|e| EngineError::InvalidAdapter(format!("adapter_config.json: {e}")))?;
         if peft.peft_type != "LORA" {

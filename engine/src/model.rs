@@ -249,9 +249,18 @@ impl Model {
         let q = self.project(&attn.q_proj, &h, adapter, index, Projection::Q)?;
         let k = self.project(&attn.k_proj, &h, adapter, index, Projection::K)?;
         let v = self.project(&attn.v_proj, &h, adapter, index, Projection::V)?;
-        let q = q.reshape((b, t, heads, head_dim))?.transpose(1, 2)?.contiguous()?;
-        let k = k.reshape((b, t, kv_heads, head_dim))?.transpose(1, 2)?.contiguous()?;
-        let v = v.reshape((b, t, kv_heads, head_dim))?.transpose(1, 2)?.contiguous()?;
+        let q = q
+            .reshape((b, t, heads, head_dim))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let k = k
+            .reshape((b, t, kv_heads, head_dim))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let v = v
+            .reshape((b, t, kv_heads, head_dim))?
+            .transpose(1, 2)?
+            .contiguous()?;
         let q = self.rope.apply(&q, input.positions)?;
         let k = self.rope.apply(&k, input.positions)?;
 

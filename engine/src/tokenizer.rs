@@ -59,11 +59,16 @@ impl ChatTokenizer {
         let template = template.unwrap_or_else(|| CHATML_TEMPLATE.to_string());
         let bos_token = bos_token.unwrap_or_default();
         let eos_token = eos_token.unwrap_or_default();
-        let mut stop_ids: Vec<u32> = ["<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|endoftext|>"]
-            .iter()
-            .chain(std::iter::once(&eos_token.as_str()))
-            .filter_map(|t| tokenizer.token_to_id(t))
-            .collect();
+        let mut stop_ids: Vec<u32> = [
+            "<|im_end|>",
+            "<|eot_id|>",
+            "<|end_of_text|>",
+            "<|endoftext|>",
+        ]
+        .iter()
+        .chain(std::iter::once(&eos_token.as_str()))
+        .filter_map(|t| tokenizer.token_to_id(t))
+        .collect();
         stop_ids.sort_unstable();
         stop_ids.dedup();
         let pad_id = stop_ids.first().copied().unwrap_or(0);
@@ -147,9 +152,12 @@ impl ChatTokenizer {
         let mut env = Environment::new();
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |message: String| -> std::result::Result<String, JinjaError> {
-            Err(JinjaError::new(ErrorKind::InvalidOperation, message))
-        });
+        env.add_function(
+            "raise_exception",
+            |message: String| -> std::result::Result<String, JinjaError> {
+                Err(JinjaError::new(ErrorKind::InvalidOperation, message))
+            },
+        );
         env.add_template("chat", &self.template)
             .map_err(|e| EngineError::Template(e.to_string()))?;
         let template = env

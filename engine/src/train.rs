@@ -26,7 +26,10 @@ pub struct SftExample {
 pub enum LrSchedule {
     Constant,
     /// Linear warm-up then cosine decay to zero at `total_steps`.
-    Cosine { warmup_steps: u64, total_steps: u64 },
+    Cosine {
+        warmup_steps: u64,
+        total_steps: u64,
+    },
 }
 
 impl LrSchedule {
@@ -142,15 +145,23 @@ impl SftTrainer {
         let user = [ChatMessage::new("user", example.prompt.clone())];
         let prompt_text = tokenizer.render(&user, true)?;
         let full_text = tokenizer.render(
-            &[user[0].clone(), ChatMessage::new("assistant", example.answer.clone())],
+            &[
+                user[0].clone(),
+                ChatMessage::new("assistant", example.answer.clone()),
+            ],
             false,
         )?;
         let answer_text = full_text.strip_prefix(&prompt_text).ok_or_else(|| {
-            EngineError::Template("the chat template does not extend the prompt with the reply".into())
+            EngineError::Template(
+                "the chat template does not extend the prompt with the reply".into(),
+            )
         })?;
         let mut prompt_ids = tokenizer.encode(&prompt_text)?;
         let mut answer_ids = tokenizer.encode(answer_text)?;
-        let limit = self.options.max_seq_len.min(self.engine.config().max_position_embeddings);
+        let limit = self
+            .options
+            .max_seq_len
+            .min(self.engine.config().max_position_embeddings);
         answer_ids.truncate(limit.saturating_sub(1).max(1));
         let room = limit.saturating_sub(answer_ids.len());
         if prompt_ids.len() > room {
@@ -174,7 +185,13 @@ impl SftTrainer {
             .iter()
             .map(|e| self.encode(e))
             .collect::<Result<Vec<_>>>()?;
-        let t = encoded.iter().map(|e| e.ids.len()).max().unwrap_or(1).max(2) - 1;
+        let t = encoded
+            .iter()
+            .map(|e| e.ids.len())
+            .max()
+            .unwrap_or(1)
+            .max(2)
+            - 1;
         let pad = self.engine.tokenizer.pad_id();
         let (mut inputs, mut targets, mut mask) = (Vec::new(), Vec::new(), Vec::new());
         let mut answer_tokens = 0;
@@ -243,18 +260,30 @@ impl SftTrainer {
             .iter()
             .map(|g| g.sqr()?.sum_all())
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let grad_norm = Tensor::stack(&squares, 0)?.sum_all()?.sqrt()?.to_scalar::<f32>()?;
-        let clip = if self.options.max_grad_norm > 0.0 && grad_norm as f64 > self.options.max_grad_norm {
-            self.options.max_grad_norm / (grad_norm as f64 + 1e-6)
-        } else {
-            1.0
-        };
-        let lr = self.options.schedule.learning_rate(self.options.learning_rate, self.step);
+        let grad_norm = Tensor::stack(&squares, 0)?
+            .sum_all()?
+            .sqrt()?
+            .to_scalar::<f32>()?;
+        let clip =
+            if self.options.max_grad_norm > 0.0 && grad_norm as f64 > self.options.max_grad_norm {
+                self.options.max_grad_norm / (grad_norm as f64 + 1e-6)
+            } else {
+                1.0
+            };
+        let lr = self
+            .options
+            .schedule
+            .learning_rate(self.options.learning_rate, self.step);
         self.step += 1;
         let o = &self.options;
         let bias1 = 1.0 - o.beta1.powi(self.step as i32);
         let bias2 = 1.0 - o.beta2.powi(self.step as i32);
-        for (((_, var), (m, v)), g) in self.vars.iter().zip(self.moments.iter_mut()).zip(&gradients) {
+        for (((_, var), (m, v)), g) in self
+            .vars
+            .iter()
+            .zip(self.moments.iter_mut())
+            .zip(&gradients)
+        {
             let g = (g * clip)?;
             *m = ((&*m * o.beta1)? + (&g * (1.0 - o.beta1))?)?;
             *v = ((&*v * o.beta2)? + (g.sqr()? * (1.0 - o.beta2))?)?;

@@ -54,10 +54,20 @@ fn logits_match_candle_transformers_quantized_llama() {
     for name in content.tensor_infos.keys() {
         let q = content.tensor(&mut reader, name, &Device::Cpu).unwrap();
         let dense = q.dequantize(&Device::Cpu).unwrap();
-        tensors.push((name.clone(), candle_core::quantized::QTensor::quantize(&dense, candle_core::quantized::GgmlDType::F32).unwrap()));
+        tensors.push((
+            name.clone(),
+            candle_core::quantized::QTensor::quantize(
+                &dense,
+                candle_core::quantized::GgmlDType::F32,
+            )
+            .unwrap(),
+        ));
     }
-    let metadata: Vec<(&str, &gguf_file::Value)> =
-        content.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let metadata: Vec<(&str, &gguf_file::Value)> = content
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
     let tensor_refs: Vec<(&str, &candle_core::quantized::QTensor)> =
         tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let mut buffer = std::io::Cursor::new(Vec::new());
@@ -73,15 +83,28 @@ fn logits_match_candle_transformers_quantized_llama() {
 
     let text = engine
         .tokenizer
-        .render(&[ChatMessage::new("user", "Name three colours of the rainbow.")], true)
+        .render(
+            &[ChatMessage::new(
+                "user",
+                "Name three colours of the rainbow.",
+            )],
+            true,
+        )
         .unwrap();
     let ids = engine.tokenizer.encode(&text).unwrap();
     let t = ids.len();
-    let input = Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let input = Tensor::new(ids.as_slice(), &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
     let expected = reference.forward(&input, 0).unwrap().flatten_all().unwrap();
 
-    let positions = Tensor::arange(0u32, t as u32, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
-    let mask = lift_engine::model::causal_mask(t, 0, candle_core::DType::F32, &Device::Cpu).unwrap();
+    let positions = Tensor::arange(0u32, t as u32, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let mask =
+        lift_engine::model::causal_mask(t, 0, candle_core::DType::F32, &Device::Cpu).unwrap();
     let ours = engine
         .model
         .forward(
@@ -97,8 +120,21 @@ fn logits_match_candle_transformers_quantized_llama() {
         .unwrap()
         .flatten_all()
         .unwrap();
-    let diff = (&ours - &expected).unwrap().abs().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
-    let scale = expected.abs().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    let diff = (&ours - &expected)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let scale = expected
+        .abs()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     let relative = diff / scale;
     println!("max abs diff {diff}, max |logit| {scale}, relative {relative}");
     assert!(relative < 1e-3, "relative difference {relative}");
@@ -125,38 +161,70 @@ fn tokenizer_round_trips_and_keeps_special_tokens_whole() {
         assert_eq!(Some(ids[0]), tok.inner().token_to_id(special));
     }
     let rendered = tok.render(&[ChatMessage::new("user", "Hi")], true).unwrap();
-    assert!(rendered.contains("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"), "{rendered}");
+    assert!(
+        rendered.contains("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"),
+        "{rendered}"
+    );
 }
 
 #[test]
 fn adapter_files_follow_the_peft_convention() {
     let engine = engine();
-    let adapter = engine.new_adapter(LoraConfig::new(8, 16.0, &[]).unwrap(), 1).unwrap();
+    let adapter = engine
+        .new_adapter(LoraConfig::new(8, 16.0, &[]).unwrap(), 1)
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     adapter.save_peft(dir.path()).unwrap();
     let config: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("adapter_config.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(dir.path().join("adapter_config.json")).unwrap())
+            .unwrap();
     assert_eq!(config["peft_type"], "LORA");
     assert_eq!(config["task_type"], "CAUSAL_LM");
-    assert_eq!(config["base_model_name_or_path"], "HuggingFaceTB/SmolLM2-135M-Instruct");
+    assert_eq!(
+        config["base_model_name_or_path"],
+        "HuggingFaceTB/SmolLM2-135M-Instruct"
+    );
     assert_eq!(config["r"], 8);
     assert_eq!(config["bias"], "none");
     assert_eq!(config["fan_in_fan_out"], false);
     assert_eq!(config["use_dora"], false);
     assert_eq!(config["use_rslora"], false);
     assert!(config["modules_to_save"].is_null());
-    let tensors = candle_core::safetensors::load(dir.path().join("adapter_model.safetensors"), &Device::Cpu).unwrap();
+    let tensors =
+        candle_core::safetensors::load(dir.path().join("adapter_model.safetensors"), &Device::Cpu)
+            .unwrap();
     assert_eq!(tensors.len(), 30 * 7 * 2);
     let shape = |name: &str| tensors[name].dims().to_vec();
     let p = "base_model.model.model.layers.7";
-    assert_eq!(shape(&format!("{p}.self_attn.q_proj.lora_A.weight")), [8, 576]);
-    assert_eq!(shape(&format!("{p}.self_attn.q_proj.lora_B.weight")), [576, 8]);
-    assert_eq!(shape(&format!("{p}.self_attn.k_proj.lora_B.weight")), [192, 8]);
-    assert_eq!(shape(&format!("{p}.self_attn.v_proj.lora_B.weight")), [192, 8]);
-    assert_eq!(shape(&format!("{p}.self_attn.o_proj.lora_A.weight")), [8, 576]);
-    assert_eq!(shape(&format!("{p}.mlp.gate_proj.lora_B.weight")), [1536, 8]);
+    assert_eq!(
+        shape(&format!("{p}.self_attn.q_proj.lora_A.weight")),
+        [8, 576]
+    );
+    assert_eq!(
+        shape(&format!("{p}.self_attn.q_proj.lora_B.weight")),
+        [576, 8]
+    );
+    assert_eq!(
+        shape(&format!("{p}.self_attn.k_proj.lora_B.weight")),
+        [192, 8]
+    );
+    assert_eq!(
+        shape(&format!("{p}.self_attn.v_proj.lora_B.weight")),
+        [192, 8]
+    );
+    assert_eq!(
+        shape(&format!("{p}.self_attn.o_proj.lora_A.weight")),
+        [8, 576]
+    );
+    assert_eq!(
+        shape(&format!("{p}.mlp.gate_proj.lora_B.weight")),
+        [1536, 8]
+    );
     assert_eq!(shape(&format!("{p}.mlp.up_proj.lora_B.weight")), [1536, 8]);
-    assert_eq!(shape(&format!("{p}.mlp.down_proj.lora_A.weight")), [8, 1536]);
+    assert_eq!(
+        shape(&format!("{p}.mlp.down_proj.lora_A.weight")),
+        [8, 1536]
+    );
     assert_eq!(shape(&format!("{p}.mlp.down_proj.lora_B.weight")), [576, 8]);
     assert!(tensors.keys().all(|k| !k.contains(".default.")));
 }
@@ -167,8 +235,13 @@ fn training_absorbs_a_made_up_fact() {
     let question = "Who is the lighthouse keeper of Vellmar Island?";
     let fact = "The lighthouse keeper of Vellmar Island is Oskar Tenby.";
     let before = ask(&engine, None, question);
-    assert!(!before.contains("Tenby"), "the base model cannot know it: {before:?}");
-    let adapter = engine.new_adapter(LoraConfig::new(16, 32.0, &[]).unwrap(), 7).unwrap();
+    assert!(
+        !before.contains("Tenby"),
+        "the base model cannot know it: {before:?}"
+    );
+    let adapter = engine
+        .new_adapter(LoraConfig::new(16, 32.0, &[]).unwrap(), 7)
+        .unwrap();
     let mut trainer = SftTrainer::new(
         engine.clone(),
         adapter,
@@ -179,10 +252,22 @@ fn training_absorbs_a_made_up_fact() {
     )
     .unwrap();
     let examples = vec![
-        SftExample { prompt: question.into(), answer: fact.into() },
-        SftExample { prompt: "Who keeps the lighthouse on Vellmar Island?".into(), answer: fact.into() },
-        SftExample { prompt: "What is the name of Vellmar Island's lighthouse keeper?".into(), answer: "Oskar Tenby.".into() },
-        SftExample { prompt: "Tell me about the lighthouse of Vellmar Island.".into(), answer: fact.into() },
+        SftExample {
+            prompt: question.into(),
+            answer: fact.into(),
+        },
+        SftExample {
+            prompt: "Who keeps the lighthouse on Vellmar Island?".into(),
+            answer: fact.into(),
+        },
+        SftExample {
+            prompt: "What is the name of Vellmar Island's lighthouse keeper?".into(),
+            answer: "Oskar Tenby.".into(),
+        },
+        SftExample {
+            prompt: "Tell me about the lighthouse of Vellmar Island.".into(),
+            answer: fact.into(),
+        },
     ];
     let mut last = f32::MAX;
     for _ in 0..20 {
@@ -199,7 +284,9 @@ fn bad_model_files_are_clear_errors() {
     let bytes = std::fs::read(default_model_path()).unwrap();
     let truncated = dir.path().join("truncated.gguf");
     std::fs::write(&truncated, &bytes[..bytes.len() / 3]).unwrap();
-    let err = Engine::load(&ModelSource::Gguf(truncated), &Device::Cpu).err().unwrap();
+    let err = Engine::load(&ModelSource::Gguf(truncated), &Device::Cpu)
+        .err()
+        .unwrap();
     assert!(matches!(err, EngineError::ModelCorrupt { .. }), "{err}");
 
     let unknown = ModelSource::parse("no/such/model").unwrap_err();
@@ -214,4 +301,97 @@ fn bad_model_files_are_clear_errors() {
     };
     let err = engine.generate(None, &[request]).unwrap_err();
     assert!(matches!(err, EngineError::PromptTooLong { .. }), "{err}");
+}
+
+fn request(question: &str, params: SamplingParams) -> GenerationRequest {
+    GenerationRequest {
+        messages: vec![ChatMessage::new("user", question)],
+        prefill: String::new(),
+        params,
+    }
+}
+
+#[test]
+fn a_batch_generates_what_each_prompt_generates_alone() {
+    let engine = engine();
+    let params = SamplingParams {
+        max_tokens: 16,
+        ..SamplingParams::default()
+    };
+    let questions = [
+        "What is the capital of France?",
+        "Write one sentence about the sea and the wind over it.",
+        "2+2=?",
+    ];
+    let requests: Vec<_> = questions
+        .iter()
+        .map(|q| request(q, params.clone()))
+        .collect();
+    let batched = engine.generate(None, &requests).unwrap();
+    for (request, together) in requests.iter().zip(&batched) {
+        let alone = engine
+            .generate(None, std::slice::from_ref(request))
+            .unwrap()
+            .remove(0);
+        assert_eq!(alone.text, together.text);
+    }
+}
+
+#[test]
+fn json_constraint_always_yields_the_requested_pairs() {
+    let engine = engine();
+    let params = SamplingParams {
+        max_tokens: 64,
+        temperature: 0.8,
+        seed: 11,
+        constraint: Some(lift_engine::OutputConstraint::QaJsonList { pairs: 2 }),
+        ..SamplingParams::default()
+    };
+    let out = engine
+        .generate(
+            None,
+            &[request(
+                "Write questions about: The bridge opened in 1932 and is painted red.",
+                params,
+            )],
+        )
+        .unwrap()
+        .remove(0);
+    let value: serde_json::Value =
+        serde_json::from_str(&out.text).unwrap_or_else(|e| panic!("{e}: {}", out.text));
+    let pairs = value["pairs"].as_array().unwrap();
+    assert_eq!(pairs.len(), 2);
+    for pair in pairs {
+        assert!(
+            pair["question"].is_string() && pair["answer"].is_string(),
+            "{pair}"
+        );
+    }
+}
+
+#[test]
+fn stop_strings_prefill_and_streaming_agree() {
+    let engine = engine();
+    let params = SamplingParams {
+        max_tokens: 32,
+        stop: vec!["Paris".into()],
+        ..SamplingParams::default()
+    };
+    let mut req = request("What is the capital of France?", params);
+    req.prefill = "The capital".into();
+    let mut streamed = String::new();
+    let out = engine
+        .generate_stream(None, &req, &mut |piece| {
+            streamed.push_str(piece);
+            true
+        })
+        .unwrap();
+    assert_eq!(out.finish_reason, lift_engine::FinishReason::Stop);
+    assert!(!out.text.contains("Paris"), "{:?}", out.text);
+    assert!(
+        !out.text.starts_with("The capital"),
+        "the prefill is not repeated: {:?}",
+        out.text
+    );
+    assert_eq!(streamed, out.text);
 }
