@@ -1,6 +1,7 @@
 //! lift's model engine: Llama/Qwen2 models written from differentiable candle ops, LoRA
 //! adapters in the PEFT format, supervised fine-tuning and batched generation.
 
+pub mod bench;
 pub mod config;
 pub mod engine;
 pub mod error;

@@ -12,6 +12,20 @@ use crate::tokenizer::{ChatTokenizer, GgufVocab};
 
 pub fn tiny_engine(seed: u64) -> Engine {
     let config = ModelConfig::named_shape("tiny").expect("tiny shape exists");
+    let tokenizer = byte_tokenizer(config.vocab_size);
+    let mut model =
+        random_model(config, seed, DType::F32, &Device::Cpu).expect("tiny model builds");
+    // Wider embeddings than the ±0.02 default, so logits can move enough for training
+    // tests to see a falling loss (the tied output head reads the same table).
+    let embed = (&model.embed_tokens * 25.0).expect("scaling the embedding");
+    model.embed_tokens = embed.clone();
+    model.lm_head = embed;
+    Engine::from_parts(model, tokenizer, "tiny-random".to_string())
+}
+
+/// A byte-level tokenizer without merges, with ChatML specials, padded to `vocab_size`
+/// entries so it fits a model of any vocabulary.
+pub fn byte_tokenizer(vocab_size: usize) -> ChatTokenizer {
     let mut bytes: Vec<char> = ByteLevel::alphabet().into_iter().collect();
     bytes.sort_unstable();
     let mut tokens: Vec<String> = bytes.into_iter().map(String::from).collect();
@@ -20,9 +34,10 @@ pub fn tiny_engine(seed: u64) -> Engine {
         tokens.push(special.to_string());
         token_types.push(3);
     }
-    while tokens.len() < config.vocab_size {
+    while tokens.len() < vocab_size {
+        // Plain entries: without merges the tokenizer never produces them.
         tokens.push(format!("<unused_{}>", tokens.len()));
-        token_types.push(3);
+        token_types.push(1);
     }
     let vocab = GgufVocab {
         tokens,
@@ -32,15 +47,7 @@ pub fn tiny_engine(seed: u64) -> Engine {
         eos_id: Some(258),
         chat_template: None,
     };
-    let tokenizer = ChatTokenizer::from_gguf_vocab(vocab).expect("tiny tokenizer builds");
-    let mut model =
-        random_model(config, seed, DType::F32, &Device::Cpu).expect("tiny model builds");
-    // Wider embeddings than the ±0.02 default, so logits can move enough for training
-    // tests to see a falling loss (the tied output head reads the same table).
-    let embed = (&model.embed_tokens * 25.0).expect("scaling the embedding");
-    model.embed_tokens = embed.clone();
-    model.lm_head = embed;
-    Engine::from_parts(model, tokenizer, "tiny-random".to_string())
+    ChatTokenizer::from_gguf_vocab(vocab).expect("byte tokenizer builds")
 }
 
 #[cfg(test)]

@@ -246,7 +246,12 @@ impl SftTrainer {
     /// One optimizer step on `examples`.
     pub fn step(&mut self, examples: &[SftExample]) -> Result<StepStats> {
         let batch = self.batch(examples)?;
-        let loss = self.loss(&batch)?;
+        self.step_batch(&batch)
+    }
+
+    /// One optimizer step on an already encoded batch.
+    pub fn step_batch(&mut self, batch: &SftBatch) -> Result<StepStats> {
+        let loss = self.loss(batch)?;
         let grads = loss.backward()?;
         let gradients = self
             .vars

@@ -34,6 +34,8 @@ pub struct TrainAssignment {
     pub base_model: String,
     pub options: TrainingOptions,
     pub chunk_count: u32,
+    /// Sentences times QA per sentence: sizes the learning-rate schedule before all tasks exist.
+    pub expected_tasks: u64,
 }
 
 /// `lift.events`: what workers report to the coordinator.
@@ -116,6 +118,8 @@ impl ProgressEvent {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Task {
     pub sentence_index: u32,
+    /// Title of the sentence's document; the training prompt names it, as LIFT's does.
+    pub title: String,
     pub question: String,
     pub answer: String,
     /// `qa` for generated pairs, `cloze` for rule-based ones.

@@ -336,7 +336,10 @@ mod tests {
             title: "b".into(),
             text: " \n\t ".into(),
         });
-        assert_eq!(message(job.validate(&Limits::default())), "document 1 is empty");
+        assert_eq!(
+            message(job.validate(&Limits::default())),
+            "document 1 is empty"
+        );
     }
 
     #[test]
@@ -433,7 +436,10 @@ mod tests {
     fn empty_base_model_is_rejected() {
         let mut job = spec();
         job.base_model = "  ".into();
-        assert_eq!(message(job.validate(&Limits::default())), "base_model is empty");
+        assert_eq!(
+            message(job.validate(&Limits::default())),
+            "base_model is empty"
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! in embedded mode. Every delivery is at-least-once; consumers ack after the durable write.
 
 pub mod memory;
+pub mod rabbitmq;
 
 use std::pin::Pin;
 
@@ -22,6 +23,12 @@ pub mod queues {
         format!("{queue}.dead")
     }
 }
+
+/// Header naming the queue a dead-lettered message came from (RabbitMQ sets it too).
+pub const DEATH_QUEUE_HEADER: &str = "x-first-death-queue";
+/// Header saying why a message was dead-lettered: `rejected` or `delivery_limit` (RabbitMQ's
+/// values; it also uses `expired`).
+pub const DEATH_REASON_HEADER: &str = "x-first-death-reason";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -57,8 +64,12 @@ pub type DeliveryStream =
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
     /// Publishes a persistent message and returns once the broker confirmed it.
-    async fn publish(&self, queue: &str, payload: &[u8], headers: Headers)
-        -> Result<(), BrokerError>;
+    async fn publish(
+        &self,
+        queue: &str,
+        payload: &[u8],
+        headers: Headers,
+    ) -> Result<(), BrokerError>;
     /// Consumes a queue with at most `prefetch` unacked deliveries in flight. The stream
     /// survives reconnects (the implementation re-consumes); it ends only on shutdown.
     async fn consume(&self, queue: &str, prefetch: u16) -> Result<DeliveryStream, BrokerError>;

@@ -1,0 +1,61 @@
+//! `lift ask`: answer with the base model plus a job's adapter, no document in the prompt.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use lift_engine::{ChatMessage, Engine, GenerationRequest, LoraAdapter, PeftFiles, SamplingParams};
+use lift_shared::ids::JobId;
+use lift_shared::spec::JobSpec;
+use lift_shared::store::{layout, Store};
+use lift_worker_train::qa_prompt;
+
+pub struct JobAdapter {
+    pub spec: JobSpec,
+    pub files: PeftFiles,
+}
+
+/// The job's spec and final adapter files from the store.
+pub async fn load_job_adapter(store: &Store, job: &str) -> anyhow::Result<JobAdapter> {
+    let job = JobId::parse(job).map_err(|e| anyhow::anyhow!("invalid job id {job:?}: {e}"))?;
+    let spec: JobSpec = store
+        .get_json(&layout::spec(&job))
+        .await?
+        .with_context(|| format!("job {job} not found in the store {}", store.url()))?;
+    let safetensors = store.get(&layout::adapter_weights(&job)).await?;
+    let config_json = store.get(&layout::adapter_config(&job)).await?;
+    let (Some(safetensors), Some(config_json)) = (safetensors, config_json) else {
+        anyhow::bail!("job {job} has no adapter yet (it has not succeeded); see `lift status {job}`");
+    };
+    Ok(JobAdapter {
+        spec,
+        files: PeftFiles {
+            safetensors: safetensors.to_vec(),
+            config_json: config_json.to_vec(),
+        },
+    })
+}
+
+/// Greedy answers to LIFT-style prompts, one batch.
+pub async fn answer(
+    engine: Arc<Engine>,
+    adapter: Option<Arc<LoraAdapter>>,
+    title: &str,
+    questions: &[String],
+    max_tokens: usize,
+) -> anyhow::Result<Vec<String>> {
+    let requests: Vec<GenerationRequest> = questions
+        .iter()
+        .map(|q| GenerationRequest {
+            messages: vec![ChatMessage::new("user", qa_prompt(title, q))],
+            prefill: String::new(),
+            params: SamplingParams {
+                max_tokens,
+                ..SamplingParams::default()
+            },
+        })
+        .collect();
+    let outputs = tokio::task::spawn_blocking(move || engine.generate(adapter.as_deref(), &requests))
+        .await
+        .context("generation thread failed")??;
+    Ok(outputs.into_iter().map(|o| o.text.trim().to_string()).collect())
+}

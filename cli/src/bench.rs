@@ -1,0 +1,68 @@
+//! `lift bench`: engine speed as JSON lines (see docs/benchmarks.md for recorded runs).
+
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use lift_engine::bench::{bench_generate, bench_train};
+use lift_engine::default_device;
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// LoRA SFT steps on random weights of a real model shape.
+    Train(TrainArgs),
+    /// Generation throughput of a model (one sequence and batches).
+    Generate(GenerateArgs),
+}
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// smollm2-135m, qwen2.5-0.5b or llama3-8b.
+    #[arg(long, default_value = "smollm2-135m")]
+    pub shape: String,
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 256)]
+    pub seq: usize,
+    #[arg(long, default_value_t = 128)]
+    pub rank: usize,
+    #[arg(long, default_value_t = 256.0)]
+    pub alpha: f64,
+    #[arg(long, default_value_t = 20)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 5)]
+    pub warmup: usize,
+}
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// `default`, a .gguf file or a Hugging Face model directory.
+    #[arg(long, default_value = "default")]
+    pub model: String,
+    /// Batch sizes to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,8")]
+    pub batches: Vec<usize>,
+    #[arg(long, default_value_t = 64)]
+    pub new_tokens: usize,
+}
+
+pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        BenchCommand::Train(a) => {
+            let result = tokio::task::spawn_blocking(move || {
+                bench_train(&a.shape, a.batch, a.seq, a.rank, a.alpha, a.steps, a.warmup, &default_device())
+            })
+            .await??;
+            println!("{}", serde_json::to_string(&result)?);
+        }
+        BenchCommand::Generate(a) => {
+            let engine = crate::infra::load_engine(&a.model).await?;
+            for batch in a.batches {
+                let engine = engine.clone();
+                let new_tokens = a.new_tokens;
+                let result = tokio::task::spawn_blocking(move || bench_generate(&engine, batch, new_tokens)).await??;
+                println!("{}", serde_json::to_string(&result)?);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,176 @@
+//! Subcommands that talk to a coordinator over gRPC, and `lift ask`.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Args;
+use lift_shared::config::Config;
+use lift_shared::proto;
+
+use crate::client::{self, explain};
+use crate::job_args::JobArgs;
+use crate::{ask, infra};
+
+#[derive(Debug, Args)]
+pub struct Connection {
+    /// Coordinator address (default: LIFT_GRPC_ADDR or 127.0.0.1:50051).
+    #[arg(long)]
+    pub addr: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl Connection {
+    async fn client(&self, config: &Config) -> anyhow::Result<client::Client> {
+        client::connect(self.addr.as_deref().unwrap_or(&config.grpc_addr)).await
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    pub job: JobArgs,
+    #[command(flatten)]
+    pub connection: Connection,
+    /// Follow the job until it ends.
+    #[arg(long)]
+    pub watch: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct JobRef {
+    pub job_id: String,
+    #[command(flatten)]
+    pub connection: Connection,
+}
+
+#[derive(Debug, Args)]
+pub struct JobsArgs {
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+    #[command(flatten)]
+    pub connection: Connection,
+}
+
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    pub job_id: String,
+    #[arg(long, default_value = "")]
+    pub reason: String,
+    #[command(flatten)]
+    pub connection: Connection,
+}
+
+#[derive(Debug, Args)]
+pub struct AskArgs {
+    pub job_id: String,
+    pub question: String,
+    /// Answer with the base model alone (for comparison).
+    #[arg(long)]
+    pub without_adapter: bool,
+    #[arg(long, default_value_t = 64)]
+    pub max_tokens: usize,
+}
+
+/// Exit status for a finished job: 0 succeeded, 1 failed or cancelled.
+pub fn job_exit_code(status: &proto::JobStatus) -> ExitCode {
+    if status.state == proto::JobState::Succeeded as i32 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+pub async fn submit(config: Config, args: SubmitArgs) -> anyhow::Result<ExitCode> {
+    let request = args.job.to_request()?;
+    let mut client = args.connection.client(&config).await?;
+    let response = client.submit_job(request).await.map_err(explain)?.into_inner();
+    if args.connection.json {
+        println!("{}", serde_json::json!({"job_id": response.job_id}));
+    } else {
+        println!("{}", response.job_id);
+    }
+    if !args.watch {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let status = client::watch(&mut client, &response.job_id, args.connection.json).await?;
+    if !args.connection.json {
+        client::print_status(&status, false);
+    }
+    Ok(job_exit_code(&status))
+}
+
+pub async fn watch(config: Config, args: JobRef) -> anyhow::Result<ExitCode> {
+    let mut client = args.connection.client(&config).await?;
+    let status = client::watch(&mut client, &args.job_id, args.connection.json).await?;
+    if !args.connection.json {
+        client::print_status(&status, false);
+    }
+    Ok(job_exit_code(&status))
+}
+
+pub async fn status(config: Config, args: JobRef) -> anyhow::Result<ExitCode> {
+    let mut client = args.connection.client(&config).await?;
+    let status = client
+        .get_job(proto::GetJobRequest { job_id: args.job_id })
+        .await
+        .map_err(explain)?
+        .into_inner();
+    client::print_status(&status, args.connection.json);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn jobs(config: Config, args: JobsArgs) -> anyhow::Result<ExitCode> {
+    let mut client = args.connection.client(&config).await?;
+    let response = client
+        .list_jobs(proto::ListJobsRequest { page_size: args.limit, page_token: String::new() })
+        .await
+        .map_err(explain)?
+        .into_inner();
+    for job in &response.jobs {
+        if args.connection.json {
+            println!("{}", client::status_json(job));
+        } else {
+            let loss = job.last_loss.map(|l| format!("{l:.3}")).unwrap_or_else(|| "-".into());
+            println!(
+                "{}  {:<9}  chunks {}/{}  epoch {}/{}  loss {loss}",
+                job.job_id,
+                client::state_name(job.state),
+                job.chunks_synthesized,
+                job.chunks_total,
+                job.epoch,
+                job.epochs_total
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn cancel(config: Config, args: CancelArgs) -> anyhow::Result<ExitCode> {
+    let mut client = args.connection.client(&config).await?;
+    let response = client
+        .cancel_job(proto::CancelJobRequest { job_id: args.job_id, reason: args.reason })
+        .await
+        .map_err(explain)?
+        .into_inner();
+    if let Some(status) = response.status {
+        client::print_status(&status, args.connection.json);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn ask(config: Config, args: AskArgs) -> anyhow::Result<ExitCode> {
+    let store = infra::open_store(&config)?;
+    let job = ask::load_job_adapter(&store, &args.job_id).await?;
+    let engine = infra::load_engine(&job.spec.base_model).await?;
+    let adapter = if args.without_adapter {
+        None
+    } else {
+        Some(Arc::new(engine.load_adapter(&job.files)?))
+    };
+    let title = job.spec.documents.first().map(|d| d.title.clone()).unwrap_or_default();
+    let answers = ask::answer(engine, adapter, &title, &[args.question], args.max_tokens).await?;
+    println!("{}", answers[0]);
+    Ok(ExitCode::SUCCESS)
+}

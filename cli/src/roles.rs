@@ -1,0 +1,134 @@
+//! The distributed roles as processes: `lift coordinator`, `lift synth-worker`,
+//! `lift train-worker`. Each stops gracefully on SIGTERM.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use lift_coordinator::{serve_grpc, Coordinator, CoordinatorOptions};
+use lift_engine::{Engine, ModelSource};
+use lift_shared::broker::Broker;
+use lift_shared::config::Config;
+use lift_shared::spec::ModelCatalog;
+use lift_shared::store::Store;
+use lift_worker_synth::{BuiltinGenerator, OpenAiGenerator, OpenAiOptions, QaGenerator, SynthWorkerConfig};
+use lift_worker_train::{run_train_worker, RunOptions, TrainWorkerConfig};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::infra;
+
+#[derive(Debug, Args)]
+pub struct SynthWorkerArgs {
+    /// Chunks processed at once (default: LIFT_SYNTH_CONCURRENCY).
+    #[arg(long)]
+    pub concurrency: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct TrainWorkerArgs {
+    /// Checkpoint every this many steps (and at every epoch end).
+    #[arg(long, env = "LIFT_CHECKPOINT_EVERY_STEPS", default_value_t = 25)]
+    pub checkpoint_every_steps: u64,
+}
+
+/// Accepts base models this build can load: `default`, a .gguf file, an HF directory.
+pub fn model_catalog(_config: &Config) -> Arc<dyn ModelCatalog> {
+    Arc::new(|reference: &str| -> Result<(), String> {
+        ModelSource::parse(reference).map(|_| ()).map_err(|e| e.to_string())
+    })
+}
+
+/// The HTTP generator when `LIFT_GENERATOR_URL` is set, else the built-in engine.
+pub fn build_generator(config: &Config, engine: Option<Arc<Engine>>) -> anyhow::Result<Arc<dyn QaGenerator>> {
+    if !config.generator_url.is_empty() {
+        let mut options = OpenAiOptions::new(config.generator_url.clone(), config.generator_model.clone());
+        options.api_key = std::env::var("LIFT_GENERATOR_API_KEY").ok();
+        options.max_in_flight = config.synth_concurrency.max(1) as usize * 4;
+        return Ok(Arc::new(OpenAiGenerator::new(options)?));
+    }
+    let engine = engine.context("the built-in generator needs a model; set LIFT_GENERATOR_URL to use an HTTP generator instead")?;
+    Ok(Arc::new(BuiltinGenerator::new(engine)))
+}
+
+pub fn spawn_synth_worker(
+    config: &Config,
+    broker: Arc<dyn Broker>,
+    store: Store,
+    generator: Arc<dyn QaGenerator>,
+    shutdown: CancellationToken,
+) -> JoinHandle<()> {
+    let worker_config = SynthWorkerConfig {
+        concurrency: config.synth_concurrency.max(1) as usize,
+        delivery_limit: config.delivery_limit,
+        ..SynthWorkerConfig::default()
+    };
+    tokio::spawn(async move {
+        if let Err(error) = lift_worker_synth::run_synth_worker(broker, store, generator, worker_config, shutdown).await {
+            tracing::error!(%error, "synth worker stopped with an error");
+        }
+    })
+}
+
+pub async fn coordinator(config: Config) -> anyhow::Result<ExitCode> {
+    infra::require_amqp(&config, "coordinator")?;
+    let store = infra::open_store(&config)?;
+    let broker = infra::connect_broker(&config, &infra::process_id("coordinator")).await?;
+    let coordinator = Coordinator::start(
+        CoordinatorOptions::from_config(&config),
+        store,
+        broker,
+        model_catalog(&config),
+    )
+    .await?;
+    let addr = config.grpc_addr.parse().with_context(|| format!("LIFT_GRPC_ADDR {} is not host:port", config.grpc_addr))?;
+    let shutdown = infra::shutdown_signal();
+    tracing::info!(%addr, "coordinator serving gRPC");
+    serve_grpc(addr, &coordinator, async move { shutdown.cancelled().await }).await?;
+    coordinator.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn synth_worker(mut config: Config, args: SynthWorkerArgs) -> anyhow::Result<ExitCode> {
+    infra::require_amqp(&config, "synth-worker")?;
+    if let Some(concurrency) = args.concurrency {
+        config.synth_concurrency = concurrency;
+    }
+    let store = infra::open_store(&config)?;
+    let broker = infra::connect_broker(&config, &infra::process_id("synth")).await?;
+    let engine = if config.generator_url.is_empty() {
+        Some(infra::load_engine(&config.model).await?)
+    } else {
+        None
+    };
+    let generator = build_generator(&config, engine)?;
+    let shutdown = infra::shutdown_signal();
+    spawn_synth_worker(&config, broker, store, generator, shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn train_worker(config: Config, args: TrainWorkerArgs) -> anyhow::Result<ExitCode> {
+    infra::require_amqp(&config, "train-worker")?;
+    let store = infra::open_store(&config)?;
+    let broker = infra::connect_broker(&config, &infra::process_id("trainer")).await?;
+    let engine = infra::load_engine(&config.model).await?;
+    let shutdown = infra::shutdown_signal();
+    run_train_worker(
+        broker,
+        store,
+        engine,
+        TrainWorkerConfig {
+            trainer_id: infra::process_id("trainer"),
+            lease: Duration::from_secs(config.trainer_lease_secs),
+            run: RunOptions {
+                checkpoint_every_steps: args.checkpoint_every_steps.max(1),
+                ..RunOptions::default()
+            },
+        },
+        shutdown,
+    )
+    .await?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,153 @@
+//! Where work leaves the coordinator: chunk definitions are stored and published to
+//! `lift.synth`, train assignments to `lift.train`, markers that stop workers are written.
+
+use futures::{StreamExt, TryStreamExt};
+use lift_shared::broker::{queues, Broker, Headers};
+use lift_shared::error::LiftError;
+use lift_shared::ids::JobId;
+use lift_shared::messages::{now_ms, SynthChunk, TrainAssignment};
+use lift_shared::spec::JobSpec;
+use lift_shared::state::JobStatus;
+use lift_shared::store::{layout, CancelMarker, FailedChunkMarker, Store};
+
+/// Chunks in flight at once while storing and publishing; publisher confirms make each
+/// publish a round trip, so a sequential loop would take minutes for a large document.
+const PUBLISH_CONCURRENCY: usize = 32;
+
+fn headers(job: &JobId, kind: &str) -> Headers {
+    Headers::from([
+        ("job_id".to_string(), job.to_string()),
+        ("kind".to_string(), kind.to_string()),
+    ])
+}
+
+fn encode<T: serde::Serialize>(what: &str, value: &T) -> Result<Vec<u8>, LiftError> {
+    serde_json::to_vec(value)
+        .map_err(|e| LiftError::Internal(format!("failed to encode {what}: {e}")))
+}
+
+/// Stores each chunk definition (create-only, so a retry keeps the first) and publishes it
+/// with a confirm. Safe to call again for the same chunks: duplicates cost a repeated
+/// synthesis whose create-only task file write is a no-op.
+pub(crate) async fn store_and_publish_chunks(
+    store: &Store,
+    broker: &dyn Broker,
+    chunks: Vec<SynthChunk>,
+) -> Result<(), LiftError> {
+    futures::stream::iter(chunks)
+        .map(|chunk| async move {
+            let key = layout::chunk(&chunk.job_id, chunk.chunk_index);
+            let payload = encode(&key, &chunk)?;
+            store.put_create(&key, payload.clone()).await?;
+            publish_chunk_with_confirm(broker, &chunk, &payload).await
+        })
+        .buffer_unordered(PUBLISH_CONCURRENCY)
+        .try_collect::<()>()
+        .await
+}
+
+async fn publish_chunk_with_confirm(
+    broker: &dyn Broker,
+    chunk: &SynthChunk,
+    payload: &[u8],
+) -> Result<(), LiftError> {
+    broker
+        .publish(
+            queues::SYNTH,
+            payload,
+            headers(&chunk.job_id, "synth_chunk"),
+        )
+        .await
+        .map_err(|e| {
+            LiftError::Unavailable(format!(
+                "failed to publish chunk {} of job {}: {e}",
+                chunk.chunk_index, chunk.job_id
+            ))
+        })
+}
+
+pub(crate) fn train_assignment(job: &JobId, spec: &JobSpec, status: &JobStatus) -> TrainAssignment {
+    let tasks_per_sentence =
+        u64::from(spec.synthesis.qa_per_sentence) + u64::from(spec.synthesis.cloze_tasks);
+    TrainAssignment {
+        job_id: job.clone(),
+        base_model: spec.base_model.clone(),
+        options: spec.training.clone(),
+        chunk_count: status.chunks_total,
+        expected_tasks: u64::from(status.sentences_total) * tasks_per_sentence,
+    }
+}
+
+/// Publishes a job's train assignment. Trainers claim jobs through `claims/` in the store,
+/// so a duplicate assignment (failover, recovery) is dropped by whoever finds the job held.
+pub(crate) async fn publish_train_assignment(
+    broker: &dyn Broker,
+    assignment: &TrainAssignment,
+) -> Result<(), LiftError> {
+    let payload = encode("train assignment", assignment)?;
+    broker
+        .publish(
+            queues::TRAIN,
+            &payload,
+            headers(&assignment.job_id, "train_assignment"),
+        )
+        .await
+        .map_err(|e| {
+            LiftError::Unavailable(format!(
+                "failed to publish train assignment of job {}: {e}",
+                assignment.job_id
+            ))
+        })
+}
+
+/// Re-reads the spec to publish the train assignment again (failover, release, recovery).
+pub(crate) async fn republish_train_assignment(
+    store: &Store,
+    broker: &dyn Broker,
+    job: &JobId,
+    status: &JobStatus,
+) -> Result<(), LiftError> {
+    let spec = read_spec(store, job).await?;
+    publish_train_assignment(broker, &train_assignment(job, &spec, status)).await
+}
+
+pub(crate) async fn read_spec(store: &Store, job: &JobId) -> Result<JobSpec, LiftError> {
+    let key = layout::spec(job);
+    store
+        .get_json(&key)
+        .await?
+        .ok_or_else(|| LiftError::Internal(format!("job {job} has no {key}")))
+}
+
+/// Tells workers to stop on `job` (they check for the marker before and during work).
+pub(crate) async fn write_cancel_marker(
+    store: &Store,
+    job: &JobId,
+    reason: &str,
+) -> Result<(), LiftError> {
+    let marker = CancelMarker {
+        reason: reason.to_string(),
+        at_ms: now_ms(),
+    };
+    store.put_json_create(&layout::cancel(job), &marker).await?;
+    Ok(())
+}
+
+/// Records that a chunk will never get a task file, so the trainer stops waiting for it.
+pub(crate) async fn write_failed_marker(
+    store: &Store,
+    job: &JobId,
+    chunk: u32,
+    reason: &str,
+    at_ms: i64,
+) -> Result<(), LiftError> {
+    let marker = FailedChunkMarker {
+        chunk,
+        reason: reason.to_string(),
+        at_ms,
+    };
+    store
+        .put_json_create(&layout::failed(job, chunk), &marker)
+        .await?;
+    Ok(())
+}

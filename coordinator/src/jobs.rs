@@ -1,0 +1,117 @@
+//! The coordinator's view of its jobs: a cache of the latest status records, one watch
+//! channel per job for WatchJob streams, and the one way to persist a record. The store holds
+//! the truth; everything here can be rebuilt from it (see `recovery`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use lift_shared::broker::Broker;
+use lift_shared::error::LiftError;
+use lift_shared::ids::JobId;
+use lift_shared::spec::{Limits, ModelCatalog};
+use lift_shared::state::JobStatus;
+use lift_shared::store::Store;
+use tokio::sync::watch;
+
+use crate::split::SplitOptions;
+
+/// Everything the coordinator's tasks and handlers share.
+pub(crate) struct Context {
+    pub store: Store,
+    pub broker: Arc<dyn Broker>,
+    pub catalog: Arc<dyn ModelCatalog>,
+    pub jobs: JobRegistry,
+    pub limits: Limits,
+    pub split: SplitOptions,
+    pub default_base_model: String,
+    pub failed_share_threshold: f64,
+    pub trainer_lease: std::time::Duration,
+}
+
+/// One cached job. `record` is the authoritative in-memory status (changes are serialized by
+/// its lock); `watchers` carries every change to WatchJob streams.
+pub(crate) struct JobEntry {
+    pub record: tokio::sync::Mutex<JobStatus>,
+    pub watchers: watch::Sender<JobStatus>,
+}
+
+impl JobEntry {
+    fn new(status: JobStatus) -> Self {
+        Self {
+            watchers: watch::channel(status.clone()).0,
+            record: tokio::sync::Mutex::new(status),
+        }
+    }
+
+    /// Shows the record to watchers (before it is durable: watchers want it live).
+    pub fn publish(&self, status: &JobStatus) {
+        self.watchers.send_replace(status.clone());
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct JobRegistry {
+    entries: Mutex<HashMap<JobId, Arc<JobEntry>>>,
+}
+
+impl JobRegistry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, Arc<JobEntry>>> {
+        // Critical sections are single map operations; a poisoned map is still consistent.
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Caches `status` unless the job is cached already; returns the cached entry.
+    pub fn insert(&self, status: JobStatus) -> Arc<JobEntry> {
+        self.lock()
+            .entry(status.job_id.clone())
+            .or_insert_with(|| Arc::new(JobEntry::new(status)))
+            .clone()
+    }
+
+    pub fn cached(&self, job: &JobId) -> Option<Arc<JobEntry>> {
+        self.lock().get(job).cloned()
+    }
+
+    /// The cached entry, or the latest record from the store (then cached); `None` for a job
+    /// the store does not know.
+    pub async fn get_or_load(
+        &self,
+        store: &Store,
+        job: &JobId,
+    ) -> Result<Option<Arc<JobEntry>>, LiftError> {
+        if let Some(entry) = self.cached(job) {
+            return Ok(Some(entry));
+        }
+        let Some(status) = store.read_latest_status(job).await? else {
+            return Ok(None);
+        };
+        Ok(Some(self.insert(status)))
+    }
+
+    pub fn all(&self) -> Vec<Arc<JobEntry>> {
+        self.lock().values().cloned().collect()
+    }
+
+    /// Drops finished jobs nobody watches, so the cache holds the live jobs only; a later
+    /// request reloads them from the store.
+    pub fn evict_finished(&self) {
+        self.lock().retain(|_, entry| {
+            let finished = entry.watchers.borrow().state.is_terminal();
+            !(finished && entry.watchers.receiver_count() == 0)
+        });
+    }
+}
+
+/// Stores `status` as the next record version and remembers the version written.
+pub(crate) async fn persist(store: &Store, status: &mut JobStatus) -> Result<(), LiftError> {
+    let mut next = status.clone();
+    next.seq += 1;
+    status.seq = store.write_status(&next).await?;
+    Ok(())
+}
+
+/// Resolves once the coordinator is told to stop (or its handle is gone).
+pub(crate) async fn stopped(mut shutdown: watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not `Send`; drop it here, inside this future.
+    let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
+}

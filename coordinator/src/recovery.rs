@@ -1,0 +1,139 @@
+//! Start-up recovery: rebuilds the job cache from the store and finishes what a crashed
+//! coordinator left undone (chunks never published, task files whose events were lost).
+
+use std::collections::HashSet;
+
+use lift_shared::error::LiftError;
+use lift_shared::ids::JobId;
+use lift_shared::messages::{now_ms, ProgressEvent};
+use lift_shared::state::{JobState, JobStatus};
+use lift_shared::store::{layout, FailedChunkMarker};
+
+use crate::chunk::plan_chunks;
+use crate::fanout;
+use crate::jobs::{persist, Context};
+
+/// Loads every unfinished job and repairs it; returns how many jobs were recovered. A job
+/// that cannot be repaired now is logged and left to the next start.
+pub(crate) async fn recover_jobs(ctx: &Context) -> Result<usize, LiftError> {
+    let mut recovered = 0;
+    for job in ctx.store.list_job_ids().await? {
+        let Some(status) = ctx.store.read_latest_status(&job).await? else {
+            continue;
+        };
+        if status.state.is_terminal() {
+            continue;
+        }
+        match recover_job(ctx, status).await {
+            Ok(()) => recovered += 1,
+            Err(error) => tracing::error!(job_id = %job, %error, "failed to recover job"),
+        }
+    }
+    Ok(recovered)
+}
+
+async fn recover_job(ctx: &Context, status: JobStatus) -> Result<(), LiftError> {
+    let job = status.job_id.clone();
+    let entry = ctx.jobs.insert(status);
+    let mut record = entry.record.lock().await;
+    let resolved = resolved_chunks(ctx, &job).await?;
+    let reconciled = reconcile_with_store(ctx, &mut record, &resolved).await?;
+    if record.state == JobState::Failed {
+        let reason = record.error.clone().unwrap_or_default();
+        fanout::write_cancel_marker(&ctx.store, &job, &reason).await?;
+    }
+
+    // A durable broker still holds what was published; an in-process one lost everything
+    // queued when the previous process ended.
+    let republish = !record.chunks_published || !ctx.broker.is_durable();
+    if republish && !record.state.is_terminal() {
+        let spec = fanout::read_spec(&ctx.store, &job).await?;
+        let split = ctx.split.clone();
+        let planned = {
+            let job = job.clone();
+            tokio::task::spawn_blocking(move || plan_chunks(&job, &spec, &split))
+                .await
+                .map_err(|e| LiftError::Internal(format!("sentence splitting panicked: {e}")))?
+        };
+        let missing: Vec<_> = planned
+            .into_iter()
+            .filter(|chunk| !resolved.contains(&chunk.chunk_index))
+            .collect();
+        tracing::info!(job_id = %job, chunks = missing.len(), "republishing unfinished chunks");
+        fanout::republish_train_assignment(&ctx.store, ctx.broker.as_ref(), &job, &record).await?;
+        fanout::store_and_publish_chunks(&ctx.store, ctx.broker.as_ref(), missing).await?;
+    }
+    if republish || reconciled {
+        record.chunks_published = true;
+        persist(&ctx.store, &mut record).await?;
+    }
+    entry.publish(&record);
+    Ok(())
+}
+
+/// Chunks that have a task file or a failed marker.
+async fn resolved_chunks(ctx: &Context, job: &JobId) -> Result<HashSet<u32>, LiftError> {
+    let mut resolved = HashSet::new();
+    for prefix in [layout::tasks_prefix(job), layout::failed_prefix(job)] {
+        for key in ctx.store.list(&prefix).await? {
+            resolved.extend(layout::chunk_index_of(&key));
+        }
+    }
+    Ok(resolved)
+}
+
+/// Counts chunks whose task file or failed marker is in the store but whose event never made
+/// it into the record (events lost with an in-process broker). Returns whether it changed.
+async fn reconcile_with_store(
+    ctx: &Context,
+    record: &mut JobStatus,
+    resolved: &HashSet<u32>,
+) -> Result<bool, LiftError> {
+    let job = record.job_id.clone();
+    let mut changed = false;
+    let mut uncounted: Vec<u32> = resolved
+        .iter()
+        .copied()
+        .filter(|chunk| !record.counted_chunks.contains(*chunk))
+        .collect();
+    uncounted.sort_unstable();
+    for chunk in uncounted {
+        let event = match ctx.store.get(&layout::tasks(&job, chunk)).await? {
+            Some(tasks) => {
+                let task_count = tasks
+                    .split(|b| *b == b'\n')
+                    .filter(|l| !l.is_empty())
+                    .count();
+                let sentences = chunk_sentence_count(ctx, &job, chunk).await?;
+                ProgressEvent::ChunkSynthesized {
+                    job_id: job.clone(),
+                    chunk_index: chunk,
+                    sentences,
+                    sentences_failed: 0,
+                    tasks: task_count as u32,
+                    pairs_dropped: 0,
+                    at_ms: now_ms(),
+                }
+            }
+            None => {
+                let marker: Option<FailedChunkMarker> =
+                    ctx.store.get_json(&layout::failed(&job, chunk)).await?;
+                ProgressEvent::ChunkFailed {
+                    job_id: job.clone(),
+                    chunk_index: chunk,
+                    reason: marker.map_or_else(|| "failed".to_string(), |m| m.reason),
+                    at_ms: now_ms(),
+                }
+            }
+        };
+        let threshold = record.failed_share_threshold;
+        changed |= record.apply(&event, threshold).changed;
+    }
+    Ok(changed)
+}
+
+async fn chunk_sentence_count(ctx: &Context, job: &JobId, chunk: u32) -> Result<u32, LiftError> {
+    let stored: Option<lift_shared::messages::SynthChunk> =
+        ctx.store.get_json(&layout::chunk(job, chunk)).await?;
+    Ok(stored.map_or(0, |c| c.sentences.len() as u32))
+}

@@ -1,0 +1,250 @@
+//! The gRPC `LiftService`: where jobs enter the system and where clients watch them.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use lift_shared::error::LiftError;
+use lift_shared::ids::JobId;
+use lift_shared::messages::now_ms;
+use lift_shared::proto;
+use lift_shared::proto::lift_service_server::LiftService;
+use lift_shared::proto_convert::spec_from_submit;
+use lift_shared::spec::JobSpec;
+use lift_shared::state::{JobState, JobStatus};
+use lift_shared::store::layout;
+use tonic::{Request, Response, Status};
+
+use crate::chunk::plan_chunks;
+use crate::fanout;
+use crate::jobs::{persist, Context, JobEntry};
+
+const DEFAULT_PAGE_SIZE: usize = 50;
+const MAX_PAGE_SIZE: usize = 500;
+
+pub struct LiftServiceImpl {
+    ctx: Arc<Context>,
+}
+
+impl LiftServiceImpl {
+    pub(crate) fn new(ctx: Arc<Context>) -> Self {
+        Self { ctx }
+    }
+
+    async fn entry(&self, job_id: &str) -> Result<Arc<JobEntry>, LiftError> {
+        let job = JobId::parse(job_id)?;
+        self.ctx
+            .jobs
+            .get_or_load(&self.ctx.store, &job)
+            .await?
+            .ok_or_else(|| LiftError::NotFound(format!("job {job} not found")))
+    }
+
+    async fn submit(&self, request: proto::SubmitJobRequest) -> Result<JobStatus, LiftError> {
+        let spec = spec_from_submit(request, &self.ctx.default_base_model)?;
+        spec.validate(&self.ctx.limits)?;
+        self.ctx.catalog.check(&spec.base_model).map_err(|reason| {
+            LiftError::InvalidArgument(format!("base_model {:?}: {reason}", spec.base_model))
+        })?;
+        let job = JobId::new();
+        let split = self.ctx.split.clone();
+        // Splitting megabytes of text is CPU work; keep it off the async workers.
+        let (spec, chunks) = tokio::task::spawn_blocking({
+            let job = job.clone();
+            move || {
+                let chunks = plan_chunks(&job, &spec, &split);
+                (spec, chunks)
+            }
+        })
+        .await
+        .map_err(|e| LiftError::Internal(format!("sentence splitting panicked: {e}")))?;
+        if chunks.is_empty() {
+            return Err(LiftError::InvalidArgument(
+                "documents contain no sentences".to_string(),
+            ));
+        }
+        let sentences: usize = chunks.iter().map(|c| c.sentences.len()).sum();
+        let mut status = JobStatus::new(
+            job.clone(),
+            spec.base_model.clone(),
+            sentences as u32,
+            chunks.len() as u32,
+            spec.training.epochs,
+            self.ctx.failed_share_threshold,
+            now_ms(),
+        );
+        self.store_new_job(&job, &spec, &status).await?;
+        let entry = self.ctx.jobs.insert(status.clone());
+        tracing::info!(job_id = %job, sentences, chunks = chunks.len(), "job submitted");
+
+        // The trainer goes first: it loads the base model while the first chunks synthesize.
+        let assignment = fanout::train_assignment(&job, &spec, &status);
+        fanout::publish_train_assignment(self.ctx.broker.as_ref(), &assignment).await?;
+        fanout::store_and_publish_chunks(&self.ctx.store, self.ctx.broker.as_ref(), chunks).await?;
+
+        let mut record = entry.record.lock().await;
+        record.chunks_published = true;
+        persist(&self.ctx.store, &mut record).await?;
+        entry.publish(&record);
+        status.clone_from(&record);
+        Ok(status)
+    }
+
+    async fn store_new_job(
+        &self,
+        job: &JobId,
+        spec: &JobSpec,
+        status: &JobStatus,
+    ) -> Result<(), LiftError> {
+        let created = self
+            .ctx
+            .store
+            .put_json_create(&layout::spec(job), spec)
+            .await?;
+        if !created {
+            return Err(LiftError::AlreadyExists(format!(
+                "job {job} already exists"
+            )));
+        }
+        self.ctx.store.write_status(status).await?;
+        Ok(())
+    }
+
+    async fn list(
+        &self,
+        request: proto::ListJobsRequest,
+    ) -> Result<proto::ListJobsResponse, LiftError> {
+        let page_size = match request.page_size as usize {
+            0 => DEFAULT_PAGE_SIZE,
+            n => n.min(MAX_PAGE_SIZE),
+        };
+        let after = if request.page_token.is_empty() {
+            None
+        } else {
+            Some(JobId::parse(&request.page_token).map_err(|_| {
+                LiftError::InvalidArgument(format!(
+                    "page_token {:?} is invalid",
+                    request.page_token
+                ))
+            })?)
+        };
+        let mut ids = self.ctx.store.list_job_ids().await?;
+        // UUIDv7 ids sort by creation time, so newest first is reverse id order.
+        ids.reverse();
+        let start = after.map_or(0, |token| ids.partition_point(|id| *id >= token));
+        let mut jobs = Vec::new();
+        let mut last_id = None;
+        for id in ids.iter().skip(start).take(page_size) {
+            last_id = Some(id.clone());
+            // A job whose first record is not written yet is mid-submit; skip it.
+            if let Some(entry) = self.ctx.jobs.get_or_load(&self.ctx.store, id).await? {
+                jobs.push(proto::JobStatus::from(&*entry.watchers.borrow()));
+            }
+        }
+        let more = ids.len() > start + page_size;
+        Ok(proto::ListJobsResponse {
+            jobs,
+            next_page_token: match (more, last_id) {
+                (true, Some(id)) => id.to_string(),
+                _ => String::new(),
+            },
+        })
+    }
+
+    async fn cancel(&self, request: proto::CancelJobRequest) -> Result<JobStatus, LiftError> {
+        let entry = self.entry(&request.job_id).await?;
+        let mut record = entry.record.lock().await;
+        if record.state.is_terminal() {
+            return Err(LiftError::FailedPrecondition(format!(
+                "job {} is already {}",
+                record.job_id, record.state
+            )));
+        }
+        let reason = if request.reason.trim().is_empty() {
+            "cancelled by user".to_string()
+        } else {
+            request.reason
+        };
+        fanout::write_cancel_marker(&self.ctx.store, &record.job_id, &reason).await?;
+        let mut cancelled = record.clone();
+        cancelled.transition(JobState::Cancelled, now_ms());
+        cancelled.error = Some(reason);
+        persist(&self.ctx.store, &mut cancelled).await?;
+        *record = cancelled;
+        entry.publish(&record);
+        tracing::info!(job_id = %record.job_id, "job cancelled");
+        Ok(record.clone())
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<proto::JobStatus, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl LiftService for LiftServiceImpl {
+    async fn submit_job(
+        &self,
+        request: Request<proto::SubmitJobRequest>,
+    ) -> Result<Response<proto::SubmitJobResponse>, Status> {
+        let status = self.submit(request.into_inner()).await?;
+        Ok(Response::new(proto::SubmitJobResponse {
+            job_id: status.job_id.to_string(),
+            status: Some(proto::JobStatus::from(&status)),
+        }))
+    }
+
+    async fn get_job(
+        &self,
+        request: Request<proto::GetJobRequest>,
+    ) -> Result<Response<proto::JobStatus>, Status> {
+        let entry = self.entry(&request.get_ref().job_id).await?;
+        let status = proto::JobStatus::from(&*entry.watchers.borrow());
+        Ok(Response::new(status))
+    }
+
+    type WatchJobStream = WatchStream;
+
+    async fn watch_job(
+        &self,
+        request: Request<proto::WatchJobRequest>,
+    ) -> Result<Response<Self::WatchJobStream>, Status> {
+        let entry = self.entry(&request.get_ref().job_id).await?;
+        let receiver = entry.watchers.subscribe();
+        // State: the receiver, and whether the last status sent was terminal. The first poll
+        // sends the current status; later ones wait for a change.
+        let stream = futures::stream::unfold(
+            (receiver, true, false),
+            |(mut receiver, first, finished)| async move {
+                if finished {
+                    return None;
+                }
+                if !first && receiver.changed().await.is_err() {
+                    return None;
+                }
+                let status = receiver.borrow_and_update().clone();
+                let terminal = status.state.is_terminal();
+                Some((
+                    Ok(proto::JobStatus::from(&status)),
+                    (receiver, false, terminal),
+                ))
+            },
+        );
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn list_jobs(
+        &self,
+        request: Request<proto::ListJobsRequest>,
+    ) -> Result<Response<proto::ListJobsResponse>, Status> {
+        Ok(Response::new(self.list(request.into_inner()).await?))
+    }
+
+    async fn cancel_job(
+        &self,
+        request: Request<proto::CancelJobRequest>,
+    ) -> Result<Response<proto::CancelJobResponse>, Status> {
+        let status = self.cancel(request.into_inner()).await?;
+        Ok(Response::new(proto::CancelJobResponse {
+            status: Some(proto::JobStatus::from(&status)),
+        }))
+    }
+}

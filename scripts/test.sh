@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The one test command: test services, default model, formatting, lints, all tests.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/lift-target}"
+
+step() {
+    echo
+    echo "==> $*"
+}
+
+step "test services (RabbitMQ, moto S3)"
+# shellcheck source=scripts/test-env.sh
+source scripts/test-env.sh
+
+step "default model"
+scripts/fetch-model.sh
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo test"
+cargo test --workspace -- --test-threads=2

@@ -1,0 +1,257 @@
+//! Process configuration: an optional TOML file, then environment variables on top. Defaults
+//! live in [`Config::default`] and nowhere else.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::LiftError;
+use crate::spec::Limits;
+
+pub const CONFIG_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Format version of this file; must be 1.
+    pub version: u32,
+    /// `LIFT_STORE_URL`: a directory, `file://dir`, `memory://` or `s3://bucket/prefix`.
+    pub store_url: String,
+    /// `LIFT_AMQP_URL`: RabbitMQ (`amqp://user:pass@host:5672/%2f`); empty runs the in-process
+    /// broker (embedded mode).
+    pub amqp_url: String,
+    /// `LIFT_GRPC_ADDR`: where the coordinator listens and clients connect.
+    pub grpc_addr: String,
+    /// `LIFT_GENERATOR_URL`: an OpenAI-compatible `/v1` endpoint; empty uses the built-in
+    /// engine.
+    pub generator_url: String,
+    /// `LIFT_GENERATOR_MODEL`: model name sent to the generator; empty lets it choose.
+    pub generator_model: String,
+    /// `LIFT_MODEL`: base model used when a job names none (`default`, a `.gguf` path or a
+    /// Hugging Face model directory).
+    pub model: String,
+    /// `LIFT_MAX_DOCUMENT_BYTES`: largest accepted document.
+    pub max_document_bytes: u64,
+    /// `LIFT_FAILED_SHARE_THRESHOLD`: a job fails once more than this share of its chunks
+    /// failed (0..=1).
+    pub failed_share_threshold: f64,
+    /// `LIFT_DELIVERY_LIMIT`: deliveries of a message before it is dead-lettered.
+    pub delivery_limit: u32,
+    /// `LIFT_TRAINER_LEASE_SECS`: a trainer whose heartbeat is older than this lost its job.
+    pub trainer_lease_secs: u64,
+    /// `LIFT_SYNTH_CONCURRENCY`: chunks a synth worker processes at once.
+    pub synth_concurrency: u32,
+    /// `LIFT_METRICS_ADDR`: where `/metrics` is served; empty disables it.
+    pub metrics_addr: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            version: CONFIG_VERSION,
+            store_url: ".lift/store".to_string(),
+            amqp_url: String::new(),
+            grpc_addr: "127.0.0.1:50051".to_string(),
+            generator_url: String::new(),
+            generator_model: String::new(),
+            model: "default".to_string(),
+            max_document_bytes: Limits::default().max_document_bytes as u64,
+            failed_share_threshold: 0.5,
+            delivery_limit: 5,
+            trainer_lease_secs: 15,
+            synth_concurrency: 4,
+            metrics_addr: String::new(),
+        }
+    }
+}
+
+fn invalid_config(message: String) -> LiftError {
+    LiftError::InvalidArgument(message)
+}
+
+fn parse_env<T: std::str::FromStr>(name: &str, raw: &str) -> Result<T, LiftError>
+where
+    T::Err: std::fmt::Display,
+{
+    raw.trim().parse().map_err(|e| {
+        invalid_config(format!(
+            "environment variable {name}={raw:?} is invalid: {e}"
+        ))
+    })
+}
+
+impl Config {
+    /// Reads `path` if given, then applies `LIFT_*` environment variables.
+    pub fn load(path: Option<&Path>) -> Result<Self, LiftError> {
+        let file_text = match path {
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+                invalid_config(format!(
+                    "failed to read config file {}: {e}",
+                    path.display()
+                ))
+            })?),
+            None => None,
+        };
+        Self::from_sources(file_text.as_deref(), |name| std::env::var(name).ok())
+    }
+
+    /// [`Config::load`] with the file text and the environment passed in (for tests).
+    pub fn from_sources(
+        file_text: Option<&str>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, LiftError> {
+        let mut config = match file_text {
+            Some(text) => toml::from_str::<Config>(text)
+                .map_err(|e| invalid_config(format!("failed to parse config file: {e}")))?,
+            None => Config::default(),
+        };
+        config.apply_env(env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), LiftError> {
+        let strings: [(&str, &mut String); 7] = [
+            ("LIFT_STORE_URL", &mut self.store_url),
+            ("LIFT_AMQP_URL", &mut self.amqp_url),
+            ("LIFT_GRPC_ADDR", &mut self.grpc_addr),
+            ("LIFT_GENERATOR_URL", &mut self.generator_url),
+            ("LIFT_GENERATOR_MODEL", &mut self.generator_model),
+            ("LIFT_MODEL", &mut self.model),
+            ("LIFT_METRICS_ADDR", &mut self.metrics_addr),
+        ];
+        for (name, field) in strings {
+            if let Some(value) = env(name) {
+                *field = value;
+            }
+        }
+        if let Some(raw) = env("LIFT_MAX_DOCUMENT_BYTES") {
+            self.max_document_bytes = parse_env("LIFT_MAX_DOCUMENT_BYTES", &raw)?;
+        }
+        if let Some(raw) = env("LIFT_FAILED_SHARE_THRESHOLD") {
+            self.failed_share_threshold = parse_env("LIFT_FAILED_SHARE_THRESHOLD", &raw)?;
+        }
+        if let Some(raw) = env("LIFT_DELIVERY_LIMIT") {
+            self.delivery_limit = parse_env("LIFT_DELIVERY_LIMIT", &raw)?;
+        }
+        if let Some(raw) = env("LIFT_TRAINER_LEASE_SECS") {
+            self.trainer_lease_secs = parse_env("LIFT_TRAINER_LEASE_SECS", &raw)?;
+        }
+        if let Some(raw) = env("LIFT_SYNTH_CONCURRENCY") {
+            self.synth_concurrency = parse_env("LIFT_SYNTH_CONCURRENCY", &raw)?;
+        }
+        Ok(())
+    }
+
+    pub fn validate(&self) -> Result<(), LiftError> {
+        if self.version != CONFIG_VERSION {
+            return Err(invalid_config(format!(
+                "config version {} is not supported; expected {CONFIG_VERSION}",
+                self.version
+            )));
+        }
+        if self.store_url.trim().is_empty() {
+            return Err(invalid_config("store_url is empty".to_string()));
+        }
+        if !(0.0..=1.0).contains(&self.failed_share_threshold) {
+            return Err(invalid_config(format!(
+                "failed_share_threshold is {}; it must be in 0..=1",
+                self.failed_share_threshold
+            )));
+        }
+        if self.delivery_limit == 0 {
+            return Err(invalid_config(
+                "delivery_limit must be at least 1".to_string(),
+            ));
+        }
+        if self.trainer_lease_secs == 0 {
+            return Err(invalid_config(
+                "trainer_lease_secs must be at least 1".to_string(),
+            ));
+        }
+        if self.synth_concurrency == 0 {
+            return Err(invalid_config(
+                "synth_concurrency must be at least 1".to_string(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Submit-time limits derived from this configuration.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_document_bytes: usize::try_from(self.max_document_bytes).unwrap_or(usize::MAX),
+            ..Limits::default()
+        }
+    }
+
+    pub fn uses_in_process_broker(&self) -> bool {
+        self.amqp_url.trim().is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn defaults_need_no_file_and_no_environment() {
+        let config = Config::from_sources(None, env(&[])).unwrap();
+        assert_eq!(config, Config::default());
+        assert!(config.uses_in_process_broker());
+        assert_eq!(config.grpc_addr, "127.0.0.1:50051");
+        assert_eq!(config.failed_share_threshold, 0.5);
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let file = "version = 1\nstore_url = \"s3://b/p\"\ndelivery_limit = 7\n";
+        let config = Config::from_sources(
+            Some(file),
+            env(&[
+                ("LIFT_DELIVERY_LIMIT", "9"),
+                ("LIFT_AMQP_URL", "amqp://localhost"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.store_url, "s3://b/p");
+        assert_eq!(config.delivery_limit, 9);
+        assert!(!config.uses_in_process_broker());
+    }
+
+    #[test]
+    fn unknown_fields_and_versions_are_rejected() {
+        let err = Config::from_sources(Some("version = 1\nstroe_url = \"x\"\n"), env(&[]));
+        assert!(err.unwrap_err().to_string().contains("stroe_url"));
+        let err = Config::from_sources(Some("version = 2\n"), env(&[]));
+        assert!(err.unwrap_err().to_string().contains("version 2"));
+    }
+
+    #[test]
+    fn bad_environment_values_name_the_variable() {
+        let err =
+            Config::from_sources(None, env(&[("LIFT_TRAINER_LEASE_SECS", "soon")])).unwrap_err();
+        assert!(err.to_string().contains("LIFT_TRAINER_LEASE_SECS"));
+        let err =
+            Config::from_sources(None, env(&[("LIFT_FAILED_SHARE_THRESHOLD", "1.5")])).unwrap_err();
+        assert!(err.to_string().contains("failed_share_threshold"));
+    }
+
+    #[test]
+    fn limits_follow_the_document_size() {
+        let config =
+            Config::from_sources(None, env(&[("LIFT_MAX_DOCUMENT_BYTES", "100")])).unwrap();
+        assert_eq!(config.limits().max_document_bytes, 100);
+        assert_eq!(config.limits().max_documents, 64);
+    }
+}

@@ -1,0 +1,244 @@
+//! `lift run` (embedded mode) as a user runs it, as a separate process.
+
+use std::path::Path;
+use std::time::Duration;
+
+use axum::routing::post;
+use axum::{Json, Router};
+use lift_engine::{Device, Engine, LoraAdapter, ModelSource};
+use lift_tests::{free_port, made_up_document, wait_for_port, LiftProcess};
+use serde_json::{json, Value};
+
+fn write_doc(dir: &Path, name: &str, title: &str, body: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("# {title}\n\n{body}\n")).unwrap();
+    path.display().to_string()
+}
+
+/// The last JSON status line `lift run --json` printed.
+fn final_status(log: &str) -> Value {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v.get("job_id").is_some())
+        .last()
+        .unwrap_or_else(|| panic!("no status line in output:\n{log}"))
+}
+
+fn run_lift(
+    dir: &Path,
+    name: &str,
+    args: &[&str],
+    env: &[(&str, String)],
+    timeout: Duration,
+) -> (bool, String) {
+    let mut process = LiftProcess::spawn(name, args, env, dir);
+    let status = process.wait_exit(timeout).unwrap_or_else(|| {
+        panic!(
+            "lift {name} did not finish in {timeout:?}:\n{}",
+            process.log_text()
+        )
+    });
+    (status.success(), process.log_text())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn embedded_job_through_lift_serve_pipelines_and_writes_a_peft_adapter() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _server = LiftProcess::spawn(
+        "serve",
+        &["serve", "--listen", &format!("127.0.0.1:{port}")],
+        &[],
+        dir.path(),
+    );
+    wait_for_port(port, Duration::from_secs(120)).await;
+    let doc = write_doc(
+        dir.path(),
+        "vellmar.md",
+        "Vellmar Island",
+        &made_up_document(12),
+    );
+    let store = dir.path().join("store");
+    let env = [
+        ("LIFT_STORE_URL", store.display().to_string()),
+        ("LIFT_GENERATOR_URL", format!("http://127.0.0.1:{port}/v1")),
+    ];
+    let args = [
+        "run",
+        &doc,
+        "--json",
+        "--epochs",
+        "2",
+        "--chunk-sentences",
+        "2",
+        "--batch-size",
+        "2",
+        "--rank",
+        "8",
+    ];
+    let (ok, log) = tokio::task::spawn_blocking({
+        let dir = dir.path().to_path_buf();
+        move || run_lift(&dir, "run", &args, &env, Duration::from_secs(900))
+    })
+    .await
+    .unwrap();
+    assert!(ok, "lift run failed:\n{log}");
+    let status = final_status(&log);
+    assert_eq!(status["state"], "succeeded", "{status}");
+    assert_eq!(status["chunks_total"], 6);
+    assert!(status["tasks_total"].as_u64().unwrap() > 0);
+
+    // Pipelining: training started before generation finished.
+    let first_step = status["first_step_at_ms"].as_i64().unwrap();
+    let last_chunk = status["last_chunk_at_ms"].as_i64().unwrap();
+    assert!(
+        first_step > 0 && first_step < last_chunk,
+        "first step at {first_step}, last chunk at {last_chunk}"
+    );
+
+    // The adapter is a PEFT directory our loader accepts for the base model.
+    let job = status["job_id"].as_str().unwrap();
+    let adapter_dir = store.join("jobs").join(job).join("adapter");
+    let config: Value =
+        serde_json::from_slice(&std::fs::read(adapter_dir.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["peft_type"], "LORA");
+    assert_eq!(config["task_type"], "CAUSAL_LM");
+    assert_eq!(
+        config["base_model_name_or_path"],
+        "HuggingFaceTB/SmolLM2-135M-Instruct"
+    );
+    assert_eq!(config["r"], 8);
+    let engine = Engine::load(&ModelSource::Default, &Device::Cpu).unwrap();
+    let adapter = LoraAdapter::load_peft(&adapter_dir, engine.config(), engine.device()).unwrap();
+    let names: Vec<String> = adapter.named_vars().into_iter().map(|(n, _)| n).collect();
+    assert!(names
+        .contains(&"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight".to_string()));
+    assert!(
+        names.contains(&"base_model.model.model.layers.29.mlp.down_proj.lora_B.weight".to_string())
+    );
+}
+
+/// An OpenAI-compatible server that always answers with `content`.
+async fn fake_generator(content: &'static str) -> u16 {
+    let app = Router::new().route(
+        "/v1/chat/completions",
+        post(move |Json(_): Json<Value>| async move {
+            Json(json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]}))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    port
+}
+
+async fn run_expecting_failure(generator_url: String, expected_reason: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let doc = write_doc(dir.path(), "doc.md", "Vellmar", &made_up_document(4));
+    let env = [
+        (
+            "LIFT_STORE_URL",
+            dir.path().join("store").display().to_string(),
+        ),
+        ("LIFT_GENERATOR_URL", generator_url),
+        ("LIFT_DELIVERY_LIMIT", "2".to_string()),
+    ];
+    let (ok, log) = tokio::task::spawn_blocking({
+        let dir = dir.path().to_path_buf();
+        move || {
+            run_lift(
+                &dir,
+                "run",
+                &["run", &doc, "--json", "--chunk-sentences", "2"],
+                &env,
+                Duration::from_secs(300),
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert!(!ok, "the job should fail:\n{log}");
+    let status = final_status(&log);
+    assert_eq!(status["state"], "failed", "{status}");
+    let error = status["error"].as_str().unwrap();
+    assert!(
+        error.contains(expected_reason),
+        "error {error:?} should mention {expected_reason:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn generator_returning_garbage_fails_the_job_with_the_reason() {
+    let port = fake_generator("I am not JSON and have no questions").await;
+    run_expecting_failure(
+        format!("http://127.0.0.1:{port}/v1"),
+        "no usable question/answer pair",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn generator_with_missing_fields_fails_the_job_with_the_reason() {
+    let port = fake_generator(r#"{"pairs": [{"question": "Who keeps the lighthouse?"}]}"#).await;
+    run_expecting_failure(format!("http://127.0.0.1:{port}/v1"), "missing field").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unreachable_generator_fails_the_job_with_the_reason() {
+    let port = free_port();
+    run_expecting_failure(format!("http://127.0.0.1:{port}/v1"), "unreachable").await;
+}
+
+#[test]
+fn invalid_input_is_refused_with_a_sentence_and_no_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let env = [
+        ("LIFT_STORE_URL", store.display().to_string()),
+        ("LIFT_MAX_DOCUMENT_BYTES", "2000".to_string()),
+    ];
+    let empty = write_doc(dir.path(), "empty.md", "Empty", "   \n\n  ");
+    let big = write_doc(dir.path(), "big.md", "Big", &made_up_document(60));
+    let binary = dir.path().join("binary.txt");
+    std::fs::write(&binary, [0x66, 0x6f, 0xff, 0xfe, 0x6f]).unwrap();
+    let ok_doc = write_doc(dir.path(), "ok.md", "Ok", &made_up_document(3));
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["run".into(), empty], "empty"),
+        (vec!["run".into(), big], "limit"),
+        (
+            vec!["run".into(), binary.display().to_string()],
+            "not valid UTF-8",
+        ),
+        (
+            vec![
+                "run".into(),
+                ok_doc.clone(),
+                "--model".into(),
+                "no-such-model".into(),
+            ],
+            "unknown model",
+        ),
+        (
+            vec!["run".into(), ok_doc.clone(), "--epochs".into(), "0".into()],
+            "epochs",
+        ),
+        (
+            vec!["run".into(), ok_doc, "--rank".into(), "0".into()],
+            "rank",
+        ),
+    ];
+    for (args, expected) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (ok, log) = run_lift(dir.path(), "invalid", &args, &env, Duration::from_secs(120));
+        assert!(!ok, "{args:?} should fail");
+        assert!(
+            log.to_lowercase().contains(&expected.to_lowercase()),
+            "{args:?}: output should mention {expected:?}:\n{log}"
+        );
+        assert!(!log.contains("panicked"), "{log}");
+    }
+    let jobs = store.join("jobs");
+    let stored = std::fs::read_dir(&jobs).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(stored, 0, "refused submissions leave no job behind");
+}

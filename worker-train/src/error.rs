@@ -1,0 +1,18 @@
+use lift_shared::broker::BrokerError;
+use lift_shared::error::LiftError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("store: {0}")]
+    Store(#[from] LiftError),
+    #[error("broker: {0}")]
+    Broker(#[from] BrokerError),
+    #[error("engine: {0}")]
+    Engine(#[from] lift_engine::EngineError),
+    #[error("checkpoint {key} is unreadable: {reason}")]
+    Checkpoint { key: String, reason: String },
+    #[error("the job has no training tasks (every chunk failed or produced none)")]
+    NoTasks,
+    #[error("training thread failed: {0}")]
+    Thread(String),
+}

@@ -1,0 +1,430 @@
+//! One training run of one job, on a blocking thread (model math must not sit on the async
+//! runtime); store and broker calls go through the runtime handle.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lift_engine::{Engine, LoraConfig, LrSchedule, SftExample, SftTrainer, TrainerOptions};
+use lift_shared::broker::{queues, Broker, Headers};
+use lift_shared::ids::JobId;
+use lift_shared::messages::{now_ms, ProgressEvent, Task, TrainAssignment};
+use lift_shared::spec::Schedule;
+use lift_shared::store::{layout, Store};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use tokio::runtime::Handle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::checkpoint::{Checkpoint, Cursor};
+use crate::error::TrainError;
+use crate::prompt::qa_prompt;
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Checkpoint after this many steps (and at every epoch end, and on shutdown).
+    pub checkpoint_every_steps: u64,
+    /// How often epoch 1 looks for new task files while generation runs.
+    pub poll_interval: Duration,
+    /// How often the run checks that it still holds the job (claim, cancel marker).
+    pub ownership_check_interval: Duration,
+    pub max_seq_len: usize,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            checkpoint_every_steps: 25,
+            poll_interval: Duration::from_millis(200),
+            ownership_check_interval: Duration::from_secs(2),
+            max_seq_len: 512,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunOutcome {
+    Finished {
+        adapter_uri: String,
+        steps: u64,
+        final_loss: f32,
+    },
+    /// The job was cancelled (or failed by the coordinator) while training.
+    Cancelled,
+    /// Shutdown: a checkpoint was written and the job handed back.
+    Released { step: u64 },
+    /// Another trainer claimed the job (this one was presumed dead).
+    LostClaim,
+}
+
+enum Interrupt {
+    Cancelled,
+    Shutdown,
+    LostClaim,
+}
+
+pub struct JobRun {
+    pub engine: Arc<Engine>,
+    pub store: Store,
+    pub broker: Arc<dyn Broker>,
+    pub assignment: TrainAssignment,
+    pub trainer_id: String,
+    pub claim_generation: u32,
+    pub options: RunOptions,
+    pub shutdown: CancellationToken,
+    /// Shared with the heartbeat task.
+    pub current_step: Arc<AtomicU64>,
+}
+
+struct State {
+    trainer: SftTrainer,
+    cursor: Cursor,
+    last_loss: f32,
+    last_ownership_check: Instant,
+    steps_since_checkpoint: u64,
+}
+
+type Pending = Vec<(u32, SftExample)>;
+
+impl JobRun {
+    fn job(&self) -> &JobId {
+        &self.assignment.job_id
+    }
+
+    fn block<F: std::future::Future>(&self, future: F) -> F::Output {
+        Handle::current().block_on(future)
+    }
+
+    fn publish(&self, event: ProgressEvent) -> Result<(), TrainError> {
+        let payload = serde_json::to_vec(&event).expect("events serialize");
+        self.block(
+            self.broker
+                .publish(queues::EVENTS, &payload, Headers::new()),
+        )?;
+        Ok(())
+    }
+
+    /// Runs the job to its end or to an interruption. Blocking.
+    pub fn run(self) -> Result<RunOutcome, TrainError> {
+        let mut state = self.start()?;
+        self.publish(ProgressEvent::TrainingStarted {
+            job_id: self.job().clone(),
+            trainer: self.trainer_id.clone(),
+            resumed_from_step: state.trainer.steps_done(),
+            at_ms: now_ms(),
+        })?;
+        let epochs = self.assignment.options.epochs.max(1);
+        let outcome = (|| -> Result<Option<Interrupt>, TrainError> {
+            if state.cursor.epoch <= 1 {
+                state.cursor.epoch = 1;
+                if let Some(interrupt) = self.train_first_epoch(&mut state)? {
+                    return Ok(Some(interrupt));
+                }
+                self.end_epoch(&mut state)?;
+            }
+            while state.cursor.epoch <= epochs {
+                if let Some(interrupt) = self.train_cached_epoch(&mut state)? {
+                    return Ok(Some(interrupt));
+                }
+                self.end_epoch(&mut state)?;
+            }
+            Ok(None)
+        })()?;
+        match outcome {
+            None => self.finish(&state),
+            Some(Interrupt::Cancelled) => Ok(RunOutcome::Cancelled),
+            Some(Interrupt::LostClaim) => Ok(RunOutcome::LostClaim),
+            Some(Interrupt::Shutdown) => {
+                self.checkpoint(&mut state)?;
+                let step = state.trainer.steps_done();
+                self.publish(ProgressEvent::TrainingReleased {
+                    job_id: self.job().clone(),
+                    step,
+                    at_ms: now_ms(),
+                })?;
+                // The coordinator puts the job back on the train queue when it sees this.
+                Ok(RunOutcome::Released { step })
+            }
+        }
+    }
+
+    fn start(&self) -> Result<State, TrainError> {
+        let options = &self.assignment.options;
+        let batch = options.batch_size.max(1) as u64;
+        let epochs = options.epochs.max(1) as u64;
+        let total_steps = self.assignment.expected_tasks.div_ceil(batch).max(1) * epochs;
+        let schedule = match options.schedule {
+            Schedule::Constant => LrSchedule::Constant,
+            Schedule::Cosine => LrSchedule::Cosine {
+                warmup_steps: options.warmup_steps as u64,
+                total_steps,
+            },
+        };
+        let trainer_options = TrainerOptions {
+            learning_rate: options.learning_rate,
+            schedule,
+            max_grad_norm: options.max_grad_norm,
+            max_seq_len: self.options.max_seq_len,
+            ..TrainerOptions::default()
+        };
+        let latest = self.block(Checkpoint::load_latest(&self.store, self.job()))?;
+        let (trainer, cursor, last_loss) = match latest {
+            Some((checkpoint, files, optimizer)) => {
+                let adapter = self.engine.load_adapter(&files)?;
+                let mut trainer = SftTrainer::new(self.engine.clone(), adapter, trainer_options)?;
+                trainer.restore_optimizer_state(&optimizer, checkpoint.step)?;
+                info!(job_id = %self.job(), step = checkpoint.step, epoch = checkpoint.cursor.epoch, "resuming from checkpoint");
+                (trainer, checkpoint.cursor, checkpoint.last_loss)
+            }
+            None => {
+                let lora = LoraConfig::new(
+                    options.rank as usize,
+                    options.alpha as f64,
+                    &options.target_modules,
+                )?;
+                let adapter = self.engine.new_adapter(lora, options.seed)?;
+                let trainer = SftTrainer::new(self.engine.clone(), adapter, trainer_options)?;
+                (trainer, Cursor::default(), f32::NAN)
+            }
+        };
+        self.current_step
+            .store(trainer.steps_done(), Ordering::Relaxed);
+        Ok(State {
+            trainer,
+            cursor,
+            last_loss,
+            last_ownership_check: Instant::now(),
+            steps_since_checkpoint: 0,
+        })
+    }
+
+    fn interrupted(&self, state: &mut State) -> Result<Option<Interrupt>, TrainError> {
+        if self.shutdown.is_cancelled() {
+            return Ok(Some(Interrupt::Shutdown));
+        }
+        if state.last_ownership_check.elapsed() < self.options.ownership_check_interval {
+            return Ok(None);
+        }
+        state.last_ownership_check = Instant::now();
+        if self.block(self.store.exists(&layout::cancel(self.job())))? {
+            return Ok(Some(Interrupt::Cancelled));
+        }
+        let claims = self.block(self.store.list(&layout::claims_prefix(self.job())))?;
+        let newest = claims
+            .iter()
+            .filter_map(|k| layout::chunk_index_of(k))
+            .max();
+        if newest.is_some_and(|g| g != self.claim_generation) {
+            return Ok(Some(Interrupt::LostClaim));
+        }
+        Ok(None)
+    }
+
+    fn read_tasks(&self, chunk: u32) -> Result<Vec<Task>, TrainError> {
+        let key = layout::tasks(self.job(), chunk);
+        let bytes = self.block(self.store.get(&key))?.unwrap_or_default();
+        let mut tasks = Vec::new();
+        for (line_number, line) in String::from_utf8_lossy(&bytes).lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            match serde_json::from_str::<Task>(line) {
+                Ok(task) => tasks.push(task),
+                Err(error) => {
+                    warn!(job_id = %self.job(), chunk, line_number, %error, "skipping malformed task line")
+                }
+            }
+        }
+        Ok(tasks)
+    }
+
+    fn example(task: &Task) -> SftExample {
+        SftExample {
+            prompt: qa_prompt(&task.title, &task.question),
+            answer: task.answer.clone(),
+        }
+    }
+
+    fn train_step(&self, state: &mut State, batch: &[SftExample]) -> Result<(), TrainError> {
+        let stats = state.trainer.step(batch)?;
+        state.last_loss = stats.loss;
+        state.steps_since_checkpoint += 1;
+        let step = state.trainer.steps_done();
+        self.current_step.store(step, Ordering::Relaxed);
+        self.publish(ProgressEvent::TrainingStep {
+            job_id: self.job().clone(),
+            epoch: state.cursor.epoch,
+            step,
+            loss: stats.loss,
+            tokens: stats.tokens as u64,
+            at_ms: now_ms(),
+        })?;
+        Ok(())
+    }
+
+    fn maybe_checkpoint(&self, state: &mut State) -> Result<(), TrainError> {
+        if state.steps_since_checkpoint >= self.options.checkpoint_every_steps {
+            self.checkpoint(state)?;
+        }
+        Ok(())
+    }
+
+    /// Epoch 1: trains each task file as soon as it exists, until every chunk has a task file
+    /// or a failure marker.
+    fn train_first_epoch(&self, state: &mut State) -> Result<Option<Interrupt>, TrainError> {
+        let batch_size = self.assignment.options.batch_size.max(1) as usize;
+        let chunk_count = self.assignment.chunk_count;
+        let mut loaded: BTreeSet<u32> = BTreeSet::new();
+        let mut pending: Pending = Vec::new();
+        loop {
+            if let Some(interrupt) = self.interrupted(state)? {
+                return Ok(Some(interrupt));
+            }
+            let with_tasks: BTreeSet<u32> = self
+                .block(self.store.list(&layout::tasks_prefix(self.job())))?
+                .iter()
+                .filter_map(|k| layout::chunk_index_of(k))
+                .collect();
+            let failed: BTreeSet<u32> = self
+                .block(self.store.list(&layout::failed_prefix(self.job())))?
+                .iter()
+                .filter_map(|k| layout::chunk_index_of(k))
+                .collect();
+            let mut found_new = false;
+            for &chunk in with_tasks.difference(&loaded.clone()) {
+                let done = state
+                    .cursor
+                    .epoch1_trained
+                    .get(&chunk)
+                    .copied()
+                    .unwrap_or(0) as usize;
+                let tasks = self.read_tasks(chunk)?;
+                pending.extend(tasks.iter().skip(done).map(|t| (chunk, Self::example(t))));
+                loaded.insert(chunk);
+                found_new = true;
+            }
+            let all_resolved =
+                (0..chunk_count).all(|c| with_tasks.contains(&c) || failed.contains(&c));
+            while pending.len() >= batch_size || (all_resolved && !pending.is_empty()) {
+                let take = pending.len().min(batch_size);
+                let batch: Pending = pending.drain(..take).collect();
+                let examples: Vec<SftExample> = batch.iter().map(|(_, e)| e.clone()).collect();
+                self.train_step(state, &examples)?;
+                for (chunk, _) in &batch {
+                    *state.cursor.epoch1_trained.entry(*chunk).or_insert(0) += 1;
+                }
+                self.maybe_checkpoint(state)?;
+                if let Some(interrupt) = self.interrupted(state)? {
+                    return Ok(Some(interrupt));
+                }
+            }
+            if all_resolved {
+                let trained: u32 = state.cursor.epoch1_trained.values().sum();
+                if trained == 0 && state.trainer.steps_done() == 0 {
+                    return Err(TrainError::NoTasks);
+                }
+                return Ok(None);
+            }
+            if !found_new {
+                std::thread::sleep(self.options.poll_interval);
+            }
+        }
+    }
+
+    /// Epochs 2+: the whole task cache, shuffled with a seed per epoch.
+    fn train_cached_epoch(&self, state: &mut State) -> Result<Option<Interrupt>, TrainError> {
+        let batch_size = self.assignment.options.batch_size.max(1) as usize;
+        let chunks: BTreeMap<u32, ()> = self
+            .block(self.store.list(&layout::tasks_prefix(self.job())))?
+            .iter()
+            .filter_map(|k| layout::chunk_index_of(k).map(|c| (c, ())))
+            .collect();
+        let mut examples = Vec::new();
+        for &chunk in chunks.keys() {
+            examples.extend(self.read_tasks(chunk)?.iter().map(Self::example));
+        }
+        if examples.is_empty() {
+            return Err(TrainError::NoTasks);
+        }
+        let seed = self.assignment.options.seed ^ (u64::from(state.cursor.epoch) << 32);
+        examples.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
+        let mut position = state.cursor.position as usize;
+        while position < examples.len() {
+            if let Some(interrupt) = self.interrupted(state)? {
+                return Ok(Some(interrupt));
+            }
+            let end = (position + batch_size).min(examples.len());
+            self.train_step(state, &examples[position..end])?;
+            position = end;
+            state.cursor.position = position as u64;
+            self.maybe_checkpoint(state)?;
+        }
+        Ok(None)
+    }
+
+    fn end_epoch(&self, state: &mut State) -> Result<(), TrainError> {
+        state.cursor.epoch += 1;
+        state.cursor.position = 0;
+        self.checkpoint(state)
+    }
+
+    fn checkpoint(&self, state: &mut State) -> Result<(), TrainError> {
+        let adapter = state.trainer.adapter().to_peft_files()?;
+        let checkpoint = Checkpoint {
+            step: state.trainer.steps_done(),
+            cursor: state.cursor.clone(),
+            last_loss: state.last_loss,
+            trainer: self.trainer_id.clone(),
+            at_ms: now_ms(),
+            adapter_config: String::from_utf8_lossy(&adapter.config_json).into_owned(),
+        };
+        let started = Instant::now();
+        let optimizer = state.trainer.optimizer_state()?;
+        let bytes = self.block(checkpoint.save(&self.store, self.job(), &adapter, optimizer))?;
+        state.steps_since_checkpoint = 0;
+        info!(job_id = %self.job(), step = checkpoint.step, bytes, seconds = started.elapsed().as_secs_f64(), "checkpoint written");
+        self.publish(ProgressEvent::Checkpointed {
+            job_id: self.job().clone(),
+            epoch: state.cursor.epoch,
+            step: checkpoint.step,
+            bytes,
+            at_ms: now_ms(),
+        })
+    }
+
+    fn finish(&self, state: &State) -> Result<RunOutcome, TrainError> {
+        let files = state.trainer.adapter().to_peft_files()?;
+        let job = self.job();
+        self.block(async {
+            self.store
+                .put_multipart(
+                    &layout::adapter_weights(job),
+                    files.safetensors.clone().into(),
+                )
+                .await?;
+            self.store
+                .put_overwrite(&layout::adapter_config(job), files.config_json.clone())
+                .await
+        })?;
+        let adapter_uri = format!(
+            "{}/{}",
+            self.store.url().trim_end_matches('/'),
+            layout::adapter_dir(job)
+        );
+        let steps = state.trainer.steps_done();
+        self.publish(ProgressEvent::TrainingFinished {
+            job_id: job.clone(),
+            adapter_uri: adapter_uri.clone(),
+            steps,
+            final_loss: state.last_loss,
+            at_ms: now_ms(),
+        })?;
+        Ok(RunOutcome::Finished {
+            adapter_uri,
+            steps,
+            final_loss: state.last_loss,
+        })
+    }
+}
