@@ -8,6 +8,9 @@ mod prompt;
 mod run;
 mod worker;
 
+#[cfg(test)]
+mod tests;
+
 pub use checkpoint::{Checkpoint, Cursor};
 pub use error::TrainError;
 pub use prompt::qa_prompt;

@@ -94,8 +94,7 @@ async fn handle_assignment(
         delivery.ack().await?;
         return Ok(());
     }
-    let wanted = lift_engine::ModelSource::parse(&assignment.base_model).map(|m| m.model_id());
-    if wanted.as_deref().ok() != Some(engine.model_id()) {
+    if !serves_model(engine, &assignment.base_model) {
         // A trainer holds one base model in memory; a job for another one cannot run here.
         warn!(job_id = %job, wanted = %assignment.base_model, serving = %engine.model_id(), "job needs another base model");
         publish_event(
@@ -174,6 +173,13 @@ async fn publish_event(broker: &Arc<dyn Broker>, event: ProgressEvent) -> Result
         .publish(queues::EVENTS, &payload, Headers::new())
         .await?;
     Ok(())
+}
+
+/// Whether `reference` (as a job names it) is the model this trainer holds.
+fn serves_model(engine: &Engine, reference: &str) -> bool {
+    reference == engine.model_id()
+        || lift_engine::ModelSource::parse(reference)
+            .is_ok_and(|m| m.model_id() == engine.model_id())
 }
 
 /// Creates the next claim generation; None when another trainer created it first.

@@ -1,0 +1,234 @@
+//! Trainer behaviour on the tiny engine, an in-memory store and the in-process broker.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use lift_engine::testing::tiny_engine;
+use lift_shared::broker::memory::InProcessBroker;
+use lift_shared::broker::{queues, Broker};
+use lift_shared::ids::JobId;
+use lift_shared::messages::{ProgressEvent, Task, TrainAssignment};
+use lift_shared::spec::TrainingOptions;
+use lift_shared::store::{layout, Store};
+use tokio_util::sync::CancellationToken;
+
+use crate::checkpoint::Checkpoint;
+use crate::run::{JobRun, RunOptions, RunOutcome};
+
+fn tasks(chunk: u32, n: u32) -> Vec<u8> {
+    let mut body = Vec::new();
+    for i in 0..n {
+        let task = Task {
+            sentence_index: chunk * 10 + i,
+            title: "Vellmar".into(),
+            question: format!("What is fact {chunk}-{i}?"),
+            answer: format!("Fact {chunk}-{i} is teal."),
+            kind: "qa".into(),
+        };
+        serde_json::to_writer(&mut body, &task).unwrap();
+        body.push(b'\n');
+    }
+    body
+}
+
+struct Fixture {
+    store: Store,
+    broker: Arc<dyn Broker>,
+    job: JobId,
+    engine: Arc<lift_engine::Engine>,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        Self {
+            store: Store::open("memory://").unwrap(),
+            broker: Arc::new(InProcessBroker::new(5)),
+            job: JobId::new(),
+            engine: Arc::new(tiny_engine(9)),
+        }
+    }
+
+    fn run(
+        &self,
+        chunk_count: u32,
+        epochs: u32,
+        checkpoint_every_steps: u64,
+        shutdown: CancellationToken,
+    ) -> JobRun {
+        JobRun {
+            engine: self.engine.clone(),
+            store: self.store.clone(),
+            broker: self.broker.clone(),
+            assignment: TrainAssignment {
+                job_id: self.job.clone(),
+                base_model: "tiny-random".into(),
+                options: TrainingOptions {
+                    rank: 4,
+                    alpha: 8.0,
+                    epochs,
+                    batch_size: 2,
+                    ..TrainingOptions::default()
+                },
+                chunk_count,
+                expected_tasks: u64::from(chunk_count) * 3,
+            },
+            trainer_id: "test-trainer".into(),
+            claim_generation: 0,
+            options: RunOptions {
+                checkpoint_every_steps,
+                poll_interval: Duration::from_millis(20),
+                ownership_check_interval: Duration::from_millis(0),
+                ..RunOptions::default()
+            },
+            shutdown,
+            current_step: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    async fn put_tasks(&self, chunk: u32, n: u32) {
+        assert!(self
+            .store
+            .put_create(&layout::tasks(&self.job, chunk), tasks(chunk, n))
+            .await
+            .unwrap());
+    }
+
+    async fn events(&self) -> Vec<ProgressEvent> {
+        let mut stream = self.broker.consume(queues::EVENTS, 1000).await.unwrap();
+        let mut events = Vec::new();
+        while let Ok(Some(Ok(delivery))) =
+            tokio::time::timeout(Duration::from_millis(200), stream.next()).await
+        {
+            events.push(serde_json::from_slice(delivery.payload()).unwrap());
+            delivery.ack().await.unwrap();
+        }
+        events
+    }
+}
+
+fn steps(events: &[ProgressEvent], epoch_wanted: u32) -> Vec<u64> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            ProgressEvent::TrainingStep { epoch, step, .. } if *epoch == epoch_wanted => {
+                Some(*step)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn first_epoch_trains_chunks_as_they_arrive_then_replays_the_cache() {
+    let f = Fixture::new();
+    let claim =
+        serde_json::to_vec(&serde_json::json!({"trainer": "test-trainer", "at_ms": 0})).unwrap();
+    f.store
+        .put_create(&layout::claim(&f.job, 0), claim)
+        .await
+        .unwrap();
+    f.put_tasks(0, 4).await;
+    let run = f.run(3, 2, 100, CancellationToken::new());
+    let handle = tokio::task::spawn_blocking(move || run.run());
+    // Chunk 0 trains while chunks 1 and 2 do not exist yet.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        !handle.is_finished(),
+        "the trainer waits for the remaining chunks"
+    );
+    let early = Checkpoint::load_latest(&f.store, &f.job).await.unwrap();
+    assert!(early.is_none(), "no epoch ended yet");
+    f.put_tasks(1, 3).await;
+    let failed =
+        serde_json::to_vec(&serde_json::json!({"chunk": 2, "reason": "poison", "at_ms": 0}))
+            .unwrap();
+    f.store
+        .put_create(&layout::failed(&f.job, 2), failed)
+        .await
+        .unwrap();
+    let outcome = handle.await.unwrap().unwrap();
+    let RunOutcome::Finished { steps: total, .. } = outcome else {
+        panic!("{outcome:?}")
+    };
+    // 7 tasks, batch 2: 4 steps per epoch (the last one partial).
+    assert_eq!(total, 8);
+    let events = f.events().await;
+    assert_eq!(steps(&events, 1), vec![1, 2, 3, 4]);
+    assert_eq!(steps(&events, 2), vec![5, 6, 7, 8]);
+    assert!(f
+        .store
+        .exists(&layout::adapter_config(&f.job))
+        .await
+        .unwrap());
+    let (checkpoint, _, _) = Checkpoint::load_latest(&f.store, &f.job)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(checkpoint.cursor.epoch1_trained.get(&0), Some(&4));
+    assert_eq!(checkpoint.cursor.epoch1_trained.get(&1), Some(&3));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_released_job_resumes_from_its_checkpoint_without_repeating_steps() {
+    let f = Fixture::new();
+    for chunk in 0..4 {
+        f.put_tasks(chunk, 4).await;
+    }
+    let shutdown = CancellationToken::new();
+    let run = f.run(4, 1, 1, shutdown.clone());
+    let handle = tokio::task::spawn_blocking(move || run.run());
+    loop {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if let Some((c, _, _)) = Checkpoint::load_latest(&f.store, &f.job).await.unwrap() {
+            if c.step >= 3 {
+                break;
+            }
+        }
+    }
+    shutdown.cancel();
+    let RunOutcome::Released { step: released_at } = handle.await.unwrap().unwrap() else {
+        panic!("expected a release")
+    };
+    assert!(released_at >= 3);
+
+    let resumed = f.run(4, 1, 1, CancellationToken::new());
+    let RunOutcome::Finished { steps: total, .. } =
+        tokio::task::spawn_blocking(move || resumed.run())
+            .await
+            .unwrap()
+            .unwrap()
+    else {
+        panic!("expected the resumed run to finish")
+    };
+    assert_eq!(
+        total, 8,
+        "16 tasks in batches of 2, none repeated or skipped"
+    );
+    let epoch_one = steps(&f.events().await, 1);
+    let mut unique = epoch_one.clone();
+    unique.dedup();
+    assert_eq!(
+        unique,
+        (1..=8).collect::<Vec<_>>(),
+        "step numbers continue after the resume: {epoch_one:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trainer_stops_when_a_newer_claim_takes_its_job() {
+    let f = Fixture::new();
+    f.put_tasks(0, 2).await;
+    let run = f.run(2, 1, 100, CancellationToken::new());
+    let claim = serde_json::to_vec(&serde_json::json!({"trainer": "other", "at_ms": 0})).unwrap();
+    f.store
+        .put_create(&layout::claim(&f.job, 1), claim)
+        .await
+        .unwrap();
+    let outcome = tokio::task::spawn_blocking(move || run.run())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(outcome, RunOutcome::LostClaim);
+}
