@@ -109,17 +109,18 @@ pub fn bench_train(
     let ids: Vec<u32> = (0..batch * seq)
         .map(|_| rng.random_range(0..vocab))
         .collect();
-    let targets: Vec<u32> = (0..batch * seq)
-        .map(|_| rng.random_range(0..vocab))
+    // The second half of every sequence is answer, as in the peer.
+    let rows: Vec<u32> = (0..batch * seq)
+        .filter(|i| i % seq >= seq / 2)
+        .map(|i| i as u32)
         .collect();
-    let mask: Vec<f32> = (0..batch * seq)
-        .map(|i| if i % seq >= seq / 2 { 1.0 } else { 0.0 })
-        .collect();
+    let targets: Vec<u32> = rows.iter().map(|_| rng.random_range(0..vocab)).collect();
+    let answer_tokens = rows.len();
     let sft = SftBatch {
         inputs: Tensor::from_vec(ids, (batch, seq), device)?,
-        targets: Tensor::from_vec(targets, (batch, seq), device)?,
-        loss_mask: Tensor::from_vec(mask, (batch, seq), device)?,
-        answer_tokens: batch * (seq - seq / 2),
+        answer_rows: Tensor::from_vec(rows, answer_tokens, device)?,
+        answer_targets: Tensor::from_vec(targets, answer_tokens, device)?,
+        answer_tokens,
     };
     device.synchronize()?;
     let load_s = started.elapsed().as_secs_f64();

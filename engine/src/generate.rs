@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::Engine;
 use crate::error::{EngineError, Result};
 use crate::lora::LoraAdapter;
-use crate::model::{ForwardInput, KvCache};
+use crate::model::{ForwardInput, KvCache, LogitsFor};
 use crate::tokenizer::ChatMessage;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -255,7 +255,7 @@ impl Engine {
                 positions: &positions,
                 mask: Some(&mask),
                 adapter,
-                last_position_only: true,
+                logits: LogitsFor::LastPosition,
             },
             Some(&mut cache),
         )?;
@@ -324,7 +324,7 @@ impl Engine {
                     positions: &positions,
                     mask: Some(&mask),
                     adapter,
-                    last_position_only: true,
+                    logits: LogitsFor::LastPosition,
                 },
                 Some(&mut cache),
             )?;

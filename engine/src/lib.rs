@@ -6,6 +6,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod fetch;
+mod frozen;
 pub mod generate;
 pub mod loader;
 pub mod lora;

@@ -5,6 +5,7 @@
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 
 use crate::config::ModelConfig;
+use crate::frozen::frozen_matmul;
 use crate::lora::{LoraAdapter, Projection};
 
 /// A frozen base-model projection, `y = x W^T (+ b)`, W stored `[out, in]` as in HF.
@@ -16,7 +17,7 @@ pub struct Linear {
 
 impl Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.broadcast_matmul(&self.weight.t()?)?;
+        let y = frozen_matmul(x, &self.weight)?;
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
@@ -143,8 +144,19 @@ pub struct ForwardInput<'a> {
     /// Additive mask broadcastable to `[b, heads, t, past + t]` (0 or -inf), in the model dtype.
     pub mask: Option<&'a Tensor>,
     pub adapter: Option<&'a LoraAdapter>,
-    /// Logits only for the last position of each row (generation) instead of all positions.
-    pub last_position_only: bool,
+    pub logits: LogitsFor<'a>,
+}
+
+/// Which positions get logits: the vocabulary projection is the largest activation, so
+/// generation asks for the last position and training for the answer tokens only.
+#[derive(Clone, Copy)]
+pub enum LogitsFor<'a> {
+    /// `[b, t, vocab]`
+    AllPositions,
+    /// `[b, 1, vocab]`
+    LastPosition,
+    /// `[n, vocab]` for these u32 indices into the flattened `b * t` positions.
+    FlatPositions(&'a Tensor),
 }
 
 #[derive(Debug, Clone)]
@@ -190,7 +202,7 @@ impl Model {
         &self.device
     }
 
-    /// Logits `[b, t, vocab]` (or `[b, 1, vocab]` with `last_position_only`), in f32.
+    /// Logits in f32, shaped as `input.logits` says.
     pub fn forward(&self, input: &ForwardInput, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
         let (b, t) = input.input_ids.dims2()?;
         let hidden = self.config.hidden_size;
@@ -202,13 +214,13 @@ impl Model {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[index]);
             x = self.layer_forward(index, layer, &x, input, layer_cache)?;
         }
-        let x = if input.last_position_only {
-            x.narrow(1, t - 1, 1)?
-        } else {
-            x
+        let x = match input.logits {
+            LogitsFor::AllPositions => x,
+            LogitsFor::LastPosition => x.narrow(1, t - 1, 1)?,
+            LogitsFor::FlatPositions(rows) => x.reshape((b * t, hidden))?.index_select(rows, 0)?,
         };
         let x = self.norm.forward(&x)?;
-        let logits = x.broadcast_matmul(&self.lm_head.t()?)?;
+        let logits = frozen_matmul(&x, &self.lm_head)?;
         logits.to_dtype(DType::F32)
     }
 

@@ -58,7 +58,7 @@ mod tests {
 
     use super::tiny_engine;
     use crate::lora::{LoraAdapter, LoraConfig};
-    use crate::model::{causal_mask, ForwardInput};
+    use crate::model::{causal_mask, ForwardInput, LogitsFor};
     use crate::train::{LrSchedule, SftExample, SftTrainer, TrainerOptions};
     use crate::Engine;
 
@@ -71,7 +71,7 @@ mod tests {
             positions: &positions,
             mask: Some(&mask),
             adapter,
-            last_position_only: false,
+            logits: LogitsFor::AllPositions,
         };
         engine
             .model

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::Engine;
 use crate::error::{EngineError, Result};
 use crate::lora::LoraAdapter;
-use crate::model::{causal_mask, ForwardInput};
+use crate::model::{causal_mask, ForwardInput, LogitsFor};
 use crate::tokenizer::ChatMessage;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -97,12 +97,13 @@ pub struct EncodedExample {
     pub is_answer: Vec<bool>,
 }
 
-/// A right-padded batch: inputs `[b, t]`, targets `[b, t]` (inputs shifted by one), and a
-/// loss mask `[b, t]` (1.0 on answer tokens).
+/// A right-padded batch: inputs `[b, t]`, and for the positions whose next token is an
+/// answer token, their flat index into `b * t` (`answer_rows`, u32) and that next token
+/// (`answer_targets`, u32). Only those positions get logits and loss.
 pub struct SftBatch {
     pub inputs: Tensor,
-    pub targets: Tensor,
-    pub loss_mask: Tensor,
+    pub answer_rows: Tensor,
+    pub answer_targets: Tensor,
     pub answer_tokens: usize,
 }
 
@@ -193,23 +194,28 @@ impl SftTrainer {
             .max(2)
             - 1;
         let pad = self.engine.tokenizer.pad_id();
-        let (mut inputs, mut targets, mut mask) = (Vec::new(), Vec::new(), Vec::new());
-        let mut answer_tokens = 0;
-        for e in &encoded {
+        let (mut inputs, mut rows, mut targets) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, e) in encoded.iter().enumerate() {
             for j in 0..t {
                 inputs.push(e.ids.get(j).copied().unwrap_or(pad));
-                targets.push(e.ids.get(j + 1).copied().unwrap_or(pad));
-                let counts = e.is_answer.get(j + 1).copied().unwrap_or(false);
-                answer_tokens += usize::from(counts);
-                mask.push(if counts { 1f32 } else { 0f32 });
+                if e.is_answer.get(j + 1).copied().unwrap_or(false) {
+                    rows.push((i * t + j) as u32);
+                    targets.push(e.ids[j + 1]);
+                }
             }
+        }
+        if rows.is_empty() {
+            return Err(EngineError::InvalidRequest(
+                "no answer tokens in the batch".into(),
+            ));
         }
         let b = encoded.len();
         let device = self.engine.device();
+        let answer_tokens = rows.len();
         Ok(SftBatch {
             inputs: Tensor::from_vec(inputs, (b, t), device)?,
-            targets: Tensor::from_vec(targets, (b, t), device)?,
-            loss_mask: Tensor::from_vec(mask, (b, t), device)?,
+            answer_rows: Tensor::from_vec(rows, answer_tokens, device)?,
+            answer_targets: Tensor::from_vec(targets, answer_tokens, device)?,
             answer_tokens,
         })
     }
@@ -228,19 +234,15 @@ impl SftTrainer {
                 positions: &positions,
                 mask: Some(&mask),
                 adapter: Some(&self.adapter),
-                last_position_only: false,
+                logits: LogitsFor::FlatPositions(&batch.answer_rows),
             },
             None,
         )?;
-        let vocab = logits.dim(2)?;
-        let flat = logits.reshape((b * t, vocab))?;
-        let max = flat.max_keepdim(1)?.detach();
-        let shifted = flat.broadcast_sub(&max)?;
+        let max = logits.max_keepdim(1)?.detach();
+        let shifted = logits.broadcast_sub(&max)?;
         let log_sum_exp = shifted.exp()?.sum_keepdim(1)?.log()?;
-        let target_logit = shifted.gather(&batch.targets.reshape((b * t, 1))?, 1)?;
-        let nll = (log_sum_exp - target_logit)?.reshape((b, t))?;
-        let count = (batch.answer_tokens.max(1)) as f64;
-        Ok(((nll * &batch.loss_mask)?.sum_all()? / count)?)
+        let target_logit = shifted.gather(&batch.answer_targets.unsqueeze(1)?, 1)?;
+        Ok((log_sum_exp - target_logit)?.mean_all()?)
     }
 
     /// One optimizer step on `examples`.

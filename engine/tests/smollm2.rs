@@ -113,7 +113,7 @@ fn logits_match_candle_transformers_quantized_llama() {
                 positions: &positions,
                 mask: Some(&mask),
                 adapter: None,
-                last_position_only: true,
+                logits: lift_engine::model::LogitsFor::LastPosition,
             },
             None,
         )
