@@ -23,5 +23,8 @@ cargo fmt --all -- --check
 step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
+step "build the lift binary (the cross-process tests run it)"
+cargo build -p lift-cli
+
 step "cargo test"
 cargo test --workspace -- --test-threads=2

@@ -119,7 +119,6 @@ pub async fn watch(client: &mut Client, job_id: &str, json: bool) -> anyhow::Res
         synthesis.set_draw_target(indicatif::ProgressDrawTarget::hidden());
         training.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    let mut last: Option<proto::JobStatus> = None;
     let mut failures = 0;
     loop {
         let stream = client
@@ -150,13 +149,11 @@ pub async fn watch(client: &mut Client, job_id: &str, json: bool) -> anyhow::Res
             training.set_position(status.epoch.saturating_sub(1) as u64);
             let loss = status.last_loss.map(|l| format!("{l:.3}")).unwrap_or_else(|| "-".into());
             training.set_message(format!("epochs, step {}, loss {loss}", status.step));
-            let done = is_terminal(status.state);
-            last = Some(status);
-            if done {
+            if is_terminal(status.state) {
                 synthesis.finish();
                 training.set_position(training.length().unwrap_or(0));
                 training.finish();
-                return Ok(last.expect("set above"));
+                return Ok(status);
             }
         }
         failures += 1;

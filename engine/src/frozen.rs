@@ -6,6 +6,9 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Storage, Tensor};
 
+/// `(batch, m, n, k)` of a matmul, the lhs and rhs layouts, and the output shape.
+type MatmulPlan = ((usize, usize, usize, usize), Layout, Layout, Shape);
+
 struct FrozenMatmul {
     /// `[out, in]`, contiguous.
     weight: Tensor,
@@ -13,10 +16,7 @@ struct FrozenMatmul {
 
 impl FrozenMatmul {
     /// Problem size and the two layouts for `x [.., in] @ W^T [in, out]`.
-    fn plan(
-        &self,
-        x_layout: &Layout,
-    ) -> Result<((usize, usize, usize, usize), Layout, Layout, Shape)> {
+    fn plan(&self, x_layout: &Layout) -> Result<MatmulPlan> {
         let (out_features, in_features) = self.weight.dims2()?;
         let dims = x_layout.dims();
         let k = *dims.last().unwrap_or(&0);

@@ -190,29 +190,13 @@ impl Engine {
             .iter()
             .map(|r| self.encode_prompt(r))
             .collect::<Result<Vec<_>>>()?;
-        let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
         let device = self.model.device();
+        let dtype = self.model.dtype();
+        let (mut logits, mut cache, column_masks) = self.prefill(adapter, &prompts)?;
         let mut rows = Vec::with_capacity(requests.len());
-        let mut ids = Vec::with_capacity(requests.len() * longest);
-        let mut positions = Vec::with_capacity(requests.len() * longest);
-        let mut mask = Vec::with_capacity(requests.len() * longest * longest);
-        for (index, (request, prompt)) in requests.iter().zip(&prompts).enumerate() {
-            let pad = longest - prompt.len();
-            ids.extend(std::iter::repeat_n(self.tokenizer.pad_id(), pad));
-            ids.extend_from_slice(prompt);
-            positions.extend((0..longest).map(|j| j.saturating_sub(pad) as u32));
-            for i in 0..longest {
-                // A padding query attends to itself only, so it stays finite (an all -inf
-                // row would be NaN and spread through the next layer's keys).
-                mask.extend((0..longest).map(|j| {
-                    let visible = (j >= pad && j <= i) || (i < pad && j == i);
-                    if visible {
-                        0.0
-                    } else {
-                        f32::NEG_INFINITY
-                    }
-                }));
-            }
+        for (index, ((request, prompt), column_mask)) in
+            requests.iter().zip(&prompts).zip(column_masks).enumerate()
+        {
             let mut forced = VecDeque::new();
             let json = match request.params.constraint {
                 Some(OutputConstraint::QaJsonList { pairs }) => {
@@ -237,28 +221,11 @@ impl Engine {
                 rng: rand::rngs::StdRng::seed_from_u64(request.params.seed),
                 json,
                 next_position: prompt.len() as u32,
-                column_mask: (0..longest)
-                    .map(|j| if j >= pad { 0.0 } else { f32::NEG_INFINITY })
-                    .collect(),
+                column_mask,
                 finish: None,
             });
         }
         let b = requests.len();
-        let dtype = self.model.dtype();
-        let input_ids = Tensor::from_vec(ids, (b, longest), device)?;
-        let positions = Tensor::from_vec(positions, (b, longest), device)?;
-        let mask = Tensor::from_vec(mask, (b, 1, longest, longest), device)?.to_dtype(dtype)?;
-        let mut cache = KvCache::new(self.model.config.num_layers);
-        let mut logits = self.model.forward(
-            &ForwardInput {
-                input_ids: &input_ids,
-                positions: &positions,
-                mask: Some(&mask),
-                adapter,
-                logits: LogitsFor::LastPosition,
-            },
-            Some(&mut cache),
-        )?;
         let mut active: Vec<usize> = (0..b).collect();
         let json_vocab = if requests.iter().any(|r| r.params.constraint.is_some()) {
             Some(self.json_vocab()?)
@@ -338,6 +305,105 @@ impl Engine {
                 finish_reason: row.finish.unwrap_or(FinishReason::Length),
             })
             .collect())
+    }
+
+    /// Runs the prompts through the model and returns the last-position logits `[rows, 1,
+    /// vocab]`, the KV cache and each row's additive mask over the cache columns. Work is
+    /// shared: the prefix common to all prompts (the chat template and few-shot examples of
+    /// a synthesis batch) is computed once, and identical prompts (several samples of one
+    /// question) once each.
+    fn prefill(
+        &self,
+        adapter: Option<&LoraAdapter>,
+        prompts: &[Vec<u32>],
+    ) -> Result<(Tensor, KvCache, Vec<Vec<f32>>)> {
+        let device = self.model.device();
+        let dtype = self.model.dtype();
+        let mut unique: Vec<&Vec<u32>> = Vec::new();
+        let row_to_unique: Vec<u32> = prompts
+            .iter()
+            .map(|p| match unique.iter().position(|u| *u == p) {
+                Some(i) => i as u32,
+                None => {
+                    unique.push(p);
+                    (unique.len() - 1) as u32
+                }
+            })
+            .collect();
+        // Every prompt keeps at least one token of its own, whose logits start generation.
+        let shortest = unique.iter().map(|p| p.len()).min().unwrap_or(1);
+        let shared = (0..shortest - 1)
+            .take_while(|&i| unique.iter().all(|p| p[i] == unique[0][i]))
+            .count();
+        let mut cache = KvCache::new(self.model.config.num_layers);
+        if shared > 0 {
+            let ids = Tensor::new(&unique[0][..shared], device)?.unsqueeze(0)?;
+            let positions = Tensor::arange(0u32, shared as u32, device)?.unsqueeze(0)?;
+            let mask = crate::model::causal_mask(shared, 0, dtype, device)?;
+            self.model.forward(
+                &ForwardInput {
+                    input_ids: &ids,
+                    positions: &positions,
+                    mask: Some(&mask),
+                    adapter,
+                    logits: LogitsFor::LastPosition,
+                },
+                Some(&mut cache),
+            )?;
+            let copies = Tensor::zeros(unique.len(), DType::U32, device)?;
+            cache.select_rows(&copies)?;
+        }
+        let longest = unique.iter().map(|p| p.len() - shared).max().unwrap_or(1);
+        let columns = shared + longest;
+        let (mut ids, mut positions, mut mask) = (Vec::new(), Vec::new(), Vec::new());
+        let mut unique_masks = Vec::with_capacity(unique.len());
+        for prompt in &unique {
+            let own = &prompt[shared..];
+            let pad = longest - own.len();
+            ids.extend(std::iter::repeat_n(self.tokenizer.pad_id(), pad));
+            ids.extend_from_slice(own);
+            positions.extend((0..longest).map(|j| (shared + j.saturating_sub(pad)) as u32));
+            for i in 0..longest {
+                // A padding query attends to itself only, so it stays finite (an all -inf
+                // row would be NaN and spread through the next layer's keys).
+                mask.extend((0..columns).map(|c| {
+                    let visible = if i < pad {
+                        c == shared + i
+                    } else {
+                        c < shared || (c >= shared + pad && c <= shared + i)
+                    };
+                    if visible {
+                        0.0
+                    } else {
+                        f32::NEG_INFINITY
+                    }
+                }));
+            }
+            unique_masks.push(
+                (0..columns)
+                    .map(|c| if c < shared || c >= shared + pad { 0.0 } else { f32::NEG_INFINITY })
+                    .collect::<Vec<f32>>(),
+            );
+        }
+        let u = unique.len();
+        let input_ids = Tensor::from_vec(ids, (u, longest), device)?;
+        let positions = Tensor::from_vec(positions, (u, longest), device)?;
+        let mask = Tensor::from_vec(mask, (u, 1, longest, columns), device)?.to_dtype(dtype)?;
+        let logits = self.model.forward(
+            &ForwardInput {
+                input_ids: &input_ids,
+                positions: &positions,
+                mask: Some(&mask),
+                adapter,
+                logits: LogitsFor::LastPosition,
+            },
+            Some(&mut cache),
+        )?;
+        let rows = Tensor::from_vec(row_to_unique.clone(), prompts.len(), device)?;
+        cache.select_rows(&rows)?;
+        let logits = logits.index_select(&rows, 0)?;
+        let masks = row_to_unique.iter().map(|&i| unique_masks[i as usize].clone()).collect();
+        Ok((logits, cache, masks))
     }
 
     fn token_budget(&self, params: &SamplingParams) -> usize {

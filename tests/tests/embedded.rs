@@ -47,7 +47,7 @@ async fn embedded_job_through_lift_serve_pipelines_and_writes_a_peft_adapter() {
     let port = free_port();
     let _server = LiftProcess::spawn(
         "serve",
-        &["serve", "--listen", &format!("127.0.0.1:{port}")],
+        &["serve", "--addr", &format!("127.0.0.1:{port}")],
         &[],
         dir.path(),
     );

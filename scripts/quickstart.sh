@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The main job on the embedded default, from a fresh clone: fetch the default model, build
+# lift, LIFT the example document, then ask the adapted model (and the base model, for
+# comparison) questions about it with no document in the prompt.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/lift-target}"
+
+scripts/fetch-model.sh
+cargo build --release -p lift-cli
+lift="$CARGO_TARGET_DIR/release/lift"
+
+export LIFT_STORE_URL="${LIFT_STORE_URL:-$PWD/.lift/store}"
+"$lift" run examples/zorblat.md \
+    --epochs "${LIFT_EPOCHS:-3}" \
+    --ask "Who founded the Zorblat Lantern Guild?" \
+    --ask "What colour is the front door of the guild hall?" \
+    --ask "Who is the current Grand Lampwright of the guild?" \
+    --compare-base "$@"

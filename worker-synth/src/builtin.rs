@@ -1,0 +1,230 @@
+//! A question writer on the built-in engine, for embedded mode. It follows the recipe that
+//! makes a 135M model usable (see "A 135M model is a weak question writer"): a few-shot prompt,
+//! the reply prefilled with `Question:`, a low temperature, a stop at the first blank line,
+//! and several samples per wanted pair, all in one batch; `parse` and `ground` then keep the
+//! good ones.
+
+use std::sync::{mpsc, Arc};
+
+use async_trait::async_trait;
+use lift_engine::{ChatMessage, Engine, GenerationOutput, GenerationRequest, SamplingParams};
+use tokio::sync::oneshot;
+
+use crate::generator::{GeneratorError, QaGenerator, QaRequest, RawReply};
+use crate::prompt::builtin_fewshot_user;
+
+/// The reply starts here; the model only continues it.
+const PREFILL: &str = "Question:";
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BuiltinConfig {
+    /// Samples per wanted pair: about half of a small model's pairs survive validation.
+    pub samples_per_pair: u32,
+    /// Upper bound on one batch, whatever the request asks for.
+    pub max_samples: u32,
+    /// One question and a short answer fit easily.
+    pub max_tokens: usize,
+    /// Used when a request's temperature is not a usable number.
+    pub default_temperature: f32,
+    /// Most sequences generated together: requests that wait at the same time (sentences of
+    /// a chunk, chunks in parallel) share one engine batch, and the engine computes their
+    /// common few-shot prefix once.
+    pub max_batch_rows: usize,
+}
+
+impl Default for BuiltinConfig {
+    fn default() -> Self {
+        Self {
+            samples_per_pair: 3,
+            max_samples: 32,
+            max_tokens: 96,
+            default_temperature: 0.2,
+            max_batch_rows: 48,
+        }
+    }
+}
+
+type EngineReply = Result<Vec<GenerationOutput>, String>;
+
+/// Requests waiting for the engine thread, each with where its outputs go.
+struct Pending {
+    requests: Vec<GenerationRequest>,
+    reply: oneshot::Sender<EngineReply>,
+}
+
+pub struct BuiltinGenerator {
+    config: BuiltinConfig,
+    /// To the one engine thread: one batch at a time fills the device, and batches running
+    /// side by side would only compete for it.
+    queue: mpsc::Sender<Pending>,
+}
+
+impl BuiltinGenerator {
+    pub fn new(engine: Arc<Engine>) -> Self {
+        Self::with_config(engine, BuiltinConfig::default())
+    }
+
+    pub fn with_config(engine: Arc<Engine>, config: BuiltinConfig) -> Self {
+        let (queue, waiting) = mpsc::channel();
+        let max_rows = config.max_batch_rows.max(1);
+        // The thread ends when the generator (the only sender) is dropped.
+        std::thread::Builder::new()
+            .name("builtin-generator".into())
+            .spawn(move || engine_loop(&engine, &waiting, max_rows))
+            .expect("spawning the generator thread");
+        Self { config, queue }
+    }
+
+    fn batch(&self, request: &QaRequest) -> Result<Vec<GenerationRequest>, GeneratorError> {
+        let user = builtin_fewshot_user(&request.sentence)?;
+        let temperature = if request.temperature.is_finite() && request.temperature >= 0.0 {
+            request.temperature
+        } else {
+            self.config.default_temperature
+        };
+        // Greedy decoding gives the same reply every time: one sample is all there is.
+        let samples = if temperature == 0.0 {
+            1
+        } else {
+            (request.pairs_wanted.max(1) * self.config.samples_per_pair.max(1))
+                .min(self.config.max_samples.max(1))
+        };
+        let batch = (0..u64::from(samples))
+            .map(|sample| GenerationRequest {
+                messages: vec![ChatMessage::new("user", user.clone())],
+                prefill: PREFILL.to_string(),
+                params: SamplingParams {
+                    max_tokens: self.config.max_tokens,
+                    temperature: f64::from(temperature),
+                    stop: vec!["\n\n".to_string()],
+                    // Distinct seeds, or every sample of the batch would be the same.
+                    seed: request.seed.wrapping_add(sample),
+                    ..SamplingParams::default()
+                },
+            })
+            .collect();
+        Ok(batch)
+    }
+}
+
+#[async_trait]
+impl QaGenerator for BuiltinGenerator {
+    async fn generate(&self, request: &QaRequest) -> Result<Vec<RawReply>, GeneratorError> {
+        let requests = self.batch(request)?;
+        let (reply, outputs) = oneshot::channel();
+        self.queue
+            .send(Pending { requests, reply })
+            .map_err(|_| GeneratorError::Engine("the generator thread stopped".to_string()))?;
+        let outputs = outputs
+            .await
+            .map_err(|_| GeneratorError::Engine("the generator thread stopped".to_string()))?
+            .map_err(GeneratorError::Engine)?;
+        Ok(outputs
+            .into_iter()
+            .map(|output| RawReply {
+                text: format!("{PREFILL}{}", output.text),
+            })
+            .collect())
+    }
+}
+
+/// Takes what waits (up to `max_rows` sequences), generates it as one batch, and hands each
+/// caller its outputs. A failed batch is retried request by request, so one bad prompt
+/// (say, too long) fails alone.
+fn engine_loop(engine: &Engine, waiting: &mpsc::Receiver<Pending>, max_rows: usize) {
+    while let Ok(first) = waiting.recv() {
+        let mut batch = vec![first];
+        let mut rows = batch[0].requests.len();
+        while rows < max_rows {
+            match waiting.try_recv() {
+                Ok(next) => {
+                    rows += next.requests.len();
+                    batch.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        let all: Vec<GenerationRequest> = batch.iter().flat_map(|p| p.requests.clone()).collect();
+        match engine.generate(None, &all) {
+            Ok(outputs) => {
+                let mut outputs = outputs.into_iter();
+                for pending in batch {
+                    let mine: Vec<_> = outputs.by_ref().take(pending.requests.len()).collect();
+                    let _ = pending.reply.send(Ok(mine));
+                }
+            }
+            Err(_) if batch.len() > 1 => {
+                for pending in batch {
+                    let result = engine.generate(None, &pending.requests).map_err(|e| e.to_string());
+                    let _ = pending.reply.send(result);
+                }
+            }
+            Err(error) => {
+                for pending in batch {
+                    let _ = pending.reply.send(Err(error.to_string()));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lift_engine::testing::tiny_engine;
+
+    use super::*;
+
+    fn request(pairs_wanted: u32, temperature: f32) -> QaRequest {
+        QaRequest {
+            title: "Eiffel Tower".to_string(),
+            sentence: "The tower was completed in 1889.".to_string(),
+            left_context: String::new(),
+            pairs_wanted,
+            temperature,
+            seed: 3,
+            model: None,
+        }
+    }
+
+    fn generator() -> BuiltinGenerator {
+        BuiltinGenerator::with_config(
+            Arc::new(tiny_engine(1)),
+            BuiltinConfig {
+                max_tokens: 8,
+                ..BuiltinConfig::default()
+            },
+        )
+    }
+
+    #[test]
+    fn batch_follows_the_small_model_recipe() {
+        let batch = generator().batch(&request(2, 0.2)).unwrap();
+        assert_eq!(batch.len(), 6);
+        let first = &batch[0];
+        assert_eq!(first.prefill, "Question:");
+        assert_eq!(first.params.stop, vec!["\n\n".to_string()]);
+        assert!((first.params.temperature - 0.2).abs() < 1e-6);
+        assert!(first.messages[0]
+            .content
+            .ends_with("Sentence: The tower was completed in 1889."));
+        let seeds: std::collections::HashSet<u64> =
+            batch.iter().map(|request| request.params.seed).collect();
+        assert_eq!(seeds.len(), 6, "every sample has its own seed");
+    }
+
+    #[test]
+    fn greedy_requests_take_one_sample_and_bad_temperatures_fall_back() {
+        assert_eq!(generator().batch(&request(3, 0.0)).unwrap().len(), 1);
+        let fallback = generator().batch(&request(1, f32::NAN)).unwrap();
+        assert!((fallback[0].params.temperature - 0.2).abs() < 1e-6);
+    }
+
+    #[tokio::test]
+    async fn replies_start_with_the_prefill() {
+        let replies = generator().generate(&request(1, 0.7)).await.unwrap();
+        assert_eq!(replies.len(), 3);
+        assert!(replies
+            .iter()
+            .all(|reply| reply.text.starts_with("Question:")));
+    }
+}

@@ -1,0 +1,236 @@
+//! Grounding check: keep an answer only if the source text supports it. Small generators invent
+//! (see "A 135M model is a weak question writer"), and a model fine-tuned on invented answers
+//! learns them as facts of the document. The check is lexical on purpose: cheap, deterministic,
+//! and strict about the part that matters most, numbers.
+
+use std::collections::HashSet;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GroundingPolicy {
+    /// Share of the answer's content words that must occur in the sentence or its left context.
+    pub min_supported_fraction: f32,
+}
+
+impl Default for GroundingPolicy {
+    fn default() -> Self {
+        Self {
+            min_supported_fraction: 0.6,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Ungrounded {
+    /// "Yes", "It is." and the like cannot be checked against the text and teach nothing.
+    #[error("answer has no content words")]
+    NoContentWords,
+    #[error("number {0} is not in the source")]
+    NumberNotInSource(String),
+    #[error("{supported} of {total} content words are in the source")]
+    TooFewSupported { supported: usize, total: usize },
+}
+
+/// The words of a source text, normalised once and checked against many answers.
+#[derive(Debug, Default)]
+pub struct SourceWords {
+    numbers: HashSet<String>,
+    stems: HashSet<String>,
+}
+
+impl SourceWords {
+    pub fn new(sentence: &str, left_context: &str) -> Self {
+        let mut source = Self::default();
+        for text in [sentence, left_context] {
+            for token in tokens(text) {
+                match token {
+                    Token::Number(number) => {
+                        source.numbers.insert(number);
+                    }
+                    Token::Word(word) => {
+                        source.stems.insert(stem(&word));
+                    }
+                }
+            }
+        }
+        source
+    }
+
+    pub fn check(&self, answer: &str, policy: GroundingPolicy) -> Result<(), Ungrounded> {
+        let mut total = 0usize;
+        let mut supported = 0usize;
+        for token in tokens(answer) {
+            match token {
+                Token::Number(number) => {
+                    if !self.numbers.contains(&number) {
+                        return Err(Ungrounded::NumberNotInSource(number));
+                    }
+                    total += 1;
+                    supported += 1;
+                }
+                Token::Word(word) if is_content_word(&word) => {
+                    total += 1;
+                    if self.stems.contains(&stem(&word)) {
+                        supported += 1;
+                    }
+                }
+                Token::Word(_) => {}
+            }
+        }
+        if total == 0 {
+            return Err(Ungrounded::NoContentWords);
+        }
+        if (supported as f32) < policy.min_supported_fraction * total as f32 {
+            return Err(Ungrounded::TooFewSupported { supported, total });
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Token {
+    /// Digits with their inner separators, thousands commas removed (`1,000` -> `1000`).
+    Number(String),
+    /// A lowercase run of letters (and digits glued to letters is not a number: `mp3`).
+    Word(String),
+}
+
+fn tokens(text: &str) -> impl Iterator<Item = Token> + '_ {
+    text.split_whitespace().flat_map(|chunk| {
+        let trimmed = chunk.trim_matches(|c: char| !c.is_alphanumeric());
+        let is_number = !trimmed.is_empty()
+            && trimmed.chars().any(|c| c.is_ascii_digit())
+            && trimmed
+                .chars()
+                .all(|c| c.is_ascii_digit() || matches!(c, '.' | ',' | ':' | '/' | '-'));
+        if is_number {
+            return vec![Token::Number(trimmed.replace(',', ""))];
+        }
+        trimmed
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|word| !word.is_empty())
+            .map(|word| Token::Word(word.to_lowercase()))
+            .collect()
+    })
+}
+
+const STOPWORDS: &[&str] = &[
+    "a", "about", "after", "all", "also", "an", "and", "any", "are", "as", "at", "be", "been",
+    "before", "being", "but", "by", "can", "could", "did", "do", "does", "for", "from", "had",
+    "has", "have", "he", "her", "hers", "him", "his", "how", "i", "if", "in", "into", "is", "it",
+    "its", "just", "me", "more", "most", "my", "no", "not", "of", "on", "one", "only", "or",
+    "other", "our", "out", "over", "s", "she", "so", "some", "such", "than", "that", "the",
+    "their", "them", "then", "there", "these", "they", "this", "those", "to", "too", "up", "us",
+    "very", "was", "we", "were", "what", "when", "where", "which", "while", "who", "whom", "whose",
+    "why", "will", "with", "would", "yes", "you", "your",
+];
+
+/// Whether a lowercase word carries content (shared with `cloze`, which must not blank out
+/// "the").
+pub(crate) fn is_content_word(word: &str) -> bool {
+    !STOPWORDS.contains(&word)
+}
+
+/// A light suffix stripper, so "founded"/"founding"/"founds" and "cities"/"city" match; both
+/// sides go through it, so over-stripping is harmless.
+fn stem(word: &str) -> String {
+    if let Some(base) = word.strip_suffix("ies") {
+        if base.chars().count() >= 2 {
+            return format!("{base}y");
+        }
+    }
+    for suffix in ["ing", "ed", "es", "ly", "s"] {
+        if let Some(base) = word.strip_suffix(suffix) {
+            if base.chars().count() >= 3 && !(suffix == "s" && base.ends_with('s')) {
+                return base.to_string();
+            }
+        }
+    }
+    word.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NEEDLE: &str = "The best thing to do in San Francisco is eat a sandwich and sit in \
+                          Dolores Park on a sunny day.";
+
+    fn check(answer: &str, sentence: &str, context: &str) -> Result<(), Ungrounded> {
+        SourceWords::new(sentence, context).check(answer, GroundingPolicy::default())
+    }
+
+    #[test]
+    fn answer_restating_the_sentence_is_supported() {
+        assert_eq!(
+            check(
+                "Eating a sandwich and sitting in Dolores Park on a sunny day.",
+                NEEDLE,
+                ""
+            ),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn invented_answer_is_rejected() {
+        assert!(matches!(
+            check("Riding a cable car to Fisherman's Wharf.", NEEDLE, ""),
+            Err(Ungrounded::TooFewSupported { .. })
+        ));
+        assert!(matches!(
+            check("Eating pizza in Golden Gate Park.", NEEDLE, ""),
+            Err(Ungrounded::TooFewSupported {
+                supported: 2,
+                total: 5
+            })
+        ));
+    }
+
+    #[test]
+    fn words_from_the_left_context_count() {
+        assert_eq!(
+            check(
+                "Viaweb, in 1995",
+                "He started it in 1995.",
+                "Paul Graham co-founded Viaweb."
+            ),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn numbers_must_appear_exactly() {
+        let sentence =
+            "The tower, completed in 1889, is 330 metres tall and cost 7,799,401 francs.";
+        assert_eq!(check("In 1889", sentence, ""), Ok(()));
+        assert_eq!(check("7799401 francs", sentence, ""), Ok(()));
+        assert_eq!(
+            check("In 1887", sentence, ""),
+            Err(Ungrounded::NumberNotInSource("1887".to_string()))
+        );
+        assert_eq!(
+            check("330.5 metres", sentence, ""),
+            Err(Ungrounded::NumberNotInSource("330.5".to_string()))
+        );
+    }
+
+    #[test]
+    fn answers_without_content_words_are_rejected() {
+        assert_eq!(
+            check("Yes, it is.", NEEDLE, ""),
+            Err(Ungrounded::NoContentWords)
+        );
+    }
+
+    #[test]
+    fn inflections_match() {
+        assert_eq!(
+            check(
+                "The founders founded two cities",
+                "Two city founders founding",
+                ""
+            ),
+            Ok(())
+        );
+    }
+}

@@ -1,0 +1,24 @@
+//! The synth worker: turns chunks of sentences into question/answer training tasks. It asks a
+//! generator (an OpenAI-compatible server or the built-in engine) about each sentence, keeps
+//! only well-formed pairs whose answers the source supports, optionally adds rule-based cloze
+//! tasks, and writes one task file per chunk to the store.
+
+pub mod builtin;
+pub mod cloze;
+pub mod generator;
+pub mod ground;
+pub mod openai;
+pub mod parse;
+pub mod prompt;
+pub mod synthesize;
+pub mod worker;
+
+pub use builtin::{BuiltinConfig, BuiltinGenerator};
+pub use generator::{GeneratorError, QaGenerator, QaRequest, RawReply};
+pub use openai::{OpenAiGenerator, OpenAiOptions, ResponseFormat};
+pub use prompt::{qa_pairs_count, qa_pairs_schema};
+pub use synthesize::SynthesisTuning;
+pub use worker::{run_synth_worker, SynthWorkerConfig, SynthWorkerError};
+
+#[cfg(test)]
+mod worker_tests;

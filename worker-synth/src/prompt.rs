@@ -1,0 +1,153 @@
+//! Prompt templates, one set per backend (see "A 135M model is a weak question writer"): the
+//! built-in engine gets a few-shot text recipe, HTTP generators a system + user prompt asking
+//! for JSON. The texts live in `prompts/` so they can be read and tuned without touching code.
+
+use std::sync::LazyLock;
+
+use minijinja::{context, Environment};
+
+use crate::generator::{GeneratorError, QaRequest};
+
+const BUILTIN_FEWSHOT: &str = "builtin_fewshot.j2";
+const JSON_SYSTEM: &str = "json_system.j2";
+const JSON_USER: &str = "json_user.j2";
+
+static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
+    let mut env = Environment::new();
+    env.set_trim_blocks(true);
+    env.set_lstrip_blocks(true);
+    for (name, source) in [
+        (
+            BUILTIN_FEWSHOT,
+            include_str!("../prompts/builtin_fewshot.j2"),
+        ),
+        (JSON_SYSTEM, include_str!("../prompts/json_system.j2")),
+        (JSON_USER, include_str!("../prompts/json_user.j2")),
+    ] {
+        // The sources are compiled in; `every_template_renders` proves they parse.
+        env.add_template(name, source)
+            .expect("built-in prompt templates are valid minijinja");
+    }
+    env
+});
+
+static QA_PAIRS_SCHEMA: LazyLock<serde_json::Value> = LazyLock::new(|| {
+    serde_json::from_str(include_str!("../prompts/qa_pairs.schema.json"))
+        .expect("built-in QA pairs schema is valid JSON")
+});
+
+/// The JSON schema of a generator reply, `{"pairs": [{"question", "answer"}]}`, asking for
+/// exactly `pairs` entries (`minItems` = `maxItems`), which vLLM's guided decoding enforces.
+pub fn qa_pairs_schema(pairs: u32) -> serde_json::Value {
+    let mut schema = QA_PAIRS_SCHEMA.clone();
+    schema["properties"]["pairs"]["minItems"] = pairs.into();
+    schema["properties"]["pairs"]["maxItems"] = pairs.into();
+    schema
+}
+
+/// How many pairs a request's JSON schema asks for, if it is the QA pairs shape of
+/// `qa_pairs_schema` (with or without item counts; 1 when it has none). `lift serve` uses it
+/// to switch to the engine's constrained QA decoding.
+pub fn qa_pairs_count(schema: &serde_json::Value) -> Option<usize> {
+    let pairs = schema.get("properties")?.get("pairs")?;
+    let count = |key: &str| pairs.get(key).and_then(serde_json::Value::as_u64);
+    let wanted = count("maxItems").or(count("minItems")).unwrap_or(1);
+    let mut shape = schema.clone();
+    let pairs_shape = shape["properties"]["pairs"].as_object_mut()?;
+    pairs_shape.remove("minItems");
+    pairs_shape.remove("maxItems");
+    if shape != *QA_PAIRS_SCHEMA {
+        return None;
+    }
+    usize::try_from(wanted).ok()
+}
+
+/// The user message of the built-in few-shot recipe; the reply is prefilled with `Question:`.
+pub(crate) fn builtin_fewshot_user(sentence: &str) -> Result<String, GeneratorError> {
+    render(BUILTIN_FEWSHOT, context! { sentence => sentence.trim() })
+}
+
+/// The system and user messages for an HTTP generator asked for JSON pairs.
+pub(crate) fn json_messages(request: &QaRequest) -> Result<(String, String), GeneratorError> {
+    let system = render(JSON_SYSTEM, context! {})?;
+    let user = render(
+        JSON_USER,
+        context! {
+            title => request.title.trim(),
+            left_context => request.left_context.trim(),
+            sentence => request.sentence.trim(),
+            pairs_wanted => request.pairs_wanted.max(1),
+        },
+    )?;
+    Ok((system, user))
+}
+
+fn render(name: &str, values: minijinja::Value) -> Result<String, GeneratorError> {
+    TEMPLATES
+        .get_template(name)
+        .and_then(|template| template.render(values))
+        .map(|text| text.trim().to_string())
+        .map_err(|error| GeneratorError::Prompt(format!("{name}: {error}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(pairs_wanted: u32, left_context: &str) -> QaRequest {
+        QaRequest {
+            title: "Eiffel Tower".to_string(),
+            sentence: " It was completed in 1889. ".to_string(),
+            left_context: left_context.to_string(),
+            pairs_wanted,
+            temperature: 0.2,
+            seed: 0,
+            model: None,
+        }
+    }
+
+    #[test]
+    fn every_template_renders() {
+        let fewshot = builtin_fewshot_user("Paris is in France.").unwrap();
+        assert!(fewshot.ends_with("Sentence: Paris is in France."));
+        assert!(fewshot.matches("Question:").count() == 2);
+        let (system, user) = json_messages(&request(3, "The tower stands in Paris.")).unwrap();
+        assert!(system.contains(r#"{"pairs": [{"question": "...", "answer": "..."}]}"#));
+        assert!(user.starts_with("Document: \"Eiffel Tower\""));
+        assert!(
+            user.contains("Text before the sentence:\n\"\"\"\nThe tower stands in Paris.\n\"\"\"")
+        );
+        assert!(user.contains("\"\"\"\nIt was completed in 1889.\n\"\"\""));
+        assert!(user.ends_with("Write 3 question/answer pairs about the sentence."));
+    }
+
+    #[test]
+    fn user_prompt_without_context_omits_the_section() {
+        let (_, user) = json_messages(&request(1, "  ")).unwrap();
+        assert!(!user.contains("Text before"));
+        assert!(user.ends_with("Write 1 question/answer pair about the sentence."));
+    }
+
+    #[test]
+    fn schema_describes_pairs() {
+        let schema = qa_pairs_schema(3);
+        assert_eq!(schema["required"], serde_json::json!(["pairs"]));
+        assert_eq!(
+            schema["properties"]["pairs"]["items"]["required"],
+            serde_json::json!(["question", "answer"])
+        );
+        assert_eq!(schema["properties"]["pairs"]["minItems"], 3);
+        assert_eq!(schema["properties"]["pairs"]["maxItems"], 3);
+    }
+
+    #[test]
+    fn qa_pairs_shape_is_recognised_with_its_count() {
+        assert_eq!(qa_pairs_count(&qa_pairs_schema(4)), Some(4));
+        assert_eq!(qa_pairs_count(&QA_PAIRS_SCHEMA), Some(1));
+        let mut other = qa_pairs_schema(2);
+        other["properties"]["pairs"]["items"]["properties"]["source"] =
+            serde_json::json!({"type": "string"});
+        assert_eq!(qa_pairs_count(&other), None);
+        assert_eq!(qa_pairs_count(&serde_json::json!({"type": "object"})), None);
+    }
+}

@@ -1,0 +1,361 @@
+//! The synth worker: consumes `lift.synth`, turns each chunk into a task file in the store and
+//! announces it on `lift.events`. Deliveries are at-least-once, so every step is idempotent:
+//! the task file is written create-only, and a redelivered chunk whose file exists is only
+//! announced again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use lift_shared::broker::{queues, Broker, BrokerError, Delivery, Headers};
+use lift_shared::error::LiftError;
+use lift_shared::messages::{now_ms, ProgressEvent, SynthChunk};
+use lift_shared::store::{layout, FailedChunkMarker, Store};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::generator::QaGenerator;
+use crate::synthesize::{synthesize_chunk, SynthesisTuning};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SynthWorkerConfig {
+    /// Unacked deliveries the broker may push ahead (`basic_qos`); at least `concurrency`.
+    pub prefetch: u16,
+    /// Chunks processed at once.
+    pub concurrency: usize,
+    /// Deliveries of a chunk before it is given up (the queue's `x-delivery-limit`).
+    pub delivery_limit: u32,
+    /// Pause before a failed chunk goes back to the queue, so a generator that is down is not
+    /// hammered by the same chunks in a tight loop.
+    pub requeue_backoff: Duration,
+    /// On shutdown, how long in-flight chunks may run before they are put back in the queue.
+    pub shutdown_grace: Duration,
+    pub tuning: SynthesisTuning,
+}
+
+impl Default for SynthWorkerConfig {
+    fn default() -> Self {
+        Self {
+            prefetch: 16,
+            concurrency: 16,
+            delivery_limit: 5,
+            requeue_backoff: Duration::from_secs(2),
+            shutdown_grace: Duration::from_secs(30),
+            tuning: SynthesisTuning::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SynthWorkerError {
+    #[error("failed to consume {queue}: {source}")]
+    Consume {
+        queue: &'static str,
+        source: BrokerError,
+    },
+}
+
+/// Runs until `shutdown` is cancelled (or the broker closes): then takes no new chunks, lets those
+/// in flight finish for up to `shutdown_grace`, puts the rest back in the queue, and returns.
+pub async fn run_synth_worker(
+    broker: Arc<dyn Broker>,
+    store: Store,
+    generator: Arc<dyn QaGenerator>,
+    config: SynthWorkerConfig,
+    shutdown: CancellationToken,
+) -> Result<(), SynthWorkerError> {
+    let concurrency = config.concurrency.max(1);
+    let prefetch = config
+        .prefetch
+        .max(u16::try_from(concurrency).unwrap_or(u16::MAX));
+    let mut deliveries = broker
+        .consume(queues::SYNTH, prefetch)
+        .await
+        .map_err(|source| SynthWorkerError::Consume {
+            queue: queues::SYNTH,
+            source,
+        })?;
+    tracing::info!(
+        concurrency,
+        prefetch,
+        "synth worker consuming {}",
+        queues::SYNTH
+    );
+
+    let context = Arc::new(ChunkContext {
+        broker,
+        store,
+        generator,
+        config,
+    });
+    let (stop_in_flight, in_flight_stopped) = watch::channel(false);
+    let mut in_flight = JoinSet::new();
+    loop {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            Some(joined) = in_flight.join_next(), if !in_flight.is_empty() => log_join(joined),
+            next = deliveries.next(), if in_flight.len() < concurrency => match next {
+                Some(Ok(delivery)) => {
+                    let context = context.clone();
+                    let stopped = in_flight_stopped.clone();
+                    in_flight.spawn(async move { context.handle(delivery, stopped).await });
+                }
+                Some(Err(error)) => {
+                    // The stream re-consumes by itself after a reconnect; do not spin meanwhile.
+                    tracing::warn!(%error, "synth delivery stream error");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                None => {
+                    tracing::info!("synth delivery stream ended");
+                    break;
+                }
+            },
+        }
+    }
+
+    tracing::info!(in_flight = in_flight.len(), "synth worker stopping");
+    let drained = tokio::time::timeout(context.config.shutdown_grace, async {
+        while let Some(joined) = in_flight.join_next().await {
+            log_join(joined);
+        }
+    })
+    .await;
+    if drained.is_err() {
+        stop_in_flight.send_replace(true);
+        while let Some(joined) = in_flight.join_next().await {
+            log_join(joined);
+        }
+    }
+    // Dropped only now: on RabbitMQ closing the consumer returns what it prefetched, and the
+    // in-process broker fails later settlements of a dropped stream's deliveries.
+    drop(deliveries);
+    Ok(())
+}
+
+fn log_join(joined: Result<(), tokio::task::JoinError>) {
+    if let Err(error) = joined {
+        tracing::error!(%error, "synth chunk task failed");
+    }
+}
+
+struct ChunkContext {
+    broker: Arc<dyn Broker>,
+    store: Store,
+    generator: Arc<dyn QaGenerator>,
+    config: SynthWorkerConfig,
+}
+
+/// What happens to a delivery once its chunk is handled.
+enum Settlement {
+    Ack,
+    /// Back in the queue for another attempt, after `requeue_backoff`.
+    Retry,
+    /// Back in the queue at once: the worker is shutting down.
+    Release,
+    /// To the dead-letter queue.
+    Reject,
+}
+
+/// A failure of the store or the broker while handling a chunk: the chunk may succeed later.
+#[derive(Debug, thiserror::Error)]
+enum InfraError {
+    #[error(transparent)]
+    Store(#[from] LiftError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error("failed to encode task file: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+impl ChunkContext {
+    async fn handle(&self, delivery: Box<dyn Delivery>, mut stopped: watch::Receiver<bool>) {
+        let attempt = delivery.redelivery_count() + 1;
+        let settlement = tokio::select! {
+            settlement = self.process(delivery.payload(), delivery.headers(), attempt) => settlement,
+            _ = stopped.wait_for(|stopped| *stopped) => Settlement::Release,
+        };
+        let result = match settlement {
+            Settlement::Ack => delivery.ack().await,
+            Settlement::Retry => {
+                tokio::select! {
+                    () = tokio::time::sleep(self.config.requeue_backoff) => {}
+                    _ = stopped.wait_for(|stopped| *stopped) => {}
+                }
+                delivery.nack_requeue().await
+            }
+            Settlement::Release => delivery.nack_requeue().await,
+            Settlement::Reject => delivery.reject().await,
+        };
+        if let Err(error) = result {
+            // The broker redelivers it; the task file makes the second run cheap.
+            tracing::warn!(%error, "failed to settle synth delivery");
+        }
+    }
+
+    async fn process(&self, payload: &[u8], headers: &Headers, attempt: u32) -> Settlement {
+        let chunk: SynthChunk = match serde_json::from_slice(payload) {
+            Ok(chunk) => chunk,
+            Err(error) => {
+                tracing::error!(%error, bytes = payload.len(), "synth payload is not a chunk, rejecting");
+                return Settlement::Reject;
+            }
+        };
+        let last_attempt = attempt >= self.config.delivery_limit;
+        match self.process_chunk(&chunk, headers, last_attempt).await {
+            Ok(settlement) => settlement,
+            Err(error) if last_attempt => {
+                self.give_up(&chunk, headers, &error.to_string()).await;
+                Settlement::Reject
+            }
+            Err(error) => {
+                tracing::warn!(
+                    job_id = %chunk.job_id,
+                    chunk = chunk.chunk_index,
+                    attempt,
+                    %error,
+                    "synth chunk failed, will retry"
+                );
+                Settlement::Retry
+            }
+        }
+    }
+
+    async fn process_chunk(
+        &self,
+        chunk: &SynthChunk,
+        headers: &Headers,
+        last_attempt: bool,
+    ) -> Result<Settlement, InfraError> {
+        let (job_id, chunk_index) = (&chunk.job_id, chunk.chunk_index);
+        if self.store.exists(&layout::cancel(job_id)).await? {
+            tracing::info!(job_id = %job_id, chunk = chunk_index, "job cancelled, skipping chunk");
+            return Ok(Settlement::Ack);
+        }
+        let tasks_key = layout::tasks(job_id, chunk_index);
+        if let Some(existing) = self.store.get(&tasks_key).await? {
+            // An earlier delivery wrote it and may have died before announcing it. Its drop
+            // statistics are gone; the task count is in the file.
+            let tasks = existing
+                .split(|byte| *byte == b'\n')
+                .filter(|line| !line.is_empty())
+                .count();
+            tracing::info!(job_id = %job_id, chunk = chunk_index, tasks, "task file exists, announcing again");
+            let event = ProgressEvent::ChunkSynthesized {
+                job_id: job_id.clone(),
+                chunk_index,
+                sentences: chunk.sentences.len() as u32,
+                sentences_failed: 0,
+                tasks: tasks as u32,
+                pairs_dropped: 0,
+                at_ms: now_ms(),
+            };
+            self.publish_event(&event, headers).await?;
+            return Ok(Settlement::Ack);
+        }
+
+        let started = std::time::Instant::now();
+        let synthesis = synthesize_chunk(self.generator.as_ref(), chunk, &self.config.tuning).await;
+        // Retried while attempts remain if the generator may come back; on the last attempt
+        // the sentences that did work are kept, unless none did.
+        let chunk_failed =
+            synthesis.all_failed() || (synthesis.has_transient_failure() && !last_attempt);
+        if let Some((sentence, error)) = synthesis.failures.first().filter(|_| chunk_failed) {
+            if last_attempt {
+                self.give_up(chunk, headers, &format!("generator failed: {error}"))
+                    .await;
+                return Ok(Settlement::Reject);
+            }
+            tracing::warn!(
+                job_id = %job_id,
+                chunk = chunk_index,
+                sentence,
+                failed = synthesis.sentences_failed(),
+                %error,
+                "generator failed, chunk will be retried"
+            );
+            return Ok(Settlement::Retry);
+        }
+        for (sentence, error) in &synthesis.failures {
+            tracing::warn!(job_id = %job_id, chunk = chunk_index, sentence, %error, "sentence failed");
+        }
+
+        if !self
+            .store
+            .put_create(&tasks_key, synthesis.task_file()?)
+            .await?
+        {
+            tracing::info!(job_id = %job_id, chunk = chunk_index, "another worker wrote the task file first");
+            return Ok(Settlement::Ack);
+        }
+        let dropped = synthesis.pairs_dropped;
+        tracing::info!(
+            job_id = %job_id,
+            chunk = chunk_index,
+            tasks = synthesis.tasks.len(),
+            sentences_failed = synthesis.sentences_failed(),
+            dropped_malformed = dropped.malformed,
+            dropped_invalid = dropped.empty_field + dropped.not_a_question + dropped.answer_too_long,
+            dropped_duplicate = dropped.duplicate,
+            dropped_ungrounded = dropped.ungrounded,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "chunk synthesized"
+        );
+        let event = ProgressEvent::ChunkSynthesized {
+            job_id: job_id.clone(),
+            chunk_index,
+            sentences: synthesis.sentences,
+            sentences_failed: synthesis.sentences_failed(),
+            tasks: synthesis.tasks.len() as u32,
+            pairs_dropped: dropped.total(),
+            at_ms: now_ms(),
+        };
+        // If this fails the delivery is retried, finds the task file and announces it then.
+        self.publish_event(&event, headers).await?;
+        Ok(Settlement::Ack)
+    }
+
+    /// Marks the chunk failed for good, so trainers skip it and the coordinator counts it.
+    /// Best effort: the delivery is dead-lettered either way, and an operator can replay it.
+    async fn give_up(&self, chunk: &SynthChunk, headers: &Headers, reason: &str) {
+        let (job_id, chunk_index) = (&chunk.job_id, chunk.chunk_index);
+        tracing::error!(job_id = %job_id, chunk = chunk_index, reason, "giving up on chunk");
+        let marker = FailedChunkMarker {
+            chunk: chunk_index,
+            reason: reason.to_string(),
+            at_ms: now_ms(),
+        };
+        let key = layout::failed(job_id, chunk_index);
+        if let Err(error) = self.store.put_json_create(&key, &marker).await {
+            tracing::error!(key, %error, "failed to write failed-chunk marker");
+        }
+        let event = ProgressEvent::ChunkFailed {
+            job_id: job_id.clone(),
+            chunk_index,
+            reason: reason.to_string(),
+            at_ms: now_ms(),
+        };
+        if let Err(error) = self.publish_event(&event, headers).await {
+            tracing::error!(job_id = %job_id, chunk = chunk_index, %error, "failed to announce failed chunk");
+        }
+    }
+
+    /// Publishes to `lift.events`, carrying the chunk's trace context along.
+    async fn publish_event(
+        &self,
+        event: &ProgressEvent,
+        headers: &Headers,
+    ) -> Result<(), InfraError> {
+        let payload = serde_json::to_vec(event)?;
+        let trace_headers: Headers = headers
+            .iter()
+            .filter(|(name, _)| matches!(name.as_str(), "traceparent" | "tracestate"))
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect();
+        self.broker
+            .publish(queues::EVENTS, &payload, trace_headers)
+            .await?;
+        Ok(())
+    }
+}
