@@ -12,8 +12,9 @@ lift="$CARGO_TARGET_DIR/release/lift"
 
 export LIFT_STORE_URL="${LIFT_STORE_URL:-$PWD/.lift/store}"
 "$lift" run examples/zorblat.md \
-    --epochs "${LIFT_EPOCHS:-3}" \
-    --ask "Who founded the Zorblat Lantern Guild?" \
-    --ask "What colour is the front door of the guild hall?" \
+    --epochs "${LIFT_EPOCHS:-5}" --learning-rate 1e-3 \
     --ask "Who is the current Grand Lampwright of the guild?" \
+    --ask "What is the final test for apprentices called?" \
+    --ask "When was the record lantern made?" \
+    --ask "Who founded the Zorblat Lantern Guild?" \
     --compare-base "$@"

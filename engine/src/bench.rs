@@ -32,6 +32,10 @@ pub struct TrainBench {
     pub tokens_per_s: f64,
     pub first_step_s: f64,
     pub load_s: f64,
+    /// Where a step's time goes: forward + loss, backward, optimizer (clip + AdamW).
+    pub forward_ms: f64,
+    pub backward_ms: f64,
+    pub optimizer_ms: f64,
     pub trainable_params: usize,
     pub peak_memory_bytes: Option<u64>,
 }
@@ -139,6 +143,20 @@ pub fn bench_train(
     device.synchronize()?;
     let seconds = timed.elapsed().as_secs_f64();
     let ms_per_step = seconds * 1000.0 / steps.max(1) as f64;
+    let repeats = steps.clamp(1, 5);
+    let time_ms = |f: &dyn Fn() -> Result<()>| -> Result<f64> {
+        let started = Instant::now();
+        for _ in 0..repeats {
+            f()?;
+        }
+        device.synchronize()?;
+        Ok(started.elapsed().as_secs_f64() * 1000.0 / repeats as f64)
+    };
+    let forward_ms = time_ms(&|| trainer.loss(&sft).map(drop))?;
+    let forward_backward_ms = time_ms(&|| {
+        trainer.loss(&sft)?.backward()?;
+        Ok(())
+    })?;
     Ok(TrainBench {
         bench: "train",
         shape: shape.to_string(),
@@ -151,6 +169,9 @@ pub fn bench_train(
         tokens_per_s: (batch * seq) as f64 / (ms_per_step / 1000.0),
         first_step_s,
         load_s,
+        forward_ms,
+        backward_ms: forward_backward_ms - forward_ms,
+        optimizer_ms: ms_per_step - forward_backward_ms,
         trainable_params,
         peak_memory_bytes: if device.is_cpu() {
             peak_rss_bytes()

@@ -207,3 +207,222 @@ pub fn distributed_env(store_prefix: &str) -> Vec<(&'static str, String)> {
         ("AWS_ALLOW_HTTP", "true".to_string()),
     ]
 }
+
+/// A RabbitMQ virtual host of its own, so tests running side by side (and leftovers of
+/// earlier runs) never see each other's queues. Deleted on drop.
+pub struct Vhost {
+    pub name: String,
+}
+
+impl Vhost {
+    pub fn create() -> Self {
+        let name = format!("lift-test-{}", uuid_like());
+        rabbitmqctl(&["add_vhost", &name]);
+        rabbitmqctl(&["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"]);
+        Self { name }
+    }
+
+    /// The test broker's URL with this vhost.
+    pub fn amqp_url(&self) -> String {
+        let base = std::env::var("LIFT_TEST_AMQP_URL")
+            .unwrap_or_else(|_| panic!("LIFT_TEST_AMQP_URL is not set: run the tests through scripts/test.sh"));
+        let root = base.rsplit_once('/').map(|(root, _)| root.to_string()).unwrap_or(base);
+        format!("{root}/{}", self.name)
+    }
+}
+
+impl Drop for Vhost {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl").args(["delete_vhost", &self.name]).output();
+    }
+}
+
+/// Runs rabbitmqctl; a missing tool or a failure fails the test with its output.
+pub fn rabbitmqctl(args: &[&str]) -> String {
+    let output = Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("rabbitmqctl {args:?} cannot run ({e}); scripts/test-env.sh installs RabbitMQ"));
+    assert!(
+        output.status.success(),
+        "rabbitmqctl {args:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn uuid_like() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{:x}{:x}", nanos, std::process::id())
+}
+
+/// One distributed cluster of `lift` processes for a test: a coordinator, synthesis workers,
+/// trainers and (optionally) `lift serve` as the generator, on the test RabbitMQ (own vhost)
+/// and S3 on moto (own prefix).
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub vhost: Vhost,
+    pub store_prefix: String,
+    pub grpc_port: u16,
+    pub generator_url: String,
+    pub extra_env: Vec<(&'static str, String)>,
+    pub coordinator: Option<LiftProcess>,
+    pub synth_workers: Vec<LiftProcess>,
+    pub trainers: Vec<LiftProcess>,
+    pub server: Option<LiftProcess>,
+    spawned: usize,
+}
+
+impl Cluster {
+    /// A cluster whose generator is `lift serve` on the default model.
+    pub async fn with_lift_serve() -> Self {
+        let mut cluster = Self::with_generator(String::new());
+        let port = free_port();
+        let server = cluster.spawn("serve", &["serve", "--addr", &format!("127.0.0.1:{port}")]);
+        cluster.server = Some(server);
+        wait_for_port(port, Duration::from_secs(180)).await;
+        cluster.generator_url = format!("http://127.0.0.1:{port}/v1");
+        cluster
+    }
+
+    /// A cluster whose synthesis workers call `generator_url`.
+    pub fn with_generator(generator_url: String) -> Self {
+        let vhost = Vhost::create();
+        Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+            store_prefix: format!("it-{}", uuid_like()),
+            vhost,
+            grpc_port: free_port(),
+            generator_url,
+            extra_env: vec![
+                ("LIFT_TRAINER_LEASE_SECS", "4".into()),
+                ("LIFT_DELIVERY_LIMIT", "3".into()),
+                ("LIFT_CHECKPOINT_EVERY_STEPS", "1".into()),
+            ],
+            coordinator: None,
+            synth_workers: Vec::new(),
+            trainers: Vec::new(),
+            server: None,
+            spawned: 0,
+        }
+    }
+
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        let mut env = distributed_env(&self.store_prefix);
+        env.retain(|(k, _)| *k != "LIFT_AMQP_URL");
+        env.push(("LIFT_AMQP_URL", self.vhost.amqp_url()));
+        env.push(("LIFT_GRPC_ADDR", format!("127.0.0.1:{}", self.grpc_port)));
+        env.push(("LIFT_GENERATOR_URL", self.generator_url.clone()));
+        env.extend(self.extra_env.iter().cloned());
+        env
+    }
+
+    pub fn spawn(&mut self, name: &str, args: &[&str]) -> LiftProcess {
+        self.spawned += 1;
+        let name = format!("{name}-{}", self.spawned);
+        LiftProcess::spawn(&name, args, &self.env(), self.dir.path())
+    }
+
+    pub async fn start_coordinator(&mut self) {
+        let process = self.spawn("coordinator", &["coordinator"]);
+        self.coordinator = Some(process);
+        wait_for_port(self.grpc_port, Duration::from_secs(60)).await;
+    }
+
+    pub fn start_synth_worker(&mut self) {
+        let process = self.spawn("synth", &["synth-worker"]);
+        self.synth_workers.push(process);
+    }
+
+    pub fn start_trainer(&mut self) {
+        let process = self.spawn("trainer", &["train-worker"]);
+        self.trainers.push(process);
+    }
+
+    /// The usual shape: 1 coordinator, 2 synthesis workers, 1 trainer.
+    pub async fn start_all(&mut self) {
+        self.start_coordinator().await;
+        self.start_synth_worker();
+        self.start_synth_worker();
+        self.start_trainer();
+    }
+
+    pub async fn client(&self) -> LiftServiceClient<Channel> {
+        grpc_client(self.grpc_port).await
+    }
+
+    pub async fn submit(&self, title: &str, text: &str, epochs: u32) -> String {
+        let mut client = self.client().await;
+        let request = proto::SubmitJobRequest {
+            documents: vec![proto::Document { title: title.into(), text: text.into() }],
+            base_model: String::new(),
+            synthesis: Some(proto::SynthesisOptions { chunk_sentences: 1, ..Default::default() }),
+            training: Some(proto::TrainingOptions {
+                rank: 4,
+                epochs,
+                batch_size: 2,
+                learning_rate: 1e-3,
+                ..Default::default()
+            }),
+        };
+        client.submit_job(request).await.expect("submit").into_inner().job_id
+    }
+
+    pub async fn status(&self, job_id: &str) -> Option<proto::JobStatus> {
+        let mut client = LiftServiceClient::connect(format!("http://127.0.0.1:{}", self.grpc_port)).await.ok()?;
+        client.get_job(proto::GetJobRequest { job_id: job_id.into() }).await.ok().map(|r| r.into_inner())
+    }
+
+    /// Waits until `check` holds for the job's status.
+    pub async fn wait_until(&self, job_id: &str, timeout: Duration, check: impl Fn(&proto::JobStatus) -> bool) -> proto::JobStatus {
+        let deadline = Instant::now() + timeout;
+        let mut last = None;
+        while Instant::now() < deadline {
+            if let Some(status) = self.status(job_id).await {
+                if check(&status) {
+                    return status;
+                }
+                last = Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        panic!("job {job_id}: condition not met after {timeout:?}; last status {last:?}\n{}", self.logs());
+    }
+
+    pub async fn wait_for_terminal(&self, job_id: &str, timeout: Duration) -> proto::JobStatus {
+        self.wait_until(job_id, timeout, |s| {
+            matches!(
+                JobState::try_from(s.state),
+                Ok(JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+            )
+        })
+        .await
+    }
+
+    /// The test's S3 store, for checking what the processes wrote.
+    pub fn store(&self) -> lift_shared::store::Store {
+        for (key, value) in self.env() {
+            if key.starts_with("AWS_") {
+                std::env::set_var(key, value);
+            }
+        }
+        let url = self.env().into_iter().find(|(k, _)| *k == "LIFT_STORE_URL").map(|(_, v)| v).expect("store url");
+        lift_shared::store::Store::open(&url).expect("open the test store")
+    }
+
+    /// Every process log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        let all = self.coordinator.iter().chain(&self.synth_workers).chain(&self.trainers).chain(&self.server);
+        for process in all {
+            let text = process.log_text();
+            let tail: String = text.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+            out.push_str(&format!("\n--- {} (last lines) ---\n{tail}\n", process.name));
+        }
+        out
+    }
+}

@@ -24,14 +24,15 @@ fn final_status(log: &str) -> Value {
         .unwrap_or_else(|| panic!("no status line in output:\n{log}"))
 }
 
-fn run_lift(
+fn run_lift<S: AsRef<str>>(
     dir: &Path,
     name: &str,
-    args: &[&str],
+    args: &[S],
     env: &[(&str, String)],
     timeout: Duration,
 ) -> (bool, String) {
-    let mut process = LiftProcess::spawn(name, args, env, dir);
+    let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
+    let mut process = LiftProcess::spawn(name, &args, env, dir);
     let status = process.wait_exit(timeout).unwrap_or_else(|| {
         panic!(
             "lift {name} did not finish in {timeout:?}:\n{}",
@@ -63,9 +64,9 @@ async fn embedded_job_through_lift_serve_pipelines_and_writes_a_peft_adapter() {
         ("LIFT_STORE_URL", store.display().to_string()),
         ("LIFT_GENERATOR_URL", format!("http://127.0.0.1:{port}/v1")),
     ];
-    let args = [
+    let args: Vec<String> = [
         "run",
-        &doc,
+        doc.as_str(),
         "--json",
         "--epochs",
         "2",
@@ -75,7 +76,9 @@ async fn embedded_job_through_lift_serve_pipelines_and_writes_a_peft_adapter() {
         "2",
         "--rank",
         "8",
-    ];
+    ]
+    .map(String::from)
+    .to_vec();
     let (ok, log) = tokio::task::spawn_blocking({
         let dir = dir.path().to_path_buf();
         move || run_lift(&dir, "run", &args, &env, Duration::from_secs(900))

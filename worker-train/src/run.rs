@@ -385,9 +385,11 @@ impl JobRun {
         let bytes = self.block(checkpoint.save(&self.store, self.job(), &adapter, optimizer))?;
         state.steps_since_checkpoint = 0;
         info!(job_id = %self.job(), step = checkpoint.step, bytes, seconds = started.elapsed().as_secs_f64(), "checkpoint written");
+        // After the last epoch the cursor points one past it; report the epoch trained.
+        let epochs = self.assignment.options.epochs.max(1);
         self.publish(ProgressEvent::Checkpointed {
             job_id: self.job().clone(),
-            epoch: state.cursor.epoch,
+            epoch: state.cursor.epoch.min(epochs),
             step: checkpoint.step,
             bytes,
             at_ms: now_ms(),
