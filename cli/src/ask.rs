@@ -24,7 +24,9 @@ pub async fn load_job_adapter(store: &Store, job: &str) -> anyhow::Result<JobAda
     let safetensors = store.get(&layout::adapter_weights(&job)).await?;
     let config_json = store.get(&layout::adapter_config(&job)).await?;
     let (Some(safetensors), Some(config_json)) = (safetensors, config_json) else {
-        anyhow::bail!("job {job} has no adapter yet (it has not succeeded); see `lift status {job}`");
+        anyhow::bail!(
+            "job {job} has no adapter yet (it has not succeeded); see `lift status {job}`"
+        );
     };
     Ok(JobAdapter {
         spec,
@@ -54,8 +56,12 @@ pub async fn answer(
             },
         })
         .collect();
-    let outputs = tokio::task::spawn_blocking(move || engine.generate(adapter.as_deref(), &requests))
-        .await
-        .context("generation thread failed")??;
-    Ok(outputs.into_iter().map(|o| o.text.trim().to_string()).collect())
+    let outputs =
+        tokio::task::spawn_blocking(move || engine.generate(adapter.as_deref(), &requests))
+            .await
+            .context("generation thread failed")??;
+    Ok(outputs
+        .into_iter()
+        .map(|o| o.text.trim().to_string())
+        .collect())
 }

@@ -49,7 +49,16 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
     match command {
         BenchCommand::Train(a) => {
             let result = tokio::task::spawn_blocking(move || {
-                bench_train(&a.shape, a.batch, a.seq, a.rank, a.alpha, a.steps, a.warmup, &default_device())
+                bench_train(
+                    &a.shape,
+                    a.batch,
+                    a.seq,
+                    a.rank,
+                    a.alpha,
+                    a.steps,
+                    a.warmup,
+                    &default_device(),
+                )
             })
             .await??;
             println!("{}", serde_json::to_string(&result)?);
@@ -59,7 +68,9 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
             for batch in a.batches {
                 let engine = engine.clone();
                 let new_tokens = a.new_tokens;
-                let result = tokio::task::spawn_blocking(move || bench_generate(&engine, batch, new_tokens)).await??;
+                let result =
+                    tokio::task::spawn_blocking(move || bench_generate(&engine, batch, new_tokens))
+                        .await??;
                 println!("{}", serde_json::to_string(&result)?);
             }
         }

@@ -22,7 +22,9 @@ pub async fn connect(addr: &str) -> anyhow::Result<Client> {
         .connect_timeout(Duration::from_secs(10))
         .connect()
         .await
-        .with_context(|| format!("cannot reach the coordinator at {url} (is `lift coordinator` running?)"))?;
+        .with_context(|| {
+            format!("cannot reach the coordinator at {url} (is `lift coordinator` running?)")
+        })?;
     Ok(LiftServiceClient::new(channel)
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX))
@@ -68,8 +70,14 @@ pub fn print_status(status: &proto::JobStatus, json: bool) {
         status.tasks_total,
         status.pairs_dropped
     );
-    let loss = status.last_loss.map(|l| format!("{l:.4}")).unwrap_or_else(|| "-".into());
-    println!("training   epoch {}/{}, step {}, loss {loss}", status.epoch, status.epochs_total, status.step);
+    let loss = status
+        .last_loss
+        .map(|l| format!("{l:.4}"))
+        .unwrap_or_else(|| "-".into());
+    println!(
+        "training   epoch {}/{}, step {}, loss {loss}",
+        status.epoch, status.epochs_total, status.step
+    );
     if !status.adapter_uri.is_empty() {
         println!("adapter    {}", status.adapter_uri);
     }
@@ -108,13 +116,25 @@ pub fn status_json(status: &proto::JobStatus) -> serde_json::Value {
 
 /// Follows a job until it is terminal, with progress bars (or JSON lines), reconnecting
 /// when the stream breaks. Returns the final status.
-pub async fn watch(client: &mut Client, job_id: &str, json: bool) -> anyhow::Result<proto::JobStatus> {
+pub async fn watch(
+    client: &mut Client,
+    job_id: &str,
+    json: bool,
+) -> anyhow::Result<proto::JobStatus> {
     let bars = MultiProgress::new();
     let style = ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} {msg}")
         .expect("valid template")
         .progress_chars("=> ");
-    let synthesis = bars.add(ProgressBar::new(0).with_style(style.clone()).with_prefix("synthesis"));
-    let training = bars.add(ProgressBar::new(0).with_style(style).with_prefix("training"));
+    let synthesis = bars.add(
+        ProgressBar::new(0)
+            .with_style(style.clone())
+            .with_prefix("synthesis"),
+    );
+    let training = bars.add(
+        ProgressBar::new(0)
+            .with_style(style)
+            .with_prefix("training"),
+    );
     if json {
         synthesis.set_draw_target(indicatif::ProgressDrawTarget::hidden());
         training.set_draw_target(indicatif::ProgressDrawTarget::hidden());
@@ -122,7 +142,9 @@ pub async fn watch(client: &mut Client, job_id: &str, json: bool) -> anyhow::Res
     let mut failures = 0;
     loop {
         let stream = client
-            .watch_job(proto::WatchJobRequest { job_id: job_id.to_string() })
+            .watch_job(proto::WatchJobRequest {
+                job_id: job_id.to_string(),
+            })
             .await;
         let mut stream = match stream {
             Ok(s) => s.into_inner(),
@@ -147,7 +169,10 @@ pub async fn watch(client: &mut Client, job_id: &str, json: bool) -> anyhow::Res
             synthesis.set_message(format!("chunks, {} tasks", status.tasks_total));
             training.set_length(status.epochs_total as u64);
             training.set_position(status.epoch.saturating_sub(1) as u64);
-            let loss = status.last_loss.map(|l| format!("{l:.3}")).unwrap_or_else(|| "-".into());
+            let loss = status
+                .last_loss
+                .map(|l| format!("{l:.3}"))
+                .unwrap_or_else(|| "-".into());
             training.set_message(format!("epochs, step {}, loss {loss}", status.step));
             if is_terminal(status.state) {
                 synthesis.finish();

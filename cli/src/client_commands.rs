@@ -85,7 +85,11 @@ pub fn job_exit_code(status: &proto::JobStatus) -> ExitCode {
 pub async fn submit(config: Config, args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let request = args.job.to_request()?;
     let mut client = args.connection.client(&config).await?;
-    let response = client.submit_job(request).await.map_err(explain)?.into_inner();
+    let response = client
+        .submit_job(request)
+        .await
+        .map_err(explain)?
+        .into_inner();
     if args.connection.json {
         println!("{}", serde_json::json!({"job_id": response.job_id}));
     } else {
@@ -113,7 +117,9 @@ pub async fn watch(config: Config, args: JobRef) -> anyhow::Result<ExitCode> {
 pub async fn status(config: Config, args: JobRef) -> anyhow::Result<ExitCode> {
     let mut client = args.connection.client(&config).await?;
     let status = client
-        .get_job(proto::GetJobRequest { job_id: args.job_id })
+        .get_job(proto::GetJobRequest {
+            job_id: args.job_id,
+        })
         .await
         .map_err(explain)?
         .into_inner();
@@ -124,7 +130,10 @@ pub async fn status(config: Config, args: JobRef) -> anyhow::Result<ExitCode> {
 pub async fn jobs(config: Config, args: JobsArgs) -> anyhow::Result<ExitCode> {
     let mut client = args.connection.client(&config).await?;
     let response = client
-        .list_jobs(proto::ListJobsRequest { page_size: args.limit, page_token: String::new() })
+        .list_jobs(proto::ListJobsRequest {
+            page_size: args.limit,
+            page_token: String::new(),
+        })
         .await
         .map_err(explain)?
         .into_inner();
@@ -132,7 +141,10 @@ pub async fn jobs(config: Config, args: JobsArgs) -> anyhow::Result<ExitCode> {
         if args.connection.json {
             println!("{}", client::status_json(job));
         } else {
-            let loss = job.last_loss.map(|l| format!("{l:.3}")).unwrap_or_else(|| "-".into());
+            let loss = job
+                .last_loss
+                .map(|l| format!("{l:.3}"))
+                .unwrap_or_else(|| "-".into());
             println!(
                 "{}  {:<9}  chunks {}/{}  epoch {}/{}  loss {loss}",
                 job.job_id,
@@ -150,7 +162,10 @@ pub async fn jobs(config: Config, args: JobsArgs) -> anyhow::Result<ExitCode> {
 pub async fn cancel(config: Config, args: CancelArgs) -> anyhow::Result<ExitCode> {
     let mut client = args.connection.client(&config).await?;
     let response = client
-        .cancel_job(proto::CancelJobRequest { job_id: args.job_id, reason: args.reason })
+        .cancel_job(proto::CancelJobRequest {
+            job_id: args.job_id,
+            reason: args.reason,
+        })
         .await
         .map_err(explain)?
         .into_inner();
@@ -169,7 +184,12 @@ pub async fn ask(config: Config, args: AskArgs) -> anyhow::Result<ExitCode> {
     } else {
         Some(Arc::new(engine.load_adapter(&job.files)?))
     };
-    let title = job.spec.documents.first().map(|d| d.title.clone()).unwrap_or_default();
+    let title = job
+        .spec
+        .documents
+        .first()
+        .map(|d| d.title.clone())
+        .unwrap_or_default();
     let answers = ask::answer(engine, adapter, &title, &[args.question], args.max_tokens).await?;
     println!("{}", answers[0]);
     Ok(ExitCode::SUCCESS)

@@ -40,7 +40,11 @@ pub struct RunArgs {
 pub async fn run(config: Config, args: RunArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let request = args.job.to_request()?;
-    let model = if request.base_model.is_empty() { config.model.clone() } else { request.base_model.clone() };
+    let model = if request.base_model.is_empty() {
+        config.model.clone()
+    } else {
+        request.base_model.clone()
+    };
     let engine = infra::load_engine(&model).await?;
     let store = infra::open_store(&config)?;
     let broker: Arc<dyn Broker> = Arc::new(InProcessBroker::new(config.delivery_limit));
@@ -53,7 +57,13 @@ pub async fn run(config: Config, args: RunArgs) -> anyhow::Result<ExitCode> {
     .await?;
     let shutdown = infra::shutdown_signal();
     let generator = build_generator(&config, Some(engine.clone()))?;
-    let synth = spawn_synth_worker(&config, broker.clone(), store.clone(), generator, shutdown.clone());
+    let synth = spawn_synth_worker(
+        &config,
+        broker.clone(),
+        store.clone(),
+        generator,
+        shutdown.clone(),
+    );
     let trainer = tokio::spawn(run_train_worker(
         broker.clone(),
         store.clone(),
@@ -65,10 +75,16 @@ pub async fn run(config: Config, args: RunArgs) -> anyhow::Result<ExitCode> {
         },
         shutdown.clone(),
     ));
-    let listener = TcpListener::bind(args.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))).await?;
+    let listener = TcpListener::bind(
+        args.listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+    )
+    .await?;
     let addr = listener.local_addr()?;
     let server_stop = shutdown.clone();
-    let server = serve_grpc_on(listener, &coordinator, async move { server_stop.cancelled().await });
+    let server = serve_grpc_on(listener, &coordinator, async move {
+        server_stop.cancelled().await
+    });
     let client_side = async {
         let result = drive_job(addr, request, args.json).await;
         shutdown.cancel();
@@ -85,11 +101,18 @@ pub async fn run(config: Config, args: RunArgs) -> anyhow::Result<ExitCode> {
     if !args.json {
         println!("wall time  {elapsed:.1} s");
     }
-    if status.state == lift_shared::proto::JobState::Succeeded as i32 && !args.questions.is_empty() {
+    if status.state == lift_shared::proto::JobState::Succeeded as i32 && !args.questions.is_empty()
+    {
         let job = ask::load_job_adapter(&store, &status.job_id).await?;
         let adapter = Arc::new(engine.load_adapter(&job.files)?);
-        let title = job.spec.documents.first().map(|d| d.title.clone()).unwrap_or_default();
-        let lifted = ask::answer(engine.clone(), Some(adapter), &title, &args.questions, 64).await?;
+        let title = job
+            .spec
+            .documents
+            .first()
+            .map(|d| d.title.clone())
+            .unwrap_or_default();
+        let lifted =
+            ask::answer(engine.clone(), Some(adapter), &title, &args.questions, 64).await?;
         let base = if args.compare_base {
             Some(ask::answer(engine.clone(), None, &title, &args.questions, 64).await?)
         } else {
@@ -112,7 +135,11 @@ async fn drive_job(
     json: bool,
 ) -> anyhow::Result<lift_shared::proto::JobStatus> {
     let mut client = client::connect(&addr.to_string()).await?;
-    let response = client.submit_job(request).await.map_err(client::explain)?.into_inner();
+    let response = client
+        .submit_job(request)
+        .await
+        .map_err(client::explain)?
+        .into_inner();
     if !json {
         println!("job {} submitted", response.job_id);
     }

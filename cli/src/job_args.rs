@@ -62,11 +62,16 @@ pub struct JobArgs {
 fn title_and_text(path: &std::path::Path, raw: String) -> (String, String) {
     if let Some(first) = raw.lines().next() {
         if let Some(title) = first.strip_prefix("# ") {
-            let rest = raw[first.len()..].trim_start_matches(['\r', '\n']).to_string();
+            let rest = raw[first.len()..]
+                .trim_start_matches(['\r', '\n'])
+                .to_string();
             return (title.trim().to_string(), rest);
         }
     }
-    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     (stem, raw)
 }
 
@@ -74,9 +79,15 @@ impl JobArgs {
     pub fn to_request(&self) -> anyhow::Result<proto::SubmitJobRequest> {
         let mut documents = Vec::with_capacity(self.documents.len());
         for path in &self.documents {
-            let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-            let raw = String::from_utf8(bytes)
-                .map_err(|e| anyhow::anyhow!("{} is not valid UTF-8 text (byte {})", path.display(), e.utf8_error().valid_up_to()))?;
+            let bytes =
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let raw = String::from_utf8(bytes).map_err(|e| {
+                anyhow::anyhow!(
+                    "{} is not valid UTF-8 text (byte {})",
+                    path.display(),
+                    e.utf8_error().valid_up_to()
+                )
+            })?;
             let (title, text) = title_and_text(path, raw);
             documents.push(proto::Document {
                 title: self.title.clone().unwrap_or(title),

@@ -16,7 +16,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "lift", version, about = "Long Input Fine-Tuning: absorb documents into LoRA adapters")]
+#[command(
+    name = "lift",
+    version,
+    about = "Long Input Fine-Tuning: absorb documents into LoRA adapters"
+)]
 struct Cli {
     /// Configuration file (TOML); LIFT_* environment variables override it.
     #[arg(long, global = true, env = "LIFT_CONFIG")]
@@ -102,7 +106,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ask(args) => client_commands::ask(config, args).await,
         Command::Serve(args) => serve::run(config, args).await,
         Command::Model(ModelCommand::Fetch) => {
-            let path = tokio::task::spawn_blocking(lift_engine::fetch::fetch_default_model).await??;
+            let path =
+                tokio::task::spawn_blocking(lift_engine::fetch::fetch_default_model).await??;
             println!("{}", path.display());
             Ok(ExitCode::SUCCESS)
         }

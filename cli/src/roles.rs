@@ -13,7 +13,9 @@ use lift_shared::broker::Broker;
 use lift_shared::config::Config;
 use lift_shared::spec::ModelCatalog;
 use lift_shared::store::Store;
-use lift_worker_synth::{BuiltinGenerator, OpenAiGenerator, OpenAiOptions, QaGenerator, SynthWorkerConfig};
+use lift_worker_synth::{
+    BuiltinGenerator, OpenAiGenerator, OpenAiOptions, QaGenerator, SynthWorkerConfig,
+};
 use lift_worker_train::{run_train_worker, RunOptions, TrainWorkerConfig};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -37,14 +39,20 @@ pub struct TrainWorkerArgs {
 /// Accepts base models this build can load: `default`, a .gguf file, an HF directory.
 pub fn model_catalog(_config: &Config) -> Arc<dyn ModelCatalog> {
     Arc::new(|reference: &str| -> Result<(), String> {
-        ModelSource::parse(reference).map(|_| ()).map_err(|e| e.to_string())
+        ModelSource::parse(reference)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     })
 }
 
 /// The HTTP generator when `LIFT_GENERATOR_URL` is set, else the built-in engine.
-pub fn build_generator(config: &Config, engine: Option<Arc<Engine>>) -> anyhow::Result<Arc<dyn QaGenerator>> {
+pub fn build_generator(
+    config: &Config,
+    engine: Option<Arc<Engine>>,
+) -> anyhow::Result<Arc<dyn QaGenerator>> {
     if !config.generator_url.is_empty() {
-        let mut options = OpenAiOptions::new(config.generator_url.clone(), config.generator_model.clone());
+        let mut options =
+            OpenAiOptions::new(config.generator_url.clone(), config.generator_model.clone());
         options.api_key = std::env::var("LIFT_GENERATOR_API_KEY").ok();
         options.max_in_flight = config.synth_concurrency.max(1) as usize * 4;
         return Ok(Arc::new(OpenAiGenerator::new(options)?));
@@ -66,7 +74,10 @@ pub fn spawn_synth_worker(
         ..SynthWorkerConfig::default()
     };
     tokio::spawn(async move {
-        if let Err(error) = lift_worker_synth::run_synth_worker(broker, store, generator, worker_config, shutdown).await {
+        if let Err(error) =
+            lift_worker_synth::run_synth_worker(broker, store, generator, worker_config, shutdown)
+                .await
+        {
             tracing::error!(%error, "synth worker stopped with an error");
         }
     })
@@ -83,10 +94,18 @@ pub async fn coordinator(config: Config) -> anyhow::Result<ExitCode> {
         model_catalog(&config),
     )
     .await?;
-    let addr = config.grpc_addr.parse().with_context(|| format!("LIFT_GRPC_ADDR {} is not host:port", config.grpc_addr))?;
+    let addr = config
+        .grpc_addr
+        .parse()
+        .with_context(|| format!("LIFT_GRPC_ADDR {} is not host:port", config.grpc_addr))?;
     let shutdown = infra::shutdown_signal();
     tracing::info!(%addr, "coordinator serving gRPC");
-    serve_grpc(addr, &coordinator, async move { shutdown.cancelled().await }).await?;
+    serve_grpc(
+        addr,
+        &coordinator,
+        async move { shutdown.cancelled().await },
+    )
+    .await?;
     coordinator.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }

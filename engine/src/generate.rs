@@ -381,7 +381,13 @@ impl Engine {
             }
             unique_masks.push(
                 (0..columns)
-                    .map(|c| if c < shared || c >= shared + pad { 0.0 } else { f32::NEG_INFINITY })
+                    .map(|c| {
+                        if c < shared || c >= shared + pad {
+                            0.0
+                        } else {
+                            f32::NEG_INFINITY
+                        }
+                    })
                     .collect::<Vec<f32>>(),
             );
         }
@@ -402,7 +408,10 @@ impl Engine {
         let rows = Tensor::from_vec(row_to_unique.clone(), prompts.len(), device)?;
         cache.select_rows(&rows)?;
         let logits = logits.index_select(&rows, 0)?;
-        let masks = row_to_unique.iter().map(|&i| unique_masks[i as usize].clone()).collect();
+        let masks = row_to_unique
+            .iter()
+            .map(|&i| unique_masks[i as usize].clone())
+            .collect();
         Ok((logits, cache, masks))
     }
 

@@ -224,16 +224,22 @@ impl Vhost {
 
     /// The test broker's URL with this vhost.
     pub fn amqp_url(&self) -> String {
-        let base = std::env::var("LIFT_TEST_AMQP_URL")
-            .unwrap_or_else(|_| panic!("LIFT_TEST_AMQP_URL is not set: run the tests through scripts/test.sh"));
-        let root = base.rsplit_once('/').map(|(root, _)| root.to_string()).unwrap_or(base);
+        let base = std::env::var("LIFT_TEST_AMQP_URL").unwrap_or_else(|_| {
+            panic!("LIFT_TEST_AMQP_URL is not set: run the tests through scripts/test.sh")
+        });
+        let root = base
+            .rsplit_once('/')
+            .map(|(root, _)| root.to_string())
+            .unwrap_or(base);
         format!("{root}/{}", self.name)
     }
 }
 
 impl Drop for Vhost {
     fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl").args(["delete_vhost", &self.name]).output();
+        let _ = Command::new("rabbitmqctl")
+            .args(["delete_vhost", &self.name])
+            .output();
     }
 }
 
@@ -242,7 +248,9 @@ pub fn rabbitmqctl(args: &[&str]) -> String {
     let output = Command::new("rabbitmqctl")
         .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("rabbitmqctl {args:?} cannot run ({e}); scripts/test-env.sh installs RabbitMQ"));
+        .unwrap_or_else(|e| {
+            panic!("rabbitmqctl {args:?} cannot run ({e}); scripts/test-env.sh installs RabbitMQ")
+        });
     assert!(
         output.status.success(),
         "rabbitmqctl {args:?} failed: {}{}",
@@ -358,9 +366,15 @@ impl Cluster {
     pub async fn submit(&self, title: &str, text: &str, epochs: u32) -> String {
         let mut client = self.client().await;
         let request = proto::SubmitJobRequest {
-            documents: vec![proto::Document { title: title.into(), text: text.into() }],
+            documents: vec![proto::Document {
+                title: title.into(),
+                text: text.into(),
+            }],
             base_model: String::new(),
-            synthesis: Some(proto::SynthesisOptions { chunk_sentences: 1, ..Default::default() }),
+            synthesis: Some(proto::SynthesisOptions {
+                chunk_sentences: 1,
+                ..Default::default()
+            }),
             training: Some(proto::TrainingOptions {
                 rank: 4,
                 epochs,
@@ -369,16 +383,34 @@ impl Cluster {
                 ..Default::default()
             }),
         };
-        client.submit_job(request).await.expect("submit").into_inner().job_id
+        client
+            .submit_job(request)
+            .await
+            .expect("submit")
+            .into_inner()
+            .job_id
     }
 
     pub async fn status(&self, job_id: &str) -> Option<proto::JobStatus> {
-        let mut client = LiftServiceClient::connect(format!("http://127.0.0.1:{}", self.grpc_port)).await.ok()?;
-        client.get_job(proto::GetJobRequest { job_id: job_id.into() }).await.ok().map(|r| r.into_inner())
+        let mut client = LiftServiceClient::connect(format!("http://127.0.0.1:{}", self.grpc_port))
+            .await
+            .ok()?;
+        client
+            .get_job(proto::GetJobRequest {
+                job_id: job_id.into(),
+            })
+            .await
+            .ok()
+            .map(|r| r.into_inner())
     }
 
     /// Waits until `check` holds for the job's status.
-    pub async fn wait_until(&self, job_id: &str, timeout: Duration, check: impl Fn(&proto::JobStatus) -> bool) -> proto::JobStatus {
+    pub async fn wait_until(
+        &self,
+        job_id: &str,
+        timeout: Duration,
+        check: impl Fn(&proto::JobStatus) -> bool,
+    ) -> proto::JobStatus {
         let deadline = Instant::now() + timeout;
         let mut last = None;
         while Instant::now() < deadline {
@@ -390,7 +422,10 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
-        panic!("job {job_id}: condition not met after {timeout:?}; last status {last:?}\n{}", self.logs());
+        panic!(
+            "job {job_id}: condition not met after {timeout:?}; last status {last:?}\n{}",
+            self.logs()
+        );
     }
 
     pub async fn wait_for_terminal(&self, job_id: &str, timeout: Duration) -> proto::JobStatus {
@@ -410,18 +445,39 @@ impl Cluster {
                 std::env::set_var(key, value);
             }
         }
-        let url = self.env().into_iter().find(|(k, _)| *k == "LIFT_STORE_URL").map(|(_, v)| v).expect("store url");
+        let url = self
+            .env()
+            .into_iter()
+            .find(|(k, _)| *k == "LIFT_STORE_URL")
+            .map(|(_, v)| v)
+            .expect("store url");
         lift_shared::store::Store::open(&url).expect("open the test store")
     }
 
     /// Every process log, for failure messages.
     pub fn logs(&self) -> String {
         let mut out = String::new();
-        let all = self.coordinator.iter().chain(&self.synth_workers).chain(&self.trainers).chain(&self.server);
+        let all = self
+            .coordinator
+            .iter()
+            .chain(&self.synth_workers)
+            .chain(&self.trainers)
+            .chain(&self.server);
         for process in all {
             let text = process.log_text();
-            let tail: String = text.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
-            out.push_str(&format!("\n--- {} (last lines) ---\n{tail}\n", process.name));
+            let tail: String = text
+                .lines()
+                .rev()
+                .take(30)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n");
+            out.push_str(&format!(
+                "\n--- {} (last lines) ---\n{tail}\n",
+                process.name
+            ));
         }
         out
     }

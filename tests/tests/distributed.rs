@@ -22,7 +22,11 @@ fn succeeded(status: &proto::JobStatus) -> bool {
 
 async fn task_files(cluster: &Cluster, job: &str) -> Vec<String> {
     let job = lift_shared::ids::JobId::parse(job).unwrap();
-    cluster.store().list(&layout::tasks_prefix(&job)).await.unwrap()
+    cluster
+        .store()
+        .list(&layout::tasks_prefix(&job))
+        .await
+        .unwrap()
 }
 
 /// Steps an uninterrupted run takes: every task trained once per epoch.
@@ -34,16 +38,34 @@ fn expected_steps(status: &proto::JobStatus, batch: u64) -> u64 {
 async fn a_job_completes_with_one_task_file_per_chunk_and_a_loadable_adapter() {
     let mut cluster = Cluster::with_lift_serve().await;
     cluster.start_all().await;
-    let job = cluster.submit("Vellmar Island", &made_up_document(4), 2).await;
+    let job = cluster
+        .submit("Vellmar Island", &made_up_document(4), 2)
+        .await;
     let status = cluster.wait_for_terminal(&job, JOB_TIMEOUT).await;
     assert!(succeeded(&status), "{status:?}\n{}", cluster.logs());
-    assert_eq!(task_files(&cluster, &job).await.len() as u32, status.chunks_total);
+    assert_eq!(
+        task_files(&cluster, &job).await.len() as u32,
+        status.chunks_total
+    );
     assert_eq!(status.step, expected_steps(&status, 2));
-    assert!(status.adapter_uri.starts_with("s3://"), "{}", status.adapter_uri);
+    assert!(
+        status.adapter_uri.starts_with("s3://"),
+        "{}",
+        status.adapter_uri
+    );
 
     // The adapter in S3 loads onto the base model and answers with no document in the prompt.
-    let mut ask = cluster.spawn("ask", &["ask", &job, "Who is the lighthouse keeper of Vellmar Island?"]);
-    let exit = ask.wait_exit(Duration::from_secs(120)).expect("lift ask finishes");
+    let mut ask = cluster.spawn(
+        "ask",
+        &[
+            "ask",
+            &job,
+            "Who is the lighthouse keeper of Vellmar Island?",
+        ],
+    );
+    let exit = ask
+        .wait_exit(Duration::from_secs(120))
+        .expect("lift ask finishes");
     let answer = ask.log_text();
     assert!(exit.success(), "lift ask failed: {answer}");
     assert!(!answer.trim().is_empty());
@@ -53,37 +75,62 @@ async fn a_job_completes_with_one_task_file_per_chunk_and_a_loadable_adapter() {
 async fn killing_a_synth_worker_mid_job_loses_no_chunk_and_trains_none_twice() {
     let mut cluster = Cluster::with_lift_serve().await;
     cluster.start_all().await;
-    let job = cluster.submit("Vellmar Island", &made_up_document(8), 1).await;
-    cluster.wait_until(&job, JOB_TIMEOUT, |s| s.chunks_synthesized >= 1).await;
+    let job = cluster
+        .submit("Vellmar Island", &made_up_document(8), 1)
+        .await;
+    cluster
+        .wait_until(&job, JOB_TIMEOUT, |s| s.chunks_synthesized >= 1)
+        .await;
     cluster.synth_workers[0].kill_hard();
     let status = cluster.wait_for_terminal(&job, JOB_TIMEOUT).await;
     assert!(succeeded(&status), "{status:?}\n{}", cluster.logs());
     assert_eq!(status.chunks_synthesized, status.chunks_total);
-    assert_eq!(task_files(&cluster, &job).await.len() as u32, status.chunks_total);
-    assert_eq!(status.step, expected_steps(&status, 2), "a chunk trained twice adds steps");
+    assert_eq!(
+        task_files(&cluster, &job).await.len() as u32,
+        status.chunks_total
+    );
+    assert_eq!(
+        status.step,
+        expected_steps(&status, 2),
+        "a chunk trained twice adds steps"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_trainer_is_replaced_by_one_that_resumes_from_the_checkpoint() {
     let mut cluster = Cluster::with_lift_serve().await;
     cluster.start_all().await;
-    let job = cluster.submit("Vellmar Island", &made_up_document(10), 3).await;
+    let job = cluster
+        .submit("Vellmar Island", &made_up_document(10), 3)
+        .await;
     let before = cluster.wait_until(&job, JOB_TIMEOUT, |s| s.step >= 3).await;
     cluster.trainers[0].kill_hard();
     cluster.start_trainer();
     let status = cluster.wait_for_terminal(&job, JOB_TIMEOUT).await;
     assert!(succeeded(&status), "{status:?}\n{}", cluster.logs());
     let second = cluster.trainers[1].log_text();
-    assert!(second.contains("resuming from checkpoint"), "the second trainer resumed:\n{second}");
-    assert_eq!(status.step, expected_steps(&status, 2), "steps continue, they do not restart (killed at {})", before.step);
+    assert!(
+        second.contains("resuming from checkpoint"),
+        "the second trainer resumed:\n{second}"
+    );
+    assert_eq!(
+        status.step,
+        expected_steps(&status, 2),
+        "steps continue, they do not restart (killed at {})",
+        before.step
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restarted_coordinator_rebuilds_state_and_the_job_completes() {
     let mut cluster = Cluster::with_lift_serve().await;
     cluster.start_all().await;
-    let job = cluster.submit("Vellmar Island", &made_up_document(6), 2).await;
-    cluster.wait_until(&job, JOB_TIMEOUT, |s| s.chunks_synthesized >= 1).await;
+    let job = cluster
+        .submit("Vellmar Island", &made_up_document(6), 2)
+        .await;
+    cluster
+        .wait_until(&job, JOB_TIMEOUT, |s| s.chunks_synthesized >= 1)
+        .await;
     cluster.coordinator.as_mut().unwrap().kill_hard();
     cluster.start_coordinator().await;
     let status = cluster.wait_for_terminal(&job, JOB_TIMEOUT).await;
@@ -97,12 +144,19 @@ async fn a_restarted_coordinator_rebuilds_state_and_the_job_completes() {
 async fn every_process_reconnects_after_the_broker_closes_all_connections() {
     let mut cluster = Cluster::with_lift_serve().await;
     cluster.start_all().await;
-    let job = cluster.submit("Vellmar Island", &made_up_document(6), 2).await;
-    cluster.wait_until(&job, JOB_TIMEOUT, |s| s.chunks_synthesized >= 1).await;
+    let job = cluster
+        .submit("Vellmar Island", &made_up_document(6), 2)
+        .await;
+    cluster
+        .wait_until(&job, JOB_TIMEOUT, |s| s.chunks_synthesized >= 1)
+        .await;
     rabbitmqctl(&["close_all_connections", "lift test: forced close"]);
     let status = cluster.wait_for_terminal(&job, JOB_TIMEOUT).await;
     assert!(succeeded(&status), "{status:?}\n{}", cluster.logs());
-    assert_eq!(task_files(&cluster, &job).await.len() as u32, status.chunks_total);
+    assert_eq!(
+        task_files(&cluster, &job).await.len() as u32,
+        status.chunks_total
+    );
 }
 
 /// A generator that answers well, except for sentences containing `POISON`.
@@ -129,7 +183,8 @@ async fn poisoned_generator() -> String {
 async fn a_poison_chunk_is_dead_lettered_and_the_job_completes_without_it() {
     let mut cluster = Cluster::with_generator(poisoned_generator().await);
     cluster.start_all().await;
-    let text = "The lighthouse keeper of Vellmar Island is Oskar Tenby. POISON sentence number one. \
+    let text =
+        "The lighthouse keeper of Vellmar Island is Oskar Tenby. POISON sentence number one. \
                 Oskar Tenby keeps a cat. The cat is named Sixpence.";
     let job = cluster.submit("Vellmar Island", text, 1).await;
     let status = cluster.wait_for_terminal(&job, JOB_TIMEOUT).await;
@@ -137,15 +192,25 @@ async fn a_poison_chunk_is_dead_lettered_and_the_job_completes_without_it() {
     assert_eq!(status.chunks_failed, 1);
     assert_eq!(status.chunk_failures.len(), 1);
     assert!(!status.chunk_failures[0].reason.is_empty());
-    let broker = RabbitBroker::connect(RabbitBrokerOptions::new(cluster.vhost.amqp_url())).await.unwrap();
-    let dead = broker.queue_depth(&queues::dead_letter_queue(queues::SYNTH)).await.unwrap();
+    let broker = RabbitBroker::connect(RabbitBrokerOptions::new(cluster.vhost.amqp_url()))
+        .await
+        .unwrap();
+    let dead = broker
+        .queue_depth(&queues::dead_letter_queue(queues::SYNTH))
+        .await
+        .unwrap();
     let failed_marker = task_files(&cluster, &job).await.len() as u32;
-    assert_eq!(failed_marker, status.chunks_total - 1, "every other chunk has its task file");
+    assert_eq!(
+        failed_marker,
+        status.chunks_total - 1,
+        "every other chunk has its task file"
+    );
     // The coordinator consumes the dead-letter queue to mark the chunk; none is left behind unread.
     assert!(dead <= 1, "dead-letter queue depth {dead}");
 
     // Past the threshold the job fails, with the reason.
-    let all_poison = "POISON one is here. POISON two is here. POISON three is here. Oskar Tenby keeps a cat.";
+    let all_poison =
+        "POISON one is here. POISON two is here. POISON three is here. Oskar Tenby keeps a cat.";
     let job = cluster.submit("Poison", all_poison, 1).await;
     let status = cluster.wait_for_terminal(&job, JOB_TIMEOUT).await;
     assert_eq!(status.state, JobState::Failed as i32, "{status:?}");
@@ -163,8 +228,14 @@ async fn twenty_concurrent_jobs_from_four_clients_all_complete() {
         clients.push(tokio::spawn(async move {
             let mut jobs = Vec::new();
             for job in 0..5 {
-                let text = format!("Client {client} wrote note {job}. The note says the harbour wall is teal.");
-                jobs.push(cluster.submit(&format!("Note {client}-{job}"), &text, 1).await);
+                let text = format!(
+                    "Client {client} wrote note {job}. The note says the harbour wall is teal."
+                );
+                jobs.push(
+                    cluster
+                        .submit(&format!("Note {client}-{job}"), &text, 1)
+                        .await,
+                );
             }
             jobs
         }));
@@ -175,7 +246,9 @@ async fn twenty_concurrent_jobs_from_four_clients_all_complete() {
     }
     assert_eq!(jobs.len(), 20);
     for job in &jobs {
-        let status = cluster.wait_for_terminal(job, Duration::from_secs(900)).await;
+        let status = cluster
+            .wait_for_terminal(job, Duration::from_secs(900))
+            .await;
         assert!(succeeded(&status), "{job}: {status:?}\n{}", cluster.logs());
     }
 }
@@ -189,40 +262,93 @@ async fn bad_input_at_the_edge_is_refused_and_loses_nothing() {
     let huge = "Oskar Tenby keeps the light. ".repeat(400_000);
     let error = client
         .submit_job(proto::SubmitJobRequest {
-            documents: vec![proto::Document { title: "Huge".into(), text: huge }],
+            documents: vec![proto::Document {
+                title: "Huge".into(),
+                text: huge,
+            }],
             ..Default::default()
         })
         .await
         .unwrap_err();
     assert!(
-        matches!(error.code(), tonic::Code::InvalidArgument | tonic::Code::OutOfRange | tonic::Code::ResourceExhausted),
+        matches!(
+            error.code(),
+            tonic::Code::InvalidArgument | tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+        ),
         "{error:?}"
     );
-    let error = client.get_job(proto::GetJobRequest { job_id: "no-such-job".into() }).await.unwrap_err();
+    let error = client
+        .get_job(proto::GetJobRequest {
+            job_id: "no-such-job".into(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(error.code(), tonic::Code::NotFound, "{error:?}");
-    let error = client.get_job(proto::GetJobRequest { job_id: "../../etc/passwd".into() }).await.unwrap_err();
+    let error = client
+        .get_job(proto::GetJobRequest {
+            job_id: "../../etc/passwd".into(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(error.code(), tonic::Code::InvalidArgument, "{error:?}");
 
     // Malformed messages straight into every queue: dead-lettered, nobody crashes.
-    let broker = RabbitBroker::connect(RabbitBrokerOptions::new(cluster.vhost.amqp_url())).await.unwrap();
+    let broker = RabbitBroker::connect(RabbitBrokerOptions::new(cluster.vhost.amqp_url()))
+        .await
+        .unwrap();
     for queue in [queues::SYNTH, queues::TRAIN, queues::EVENTS] {
-        broker.publish(queue, b"{not json", Headers::new()).await.unwrap();
-        broker.publish(queue, br#"{"job_id": "x", "unexpected": true}"#, Headers::new()).await.unwrap();
+        broker
+            .publish(queue, b"{not json", Headers::new())
+            .await
+            .unwrap();
+        broker
+            .publish(
+                queue,
+                br#"{"job_id": "x", "unexpected": true}"#,
+                Headers::new(),
+            )
+            .await
+            .unwrap();
     }
-    let job = cluster.submit("Vellmar Island", "Oskar Tenby keeps the light on Vellmar Island.", 1).await;
+    let job = cluster
+        .submit(
+            "Vellmar Island",
+            "Oskar Tenby keeps the light on Vellmar Island.",
+            1,
+        )
+        .await;
     let status = cluster.wait_for_terminal(&job, JOB_TIMEOUT).await;
     assert!(succeeded(&status), "{status:?}\n{}", cluster.logs());
 
     let error = client
-        .cancel_job(proto::CancelJobRequest { job_id: job.clone(), reason: String::new() })
+        .cancel_job(proto::CancelJobRequest {
+            job_id: job.clone(),
+            reason: String::new(),
+        })
         .await
         .unwrap_err();
     assert_eq!(error.code(), tonic::Code::FailedPrecondition, "{error:?}");
-    for process in cluster.synth_workers.iter_mut().chain(cluster.trainers.iter_mut()).chain(cluster.coordinator.iter_mut()) {
-        assert!(process.wait_exit(Duration::from_millis(10)).is_none(), "{} crashed:\n{}", process.name, process.log_text());
+    for process in cluster
+        .synth_workers
+        .iter_mut()
+        .chain(cluster.trainers.iter_mut())
+        .chain(cluster.coordinator.iter_mut())
+    {
+        assert!(
+            process.wait_exit(Duration::from_millis(10)).is_none(),
+            "{} crashed:\n{}",
+            process.name,
+            process.log_text()
+        );
     }
     for queue in [queues::SYNTH, queues::TRAIN] {
-        let dead = broker.queue_depth(&queues::dead_letter_queue(queue)).await.unwrap();
-        assert!(dead >= 1 || queue == queues::SYNTH, "{queue}: malformed messages went to its dead-letter queue ({dead})");
+        let dead = broker
+            .queue_depth(&queues::dead_letter_queue(queue))
+            .await
+            .unwrap();
+        assert!(
+            dead >= 1 || queue == queues::SYNTH,
+            "{queue}: malformed messages went to its dead-letter queue ({dead})"
+        );
     }
 }

@@ -18,9 +18,9 @@ fn write_doc(dir: &Path, name: &str, title: &str, body: &str) -> String {
 /// The last JSON status line `lift run --json` printed.
 fn final_status(log: &str) -> Value {
     log.lines()
+        .rev()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v.get("job_id").is_some())
-        .last()
+        .find(|v| v.get("job_id").is_some())
         .unwrap_or_else(|| panic!("no status line in output:\n{log}"))
 }
 

@@ -155,7 +155,9 @@ fn engine_loop(engine: &Engine, waiting: &mpsc::Receiver<Pending>, max_rows: usi
             }
             Err(_) if batch.len() > 1 => {
                 for pending in batch {
-                    let result = engine.generate(None, &pending.requests).map_err(|e| e.to_string());
+                    let result = engine
+                        .generate(None, &pending.requests)
+                        .map_err(|e| e.to_string());
                     let _ = pending.reply.send(result);
                 }
             }
