@@ -184,7 +184,11 @@ async fn generator_returning_garbage_fails_the_job_with_the_reason() {
 #[tokio::test(flavor = "multi_thread")]
 async fn generator_with_missing_fields_fails_the_job_with_the_reason() {
     let port = fake_generator(r#"{"pairs": [{"question": "Who keeps the lighthouse?"}]}"#).await;
-    run_expecting_failure(format!("http://127.0.0.1:{port}/v1"), "missing field").await;
+    run_expecting_failure(
+        format!("http://127.0.0.1:{port}/v1"),
+        "no usable question/answer pair (malformed",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -208,7 +212,7 @@ fn invalid_input_is_refused_with_a_sentence_and_no_job() {
     let ok_doc = write_doc(dir.path(), "ok.md", "Ok", &made_up_document(3));
     let cases: Vec<(Vec<String>, &str)> = vec![
         (vec!["run".into(), empty], "empty"),
-        (vec!["run".into(), big], "limit"),
+        (vec!["run".into(), big], "at most 2000 are allowed"),
         (
             vec!["run".into(), binary.display().to_string()],
             "not valid UTF-8",

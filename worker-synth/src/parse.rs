@@ -55,6 +55,28 @@ impl DropCounts {
             + self.ungrounded
     }
 
+    /// `malformed 3, not a question 1`, naming only what occurred (`nothing` if none).
+    pub fn describe(&self) -> String {
+        let counts = [
+            ("malformed", self.malformed),
+            ("empty field", self.empty_field),
+            ("not a question", self.not_a_question),
+            ("answer too long", self.answer_too_long),
+            ("duplicate", self.duplicate),
+            ("ungrounded", self.ungrounded),
+        ];
+        let parts: Vec<String> = counts
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(what, n)| format!("{what} {n}"))
+            .collect();
+        if parts.is_empty() {
+            "no replies".to_string()
+        } else {
+            parts.join(", ")
+        }
+    }
+
     pub fn add(&mut self, other: &DropCounts) {
         self.malformed += other.malformed;
         self.empty_field += other.empty_field;

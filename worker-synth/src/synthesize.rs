@@ -92,6 +92,14 @@ pub async fn synthesize_chunk(
         match outcome {
             Ok(SentencePairs { pairs, dropped }) => {
                 synthesis.pairs_dropped.add(&dropped);
+                if pairs.is_empty() {
+                    // The generator answered, but nothing it wrote is usable: the sentence
+                    // failed, and the reason says what was wrong with the replies.
+                    let reason = format!("no usable question/answer pair ({})", dropped.describe());
+                    synthesis
+                        .failures
+                        .push((sentence.index, GeneratorError::InvalidOutput(reason)));
+                }
                 synthesis.tasks.extend(pairs.into_iter().map(|pair| Task {
                     sentence_index: sentence.index,
                     title: chunk.title.clone(),
