@@ -139,6 +139,18 @@ PY
     echo "test-env: moto_server (pid $LIFT_MOTO_PID) on $endpoint with bucket $LIFT_TEST_S3_BUCKET"
 }
 
+# A Python gRPC client that works from reflection alone, as grpcurl does (no proto file):
+# the reflection test drives SubmitJob and GetJob through it.
+lift_ensure_grpc_client_venv() {
+    export LIFT_TEST_GRPC_PYTHON="$HOME/.cache/lift/grpc-venv/bin/python"
+    if "$LIFT_TEST_GRPC_PYTHON" -c "import grpc_reflection, google.protobuf" 2>/dev/null; then
+        return 0
+    fi
+    python3 -m venv "$HOME/.cache/lift/grpc-venv" \
+        && "$HOME/.cache/lift/grpc-venv/bin/pip" install -q grpcio grpcio-reflection protobuf \
+        || { lift_env_fail "could not install grpcio + grpcio-reflection into $HOME/.cache/lift/grpc-venv"; return 1; }
+}
+
 lift_test_env_main() {
     local tool
     for tool in curl python3 timeout; do
@@ -146,6 +158,7 @@ lift_test_env_main() {
     done
     lift_ensure_rabbitmq || return 1
     lift_start_moto || return 1
+    lift_ensure_grpc_client_venv || return 1
     export LIFT_TEST_AMQP_URL="${LIFT_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
     export LIFT_TEST_S3_BUCKET
     export AWS_ACCESS_KEY_ID=test

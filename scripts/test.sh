@@ -17,6 +17,9 @@ source scripts/test-env.sh
 step "default model"
 scripts/fetch-model.sh
 
+step "deploy manifests (kustomize render, schema and KEDA checks, compose)"
+scripts/test-deploy.sh
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -466,6 +466,10 @@ impl Engine {
         let token = sample(&scores, params, &mut row.rng);
         if let (Some(json), Some(vocab)) = (row.json.as_mut(), json_vocab) {
             if vocab.closes_string[token as usize] {
+                // Questions end with a question mark: part of the shape, like the quotes.
+                if json.field == JsonField::Question && !row.text.trim_end().ends_with('?') {
+                    row.forced.extend(self.tokenizer.encode("?")?);
+                }
                 let literal = close_json_string(json);
                 row.forced.extend(self.tokenizer.encode(literal)?);
                 return Ok(row.forced.pop_front());

@@ -453,3 +453,166 @@ pub fn random_model(
     };
     build_model(config.clone(), &mut source, dtype, device)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use candle_core::{DType, Device, Tensor};
+
+    use super::{load_hf_dir, random_model};
+    use crate::config::{Architecture, ModelConfig};
+    use crate::model::{causal_mask, ForwardInput, LogitsFor, Model};
+    use crate::testing::byte_tokenizer;
+
+    /// Writes `model` as a Hugging Face directory (config.json, model.safetensors,
+    /// tokenizer.json, tokenizer_config.json) the way transformers lays one out.
+    fn write_hf_dir(model: &Model, dir: &std::path::Path, model_type: &str) {
+        let c = &model.config;
+        let config = serde_json::json!({
+            "architectures": [if model_type == "qwen2" { "Qwen2ForCausalLM" } else { "LlamaForCausalLM" }],
+            "model_type": model_type,
+            "vocab_size": c.vocab_size,
+            "hidden_size": c.hidden_size,
+            "intermediate_size": c.intermediate_size,
+            "num_hidden_layers": c.num_layers,
+            "num_attention_heads": c.num_heads,
+            "num_key_value_heads": c.num_kv_heads,
+            "rope_theta": c.rope_theta,
+            "rms_norm_eps": c.rms_norm_eps,
+            "max_position_embeddings": c.max_position_embeddings,
+            "tie_word_embeddings": c.tie_word_embeddings,
+        });
+        std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+        let mut tensors: HashMap<String, Tensor> = HashMap::new();
+        tensors.insert(
+            "model.embed_tokens.weight".into(),
+            model.embed_tokens.clone(),
+        );
+        tensors.insert("model.norm.weight".into(), model.norm.weight.clone());
+        if !c.tie_word_embeddings {
+            tensors.insert("lm_head.weight".into(), model.lm_head.clone());
+        }
+        for (i, layer) in model.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            let a = &layer.self_attn;
+            let m = &layer.mlp;
+            for (name, linear) in [
+                ("self_attn.q_proj", &a.q_proj),
+                ("self_attn.k_proj", &a.k_proj),
+                ("self_attn.v_proj", &a.v_proj),
+                ("self_attn.o_proj", &a.o_proj),
+                ("mlp.gate_proj", &m.gate_proj),
+                ("mlp.up_proj", &m.up_proj),
+                ("mlp.down_proj", &m.down_proj),
+            ] {
+                tensors.insert(format!("{p}.{name}.weight"), linear.weight.clone());
+                if let Some(bias) = &linear.bias {
+                    tensors.insert(format!("{p}.{name}.bias"), bias.clone());
+                }
+            }
+            tensors.insert(
+                format!("{p}.input_layernorm.weight"),
+                layer.input_layernorm.weight.clone(),
+            );
+            tensors.insert(
+                format!("{p}.post_attention_layernorm.weight"),
+                layer.post_attention_layernorm.weight.clone(),
+            );
+        }
+        candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
+        let tokenizer = byte_tokenizer(c.vocab_size);
+        tokenizer
+            .inner()
+            .save(dir.join("tokenizer.json"), false)
+            .unwrap();
+        let tokenizer_config =
+            serde_json::json!({"eos_token": "<|im_end|>", "chat_template": null});
+        std::fs::write(
+            dir.join("tokenizer_config.json"),
+            tokenizer_config.to_string(),
+        )
+        .unwrap();
+    }
+
+    fn logits(model: &Model) -> Vec<f32> {
+        let ids = Tensor::new(&[[3u32, 50, 120, 7]], &Device::Cpu).unwrap();
+        let positions = Tensor::new(&[[0u32, 1, 2, 3]], &Device::Cpu).unwrap();
+        let mask = causal_mask(4, 0, DType::F32, &Device::Cpu).unwrap();
+        let input = ForwardInput {
+            input_ids: &ids,
+            positions: &positions,
+            mask: Some(&mask),
+            adapter: None,
+            logits: LogitsFor::AllPositions,
+        };
+        model
+            .forward(&input, None)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
+    #[test]
+    fn llama_and_qwen2_directories_load_with_identical_logits() {
+        for (architecture, model_type, tied) in [
+            (Architecture::Llama, "llama", true),
+            (Architecture::Qwen2, "qwen2", false),
+        ] {
+            let mut config = ModelConfig::named_shape("tiny").unwrap();
+            config.architecture = architecture;
+            config.tie_word_embeddings = tied;
+            let model = random_model(config.clone(), 5, DType::F32, &Device::Cpu).unwrap();
+            assert_eq!(
+                model.layers[0].self_attn.q_proj.bias.is_some(),
+                architecture == Architecture::Qwen2
+            );
+            let dir = tempfile::tempdir().unwrap();
+            write_hf_dir(&model, dir.path(), model_type);
+            let (loaded, tokenizer) = load_hf_dir(dir.path(), DType::F32, &Device::Cpu).unwrap();
+            assert_eq!(loaded.config, config);
+            assert_eq!(logits(&model), logits(&loaded), "{model_type}");
+            let rendered = tokenizer
+                .render(&[crate::ChatMessage::new("user", "hi")], true)
+                .unwrap();
+            assert!(rendered.ends_with("<|im_start|>assistant\n"), "{rendered}");
+        }
+    }
+
+    #[test]
+    fn a_directory_missing_a_tensor_or_with_an_unknown_architecture_is_a_clear_error() {
+        let config = ModelConfig::named_shape("tiny").unwrap();
+        let model = random_model(config, 5, DType::F32, &Device::Cpu).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        write_hf_dir(&model, dir.path(), "llama");
+        let mut tensors =
+            candle_core::safetensors::load(dir.path().join("model.safetensors"), &Device::Cpu)
+                .unwrap();
+        tensors.remove("model.layers.1.mlp.up_proj.weight");
+        candle_core::safetensors::save(&tensors, dir.path().join("model.safetensors")).unwrap();
+        let error = load_hf_dir(dir.path(), DType::F32, &Device::Cpu)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            error.contains("model.layers.1.mlp.up_proj.weight is missing"),
+            "{error}"
+        );
+
+        let config_path = dir.path().join("config.json");
+        let text = std::fs::read_to_string(&config_path)
+            .unwrap()
+            .replace("\"llama\"", "\"mamba\"");
+        std::fs::write(&config_path, text).unwrap();
+        let error = load_hf_dir(dir.path(), DType::F32, &Device::Cpu)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            error.contains("unsupported model architecture `mamba`"),
+            "{error}"
+        );
+    }
+}
