@@ -268,6 +268,10 @@ fn uuid_like() -> String {
     format!("{:x}{:x}", nanos, std::process::id())
 }
 
+/// Deliveries of a message before it is dead-lettered, in test clusters (low, so poison
+/// chunks are given up on quickly).
+pub const CLUSTER_DELIVERY_LIMIT: u32 = 3;
+
 /// One distributed cluster of `lift` processes for a test: a coordinator, synthesis workers,
 /// trainers and (optionally) `lift serve` as the generator, on the test RabbitMQ (own vhost)
 /// and S3 on moto (own prefix).
@@ -308,7 +312,7 @@ impl Cluster {
             generator_url,
             extra_env: vec![
                 ("LIFT_TRAINER_LEASE_SECS", "4".into()),
-                ("LIFT_DELIVERY_LIMIT", "3".into()),
+                ("LIFT_DELIVERY_LIMIT", CLUSTER_DELIVERY_LIMIT.to_string()),
                 ("LIFT_CHECKPOINT_EVERY_STEPS", "1".into()),
             ],
             coordinator: None,
@@ -317,6 +321,15 @@ impl Cluster {
             server: None,
             spawned: 0,
         }
+    }
+
+    /// Options for a test-side connection to the cluster's broker: queue arguments must
+    /// match the ones the processes declared.
+    pub fn broker_options(&self) -> lift_shared::broker::rabbitmq::RabbitBrokerOptions {
+        let mut options =
+            lift_shared::broker::rabbitmq::RabbitBrokerOptions::new(self.vhost.amqp_url());
+        options.delivery_limit = CLUSTER_DELIVERY_LIMIT;
+        options
     }
 
     pub fn env(&self) -> Vec<(&'static str, String)> {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::routing::post;
 use axum::{Json, Router};
-use lift_shared::broker::rabbitmq::{RabbitBroker, RabbitBrokerOptions};
+use lift_shared::broker::rabbitmq::RabbitBroker;
 use lift_shared::broker::{queues, Broker, Headers};
 use lift_shared::proto::{self, JobState};
 use lift_shared::store::layout;
@@ -183,16 +183,16 @@ async fn poisoned_generator() -> String {
 async fn a_poison_chunk_is_dead_lettered_and_the_job_completes_without_it() {
     let mut cluster = Cluster::with_generator(poisoned_generator().await);
     cluster.start_all().await;
-    let text =
-        "The lighthouse keeper of Vellmar Island is Oskar Tenby. POISON sentence number one. \
-                Oskar Tenby keeps a cat. The cat is named Sixpence.";
+    // The poison sentence comes last: later sentences would see it in their left context.
+    let text = "Oskar Tenby keeps the lighthouse of Vellmar Island. Oskar Tenby keeps a cat \
+                named Sixpence. Oskar Tenby was born in 1950. POISON sentence number one.";
     let job = cluster.submit("Vellmar Island", text, 1).await;
     let status = cluster.wait_for_terminal(&job, JOB_TIMEOUT).await;
     assert!(succeeded(&status), "{status:?}\n{}", cluster.logs());
     assert_eq!(status.chunks_failed, 1);
     assert_eq!(status.chunk_failures.len(), 1);
     assert!(!status.chunk_failures[0].reason.is_empty());
-    let broker = RabbitBroker::connect(RabbitBrokerOptions::new(cluster.vhost.amqp_url()))
+    let broker = RabbitBroker::connect(cluster.broker_options())
         .await
         .unwrap();
     let dead = broker
@@ -293,7 +293,7 @@ async fn bad_input_at_the_edge_is_refused_and_loses_nothing() {
     assert_eq!(error.code(), tonic::Code::InvalidArgument, "{error:?}");
 
     // Malformed messages straight into every queue: dead-lettered, nobody crashes.
-    let broker = RabbitBroker::connect(RabbitBrokerOptions::new(cluster.vhost.amqp_url()))
+    let broker = RabbitBroker::connect(cluster.broker_options())
         .await
         .unwrap();
     for queue in [queues::SYNTH, queues::TRAIN, queues::EVENTS] {
