@@ -101,9 +101,9 @@ async fn a_killed_trainer_is_replaced_by_one_that_resumes_from_the_checkpoint() 
     let mut cluster = Cluster::with_lift_serve().await;
     cluster.start_all().await;
     let job = cluster
-        .submit("Vellmar Island", &made_up_document(10), 3)
+        .submit("Vellmar Island", &made_up_document(8), 2)
         .await;
-    let before = cluster.wait_until(&job, JOB_TIMEOUT, |s| s.step >= 3).await;
+    let before = cluster.wait_until(&job, JOB_TIMEOUT, |s| s.step >= 2).await;
     cluster.trainers[0].kill_hard();
     cluster.start_trainer();
     let status = cluster.wait_for_terminal(&job, JOB_TIMEOUT).await;
@@ -126,7 +126,7 @@ async fn a_restarted_coordinator_rebuilds_state_and_the_job_completes() {
     let mut cluster = Cluster::with_lift_serve().await;
     cluster.start_all().await;
     let job = cluster
-        .submit("Vellmar Island", &made_up_document(6), 2)
+        .submit("Vellmar Island", &made_up_document(6), 1)
         .await;
     cluster
         .wait_until(&job, JOB_TIMEOUT, |s| s.chunks_synthesized >= 1)
@@ -145,7 +145,7 @@ async fn every_process_reconnects_after_the_broker_closes_all_connections() {
     let mut cluster = Cluster::with_lift_serve().await;
     cluster.start_all().await;
     let job = cluster
-        .submit("Vellmar Island", &made_up_document(6), 2)
+        .submit("Vellmar Island", &made_up_document(6), 1)
         .await;
     cluster
         .wait_until(&job, JOB_TIMEOUT, |s| s.chunks_synthesized >= 1)
