@@ -14,6 +14,18 @@ pub struct JobAdapter {
     pub files: PeftFiles,
 }
 
+impl JobAdapter {
+    /// The title LIFT's prompt names: the job's first document's (training used each
+    /// task's own document title).
+    pub fn title(&self) -> String {
+        self.spec
+            .documents
+            .first()
+            .map(|d| d.title.clone())
+            .unwrap_or_default()
+    }
+}
+
 /// The job's spec and final adapter files from the store.
 pub async fn load_job_adapter(store: &Store, job: &str) -> anyhow::Result<JobAdapter> {
     let job = JobId::parse(job).map_err(|e| anyhow::anyhow!("invalid job id {job:?}: {e}"))?;

@@ -184,12 +184,7 @@ pub async fn ask(config: Config, args: AskArgs) -> anyhow::Result<ExitCode> {
     } else {
         Some(Arc::new(engine.load_adapter(&job.files)?))
     };
-    let title = job
-        .spec
-        .documents
-        .first()
-        .map(|d| d.title.clone())
-        .unwrap_or_default();
+    let title = job.title();
     let answers = ask::answer(engine, adapter, &title, &[args.question], args.max_tokens).await?;
     println!("{}", answers[0]);
     Ok(ExitCode::SUCCESS)

@@ -105,12 +105,7 @@ pub async fn run(config: Config, args: RunArgs) -> anyhow::Result<ExitCode> {
     {
         let job = ask::load_job_adapter(&store, &status.job_id).await?;
         let adapter = Arc::new(engine.load_adapter(&job.files)?);
-        let title = job
-            .spec
-            .documents
-            .first()
-            .map(|d| d.title.clone())
-            .unwrap_or_default();
+        let title = job.title();
         let lifted =
             ask::answer(engine.clone(), Some(adapter), &title, &args.questions, 64).await?;
         let base = if args.compare_base {

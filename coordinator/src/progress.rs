@@ -127,7 +127,16 @@ async fn handle_dead_chunk(ctx: &Context, delivery: Box<dyn Delivery>, pending: 
             return;
         }
     };
-    let reason = match delivery
+    // A worker that gives up writes the failure marker with its reason before rejecting;
+    // that reason says more than the broker's death header.
+    let marker_key = lift_shared::store::layout::failed(&chunk.job_id, chunk.chunk_index);
+    let marker = ctx
+        .store
+        .get_json::<lift_shared::store::FailedChunkMarker>(&marker_key)
+        .await
+        .ok()
+        .flatten();
+    let from_header = match delivery
         .headers()
         .get(DEATH_REASON_HEADER)
         .map(String::as_str)
@@ -137,6 +146,7 @@ async fn handle_dead_chunk(ctx: &Context, delivery: Box<dyn Delivery>, pending: 
         Some(other) => format!("dead-lettered ({other})"),
         None => "dead-lettered".to_string(),
     };
+    let reason = marker.map_or(from_header, |marker| marker.reason);
     let event = ProgressEvent::ChunkFailed {
         job_id: chunk.job_id,
         chunk_index: chunk.chunk_index,

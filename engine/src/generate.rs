@@ -119,6 +119,17 @@ struct JsonProgress {
     closed: bool,
 }
 
+/// Flattened inputs of one forward call: `rows x tokens` ids and positions, and the
+/// additive mask `rows x tokens x columns` over the cache plus these tokens.
+struct Step {
+    ids: Vec<u32>,
+    positions: Vec<u32>,
+    mask: Vec<f32>,
+    rows: usize,
+    tokens: usize,
+    columns: usize,
+}
+
 struct Row {
     request: usize,
     prompt_tokens: usize,
@@ -191,7 +202,6 @@ impl Engine {
             .map(|r| self.encode_prompt(r))
             .collect::<Result<Vec<_>>>()?;
         let device = self.model.device();
-        let dtype = self.model.dtype();
         let (mut logits, mut cache, column_masks) = self.prefill(adapter, &prompts)?;
         let mut rows = Vec::with_capacity(requests.len());
         for (index, ((request, prompt), column_mask)) in
@@ -282,19 +292,15 @@ impl Engine {
                 step_mask.extend_from_slice(&row.column_mask);
             }
             let columns = rows[active[0]].column_mask.len();
-            let input_ids = Tensor::from_vec(step_ids, (n, 1), device)?;
-            let positions = Tensor::from_vec(step_positions, (n, 1), device)?;
-            let mask = Tensor::from_vec(step_mask, (n, 1, 1, columns), device)?.to_dtype(dtype)?;
-            logits = self.model.forward(
-                &ForwardInput {
-                    input_ids: &input_ids,
-                    positions: &positions,
-                    mask: Some(&mask),
-                    adapter,
-                    logits: LogitsFor::LastPosition,
-                },
-                Some(&mut cache),
-            )?;
+            let step = Step {
+                ids: step_ids,
+                positions: step_positions,
+                mask: step_mask,
+                rows: n,
+                tokens: 1,
+                columns,
+            };
+            logits = self.forward_step(adapter, step, &mut cache)?;
         }
         Ok(rows
             .into_iter()
@@ -391,20 +397,15 @@ impl Engine {
                     .collect::<Vec<f32>>(),
             );
         }
-        let u = unique.len();
-        let input_ids = Tensor::from_vec(ids, (u, longest), device)?;
-        let positions = Tensor::from_vec(positions, (u, longest), device)?;
-        let mask = Tensor::from_vec(mask, (u, 1, longest, columns), device)?.to_dtype(dtype)?;
-        let logits = self.model.forward(
-            &ForwardInput {
-                input_ids: &input_ids,
-                positions: &positions,
-                mask: Some(&mask),
-                adapter,
-                logits: LogitsFor::LastPosition,
-            },
-            Some(&mut cache),
-        )?;
+        let step = Step {
+            ids,
+            positions,
+            mask,
+            rows: unique.len(),
+            tokens: longest,
+            columns,
+        };
+        let logits = self.forward_step(adapter, step, &mut cache)?;
         let rows = Tensor::from_vec(row_to_unique.clone(), prompts.len(), device)?;
         cache.select_rows(&rows)?;
         let logits = logits.index_select(&rows, 0)?;
@@ -413,6 +414,30 @@ impl Engine {
             .map(|&i| unique_masks[i as usize].clone())
             .collect();
         Ok((logits, cache, masks))
+    }
+
+    /// Runs one step's tokens through the model, extending `cache`; last-position logits.
+    fn forward_step(
+        &self,
+        adapter: Option<&LoraAdapter>,
+        step: Step,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let device = self.model.device();
+        let input_ids = Tensor::from_vec(step.ids, (step.rows, step.tokens), device)?;
+        let positions = Tensor::from_vec(step.positions, (step.rows, step.tokens), device)?;
+        let mask = Tensor::from_vec(step.mask, (step.rows, 1, step.tokens, step.columns), device)?
+            .to_dtype(self.model.dtype())?;
+        Ok(self.model.forward(
+            &ForwardInput {
+                input_ids: &input_ids,
+                positions: &positions,
+                mask: Some(&mask),
+                adapter,
+                logits: LogitsFor::LastPosition,
+            },
+            Some(cache),
+        )?)
     }
 
     fn token_budget(&self, params: &SamplingParams) -> usize {
