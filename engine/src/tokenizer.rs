@@ -186,3 +186,48 @@ impl ChatTokenizer {
             .map_err(|e| EngineError::Tokenizer(e.to_string()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{ChatMessage, ChatTokenizer};
+    use crate::testing::byte_tokenizer;
+
+    /// Meta-Llama-3-8B-Instruct's template, as shipped in its tokenizer_config.json.
+    const LLAMA3_TEMPLATE: &str = "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}";
+
+    #[test]
+    fn llama3_and_chatml_templates_render() {
+        let inner = byte_tokenizer(300).inner().clone();
+        let llama3 = ChatTokenizer::new(
+            inner.clone(),
+            Some(LLAMA3_TEMPLATE.to_string()),
+            Some("<|begin_of_text|>".into()),
+            Some("<|eot_id|>".into()),
+        )
+        .unwrap();
+        let messages = [
+            ChatMessage::new("system", "Be brief. "),
+            ChatMessage::new("user", "Hi"),
+        ];
+        assert_eq!(
+            llama3.render(&messages, true).unwrap(),
+            "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+        );
+        let chatml = ChatTokenizer::new(inner, None, None, None).unwrap();
+        assert_eq!(
+            chatml.render(&messages[1..], true).unwrap(),
+            "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
+    }
+
+    #[test]
+    fn a_template_that_raises_is_a_clear_error() {
+        let inner = byte_tokenizer(300).inner().clone();
+        let template = "{{ raise_exception('only user messages') }}".to_string();
+        let error = ChatTokenizer::new(inner, Some(template), None, None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("only user messages"), "{error}");
+    }
+}
