@@ -83,6 +83,17 @@ mod tests {
 
     use super::frozen_matmul;
 
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
     #[test]
     fn matches_matmul_and_its_input_gradient() {
         let device = Device::Cpu;
@@ -90,14 +101,7 @@ mod tests {
         let w = Tensor::randn(0f32, 1.0, (4, 5), &device).unwrap();
         let ours = frozen_matmul(x.as_tensor(), &w).unwrap();
         let reference = x.as_tensor().broadcast_matmul(&w.t().unwrap()).unwrap();
-        let diff = (&ours - &reference)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(&ours, &reference);
         assert!(diff < 1e-5, "forward differs by {diff}");
         let weights = Tensor::randn(0f32, 1.0, (2, 3, 4), &device).unwrap();
         let grad = |y: &Tensor| {
@@ -110,14 +114,7 @@ mod tests {
         };
         let ours_grad = grad(&ours).get(x.as_tensor()).unwrap().clone();
         let reference_grad = grad(&reference).get(x.as_tensor()).unwrap().clone();
-        let diff = (ours_grad - reference_grad)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(&ours_grad, &reference_grad);
         assert!(diff < 1e-5, "input gradient differs by {diff}");
     }
 }

@@ -25,15 +25,15 @@ fn engine() -> Arc<Engine> {
 }
 
 fn ask(engine: &Engine, adapter: Option<&lift_engine::LoraAdapter>, question: &str) -> String {
-    let request = GenerationRequest {
-        messages: vec![ChatMessage::new("user", question)],
-        prefill: String::new(),
-        params: SamplingParams {
-            max_tokens: 24,
-            ..SamplingParams::default()
-        },
+    let params = SamplingParams {
+        max_tokens: 24,
+        ..SamplingParams::default()
     };
-    engine.generate(adapter, &[request]).unwrap().remove(0).text
+    engine
+        .generate(adapter, &[request(question, params)])
+        .unwrap()
+        .remove(0)
+        .text
 }
 
 #[test]
