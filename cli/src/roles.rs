@@ -14,7 +14,8 @@ use lift_shared::config::Config;
 use lift_shared::spec::ModelCatalog;
 use lift_shared::store::Store;
 use lift_worker_synth::{
-    BuiltinGenerator, OpenAiGenerator, OpenAiOptions, QaGenerator, SynthWorkerConfig,
+    BuiltinGenerator, InstantGenerator, OpenAiGenerator, OpenAiOptions, QaGenerator,
+    SynthWorkerConfig, INSTANT_GENERATOR_URL,
 };
 use lift_worker_train::{run_train_worker, RunOptions, TrainWorkerConfig};
 use tokio::task::JoinHandle;
@@ -45,11 +46,18 @@ pub fn model_catalog(_config: &Config) -> Arc<dyn ModelCatalog> {
     })
 }
 
-/// The HTTP generator when `LIFT_GENERATOR_URL` is set, else the built-in engine.
+/// The HTTP generator when `LIFT_GENERATOR_URL` is set (`instant:` for benchmarks of the
+/// message layer), else the built-in engine.
 pub fn build_generator(
     config: &Config,
     engine: Option<Arc<Engine>>,
 ) -> anyhow::Result<Arc<dyn QaGenerator>> {
+    if config.generator_url == INSTANT_GENERATOR_URL {
+        tracing::warn!(
+            "generator is `instant:`: tasks are placeholders for benchmarking the message layer"
+        );
+        return Ok(Arc::new(InstantGenerator));
+    }
     if !config.generator_url.is_empty() {
         let mut options =
             OpenAiOptions::new(config.generator_url.clone(), config.generator_model.clone());

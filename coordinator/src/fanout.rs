@@ -1,5 +1,7 @@
-//! Where work leaves the coordinator: chunk definitions are stored and published to
-//! `lift.synth`, train assignments to `lift.train`, markers that stop workers are written.
+//! Where work leaves the coordinator: chunks are published to `lift.synth`, train assignments
+//! to `lift.train`, markers that stop workers are written. Chunk definitions are not stored:
+//! splitting the stored spec is deterministic, so recovery plans them again (one store write
+//! per chunk would cost more than everything else the message layer does per chunk).
 
 use futures::{StreamExt, TryStreamExt};
 use lift_shared::broker::{queues, Broker, Headers};
@@ -26,19 +28,15 @@ fn encode<T: serde::Serialize>(what: &str, value: &T) -> Result<Vec<u8>, LiftErr
         .map_err(|e| LiftError::Internal(format!("failed to encode {what}: {e}")))
 }
 
-/// Stores each chunk definition (create-only, so a retry keeps the first) and publishes it
-/// with a confirm. Safe to call again for the same chunks: duplicates cost a repeated
-/// synthesis whose create-only task file write is a no-op.
-pub(crate) async fn store_and_publish_chunks(
-    store: &Store,
+/// Publishes each chunk with a confirm. Safe to call again for the same chunks: duplicates
+/// cost a repeated synthesis whose create-only task file write is a no-op.
+pub(crate) async fn publish_chunks(
     broker: &dyn Broker,
     chunks: Vec<SynthChunk>,
 ) -> Result<(), LiftError> {
     futures::stream::iter(chunks)
         .map(|chunk| async move {
-            let key = layout::chunk(&chunk.job_id, chunk.chunk_index);
-            let payload = encode(&key, &chunk)?;
-            store.put_create(&key, payload.clone()).await?;
+            let payload = encode("synth chunk", &chunk)?;
             publish_chunk_with_confirm(broker, &chunk, &payload).await
         })
         .buffer_unordered(PUBLISH_CONCURRENCY)

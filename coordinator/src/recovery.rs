@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use lift_shared::error::LiftError;
 use lift_shared::ids::JobId;
-use lift_shared::messages::{now_ms, ProgressEvent};
+use lift_shared::messages::{now_ms, ProgressEvent, SynthChunk};
 use lift_shared::state::{JobState, JobStatus};
 use lift_shared::store::{layout, FailedChunkMarker};
 
@@ -37,7 +37,8 @@ async fn recover_job(ctx: &Context, status: JobStatus) -> Result<(), LiftError> 
     let entry = ctx.jobs.insert(status);
     let mut record = entry.record.lock().await;
     let resolved = resolved_chunks(ctx, &job).await?;
-    let reconciled = reconcile_with_store(ctx, &mut record, &resolved).await?;
+    let planned = plan_job_chunks(ctx, &job).await?;
+    let reconciled = reconcile_with_store(ctx, &mut record, &resolved, &planned).await?;
     if record.state == JobState::Failed {
         let reason = record.error.clone().unwrap_or_default();
         fanout::write_cancel_marker(&ctx.store, &job, &reason).await?;
@@ -47,21 +48,13 @@ async fn recover_job(ctx: &Context, status: JobStatus) -> Result<(), LiftError> 
     // queued when the previous process ended.
     let republish = !record.chunks_published || !ctx.broker.is_durable();
     if republish && !record.state.is_terminal() {
-        let spec = fanout::read_spec(&ctx.store, &job).await?;
-        let split = ctx.split.clone();
-        let planned = {
-            let job = job.clone();
-            tokio::task::spawn_blocking(move || plan_chunks(&job, &spec, &split))
-                .await
-                .map_err(|e| LiftError::Internal(format!("sentence splitting panicked: {e}")))?
-        };
         let missing: Vec<_> = planned
             .into_iter()
             .filter(|chunk| !resolved.contains(&chunk.chunk_index))
             .collect();
         tracing::info!(job_id = %job, chunks = missing.len(), "republishing unfinished chunks");
         fanout::republish_train_assignment(&ctx.store, ctx.broker.as_ref(), &job, &record).await?;
-        fanout::store_and_publish_chunks(&ctx.store, ctx.broker.as_ref(), missing).await?;
+        fanout::publish_chunks(ctx.broker.as_ref(), missing).await?;
     }
     if republish || reconciled {
         record.chunks_published = true;
@@ -69,6 +62,16 @@ async fn recover_job(ctx: &Context, status: JobStatus) -> Result<(), LiftError> 
     }
     entry.publish(&record);
     Ok(())
+}
+
+/// The job's chunks as submission planned them: splitting the stored spec is deterministic.
+async fn plan_job_chunks(ctx: &Context, job: &JobId) -> Result<Vec<SynthChunk>, LiftError> {
+    let spec = fanout::read_spec(&ctx.store, job).await?;
+    let split = ctx.split.clone();
+    let job = job.clone();
+    tokio::task::spawn_blocking(move || plan_chunks(&job, &spec, &split))
+        .await
+        .map_err(|e| LiftError::Internal(format!("sentence splitting panicked: {e}")))
 }
 
 /// Chunks that have a task file or a failed marker.
@@ -88,6 +91,7 @@ async fn reconcile_with_store(
     ctx: &Context,
     record: &mut JobStatus,
     resolved: &HashSet<u32>,
+    planned: &[SynthChunk],
 ) -> Result<bool, LiftError> {
     let job = record.job_id.clone();
     let mut changed = false;
@@ -104,7 +108,10 @@ async fn reconcile_with_store(
                     .split(|b| *b == b'\n')
                     .filter(|l| !l.is_empty())
                     .count();
-                let sentences = chunk_sentence_count(ctx, &job, chunk).await?;
+                let sentences = planned
+                    .iter()
+                    .find(|c| c.chunk_index == chunk)
+                    .map_or(0, |c| c.sentences.len() as u32);
                 ProgressEvent::ChunkSynthesized {
                     job_id: job.clone(),
                     chunk_index: chunk,
@@ -130,10 +137,4 @@ async fn reconcile_with_store(
         changed |= record.apply(&event, threshold).changed;
     }
     Ok(changed)
-}
-
-async fn chunk_sentence_count(ctx: &Context, job: &JobId, chunk: u32) -> Result<u32, LiftError> {
-    let stored: Option<lift_shared::messages::SynthChunk> =
-        ctx.store.get_json(&layout::chunk(job, chunk)).await?;
-    Ok(stored.map_or(0, |c| c.sentences.len() as u32))
 }

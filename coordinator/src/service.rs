@@ -80,7 +80,7 @@ impl LiftServiceImpl {
         // The trainer goes first: it loads the base model while the first chunks synthesize.
         let assignment = fanout::train_assignment(&job, &spec, &status);
         fanout::publish_train_assignment(self.ctx.broker.as_ref(), &assignment).await?;
-        fanout::store_and_publish_chunks(&self.ctx.store, self.ctx.broker.as_ref(), chunks).await?;
+        fanout::publish_chunks(self.ctx.broker.as_ref(), chunks).await?;
 
         let mut record = entry.record.lock().await;
         record.chunks_published = true;

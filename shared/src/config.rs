@@ -23,7 +23,7 @@ pub struct Config {
     /// `LIFT_GRPC_ADDR`: where the coordinator listens and clients connect.
     pub grpc_addr: String,
     /// `LIFT_GENERATOR_URL`: an OpenAI-compatible `/v1` endpoint; empty uses the built-in
-    /// engine.
+    /// engine; `instant:` answers without a model (message-layer benchmarks only).
     pub generator_url: String,
     /// `LIFT_GENERATOR_MODEL`: model name sent to the generator; empty lets it choose.
     pub generator_model: String,

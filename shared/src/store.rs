@@ -35,12 +35,6 @@ pub mod layout {
     pub fn state(job: &JobId, seq: u64) -> String {
         format!("jobs/{job}/state/{seq:020}.json")
     }
-    pub fn chunks_prefix(job: &JobId) -> String {
-        format!("jobs/{job}/chunks/")
-    }
-    pub fn chunk(job: &JobId, chunk: u32) -> String {
-        format!("jobs/{job}/chunks/{chunk:06}.json")
-    }
     pub fn tasks_prefix(job: &JobId) -> String {
         format!("jobs/{job}/tasks/")
     }
@@ -90,7 +84,7 @@ pub mod layout {
         format!("jobs/{job}/adapter/adapter_config.json")
     }
 
-    /// The chunk index of a `chunks/`, `tasks/` or `failed/` key (`.../000042.jsonl` -> 42).
+    /// The chunk index of a `tasks/` or `failed/` key (`.../000042.jsonl` -> 42).
     pub fn chunk_index_of(key: &str) -> Option<u32> {
         let file = key.rsplit('/').next()?;
         let stem = file.split('.').next()?;
@@ -424,7 +418,6 @@ mod tests {
             layout::state(&id, 7),
             "jobs/job-1/state/00000000000000000007.json"
         );
-        assert_eq!(layout::chunk(&id, 3), "jobs/job-1/chunks/000003.json");
         assert_eq!(layout::tasks(&id, 3), "jobs/job-1/tasks/000003.jsonl");
         assert_eq!(layout::failed(&id, 3), "jobs/job-1/failed/000003.json");
         assert_eq!(layout::cancel(&id), "jobs/job-1/cancel.json");
@@ -527,7 +520,7 @@ mod tests {
             let id = JobId::parse(id).unwrap();
             store.put_create(&layout::spec(&id), "{}").await.unwrap();
             store
-                .put_create(&layout::chunk(&id, 0), "{}")
+                .put_create(&layout::tasks(&id, 0), "{}")
                 .await
                 .unwrap();
         }

@@ -11,13 +11,19 @@ use lift_shared::proto::lift_service_client::LiftServiceClient;
 use lift_shared::proto::{self, JobState};
 use tonic::transport::Channel;
 
-/// `target/<profile>/lift`, next to the directory of this test executable.
+/// The `lift` binary: `LIFT_BINARY` when set (e.g. a release build for benchmarks), else
+/// `target/<profile>/lift` next to this executable (a test in `deps/` or a bin of this crate).
 pub fn lift_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/<test>");
+    if let Some(binary) = std::env::var_os("LIFT_BINARY") {
+        return PathBuf::from(binary);
+    }
+    let exe = std::env::current_exe().expect("executable path");
+    let exe_dir = exe.parent().expect("executable directory");
+    let profile_dir = if exe_dir.ends_with("deps") {
+        exe_dir.parent().expect("target/<profile>")
+    } else {
+        exe_dir
+    };
     let binary = profile_dir.join("lift");
     assert!(
         binary.is_file(),

@@ -86,6 +86,38 @@ impl SourceWords {
     }
 }
 
+/// A sentence and its left context as a grounding source, indexed lazily: most answers are
+/// supported by the sentence alone, and indexing the context (about 2 KB per sentence) costs
+/// more than the rest of a chunk's handling with a fast generator. The verdicts equal those of
+/// `SourceWords::new(sentence, left_context)`: what the sentence supports, the union supports.
+pub struct SentenceSource<'a> {
+    sentence: &'a str,
+    left_context: &'a str,
+    sentence_only: SourceWords,
+    with_context: std::sync::OnceLock<SourceWords>,
+}
+
+impl<'a> SentenceSource<'a> {
+    pub fn new(sentence: &'a str, left_context: &'a str) -> Self {
+        Self {
+            sentence,
+            left_context,
+            sentence_only: SourceWords::new(sentence, ""),
+            with_context: std::sync::OnceLock::new(),
+        }
+    }
+
+    pub fn check(&self, answer: &str, policy: GroundingPolicy) -> Result<(), Ungrounded> {
+        match self.sentence_only.check(answer, policy) {
+            Err(_) if !self.left_context.is_empty() => self
+                .with_context
+                .get_or_init(|| SourceWords::new(self.sentence, self.left_context))
+                .check(answer, policy),
+            verdict => verdict,
+        }
+    }
+}
+
 #[derive(Debug, PartialEq, Eq)]
 enum Token {
     /// Digits with their inner separators, thousands commas removed (`1,000` -> `1000`).
@@ -155,8 +187,13 @@ mod tests {
     const NEEDLE: &str = "The best thing to do in San Francisco is eat a sandwich and sit in \
                           Dolores Park on a sunny day.";
 
+    /// Every case runs through both sources, which must agree.
     fn check(answer: &str, sentence: &str, context: &str) -> Result<(), Ungrounded> {
-        SourceWords::new(sentence, context).check(answer, GroundingPolicy::default())
+        let policy = GroundingPolicy::default();
+        let eager = SourceWords::new(sentence, context).check(answer, policy);
+        let lazy = SentenceSource::new(sentence, context).check(answer, policy);
+        assert_eq!(lazy, eager, "sources disagree on {answer:?}");
+        lazy
     }
 
     #[test]

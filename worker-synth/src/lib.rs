@@ -7,6 +7,7 @@ pub mod builtin;
 pub mod cloze;
 pub mod generator;
 pub mod ground;
+pub mod instant;
 pub mod openai;
 pub mod parse;
 pub mod prompt;
@@ -15,6 +16,7 @@ pub mod worker;
 
 pub use builtin::{BuiltinConfig, BuiltinGenerator};
 pub use generator::{GeneratorError, QaGenerator, QaRequest, RawReply};
+pub use instant::{InstantGenerator, INSTANT_GENERATOR_URL};
 pub use openai::{OpenAiGenerator, OpenAiOptions, ResponseFormat};
 pub use prompt::{qa_pairs_count, qa_pairs_schema};
 pub use synthesize::SynthesisTuning;

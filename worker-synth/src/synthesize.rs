@@ -7,7 +7,7 @@ use lift_shared::messages::{SentenceUnit, SynthChunk, Task};
 
 use crate::cloze::cloze_tasks;
 use crate::generator::{GeneratorError, QaGenerator, QaRequest};
-use crate::ground::{GroundingPolicy, SourceWords};
+use crate::ground::{GroundingPolicy, SentenceSource};
 use crate::parse::{DropCounts, PairCollector, ParseLimits, QaPair};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -137,7 +137,7 @@ async fn synthesize_sentence(
 ) -> Result<SentencePairs, GeneratorError> {
     let options = &chunk.options;
     let wanted = options.qa_per_sentence as usize;
-    let source = SourceWords::new(&sentence.text, &sentence.left_context);
+    let source = SentenceSource::new(&sentence.text, &sentence.left_context);
     let mut collector = PairCollector::new(tuning.parse_limits);
     let mut request = QaRequest {
         title: chunk.title.clone(),

@@ -3,12 +3,14 @@
 //! the task file is written create-only, and a redelivered chunk whose file exists is only
 //! announced again.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use lift_shared::broker::{queues, Broker, BrokerError, Delivery, Headers};
 use lift_shared::error::LiftError;
+use lift_shared::ids::JobId;
 use lift_shared::messages::{now_ms, ProgressEvent, SynthChunk};
 use lift_shared::store::{layout, FailedChunkMarker, Store};
 use tokio::sync::watch;
@@ -88,6 +90,7 @@ pub async fn run_synth_worker(
         store,
         generator,
         config,
+        cancelled: CancelCache::default(),
     });
     let (stop_in_flight, in_flight_stopped) = watch::channel(false);
     let mut in_flight = JoinSet::new();
@@ -145,6 +148,41 @@ struct ChunkContext {
     store: Store,
     generator: Arc<dyn QaGenerator>,
     config: SynthWorkerConfig,
+    cancelled: CancelCache,
+}
+
+/// How long "this job is not cancelled" is believed before the store is asked again. A chunk
+/// of a job cancelled within this window is still synthesized; its task file is ignored.
+const CANCEL_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Whether jobs are cancelled, read from their cancel markers at most once per
+/// [`CANCEL_CHECK_INTERVAL`]: chunks of one job arrive by the hundred, and a store read per
+/// chunk would cost more than the rest of the chunk's handling with a fast generator.
+#[derive(Default)]
+struct CancelCache {
+    checked: Mutex<HashMap<JobId, (bool, Instant)>>,
+}
+
+impl CancelCache {
+    async fn is_cancelled(&self, store: &Store, job: &JobId) -> Result<bool, LiftError> {
+        if let Some((cancelled, at)) = self.lock().get(job) {
+            if *cancelled || at.elapsed() < CANCEL_CHECK_INTERVAL {
+                return Ok(*cancelled);
+            }
+        }
+        let cancelled = store.exists(&layout::cancel(job)).await?;
+        let mut checked = self.lock();
+        // Finished jobs stop sending chunks; forget entries nobody asked about for a while.
+        checked.retain(|_, (_, at)| at.elapsed() < CANCEL_CHECK_INTERVAL * 60);
+        checked.insert(job.clone(), (cancelled, Instant::now()));
+        Ok(cancelled)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, (bool, Instant)>> {
+        self.checked
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 /// What happens to a delivery once its chunk is handled.
@@ -203,7 +241,10 @@ impl ChunkContext {
             }
         };
         let last_attempt = attempt >= self.config.delivery_limit;
-        match self.process_chunk(&chunk, headers, last_attempt).await {
+        match self
+            .process_chunk(&chunk, headers, attempt, last_attempt)
+            .await
+        {
             Ok(settlement) => settlement,
             Err(error) if last_attempt => {
                 self.give_up(&chunk, headers, &error.to_string()).await;
@@ -226,33 +267,23 @@ impl ChunkContext {
         &self,
         chunk: &SynthChunk,
         headers: &Headers,
+        attempt: u32,
         last_attempt: bool,
     ) -> Result<Settlement, InfraError> {
         let (job_id, chunk_index) = (&chunk.job_id, chunk.chunk_index);
-        if self.store.exists(&layout::cancel(job_id)).await? {
+        if self.cancelled.is_cancelled(&self.store, job_id).await? {
             tracing::info!(job_id = %job_id, chunk = chunk_index, "job cancelled, skipping chunk");
             return Ok(Settlement::Ack);
         }
         let tasks_key = layout::tasks(job_id, chunk_index);
-        if let Some(existing) = self.store.get(&tasks_key).await? {
-            // An earlier delivery wrote it and may have died before announcing it. Its drop
-            // statistics are gone; the task count is in the file.
-            let tasks = existing
-                .split(|byte| *byte == b'\n')
-                .filter(|line| !line.is_empty())
-                .count();
-            tracing::info!(job_id = %job_id, chunk = chunk_index, tasks, "task file exists, announcing again");
-            let event = ProgressEvent::ChunkSynthesized {
-                job_id: job_id.clone(),
-                chunk_index,
-                sentences: chunk.sentences.len() as u32,
-                sentences_failed: 0,
-                tasks: tasks as u32,
-                pairs_dropped: 0,
-                at_ms: now_ms(),
-            };
-            self.publish_event(&event, headers).await?;
-            return Ok(Settlement::Ack);
+        // A redelivery may find the task file of an earlier delivery that died before
+        // announcing it. A first delivery skips this read (one store round trip per chunk);
+        // should the file exist anyway, the create-only write below finds it.
+        if attempt > 1 {
+            if let Some(existing) = self.store.get(&tasks_key).await? {
+                self.announce_existing(chunk, &existing, headers).await?;
+                return Ok(Settlement::Ack);
+            }
         }
 
         let started = std::time::Instant::now();
@@ -286,7 +317,12 @@ impl ChunkContext {
             .put_create(&tasks_key, synthesis.task_file()?)
             .await?
         {
-            tracing::info!(job_id = %job_id, chunk = chunk_index, "another worker wrote the task file first");
+            // Announced again because the writer may have died before announcing; the
+            // coordinator counts a chunk once however often it is announced.
+            tracing::info!(job_id = %job_id, chunk = chunk_index, "another delivery wrote the task file first");
+            if let Some(existing) = self.store.get(&tasks_key).await? {
+                self.announce_existing(chunk, &existing, headers).await?;
+            }
             return Ok(Settlement::Ack);
         }
         let dropped = synthesis.pairs_dropped;
@@ -314,6 +350,31 @@ impl ChunkContext {
         // If this fails the delivery is retried, finds the task file and announces it then.
         self.publish_event(&event, headers).await?;
         Ok(Settlement::Ack)
+    }
+
+    /// Announces a task file an earlier delivery wrote. Its drop statistics are gone; the task
+    /// count is in the file.
+    async fn announce_existing(
+        &self,
+        chunk: &SynthChunk,
+        task_file: &[u8],
+        headers: &Headers,
+    ) -> Result<(), InfraError> {
+        let tasks = task_file
+            .split(|byte| *byte == b'\n')
+            .filter(|line| !line.is_empty())
+            .count();
+        tracing::info!(job_id = %chunk.job_id, chunk = chunk.chunk_index, tasks, "task file exists, announcing it");
+        let event = ProgressEvent::ChunkSynthesized {
+            job_id: chunk.job_id.clone(),
+            chunk_index: chunk.chunk_index,
+            sentences: chunk.sentences.len() as u32,
+            sentences_failed: 0,
+            tasks: tasks as u32,
+            pairs_dropped: 0,
+            at_ms: now_ms(),
+        };
+        self.publish_event(&event, headers).await
     }
 
     /// Marks the chunk failed for good, so trainers skip it and the coordinator counts it.

@@ -255,6 +255,12 @@ async fn redelivered_chunk_with_a_task_file_is_announced_again_without_generatin
         .await
         .unwrap();
     f.publish(&chunk).await;
+    // The first delivery went to a worker that died: it comes back as a redelivery.
+    {
+        let mut earlier = f.broker.consume(queues::SYNTH, 1).await.unwrap();
+        let delivery = earlier.next().await.unwrap().unwrap();
+        delivery.nack_requeue().await.unwrap();
+    }
     let generator = scripted(|request, _| good_reply(request));
     let (shutdown, worker) = f.start(generator.clone(), fast_config());
 
@@ -265,6 +271,32 @@ async fn redelivered_chunk_with_a_task_file_is_announced_again_without_generatin
     );
     stop(shutdown, worker).await;
     assert_eq!(generator.calls.load(Ordering::SeqCst), 0);
+    assert_eq!(f.depth(queues::SYNTH).await, 0);
+}
+
+#[tokio::test]
+async fn first_delivery_that_finds_a_task_file_announces_the_file() {
+    let mut f = Fixture::new().await;
+    let chunk = f.chunk(0, &["The tower was completed in 1889.", "It is tall."]);
+    let existing = "{\"sentence_index\":0,\"title\":\"t\",\"question\":\"When?\",\"answer\":\"1889\",\"kind\":\"qa\"}\n";
+    f.store
+        .put_create(&layout::tasks(&f.job_id, 0), existing.as_bytes().to_vec())
+        .await
+        .unwrap();
+    // A republished duplicate: not marked redelivered, so it synthesizes, loses the
+    // create-only write, and announces what the file holds (the writer may have died before
+    // announcing it).
+    f.publish(&chunk).await;
+    let generator = scripted(|request, _| good_reply(request));
+    let (shutdown, worker) = f.start(generator.clone(), fast_config());
+
+    let (event, _) = f.next_event().await;
+    assert!(
+        matches!(event, ProgressEvent::ChunkSynthesized { tasks: 1, .. }),
+        "{event:?}"
+    );
+    stop(shutdown, worker).await;
+    assert_eq!(f.tasks(0).await.unwrap().len(), 1, "the file is unchanged");
     assert_eq!(f.depth(queues::SYNTH).await, 0);
 }
 
