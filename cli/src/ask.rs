@@ -57,10 +57,21 @@ pub async fn answer(
     questions: &[String],
     max_tokens: usize,
 ) -> anyhow::Result<Vec<String>> {
-    let requests: Vec<GenerationRequest> = questions
-        .iter()
-        .map(|q| GenerationRequest {
-            messages: vec![ChatMessage::new("user", qa_prompt(title, q))],
+    let prompts = questions.iter().map(|q| qa_prompt(title, q)).collect();
+    answer_prompts(engine, adapter, prompts, max_tokens).await
+}
+
+/// Greedy answers to user prompts, one batch.
+pub async fn answer_prompts(
+    engine: Arc<Engine>,
+    adapter: Option<Arc<LoraAdapter>>,
+    prompts: Vec<String>,
+    max_tokens: usize,
+) -> anyhow::Result<Vec<String>> {
+    let requests: Vec<GenerationRequest> = prompts
+        .into_iter()
+        .map(|prompt| GenerationRequest {
+            messages: vec![ChatMessage::new("user", prompt)],
             prefill: String::new(),
             params: SamplingParams {
                 max_tokens,

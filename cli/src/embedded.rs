@@ -1,6 +1,7 @@
 //! `lift run`: coordinator, synthesis worker and trainer in one process, over the in-process
 //! broker and a local store; the client side watches over gRPC like any other client.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -10,7 +11,9 @@ use clap::Args;
 use lift_coordinator::{serve_grpc_on, Coordinator, CoordinatorOptions};
 use lift_shared::broker::memory::InProcessBroker;
 use lift_shared::broker::Broker;
+use lift_engine::Engine;
 use lift_shared::config::Config;
+use lift_shared::store::Store;
 use lift_worker_train::{run_train_worker, RunOptions, TrainWorkerConfig};
 use tokio::net::TcpListener;
 
@@ -47,55 +50,11 @@ pub async fn run(config: Config, args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let engine = infra::load_engine(&model).await?;
     let store = infra::open_store(&config)?;
-    let broker: Arc<dyn Broker> = Arc::new(InProcessBroker::new(config.delivery_limit));
-    let coordinator = Coordinator::start(
-        CoordinatorOptions::from_config(&config),
-        store.clone(),
-        broker.clone(),
-        model_catalog(&config),
-    )
+    let json = args.json;
+    let status = with_embedded(&config, engine.clone(), store.clone(), args.listen, |addr| {
+        drive_job(addr, request, json)
+    })
     .await?;
-    let shutdown = infra::shutdown_signal();
-    let generator = build_generator(&config, Some(engine.clone()))?;
-    let synth = spawn_synth_worker(
-        &config,
-        broker.clone(),
-        store.clone(),
-        generator,
-        shutdown.clone(),
-    );
-    let trainer = tokio::spawn(run_train_worker(
-        broker.clone(),
-        store.clone(),
-        engine.clone(),
-        TrainWorkerConfig {
-            trainer_id: infra::process_id("trainer"),
-            lease: std::time::Duration::from_secs(config.trainer_lease_secs),
-            run: RunOptions::default(),
-        },
-        shutdown.clone(),
-    ));
-    let listener = TcpListener::bind(
-        args.listen
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
-    )
-    .await?;
-    let addr = listener.local_addr()?;
-    let server_stop = shutdown.clone();
-    let server = serve_grpc_on(listener, &coordinator, async move {
-        server_stop.cancelled().await
-    });
-    let client_side = async {
-        let result = drive_job(addr, request, args.json).await;
-        shutdown.cancel();
-        result
-    };
-    let (served, outcome) = tokio::join!(server, client_side);
-    served?;
-    let _ = synth.await;
-    let _ = trainer.await;
-    coordinator.shutdown().await;
-    let status = outcome?;
     let elapsed = started.elapsed().as_secs_f64();
     client::print_status(&status, args.json);
     if !args.json {
@@ -124,7 +83,67 @@ pub async fn run(config: Config, args: RunArgs) -> anyhow::Result<ExitCode> {
     Ok(job_exit_code(&status))
 }
 
-async fn drive_job(
+/// Runs `work` against lift in this process (coordinator, synthesis worker and trainer over
+/// the in-process broker, gRPC on `listen` or a free loopback port), then stops it all.
+pub async fn with_embedded<T, Work>(
+    config: &Config,
+    engine: Arc<Engine>,
+    store: Store,
+    listen: Option<SocketAddr>,
+    work: impl FnOnce(SocketAddr) -> Work,
+) -> anyhow::Result<T>
+where
+    Work: Future<Output = anyhow::Result<T>>,
+{
+    let broker: Arc<dyn Broker> = Arc::new(InProcessBroker::new(config.delivery_limit));
+    let coordinator = Coordinator::start(
+        CoordinatorOptions::from_config(config),
+        store.clone(),
+        broker.clone(),
+        model_catalog(config),
+    )
+    .await?;
+    let shutdown = infra::shutdown_signal();
+    let generator = build_generator(config, Some(engine.clone()))?;
+    let synth = spawn_synth_worker(
+        config,
+        broker.clone(),
+        store.clone(),
+        generator,
+        shutdown.clone(),
+    );
+    let trainer = tokio::spawn(run_train_worker(
+        broker.clone(),
+        store.clone(),
+        engine,
+        TrainWorkerConfig {
+            trainer_id: infra::process_id("trainer"),
+            lease: std::time::Duration::from_secs(config.trainer_lease_secs),
+            run: RunOptions::default(),
+        },
+        shutdown.clone(),
+    ));
+    let listener =
+        TcpListener::bind(listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))).await?;
+    let addr = listener.local_addr()?;
+    let server_stop = shutdown.clone();
+    let server = serve_grpc_on(listener, &coordinator, async move {
+        server_stop.cancelled().await
+    });
+    let client_side = async {
+        let result = work(addr).await;
+        shutdown.cancel();
+        result
+    };
+    let (served, outcome) = tokio::join!(server, client_side);
+    served?;
+    let _ = synth.await;
+    let _ = trainer.await;
+    coordinator.shutdown().await;
+    outcome
+}
+
+pub async fn drive_job(
     addr: SocketAddr,
     request: lift_shared::proto::SubmitJobRequest,
     json: bool,

@@ -5,6 +5,7 @@ mod ask;
 mod bench;
 mod client;
 mod embedded;
+mod eval;
 mod infra;
 mod job_args;
 mod roles;
@@ -59,6 +60,9 @@ enum Command {
     /// Manage the model cache.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Quality evaluation: needle in a haystack and SQuAD, base vs in-context vs LIFT.
+    #[command(subcommand)]
+    Eval(eval::EvalCommand),
     /// Speed benchmarks (JSON on stdout).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -111,6 +115,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", path.display());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Eval(command) => eval::run(config, command).await,
         Command::Bench(command) => bench::run(command).await,
     }
 }

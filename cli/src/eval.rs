@@ -1,0 +1,452 @@
+//! `lift eval`: does the adapted model know the document? Needle-in-a-haystack and SQuAD,
+//! each scored for the base model without the document, the base model with the document in
+//! its prompt (where it fits) and LIFT without the document. The data, metrics, haystack
+//! builder and plots live in `lift-eval`; this module runs the models and the LIFT jobs.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use lift_engine::{Engine, LoraAdapter};
+use lift_eval::haystack::{build_haystack, load_essays};
+use lift_eval::metrics::{contains_key_facts, exact_match, token_f1};
+use lift_eval::plot::{niah_heatmap, squad_bars};
+use lift_eval::report::{NiahCell, SquadScore};
+use lift_eval::squad::{load_squad, Grouping, SquadOptions};
+use lift_shared::config::Config;
+use lift_shared::proto;
+use lift_shared::store::Store;
+use serde_json::json;
+
+use crate::{ask, client, embedded, infra};
+
+#[derive(Subcommand)]
+pub enum EvalCommand {
+    /// Needle in a haystack: a made-up fact hidden in Paul Graham's essays.
+    Niah(NiahArgs),
+    /// SQuAD v2.0 dev (answerable questions), one LIFT job per group of paragraphs.
+    Squad(SquadArgs),
+}
+
+/// How each LIFT job of an evaluation runs; the ablation flags.
+#[derive(Args, Clone)]
+pub struct LiftArgs {
+    /// Question/answer pairs the generator writes per sentence.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub qa_per_sentence: u32,
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub epochs: u32,
+    #[arg(long, default_value_t = 1e-3)]
+    pub learning_rate: f64,
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=512))]
+    pub rank: u32,
+    /// Also train on rule-based cloze tasks (a sentence with a span removed).
+    #[arg(long)]
+    pub cloze: bool,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Base model: `default`, a .gguf file or a Hugging Face model directory.
+    #[arg(long, default_value = "default")]
+    pub model: String,
+    /// Where the evaluation data was fetched (scripts/fetch-eval-data.sh).
+    #[arg(long, env = "LIFT_EVAL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Directory for report.json and the plots.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Args)]
+pub struct NiahArgs {
+    /// Haystack lengths in tokens of the base model's tokenizer.
+    #[arg(long, value_delimiter = ',', default_value = "1024,2048,4096,8192,16384")]
+    pub lengths: Vec<usize>,
+    /// Needle depths in percent of the haystack.
+    #[arg(long, value_delimiter = ',', default_value = "0,25,50,75,100")]
+    pub depths: Vec<u32>,
+    #[arg(
+        long,
+        default_value = "The best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day."
+    )]
+    pub needle: String,
+    #[arg(long, default_value = "What is the best thing to do in San Francisco?")]
+    pub question: String,
+    /// Facts an answer must contain to count (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "sandwich,Dolores Park")]
+    pub key_facts: Vec<String>,
+    /// Reference answer for token F1.
+    #[arg(
+        long,
+        default_value = "eat a sandwich and sit in Dolores Park on a sunny day"
+    )]
+    pub reference: String,
+    #[command(flatten)]
+    pub lift: LiftArgs,
+}
+
+#[derive(Args)]
+pub struct SquadArgs {
+    /// Groups (LIFT jobs) to evaluate.
+    #[arg(long, default_value_t = 2)]
+    pub groups: usize,
+    /// Paragraphs per group; unset groups whole articles.
+    #[arg(long)]
+    pub paragraphs_per_group: Option<usize>,
+    /// Questions asked per group, at most.
+    #[arg(long, default_value_t = 10)]
+    pub questions_per_group: usize,
+    #[command(flatten)]
+    pub lift: LiftArgs,
+}
+
+const ANSWER_TOKENS: usize = 48;
+/// Room the in-context prompt needs besides the document: instructions, question, answer.
+const PROMPT_OVERHEAD_TOKENS: usize = 96;
+
+pub async fn run(config: Config, command: EvalCommand) -> anyhow::Result<std::process::ExitCode> {
+    match command {
+        EvalCommand::Niah(args) => niah(config, args).await?,
+        EvalCommand::Squad(args) => squad(config, args).await?,
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn data_dir(args: &LiftArgs) -> PathBuf {
+    args.data_dir.clone().unwrap_or_else(|| {
+        std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_default()
+            .join(".cache/lift/eval-data")
+    })
+}
+
+/// The prompt of the "document in context" setting.
+fn context_prompt(document: &str, question: &str) -> String {
+    format!("{document}\n\nAnswer the question based on the text above.\nQuestion: {question}\nAnswer:")
+}
+
+fn fits_context(engine: &Engine, tokens: usize) -> bool {
+    tokens + PROMPT_OVERHEAD_TOKENS + ANSWER_TOKENS <= engine.config().max_position_embeddings
+}
+
+fn count_tokens(engine: &Engine, text: &str) -> usize {
+    engine.tokenizer.encode(text).map_or(0, |ids| ids.len())
+}
+
+fn lift_request(args: &LiftArgs, title: &str, text: &str) -> proto::SubmitJobRequest {
+    proto::SubmitJobRequest {
+        documents: vec![proto::Document {
+            title: title.to_string(),
+            text: text.to_string(),
+        }],
+        base_model: args.model.clone(),
+        synthesis: Some(proto::SynthesisOptions {
+            qa_per_sentence: args.qa_per_sentence,
+            cloze_tasks: args.cloze,
+            seed: args.seed,
+            ..Default::default()
+        }),
+        training: Some(proto::TrainingOptions {
+            rank: args.rank,
+            epochs: args.epochs,
+            learning_rate: args.learning_rate,
+            seed: args.seed,
+            ..Default::default()
+        }),
+    }
+}
+
+/// Submits one job to the in-process lift and waits for it; returns its adapter (None when
+/// the job did not succeed, which the report shows as a failed cell) and the job's status.
+async fn lift_document(
+    addr: std::net::SocketAddr,
+    store: &Store,
+    engine: &Engine,
+    request: proto::SubmitJobRequest,
+) -> anyhow::Result<(Option<Arc<LoraAdapter>>, proto::JobStatus)> {
+    let mut grpc = client::connect(&addr.to_string()).await?;
+    let job_id = grpc
+        .submit_job(request)
+        .await
+        .map_err(client::explain)?
+        .into_inner()
+        .job_id;
+    let status = loop {
+        let status = grpc
+            .get_job(proto::GetJobRequest {
+                job_id: job_id.clone(),
+            })
+            .await
+            .map_err(client::explain)?
+            .into_inner();
+        if client::is_terminal(status.state) {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    if status.state != proto::JobState::Succeeded as i32 {
+        eprintln!(
+            "eval: job {job_id} ended {}: {}",
+            client::state_name(status.state),
+            status.error
+        );
+        return Ok((None, status));
+    }
+    let job = ask::load_job_adapter(store, &job_id).await?;
+    Ok((Some(Arc::new(engine.load_adapter(&job.files)?)), status))
+}
+
+fn job_summary(status: &proto::JobStatus) -> serde_json::Value {
+    json!({
+        "job_id": status.job_id,
+        "state": client::state_name(status.state),
+        "sentences": status.sentences_total,
+        "tasks": status.tasks_total,
+        "steps": status.step,
+        "final_loss": status.last_loss,
+        "seconds": (status.finished_at_ms - status.created_at_ms) as f64 / 1000.0,
+        "error": status.error,
+    })
+}
+
+/// Loads the model and runs `work` against an in-process lift whose store is a temporary
+/// directory (evaluation jobs are throwaway).
+async fn with_lift<T, Work>(
+    config: &Config,
+    args: &LiftArgs,
+    work: impl FnOnce(Arc<Engine>, Store, std::net::SocketAddr) -> Work,
+) -> anyhow::Result<T>
+where
+    Work: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let engine = infra::load_engine(&args.model).await?;
+    let store_dir = tempfile::tempdir().context("cannot create a temporary store")?;
+    let store = Store::open(&store_dir.path().display().to_string())?;
+    let mut config = config.clone();
+    config.model = args.model.clone();
+    let (engine_for_work, store_for_work) = (engine.clone(), store.clone());
+    embedded::with_embedded(&config, engine, store, None, move |addr| {
+        work(engine_for_work, store_for_work, addr)
+    })
+    .await
+}
+
+fn write_report(out: &Path, report: &serde_json::Value) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let path = out.join("report.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(report)?)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(path)
+}
+
+async fn niah(config: Config, args: NiahArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(!args.lengths.is_empty() && !args.depths.is_empty(), "--lengths and --depths need at least one value each");
+    anyhow::ensure!(args.depths.iter().all(|d| *d <= 100), "--depths are percentages, 0 to 100");
+    let essays = load_essays(&data_dir(&args.lift).join("paul-graham-essays"))?;
+    let started = Instant::now();
+    let title = "Essays";
+    let args = &args;
+    let (cells, jobs) = with_lift(&config, &args.lift, |engine, store, addr| async move {
+        let mut cells = Vec::new();
+        let mut jobs = Vec::new();
+        // Without the document the prompt is the same for every cell: answered once.
+        let base = ask::answer(engine.clone(), None, title, std::slice::from_ref(&args.question), ANSWER_TOKENS).await?.remove(0);
+        for &length in &args.lengths {
+            for &depth in &args.depths {
+                let haystack = build_haystack(&essays, &args.needle, length, depth, &|text: &str| count_tokens(&engine, text))?;
+                eprintln!("eval niah: {length} tokens, depth {depth} % ({} tokens)", haystack.tokens);
+                let score = |setting: &str, answer: String, fits: bool| NiahCell {
+                    setting: setting.to_string(),
+                    length_tokens: length,
+                    depth_percent: depth,
+                    key_facts_hit: fits && contains_key_facts(&answer, &args.key_facts),
+                    f1: if fits { token_f1(&answer, std::slice::from_ref(&args.reference)) } else { 0.0 },
+                    answer,
+                    fits_context: fits,
+                };
+                cells.push(score("base", base.clone(), true));
+                let fits = fits_context(&engine, haystack.tokens);
+                let in_context = if fits {
+                    ask::answer_prompts(engine.clone(), None, vec![context_prompt(&haystack.text, &args.question)], ANSWER_TOKENS).await?.remove(0)
+                } else {
+                    String::new()
+                };
+                cells.push(score("base+context", in_context, fits));
+                let (adapter, status) = lift_document(addr, &store, &engine, lift_request(&args.lift, title, &haystack.text)).await?;
+                let lifted = match adapter {
+                    Some(adapter) => ask::answer(engine.clone(), Some(adapter), title, std::slice::from_ref(&args.question), ANSWER_TOKENS).await?.remove(0),
+                    None => String::new(),
+                };
+                cells.push(score("lift", lifted, true));
+                let mut job = job_summary(&status);
+                job["length_tokens"] = json!(length);
+                job["depth_percent"] = json!(depth);
+                jobs.push(job);
+            }
+        }
+        Ok((cells, jobs))
+    })
+    .await?;
+
+    let summary: Vec<_> = ["base", "base+context", "lift"]
+        .iter()
+        .map(|setting| {
+            let scored: Vec<&NiahCell> = cells.iter().filter(|c| c.setting == *setting && c.fits_context).collect();
+            let hits = scored.iter().filter(|c| c.key_facts_hit).count();
+            json!({
+                "setting": setting,
+                "cells": scored.len(),
+                "key_facts_hit": hits,
+                "hit_share": if scored.is_empty() { 0.0 } else { hits as f64 / scored.len() as f64 },
+                "mean_f1": if scored.is_empty() { 0.0 } else { scored.iter().map(|c| c.f1).sum::<f64>() / scored.len() as f64 },
+            })
+        })
+        .collect();
+    for setting in ["base", "base+context", "lift"] {
+        let file = format!("niah-{}.png", setting.replace('+', "-"));
+        niah_heatmap(&cells, setting, &args.lift.out.join(file))?;
+    }
+    let report = json!({
+        "eval": "niah",
+        "config": {
+            "lengths": args.lengths,
+            "depths": args.depths,
+            "needle": args.needle,
+            "question": args.question,
+            "key_facts": args.key_facts,
+            "reference": args.reference,
+            "lift": lift_config(&args.lift),
+        },
+        "summary": summary,
+        "cells": cells,
+        "jobs": jobs,
+        "seconds": started.elapsed().as_secs_f64(),
+    });
+    let path = write_report(&args.lift.out, &report)?;
+    println!("{}", serde_json::to_string(&json!({ "report": path, "summary": report["summary"] }))?);
+    Ok(())
+}
+
+fn lift_config(args: &LiftArgs) -> serde_json::Value {
+    json!({
+        "model": args.model,
+        "qa_per_sentence": args.qa_per_sentence,
+        "epochs": args.epochs,
+        "learning_rate": args.learning_rate,
+        "rank": args.rank,
+        "cloze": args.cloze,
+        "seed": args.seed,
+    })
+}
+
+async fn squad(config: Config, args: SquadArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.groups > 0 && args.questions_per_group > 0, "--groups and --questions-per-group must be at least 1");
+    let grouping = match args.paragraphs_per_group {
+        Some(0) => anyhow::bail!("--paragraphs-per-group must be at least 1"),
+        Some(n) => Grouping::Paragraphs(n),
+        None => Grouping::Article,
+    };
+    let squad_path = data_dir(&args.lift).join("squad.json");
+    let groups = load_squad(
+        &squad_path,
+        &SquadOptions {
+            grouping,
+            limit_groups: Some(args.groups),
+            limit_questions_per_group: Some(args.questions_per_group),
+        },
+    )?;
+    let started = Instant::now();
+    let args = &args;
+    let (answers, jobs) = with_lift(&config, &args.lift, |engine, store, addr| async move {
+        let mut answers = Vec::new();
+        let mut jobs = Vec::new();
+        for group in &groups {
+            eprintln!("eval squad: {} ({} questions)", group.title, group.questions.len());
+            let questions: Vec<String> = group.questions.iter().map(|q| q.question.clone()).collect();
+            let base = ask::answer(engine.clone(), None, &group.title, &questions, ANSWER_TOKENS).await?;
+            let fits = fits_context(&engine, count_tokens(&engine, &group.context));
+            let in_context = if fits {
+                let prompts = questions.iter().map(|q| context_prompt(&group.context, q)).collect();
+                ask::answer_prompts(engine.clone(), None, prompts, ANSWER_TOKENS).await?
+            } else {
+                vec![String::new(); questions.len()]
+            };
+            let (adapter, status) = lift_document(addr, &store, &engine, lift_request(&args.lift, &group.title, &group.context)).await?;
+            let lifted = match adapter {
+                Some(adapter) => ask::answer(engine.clone(), Some(adapter), &group.title, &questions, ANSWER_TOKENS).await?,
+                None => vec![String::new(); questions.len()],
+            };
+            for (i, question) in group.questions.iter().enumerate() {
+                answers.push(json!({
+                    "group": group.title,
+                    "id": question.id,
+                    "question": question.question,
+                    "gold": question.answers,
+                    "base": base[i],
+                    "base+context": in_context[i],
+                    "context_fits": fits,
+                    "lift": lifted[i],
+                }));
+            }
+            let mut job = job_summary(&status);
+            job["group"] = json!(group.title);
+            jobs.push(job);
+        }
+        Ok((answers, jobs))
+    })
+    .await?;
+
+    let scores: Vec<SquadScore> = ["base", "base+context", "lift"]
+        .iter()
+        .map(|setting| squad_score(&answers, setting))
+        .collect();
+    squad_bars(&scores, &args.lift.out.join("squad.png"))?;
+    let report = json!({
+        "eval": "squad",
+        "config": {
+            "groups": args.groups,
+            "paragraphs_per_group": args.paragraphs_per_group,
+            "questions_per_group": args.questions_per_group,
+            "data": squad_path,
+            "lift": lift_config(&args.lift),
+        },
+        "scores": scores,
+        "gap_closed": gap_closed(&scores),
+        "answers": answers,
+        "jobs": jobs,
+        "seconds": started.elapsed().as_secs_f64(),
+    });
+    let path = write_report(&args.lift.out, &report)?;
+    println!("{}", serde_json::to_string(&json!({ "report": path, "scores": report["scores"], "gap_closed": report["gap_closed"] }))?);
+    Ok(())
+}
+
+fn squad_score(answers: &[serde_json::Value], setting: &str) -> SquadScore {
+    let scored: Vec<(&str, Vec<String>)> = answers
+        .iter()
+        .filter(|a| setting != "base+context" || a["context_fits"] == true)
+        .map(|a| {
+            let gold = a["gold"]
+                .as_array()
+                .map(|g| g.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+                .unwrap_or_default();
+            (a[setting].as_str().unwrap_or(""), gold)
+        })
+        .collect();
+    let n = scored.len().max(1) as f64;
+    SquadScore {
+        setting: setting.to_string(),
+        exact_match: scored.iter().map(|(p, g)| exact_match(p, g)).sum::<f64>() / n,
+        f1: scored.iter().map(|(p, g)| token_f1(p, g)).sum::<f64>() / n,
+        questions: scored.len(),
+    }
+}
+
+/// Share of the F1 gap between the base model without and with the context that LIFT closes.
+fn gap_closed(scores: &[SquadScore]) -> Option<f64> {
+    let f1 = |setting: &str| scores.iter().find(|s| s.setting == setting).map(|s| s.f1);
+    let (base, context, lift) = (f1("base")?, f1("base+context")?, f1("lift")?);
+    (context > base).then(|| (lift - base) / (context - base))
+}

@@ -1,0 +1,251 @@
+//! PNG plots of evaluation reports: a depth x length heatmap per NIAH setting and SQuAD bars.
+//! Text is drawn with DejaVu Sans from the system's fonts (Debian's fonts-dejavu-core).
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use plotters::prelude::*;
+use plotters::style::{register_font, FontStyle};
+
+use crate::report::{NiahCell, SquadScore};
+use crate::EvalError;
+
+const FONT_PATH: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+const FONT: &str = "sans-serif";
+
+/// Registers the font once per process; plotters keeps a `'static` reference to its bytes.
+fn ensure_font() -> Result<(), String> {
+    static REGISTERED: OnceLock<Result<(), String>> = OnceLock::new();
+    REGISTERED
+        .get_or_init(|| {
+            let bytes = std::fs::read(FONT_PATH).map_err(|e| {
+                format!("{FONT_PATH}: {e} (install Debian's fonts-dejavu-core)")
+            })?;
+            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+            register_font(FONT, FontStyle::Normal, bytes)
+                .map_err(|_| format!("{FONT_PATH} is not a usable font"))
+        })
+        .clone()
+}
+
+fn plot_error(path: &Path) -> impl Fn(String) -> EvalError + '_ {
+    move |detail| EvalError::Plot {
+        path: path.display().to_string(),
+        detail,
+    }
+}
+
+/// Red (0) to green (1).
+fn score_colour(score: f64) -> RGBColor {
+    let s = score.clamp(0.0, 1.0);
+    RGBColor(
+        (220.0 * (1.0 - s) + 40.0 * s) as u8,
+        (60.0 * (1.0 - s) + 170.0 * s) as u8,
+        (60.0 * (1.0 - s) + 80.0 * s) as u8,
+    )
+}
+
+/// Heatmap of one setting: x = haystack length, y = needle depth; each cell shows its F1 and
+/// is coloured by it, with a check mark when the key facts were found; cells the setting
+/// could not run (document beyond the context) are grey.
+pub fn niah_heatmap(cells: &[NiahCell], setting: &str, path: &Path) -> Result<(), EvalError> {
+    let fail = plot_error(path);
+    ensure_font().map_err(&fail)?;
+    let mut lengths: Vec<usize> = cells.iter().map(|c| c.length_tokens).collect();
+    lengths.sort_unstable();
+    lengths.dedup();
+    let mut depths: Vec<u32> = cells.iter().map(|c| c.depth_percent).collect();
+    depths.sort_unstable();
+    depths.dedup();
+    if lengths.is_empty() {
+        return Err(fail("no cells to plot".to_string()));
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| fail(e.to_string()))?;
+    }
+    let root = BitMapBackend::new(path, (160 + 130 * lengths.len() as u32, 140 + 80 * depths.len() as u32))
+        .into_drawing_area();
+    root.fill(&WHITE).map_err(|e| fail(e.to_string()))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(format!("Needle in a haystack: {setting}"), (FONT, 22))
+        .margin(12)
+        .x_label_area_size(44)
+        .y_label_area_size(70)
+        // A segmented `0..n` has a segment for every value up to and including n.
+        .build_cartesian_2d(
+            (0..lengths.len() - 1).into_segmented(),
+            (0..depths.len() - 1).into_segmented(),
+        )
+        .map_err(|e| fail(e.to_string()))?;
+    chart
+        .configure_mesh()
+        .disable_mesh()
+        .x_labels(lengths.len())
+        .y_labels(depths.len())
+        .x_label_formatter(&|segment| match segment {
+            SegmentValue::CenterOf(i) => lengths.get(*i).map(|l| l.to_string()).unwrap_or_default(),
+            _ => String::new(),
+        })
+        .y_label_formatter(&|segment| match segment {
+            SegmentValue::CenterOf(i) => depths.get(*i).map(|d| format!("{d} %")).unwrap_or_default(),
+            _ => String::new(),
+        })
+        .x_desc("document length (tokens)")
+        .y_desc("needle depth")
+        .label_style((FONT, 14))
+        .axis_desc_style((FONT, 15))
+        .draw()
+        .map_err(|e| fail(e.to_string()))?;
+    for (x, length) in lengths.iter().enumerate() {
+        for (y, depth) in depths.iter().enumerate() {
+            let cell = cells.iter().find(|c| {
+                c.setting == setting && c.length_tokens == *length && c.depth_percent == *depth
+            });
+            let (colour, label) = match cell {
+                Some(c) if c.fits_context => (
+                    score_colour(c.f1),
+                    format!("{}{:.2}", if c.key_facts_hit { "✓ " } else { "" }, c.f1),
+                ),
+                Some(_) => (RGBColor(200, 200, 200), "too long".to_string()),
+                None => (RGBColor(235, 235, 235), "not run".to_string()),
+            };
+            chart
+                .draw_series(std::iter::once(Rectangle::new(
+                    [
+                        (SegmentValue::Exact(x), SegmentValue::Exact(y)),
+                        (SegmentValue::Exact(x + 1), SegmentValue::Exact(y + 1)),
+                    ],
+                    colour.filled(),
+                )))
+                .map_err(|e| fail(e.to_string()))?;
+            let centre = chart.backend_coord(&(SegmentValue::Exact(x), SegmentValue::Exact(y + 1)));
+            let corner = chart.backend_coord(&(SegmentValue::Exact(x + 1), SegmentValue::Exact(y)));
+            let middle = ((centre.0 + corner.0) / 2 - 26, (centre.1 + corner.1) / 2 - 8);
+            root.draw(&Text::new(label, middle, (FONT, 16).into_font().color(&BLACK)))
+                .map_err(|e| fail(e.to_string()))?;
+        }
+    }
+    root.present().map_err(|e| fail(e.to_string()))?;
+    Ok(())
+}
+
+/// Exact match and F1 per setting, side by side, in percent.
+pub fn squad_bars(scores: &[SquadScore], path: &Path) -> Result<(), EvalError> {
+    let fail = plot_error(path);
+    ensure_font().map_err(&fail)?;
+    if scores.is_empty() {
+        return Err(fail("no scores to plot".to_string()));
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| fail(e.to_string()))?;
+    }
+    let root = BitMapBackend::new(path, (200 + 180 * scores.len() as u32, 420)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| fail(e.to_string()))?;
+    let slots = scores.len() * 3;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("SQuAD v2.0 dev, answerable questions", (FONT, 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0..slots, 0.0..100.0)
+        .map_err(|e| fail(e.to_string()))?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(slots)
+        .x_label_formatter(&|slot| {
+            if slot % 3 == 1 {
+                scores.get(slot / 3).map(|s| s.setting.clone()).unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })
+        .y_desc("score (%)")
+        .label_style((FONT, 14))
+        .axis_desc_style((FONT, 15))
+        .draw()
+        .map_err(|e| fail(e.to_string()))?;
+    let em_colour = RGBColor(90, 120, 200);
+    let f1_colour = RGBColor(230, 150, 60);
+    for (i, score) in scores.iter().enumerate() {
+        for (offset, value, colour) in [(0, score.exact_match, em_colour), (1, score.f1, f1_colour)] {
+            let x = i * 3 + offset;
+            let percent = value * 100.0;
+            chart
+                .draw_series(std::iter::once(Rectangle::new(
+                    [(x, 0.0), (x + 1, percent)],
+                    colour.filled(),
+                )))
+                .map_err(|e| fail(e.to_string()))?;
+            let top = chart.backend_coord(&(x, percent));
+            root.draw(&Text::new(format!("{percent:.1}"), (top.0 + 6, top.1 - 18), (FONT, 14).into_font()))
+                .map_err(|e| fail(e.to_string()))?;
+        }
+    }
+    chart
+        .draw_series(std::iter::once(Rectangle::new([(0, -1.0), (0, -1.0)], em_colour.filled())))
+        .map_err(|e| fail(e.to_string()))?
+        .label("exact match")
+        .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], em_colour.filled()));
+    chart
+        .draw_series(std::iter::once(Rectangle::new([(0, -1.0), (0, -1.0)], f1_colour.filled())))
+        .map_err(|e| fail(e.to_string()))?
+        .label("F1")
+        .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], f1_colour.filled()));
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .label_font((FONT, 14))
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| fail(e.to_string()))?;
+    root.present().map_err(|e| fail(e.to_string()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_png(path: &Path) {
+        let bytes = std::fs::read(path).unwrap();
+        assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "{} is not a PNG", path.display());
+        assert!(bytes.len() > 4_000, "{} is only {} bytes", path.display(), bytes.len());
+    }
+
+    #[test]
+    fn heatmap_and_bars_are_written_as_png() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cells = Vec::new();
+        for (i, length) in [1024, 2048, 16384].into_iter().enumerate() {
+            for depth in [0, 50, 100] {
+                cells.push(NiahCell {
+                    setting: "base+context".into(),
+                    length_tokens: length,
+                    depth_percent: depth,
+                    answer: "a sandwich in Dolores Park".into(),
+                    key_facts_hit: depth != 50,
+                    f1: 0.3 * i as f64,
+                    fits_context: length < 8192,
+                });
+            }
+        }
+        let heatmap = dir.path().join("niah.png");
+        niah_heatmap(&cells, "base+context", &heatmap).unwrap();
+        assert_png(&heatmap);
+
+        let scores = vec![
+            SquadScore { setting: "base".into(), exact_match: 0.02, f1: 0.08, questions: 20 },
+            SquadScore { setting: "base+context".into(), exact_match: 0.3, f1: 0.45, questions: 20 },
+            SquadScore { setting: "lift".into(), exact_match: 0.1, f1: 0.2, questions: 20 },
+        ];
+        let bars = dir.path().join("squad.png");
+        squad_bars(&scores, &bars).unwrap();
+        assert_png(&bars);
+        if let Ok(keep) = std::env::var("LIFT_KEEP_PLOTS") {
+            std::fs::copy(&heatmap, Path::new(&keep).join("test-niah.png")).unwrap();
+            std::fs::copy(&bars, Path::new(&keep).join("test-squad.png")).unwrap();
+        }
+    }
+}
