@@ -9,9 +9,9 @@ use std::time::Instant;
 
 use clap::Args;
 use lift_coordinator::{serve_grpc_on, Coordinator, CoordinatorOptions};
+use lift_engine::Engine;
 use lift_shared::broker::memory::InProcessBroker;
 use lift_shared::broker::Broker;
-use lift_engine::Engine;
 use lift_shared::config::Config;
 use lift_shared::store::Store;
 use lift_worker_train::{run_train_worker, RunOptions, TrainWorkerConfig};
@@ -51,9 +51,13 @@ pub async fn run(config: Config, args: RunArgs) -> anyhow::Result<ExitCode> {
     let engine = infra::load_engine(&model).await?;
     let store = infra::open_store(&config)?;
     let json = args.json;
-    let status = with_embedded(&config, engine.clone(), store.clone(), args.listen, |addr| {
-        drive_job(addr, request, json)
-    })
+    let status = with_embedded(
+        &config,
+        engine.clone(),
+        store.clone(),
+        args.listen,
+        |addr| drive_job(addr, request, json),
+    )
     .await?;
     let elapsed = started.elapsed().as_secs_f64();
     client::print_status(&status, args.json);

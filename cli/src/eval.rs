@@ -61,7 +61,11 @@ pub struct LiftArgs {
 #[derive(Args)]
 pub struct NiahArgs {
     /// Haystack lengths in tokens of the base model's tokenizer.
-    #[arg(long, value_delimiter = ',', default_value = "1024,2048,4096,8192,16384")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1024,2048,4096,8192,16384"
+    )]
     pub lengths: Vec<usize>,
     /// Needle depths in percent of the haystack.
     #[arg(long, value_delimiter = ',', default_value = "0,25,50,75,100")]
@@ -124,7 +128,9 @@ fn data_dir(args: &LiftArgs) -> PathBuf {
 
 /// The prompt of the "document in context" setting.
 fn context_prompt(document: &str, question: &str) -> String {
-    format!("{document}\n\nAnswer the question based on the text above.\nQuestion: {question}\nAnswer:")
+    format!(
+        "{document}\n\nAnswer the question based on the text above.\nQuestion: {question}\nAnswer:"
+    )
 }
 
 fn fits_context(engine: &Engine, tokens: usize) -> bool {
@@ -142,6 +148,7 @@ fn lift_request(args: &LiftArgs, title: &str, text: &str) -> proto::SubmitJobReq
             text: text.to_string(),
         }],
         base_model: args.model.clone(),
+        request_id: String::new(),
         synthesis: Some(proto::SynthesisOptions {
             qa_per_sentence: args.qa_per_sentence,
             cloze_tasks: args.cloze,
@@ -242,8 +249,14 @@ fn write_report(out: &Path, report: &serde_json::Value) -> anyhow::Result<PathBu
 }
 
 async fn niah(config: Config, args: NiahArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(!args.lengths.is_empty() && !args.depths.is_empty(), "--lengths and --depths need at least one value each");
-    anyhow::ensure!(args.depths.iter().all(|d| *d <= 100), "--depths are percentages, 0 to 100");
+    anyhow::ensure!(
+        !args.lengths.is_empty() && !args.depths.is_empty(),
+        "--lengths and --depths need at least one value each"
+    );
+    anyhow::ensure!(
+        args.depths.iter().all(|d| *d <= 100),
+        "--depths are percentages, 0 to 100"
+    );
     let essays = load_essays(&data_dir(&args.lift).join("paul-graham-essays"))?;
     let started = Instant::now();
     let title = "Essays";
@@ -252,31 +265,70 @@ async fn niah(config: Config, args: NiahArgs) -> anyhow::Result<()> {
         let mut cells = Vec::new();
         let mut jobs = Vec::new();
         // Without the document the prompt is the same for every cell: answered once.
-        let base = ask::answer(engine.clone(), None, title, std::slice::from_ref(&args.question), ANSWER_TOKENS).await?.remove(0);
+        let base = ask::answer(
+            engine.clone(),
+            None,
+            title,
+            std::slice::from_ref(&args.question),
+            ANSWER_TOKENS,
+        )
+        .await?
+        .remove(0);
         for &length in &args.lengths {
             for &depth in &args.depths {
-                let haystack = build_haystack(&essays, &args.needle, length, depth, &|text: &str| count_tokens(&engine, text))?;
-                eprintln!("eval niah: {length} tokens, depth {depth} % ({} tokens)", haystack.tokens);
+                let haystack =
+                    build_haystack(&essays, &args.needle, length, depth, &|text: &str| {
+                        count_tokens(&engine, text)
+                    })?;
+                eprintln!(
+                    "eval niah: {length} tokens, depth {depth} % ({} tokens)",
+                    haystack.tokens
+                );
                 let score = |setting: &str, answer: String, fits: bool| NiahCell {
                     setting: setting.to_string(),
                     length_tokens: length,
                     depth_percent: depth,
                     key_facts_hit: fits && contains_key_facts(&answer, &args.key_facts),
-                    f1: if fits { token_f1(&answer, std::slice::from_ref(&args.reference)) } else { 0.0 },
+                    f1: if fits {
+                        token_f1(&answer, std::slice::from_ref(&args.reference))
+                    } else {
+                        0.0
+                    },
                     answer,
                     fits_context: fits,
                 };
                 cells.push(score("base", base.clone(), true));
                 let fits = fits_context(&engine, haystack.tokens);
                 let in_context = if fits {
-                    ask::answer_prompts(engine.clone(), None, vec![context_prompt(&haystack.text, &args.question)], ANSWER_TOKENS).await?.remove(0)
+                    ask::answer_prompts(
+                        engine.clone(),
+                        None,
+                        vec![context_prompt(&haystack.text, &args.question)],
+                        ANSWER_TOKENS,
+                    )
+                    .await?
+                    .remove(0)
                 } else {
                     String::new()
                 };
                 cells.push(score("base+context", in_context, fits));
-                let (adapter, status) = lift_document(addr, &store, &engine, lift_request(&args.lift, title, &haystack.text)).await?;
+                let (adapter, status) = lift_document(
+                    addr,
+                    &store,
+                    &engine,
+                    lift_request(&args.lift, title, &haystack.text),
+                )
+                .await?;
                 let lifted = match adapter {
-                    Some(adapter) => ask::answer(engine.clone(), Some(adapter), title, std::slice::from_ref(&args.question), ANSWER_TOKENS).await?.remove(0),
+                    Some(adapter) => ask::answer(
+                        engine.clone(),
+                        Some(adapter),
+                        title,
+                        std::slice::from_ref(&args.question),
+                        ANSWER_TOKENS,
+                    )
+                    .await?
+                    .remove(0),
                     None => String::new(),
                 };
                 cells.push(score("lift", lifted, true));
@@ -325,7 +377,10 @@ async fn niah(config: Config, args: NiahArgs) -> anyhow::Result<()> {
         "seconds": started.elapsed().as_secs_f64(),
     });
     let path = write_report(&args.lift.out, &report)?;
-    println!("{}", serde_json::to_string(&json!({ "report": path, "summary": report["summary"] }))?);
+    println!(
+        "{}",
+        serde_json::to_string(&json!({ "report": path, "summary": report["summary"] }))?
+    );
     Ok(())
 }
 
@@ -342,7 +397,10 @@ fn lift_config(args: &LiftArgs) -> serde_json::Value {
 }
 
 async fn squad(config: Config, args: SquadArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.groups > 0 && args.questions_per_group > 0, "--groups and --questions-per-group must be at least 1");
+    anyhow::ensure!(
+        args.groups > 0 && args.questions_per_group > 0,
+        "--groups and --questions-per-group must be at least 1"
+    );
     let grouping = match args.paragraphs_per_group {
         Some(0) => anyhow::bail!("--paragraphs-per-group must be at least 1"),
         Some(n) => Grouping::Paragraphs(n),
@@ -363,19 +421,49 @@ async fn squad(config: Config, args: SquadArgs) -> anyhow::Result<()> {
         let mut answers = Vec::new();
         let mut jobs = Vec::new();
         for group in &groups {
-            eprintln!("eval squad: {} ({} questions)", group.title, group.questions.len());
-            let questions: Vec<String> = group.questions.iter().map(|q| q.question.clone()).collect();
-            let base = ask::answer(engine.clone(), None, &group.title, &questions, ANSWER_TOKENS).await?;
+            eprintln!(
+                "eval squad: {} ({} questions)",
+                group.title,
+                group.questions.len()
+            );
+            let questions: Vec<String> =
+                group.questions.iter().map(|q| q.question.clone()).collect();
+            let base = ask::answer(
+                engine.clone(),
+                None,
+                &group.title,
+                &questions,
+                ANSWER_TOKENS,
+            )
+            .await?;
             let fits = fits_context(&engine, count_tokens(&engine, &group.context));
             let in_context = if fits {
-                let prompts = questions.iter().map(|q| context_prompt(&group.context, q)).collect();
+                let prompts = questions
+                    .iter()
+                    .map(|q| context_prompt(&group.context, q))
+                    .collect();
                 ask::answer_prompts(engine.clone(), None, prompts, ANSWER_TOKENS).await?
             } else {
                 vec![String::new(); questions.len()]
             };
-            let (adapter, status) = lift_document(addr, &store, &engine, lift_request(&args.lift, &group.title, &group.context)).await?;
+            let (adapter, status) = lift_document(
+                addr,
+                &store,
+                &engine,
+                lift_request(&args.lift, &group.title, &group.context),
+            )
+            .await?;
             let lifted = match adapter {
-                Some(adapter) => ask::answer(engine.clone(), Some(adapter), &group.title, &questions, ANSWER_TOKENS).await?,
+                Some(adapter) => {
+                    ask::answer(
+                        engine.clone(),
+                        Some(adapter),
+                        &group.title,
+                        &questions,
+                        ANSWER_TOKENS,
+                    )
+                    .await?
+                }
                 None => vec![String::new(); questions.len()],
             };
             for (i, question) in group.questions.iter().enumerate() {
@@ -419,7 +507,12 @@ async fn squad(config: Config, args: SquadArgs) -> anyhow::Result<()> {
         "seconds": started.elapsed().as_secs_f64(),
     });
     let path = write_report(&args.lift.out, &report)?;
-    println!("{}", serde_json::to_string(&json!({ "report": path, "scores": report["scores"], "gap_closed": report["gap_closed"] }))?);
+    println!(
+        "{}",
+        serde_json::to_string(
+            &json!({ "report": path, "scores": report["scores"], "gap_closed": report["gap_closed"] })
+        )?
+    );
     Ok(())
 }
 
@@ -430,7 +523,11 @@ fn squad_score(answers: &[serde_json::Value], setting: &str) -> SquadScore {
         .map(|a| {
             let gold = a["gold"]
                 .as_array()
-                .map(|g| g.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+                .map(|g| {
+                    g.iter()
+                        .filter_map(|s| s.as_str().map(str::to_string))
+                        .collect()
+                })
                 .unwrap_or_default();
             (a[setting].as_str().unwrap_or(""), gold)
         })

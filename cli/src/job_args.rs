@@ -21,6 +21,13 @@ pub struct JobArgs {
     /// Title for every document (overrides the `# Title` line).
     #[arg(long)]
     pub title: Option<String>,
+    #[command(flatten)]
+    pub options: JobOptions,
+}
+
+/// How a job synthesizes and trains: everything of a `SubmitJobRequest` but its documents.
+#[derive(Debug, Clone, Args)]
+pub struct JobOptions {
     /// Base model: `default`, a .gguf file or a Hugging Face model directory.
     #[arg(long)]
     pub model: Option<String>,
@@ -59,7 +66,7 @@ pub struct JobArgs {
 }
 
 /// Splits a leading Markdown `# Title` line off a document.
-fn title_and_text(path: &std::path::Path, raw: String) -> (String, String) {
+pub fn title_and_text(path: &std::path::Path, raw: String) -> (String, String) {
     if let Some(first) = raw.lines().next() {
         if let Some(title) = first.strip_prefix("# ") {
             let rest = raw[first.len()..]
@@ -75,28 +82,39 @@ fn title_and_text(path: &std::path::Path, raw: String) -> (String, String) {
     (stem, raw)
 }
 
+/// A document file as text, or a sentence saying why it is not.
+pub fn document_text(path: &std::path::Path, bytes: Vec<u8>) -> anyhow::Result<String> {
+    String::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "{} is not valid UTF-8 text (byte {})",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        )
+    })
+}
+
 impl JobArgs {
     pub fn to_request(&self) -> anyhow::Result<proto::SubmitJobRequest> {
         let mut documents = Vec::with_capacity(self.documents.len());
         for path in &self.documents {
             let bytes =
                 std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-            let raw = String::from_utf8(bytes).map_err(|e| {
-                anyhow::anyhow!(
-                    "{} is not valid UTF-8 text (byte {})",
-                    path.display(),
-                    e.utf8_error().valid_up_to()
-                )
-            })?;
-            let (title, text) = title_and_text(path, raw);
+            let (title, text) = title_and_text(path, document_text(path, bytes)?);
             documents.push(proto::Document {
                 title: self.title.clone().unwrap_or(title),
                 text,
             });
         }
-        Ok(proto::SubmitJobRequest {
+        Ok(self.options.to_request(documents))
+    }
+}
+
+impl JobOptions {
+    pub fn to_request(&self, documents: Vec<proto::Document>) -> proto::SubmitJobRequest {
+        proto::SubmitJobRequest {
             documents,
             base_model: self.model.clone().unwrap_or_default(),
+            request_id: String::new(),
             synthesis: Some(proto::SynthesisOptions {
                 qa_per_sentence: self.qa_per_sentence.unwrap_or(0),
                 left_context_chars: self.left_context_chars,
@@ -122,6 +140,6 @@ impl JobArgs {
                 max_grad_norm: None,
                 seed: self.seed,
             }),
-        })
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! in one process; the distributed roles run as separate processes over RabbitMQ and S3.
 
 mod ask;
+mod batch;
 mod bench;
 mod client;
 mod embedded;
@@ -45,6 +46,8 @@ enum Command {
     TrainWorker(roles::TrainWorkerArgs),
     /// Submit documents to a coordinator; prints the job id.
     Submit(client_commands::SubmitArgs),
+    /// Submit every document of a directory or S3 prefix as its own job, resumably.
+    Batch(batch::BatchArgs),
     /// Follow a job until it ends.
     Watch(client_commands::JobRef),
     /// Show a job's status.
@@ -103,6 +106,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::SynthWorker(args) => roles::synth_worker(config, args).await,
         Command::TrainWorker(args) => roles::train_worker(config, args).await,
         Command::Submit(args) => client_commands::submit(config, args).await,
+        Command::Batch(args) => batch::run(config, args).await,
         Command::Watch(args) => client_commands::watch(config, args).await,
         Command::Status(args) => client_commands::status(config, args).await,
         Command::Jobs(args) => client_commands::jobs(config, args).await,

@@ -12,7 +12,7 @@ use lift_shared::proto::lift_service_server::LiftService;
 use lift_shared::proto_convert::spec_from_submit;
 use lift_shared::spec::JobSpec;
 use lift_shared::state::{JobState, JobStatus};
-use lift_shared::store::layout;
+use lift_shared::store::{layout, SubmitRequestRecord};
 use tonic::{Request, Response, Status};
 
 use crate::chunk::plan_chunks;
@@ -20,6 +20,26 @@ use crate::fanout;
 use crate::jobs::{persist, Context, JobEntry};
 
 const DEFAULT_PAGE_SIZE: usize = 50;
+const MAX_REQUEST_ID_CHARS: usize = 200;
+
+enum Reserved {
+    New(JobId),
+    Existing(JobId),
+}
+
+/// `None` for an empty id (no deduplication asked for).
+fn validate_request_id(request_id: &str) -> Result<Option<&str>, LiftError> {
+    if request_id.is_empty() {
+        return Ok(None);
+    }
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "._:/@-".contains(c);
+    if request_id.chars().count() > MAX_REQUEST_ID_CHARS || !request_id.chars().all(allowed) {
+        return Err(LiftError::InvalidArgument(format!(
+            "request_id must be 1 to {MAX_REQUEST_ID_CHARS} characters of A-Z a-z 0-9 . _ : / @ -"
+        )));
+    }
+    Ok(Some(request_id))
+}
 const MAX_PAGE_SIZE: usize = 500;
 
 pub struct LiftServiceImpl {
@@ -40,13 +60,68 @@ impl LiftServiceImpl {
             .ok_or_else(|| LiftError::NotFound(format!("job {job} not found")))
     }
 
-    async fn submit(&self, request: proto::SubmitJobRequest) -> Result<JobStatus, LiftError> {
+    async fn submit(&self, mut request: proto::SubmitJobRequest) -> Result<JobStatus, LiftError> {
+        let request_id = std::mem::take(&mut request.request_id);
+        let request_id = validate_request_id(&request_id)?;
         let spec = spec_from_submit(request, &self.ctx.default_base_model)?;
         spec.validate(&self.ctx.limits)?;
         self.ctx.catalog.check(&spec.base_model).map_err(|reason| {
             LiftError::InvalidArgument(format!("base_model {:?}: {reason}", spec.base_model))
         })?;
-        let job = JobId::new();
+        let job = match request_id {
+            None => JobId::new(),
+            Some(request_id) => match self.reserve_job_id(request_id).await? {
+                Reserved::New(job) => job,
+                Reserved::Existing(job) => {
+                    if let Some(status) = self.existing_job(&job).await? {
+                        return Ok(status);
+                    }
+                    // The first request reserved the id but did not create the job (it crashed
+                    // or is still at it): create it under the reserved id; the create-only spec
+                    // write lets only one of them succeed.
+                    job
+                }
+            },
+        };
+        match self.create_job(job.clone(), spec).await {
+            Err(LiftError::AlreadyExists(_)) => self
+                .existing_job(&job)
+                .await?
+                .ok_or_else(|| LiftError::Internal(format!("job {job} exists but has no status"))),
+            created => created,
+        }
+    }
+
+    /// The job a request id reserved earlier, or a new id reserved for it now.
+    async fn reserve_job_id(&self, request_id: &str) -> Result<Reserved, LiftError> {
+        use sha2::Digest;
+        let key = layout::submit_request(&hex::encode(sha2::Sha256::digest(request_id)));
+        let record = SubmitRequestRecord {
+            request_id: request_id.to_string(),
+            job_id: JobId::new(),
+            at_ms: now_ms(),
+        };
+        if self.ctx.store.put_json_create(&key, &record).await? {
+            return Ok(Reserved::New(record.job_id));
+        }
+        let existing: SubmitRequestRecord = self
+            .ctx
+            .store
+            .get_json(&key)
+            .await?
+            .ok_or_else(|| LiftError::Unavailable(format!("{key} vanished; retry")))?;
+        Ok(Reserved::Existing(existing.job_id))
+    }
+
+    async fn existing_job(&self, job: &JobId) -> Result<Option<JobStatus>, LiftError> {
+        let Some(entry) = self.ctx.jobs.get_or_load(&self.ctx.store, job).await? else {
+            return Ok(None);
+        };
+        let status = entry.record.lock().await.clone();
+        Ok(Some(status))
+    }
+
+    async fn create_job(&self, job: JobId, spec: JobSpec) -> Result<JobStatus, LiftError> {
         let split = self.ctx.split.clone();
         // Splitting megabytes of text is CPU work; keep it off the async workers.
         let (spec, chunks) = tokio::task::spawn_blocking({

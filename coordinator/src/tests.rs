@@ -593,3 +593,74 @@ async fn grpc_server_answers_health_and_service_calls() {
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn a_repeated_request_id_returns_the_first_job() {
+    let h = start().await;
+    let keyed = |id: &str| proto::SubmitJobRequest {
+        request_id: id.to_string(),
+        ..submit_request(2)
+    };
+    let first = h
+        .service
+        .submit_job(Request::new(keyed("corpus/doc-1.md")))
+        .await
+        .unwrap()
+        .into_inner();
+    let again = h
+        .service
+        .submit_job(Request::new(keyed("corpus/doc-1.md")))
+        .await
+        .unwrap()
+        .into_inner();
+    let other = h
+        .service
+        .submit_job(Request::new(keyed("corpus/doc-2.md")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.job_id, again.job_id);
+    assert_ne!(first.job_id, other.job_id);
+    // One job's chunks and assignment per distinct id: the retry published nothing.
+    assert_eq!(drain(&h.broker, queues::SYNTH).await.len(), 6);
+    assert_eq!(drain(&h.broker, queues::TRAIN).await.len(), 2);
+
+    let error = h
+        .service
+        .submit_job(Request::new(keyed("no spaces allowed")))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::InvalidArgument);
+    assert!(
+        error.message().contains("request_id"),
+        "{}",
+        error.message()
+    );
+}
+
+#[tokio::test]
+async fn a_request_id_reserved_by_a_crashed_submit_creates_the_reserved_job() {
+    let h = start().await;
+    // What a coordinator that died between reserving the id and creating the job leaves.
+    use sha2::Digest;
+    let reserved = JobId::new();
+    let key = layout::submit_request(&hex::encode(sha2::Sha256::digest("retry-me")));
+    let record = lift_shared::store::SubmitRequestRecord {
+        request_id: "retry-me".into(),
+        job_id: reserved.clone(),
+        at_ms: now_ms(),
+    };
+    h.store.put_json_create(&key, &record).await.unwrap();
+
+    let response = h
+        .service
+        .submit_job(Request::new(proto::SubmitJobRequest {
+            request_id: "retry-me".into(),
+            ..submit_request(2)
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(response.job_id, reserved.to_string());
+    assert_eq!(get(&h, &reserved).await.chunks_total, 3);
+}

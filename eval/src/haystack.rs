@@ -123,10 +123,7 @@ pub fn build_haystack(
     let mut parts: Vec<&str> = chosen.iter().map(|(s, _)| s.as_str()).collect();
     parts.insert(insert_at, &needle);
     let text = parts.join(" ");
-    let needle_offset = parts[..insert_at]
-        .iter()
-        .map(|part| part.len() + 1)
-        .sum();
+    let needle_offset = parts[..insert_at].iter().map(|part| part.len() + 1).sum();
     Ok(Haystack {
         tokens: count_tokens(&text),
         text,
@@ -177,7 +174,11 @@ mod tests {
         for target in [200, 1_000, 2_500] {
             let haystack = build_haystack(&corpus, NEEDLE, target, 50, &words).unwrap();
             assert!(haystack.tokens >= target, "{} < {target}", haystack.tokens);
-            assert!(haystack.tokens < target + 9, "{} vs {target}", haystack.tokens);
+            assert!(
+                haystack.tokens < target + 9,
+                "{} vs {target}",
+                haystack.tokens
+            );
         }
     }
 

@@ -28,7 +28,9 @@ fn tokens(text: &str) -> Vec<String> {
 /// 1 when the normalised prediction equals a normalised gold answer, else 0.
 pub fn exact_match(prediction: &str, golds: &[String]) -> f64 {
     let prediction = normalize_answer(prediction);
-    let hit = golds.iter().any(|gold| normalize_answer(gold) == prediction);
+    let hit = golds
+        .iter()
+        .any(|gold| normalize_answer(gold) == prediction);
     if hit {
         1.0
     } else {
@@ -97,7 +99,10 @@ mod tests {
     #[test]
     fn normalisation_drops_case_punctuation_articles_and_extra_spaces() {
         assert_eq!(normalize_answer("The Normans!"), "normans");
-        assert_eq!(normalize_answer("  in the 10th,  and 11th centuries. "), "in 10th and 11th centuries");
+        assert_eq!(
+            normalize_answer("  in the 10th,  and 11th centuries. "),
+            "in 10th and 11th centuries"
+        );
         assert_eq!(normalize_answer("A cat and an owl"), "cat and owl");
         // Articles only as whole words: "theatre" and "Anna" stay.
         assert_eq!(normalize_answer("Theatre of Anna"), "theatre of anna");
@@ -106,7 +111,10 @@ mod tests {
     #[test]
     fn exact_match_takes_the_best_gold() {
         assert_eq!(exact_match("the Normans", &golds(&["Normans"])), 1.0);
-        assert_eq!(exact_match("Normans.", &golds(&["Vikings", "normans"])), 1.0);
+        assert_eq!(
+            exact_match("Normans.", &golds(&["Vikings", "normans"])),
+            1.0
+        );
         assert_eq!(exact_match("Norman", &golds(&["Normans"])), 0.0);
         assert_eq!(exact_match("anything", &[]), 0.0);
     }
@@ -154,7 +162,10 @@ mod tests {
             "Eat a sandwich and sit in Dolores Park on a sunny day.",
             &facts
         ));
-        assert!(!contains_key_facts("Eat a sandwich in the Mission.", &facts));
+        assert!(!contains_key_facts(
+            "Eat a sandwich in the Mission.",
+            &facts
+        ));
         assert!(!contains_key_facts("sandwiches at Dolores Parking", &facts));
         assert!(!contains_key_facts("anything", &golds(&[""])));
     }

@@ -18,9 +18,8 @@ fn ensure_font() -> Result<(), String> {
     static REGISTERED: OnceLock<Result<(), String>> = OnceLock::new();
     REGISTERED
         .get_or_init(|| {
-            let bytes = std::fs::read(FONT_PATH).map_err(|e| {
-                format!("{FONT_PATH}: {e} (install Debian's fonts-dejavu-core)")
-            })?;
+            let bytes = std::fs::read(FONT_PATH)
+                .map_err(|e| format!("{FONT_PATH}: {e} (install Debian's fonts-dejavu-core)"))?;
             let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
             register_font(FONT, FontStyle::Normal, bytes)
                 .map_err(|_| format!("{FONT_PATH} is not a usable font"))
@@ -63,8 +62,14 @@ pub fn niah_heatmap(cells: &[NiahCell], setting: &str, path: &Path) -> Result<()
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|e| fail(e.to_string()))?;
     }
-    let root = BitMapBackend::new(path, (160 + 130 * lengths.len() as u32, 140 + 80 * depths.len() as u32))
-        .into_drawing_area();
+    let root = BitMapBackend::new(
+        path,
+        (
+            160 + 130 * lengths.len() as u32,
+            140 + 80 * depths.len() as u32,
+        ),
+    )
+    .into_drawing_area();
     root.fill(&WHITE).map_err(|e| fail(e.to_string()))?;
     let mut chart = ChartBuilder::on(&root)
         .caption(format!("Needle in a haystack: {setting}"), (FONT, 22))
@@ -87,7 +92,9 @@ pub fn niah_heatmap(cells: &[NiahCell], setting: &str, path: &Path) -> Result<()
             _ => String::new(),
         })
         .y_label_formatter(&|segment| match segment {
-            SegmentValue::CenterOf(i) => depths.get(*i).map(|d| format!("{d} %")).unwrap_or_default(),
+            SegmentValue::CenterOf(i) => {
+                depths.get(*i).map(|d| format!("{d} %")).unwrap_or_default()
+            }
             _ => String::new(),
         })
         .x_desc("document length (tokens)")
@@ -120,9 +127,16 @@ pub fn niah_heatmap(cells: &[NiahCell], setting: &str, path: &Path) -> Result<()
                 .map_err(|e| fail(e.to_string()))?;
             let centre = chart.backend_coord(&(SegmentValue::Exact(x), SegmentValue::Exact(y + 1)));
             let corner = chart.backend_coord(&(SegmentValue::Exact(x + 1), SegmentValue::Exact(y)));
-            let middle = ((centre.0 + corner.0) / 2 - 26, (centre.1 + corner.1) / 2 - 8);
-            root.draw(&Text::new(label, middle, (FONT, 16).into_font().color(&BLACK)))
-                .map_err(|e| fail(e.to_string()))?;
+            let middle = (
+                (centre.0 + corner.0) / 2 - 26,
+                (centre.1 + corner.1) / 2 - 8,
+            );
+            root.draw(&Text::new(
+                label,
+                middle,
+                (FONT, 16).into_font().color(&BLACK),
+            ))
+            .map_err(|e| fail(e.to_string()))?;
         }
     }
     root.present().map_err(|e| fail(e.to_string()))?;
@@ -155,7 +169,10 @@ pub fn squad_bars(scores: &[SquadScore], path: &Path) -> Result<(), EvalError> {
         .x_labels(slots)
         .x_label_formatter(&|slot| {
             if slot % 3 == 1 {
-                scores.get(slot / 3).map(|s| s.setting.clone()).unwrap_or_default()
+                scores
+                    .get(slot / 3)
+                    .map(|s| s.setting.clone())
+                    .unwrap_or_default()
             } else {
                 String::new()
             }
@@ -168,7 +185,8 @@ pub fn squad_bars(scores: &[SquadScore], path: &Path) -> Result<(), EvalError> {
     let em_colour = RGBColor(90, 120, 200);
     let f1_colour = RGBColor(230, 150, 60);
     for (i, score) in scores.iter().enumerate() {
-        for (offset, value, colour) in [(0, score.exact_match, em_colour), (1, score.f1, f1_colour)] {
+        for (offset, value, colour) in [(0, score.exact_match, em_colour), (1, score.f1, f1_colour)]
+        {
             let x = i * 3 + offset;
             let percent = value * 100.0;
             chart
@@ -178,17 +196,27 @@ pub fn squad_bars(scores: &[SquadScore], path: &Path) -> Result<(), EvalError> {
                 )))
                 .map_err(|e| fail(e.to_string()))?;
             let top = chart.backend_coord(&(x, percent));
-            root.draw(&Text::new(format!("{percent:.1}"), (top.0 + 6, top.1 - 18), (FONT, 14).into_font()))
-                .map_err(|e| fail(e.to_string()))?;
+            root.draw(&Text::new(
+                format!("{percent:.1}"),
+                (top.0 + 6, top.1 - 18),
+                (FONT, 14).into_font(),
+            ))
+            .map_err(|e| fail(e.to_string()))?;
         }
     }
     chart
-        .draw_series(std::iter::once(Rectangle::new([(0, -1.0), (0, -1.0)], em_colour.filled())))
+        .draw_series(std::iter::once(Rectangle::new(
+            [(0, -1.0), (0, -1.0)],
+            em_colour.filled(),
+        )))
         .map_err(|e| fail(e.to_string()))?
         .label("exact match")
         .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], em_colour.filled()));
     chart
-        .draw_series(std::iter::once(Rectangle::new([(0, -1.0), (0, -1.0)], f1_colour.filled())))
+        .draw_series(std::iter::once(Rectangle::new(
+            [(0, -1.0), (0, -1.0)],
+            f1_colour.filled(),
+        )))
         .map_err(|e| fail(e.to_string()))?
         .label("F1")
         .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], f1_colour.filled()));
@@ -210,8 +238,17 @@ mod tests {
 
     fn assert_png(path: &Path) {
         let bytes = std::fs::read(path).unwrap();
-        assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "{} is not a PNG", path.display());
-        assert!(bytes.len() > 4_000, "{} is only {} bytes", path.display(), bytes.len());
+        assert!(
+            bytes.starts_with(b"\x89PNG\r\n\x1a\n"),
+            "{} is not a PNG",
+            path.display()
+        );
+        assert!(
+            bytes.len() > 4_000,
+            "{} is only {} bytes",
+            path.display(),
+            bytes.len()
+        );
     }
 
     #[test]
@@ -236,9 +273,24 @@ mod tests {
         assert_png(&heatmap);
 
         let scores = vec![
-            SquadScore { setting: "base".into(), exact_match: 0.02, f1: 0.08, questions: 20 },
-            SquadScore { setting: "base+context".into(), exact_match: 0.3, f1: 0.45, questions: 20 },
-            SquadScore { setting: "lift".into(), exact_match: 0.1, f1: 0.2, questions: 20 },
+            SquadScore {
+                setting: "base".into(),
+                exact_match: 0.02,
+                f1: 0.08,
+                questions: 20,
+            },
+            SquadScore {
+                setting: "base+context".into(),
+                exact_match: 0.3,
+                f1: 0.45,
+                questions: 20,
+            },
+            SquadScore {
+                setting: "lift".into(),
+                exact_match: 0.1,
+                f1: 0.2,
+                questions: 20,
+            },
         ];
         let bars = dir.path().join("squad.png");
         squad_bars(&scores, &bars).unwrap();

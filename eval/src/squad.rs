@@ -119,7 +119,9 @@ pub fn parse_squad(text: &str, options: &SquadOptions) -> Result<Vec<SquadGroup>
             }
             let title = match options.grouping {
                 Grouping::Article => article.title.replace('_', " "),
-                Grouping::Paragraphs(_) => format!("{} (part {})", article.title.replace('_', " "), part + 1),
+                Grouping::Paragraphs(_) => {
+                    format!("{} (part {})", article.title.replace('_', " "), part + 1)
+                }
             };
             groups.push(SquadGroup {
                 title,
@@ -130,7 +132,10 @@ pub fn parse_squad(text: &str, options: &SquadOptions) -> Result<Vec<SquadGroup>
                     .join("\n\n"),
                 questions,
             });
-            if options.limit_groups.is_some_and(|limit| groups.len() >= limit) {
+            if options
+                .limit_groups
+                .is_some_and(|limit| groups.len() >= limit)
+            {
                 return Ok(groups);
             }
         }
@@ -190,7 +195,14 @@ mod tests {
     fn paragraph_groups_skip_groups_without_questions_and_limits_apply() {
         let groups = parse_squad(FIXTURE, &options(Grouping::Paragraphs(1))).unwrap();
         let titles: Vec<&str> = groups.iter().map(|g| g.title.as_str()).collect();
-        assert_eq!(titles, ["Normans (part 1)", "Normans (part 2)", "Steam engine (part 1)"]);
+        assert_eq!(
+            titles,
+            [
+                "Normans (part 1)",
+                "Normans (part 2)",
+                "Steam engine (part 1)"
+            ]
+        );
         let limited = parse_squad(
             FIXTURE,
             &SquadOptions {

@@ -104,6 +104,7 @@ impl From<&JobSpec> for proto::SubmitJobRequest {
                 })
                 .collect(),
             base_model: spec.base_model.clone(),
+            request_id: String::new(),
             synthesis: Some(proto::SynthesisOptions {
                 qa_per_sentence: synthesis.qa_per_sentence,
                 left_context_chars: Some(synthesis.left_context_chars),

@@ -47,6 +47,11 @@ pub mod layout {
     pub fn failed(job: &JobId, chunk: u32) -> String {
         format!("jobs/{job}/failed/{chunk:06}.json")
     }
+    /// The job a `SubmitJob` idempotency key created; keyed by the key's SHA-256 (hex),
+    /// since keys may hold characters that are not safe in every store's paths.
+    pub fn submit_request(key_sha256_hex: &str) -> String {
+        format!("requests/{key_sha256_hex}.json")
+    }
     pub fn cancel(job: &JobId) -> String {
         format!("jobs/{job}/cancel.json")
     }
@@ -104,6 +109,15 @@ pub struct Heartbeat {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CancelMarker {
     pub reason: String,
+    pub at_ms: i64,
+}
+
+/// `requests/<sha256 of key>.json`: the job a `SubmitJob` idempotency key reserved. Written
+/// (create-only) before the job, so a retry after a crash creates the same job id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubmitRequestRecord {
+    pub request_id: String,
+    pub job_id: JobId,
     pub at_ms: i64,
 }
 

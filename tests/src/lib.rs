@@ -390,6 +390,7 @@ impl Cluster {
                 text: text.into(),
             }],
             base_model: String::new(),
+            request_id: String::new(),
             synthesis: Some(proto::SynthesisOptions {
                 chunk_sentences: 1,
                 ..Default::default()

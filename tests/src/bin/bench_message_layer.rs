@@ -109,6 +109,7 @@ fn submit_request(title: String, text: String, chunk_sentences: u32) -> proto::S
     proto::SubmitJobRequest {
         documents: vec![proto::Document { title, text }],
         base_model: String::new(),
+        request_id: String::new(),
         synthesis: Some(proto::SynthesisOptions {
             chunk_sentences,
             ..Default::default()
