@@ -36,6 +36,10 @@ pub struct SubmitArgs {
     /// Follow the job until it ends.
     #[arg(long)]
     pub watch: bool,
+    /// Idempotency key: submitting again with the same key returns the first job instead of
+    /// creating another (safe retries from scripts and Kubernetes Jobs).
+    #[arg(long)]
+    pub request_id: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -83,7 +87,8 @@ pub fn job_exit_code(status: &proto::JobStatus) -> ExitCode {
 }
 
 pub async fn submit(config: Config, args: SubmitArgs) -> anyhow::Result<ExitCode> {
-    let request = args.job.to_request()?;
+    let mut request = args.job.to_request()?;
+    request.request_id = args.request_id.clone().unwrap_or_default();
     let mut client = args.connection.client(&config).await?;
     let response = client
         .submit_job(request)
