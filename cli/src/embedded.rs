@@ -124,6 +124,7 @@ where
             trainer_id: infra::process_id("trainer"),
             lease: std::time::Duration::from_secs(config.trainer_lease_secs),
             run: RunOptions::default(),
+            exit_when_idle: None,
         },
         shutdown.clone(),
     ));

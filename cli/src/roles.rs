@@ -35,6 +35,10 @@ pub struct TrainWorkerArgs {
     /// Checkpoint every this many steps (and at every epoch end).
     #[arg(long, env = "LIFT_CHECKPOINT_EVERY_STEPS", default_value_t = 25)]
     pub checkpoint_every_steps: u64,
+    /// Exit after this many seconds without a training job (for KEDA ScaledJob pods, which
+    /// should complete and free their GPU). Unset: wait for jobs until SIGTERM.
+    #[arg(long, env = "LIFT_TRAINER_EXIT_WHEN_IDLE_SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub exit_when_idle: Option<u64>,
 }
 
 /// Accepts base models this build can load: `default`, a .gguf file, an HF directory.
@@ -153,6 +157,7 @@ pub async fn train_worker(config: Config, args: TrainWorkerArgs) -> anyhow::Resu
                 checkpoint_every_steps: args.checkpoint_every_steps.max(1),
                 ..RunOptions::default()
             },
+            exit_when_idle: args.exit_when_idle.map(Duration::from_secs),
         },
         shutdown,
     )

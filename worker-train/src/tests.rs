@@ -232,3 +232,25 @@ async fn a_trainer_stops_when_a_newer_claim_takes_its_job() {
         .unwrap();
     assert_eq!(outcome, RunOutcome::LostClaim);
 }
+
+#[tokio::test]
+async fn an_idle_trainer_exits_after_its_idle_limit() {
+    let f = Fixture::new();
+    let config = crate::TrainWorkerConfig {
+        trainer_id: "idle-trainer".into(),
+        lease: Duration::from_secs(3),
+        run: RunOptions::default(),
+        exit_when_idle: Some(Duration::from_millis(200)),
+    };
+    let worker = crate::run_train_worker(
+        f.broker.clone(),
+        f.store.clone(),
+        f.engine.clone(),
+        config,
+        CancellationToken::new(),
+    );
+    tokio::time::timeout(Duration::from_secs(5), worker)
+        .await
+        .expect("the trainer exits when idle")
+        .unwrap();
+}

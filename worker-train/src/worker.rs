@@ -25,6 +25,9 @@ pub struct TrainWorkerConfig {
     /// Heartbeats are written every third of this.
     pub lease: Duration,
     pub run: RunOptions,
+    /// Return after this long without a job (a KEDA ScaledJob pod then completes and frees its
+    /// GPU); `None` waits for jobs until shut down.
+    pub exit_when_idle: Option<Duration>,
 }
 
 /// `jobs/<id>/claims/<generation>.json`: the newest generation owns the job.
@@ -46,8 +49,18 @@ pub async fn run_train_worker(
     let mut deliveries = broker.consume(queues::TRAIN, 1).await?;
     info!(trainer = %config.trainer_id, "train worker consuming {}", queues::TRAIN);
     loop {
+        let idle_limit = async {
+            match config.exit_when_idle {
+                Some(idle) => tokio::time::sleep(idle).await,
+                None => std::future::pending().await,
+            }
+        };
         let delivery = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
+            () = idle_limit => {
+                info!(trainer = %config.trainer_id, "no training job for {:?}; exiting", config.exit_when_idle.unwrap_or_default());
+                return Ok(());
+            }
             next = deliveries.next() => match next {
                 Some(Ok(delivery)) => delivery,
                 Some(Err(error)) => {
