@@ -336,6 +336,8 @@ async fn niah(config: Config, args: NiahArgs) -> anyhow::Result<()> {
                 job["length_tokens"] = json!(length);
                 job["depth_percent"] = json!(depth);
                 jobs.push(job);
+                // Kept current after every cell: a long run that is interrupted keeps what it did.
+                write_report(&args.lift.out, &json!({ "eval": "niah", "partial": true, "cells": cells, "jobs": jobs }))?;
             }
         }
         Ok((cells, jobs))
