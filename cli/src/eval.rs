@@ -337,7 +337,10 @@ async fn niah(config: Config, args: NiahArgs) -> anyhow::Result<()> {
                 job["depth_percent"] = json!(depth);
                 jobs.push(job);
                 // Kept current after every cell: a long run that is interrupted keeps what it did.
-                write_report(&args.lift.out, &json!({ "eval": "niah", "partial": true, "cells": cells, "jobs": jobs }))?;
+                write_report(
+                    &args.lift.out,
+                    &json!({ "eval": "niah", "partial": true, "cells": cells, "jobs": jobs }),
+                )?;
             }
         }
         Ok((cells, jobs))
