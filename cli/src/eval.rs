@@ -28,6 +28,11 @@ pub enum EvalCommand {
     Niah(NiahArgs),
     /// SQuAD v2.0 dev (answerable questions), one LIFT job per group of paragraphs.
     Squad(SquadArgs),
+    /// Draw a report's plots again (next to its report.json).
+    Plot {
+        /// A report.json written by `lift eval niah` or `lift eval squad`.
+        report: PathBuf,
+    },
 }
 
 /// How each LIFT job of an evaluation runs; the ablation flags.
@@ -113,6 +118,7 @@ pub async fn run(config: Config, command: EvalCommand) -> anyhow::Result<std::pr
     match command {
         EvalCommand::Niah(args) => niah(config, args).await?,
         EvalCommand::Squad(args) => squad(config, args).await?,
+        EvalCommand::Plot { report } => plot_report(&report)?,
     }
     Ok(std::process::ExitCode::SUCCESS)
 }
@@ -361,10 +367,7 @@ async fn niah(config: Config, args: NiahArgs) -> anyhow::Result<()> {
             })
         })
         .collect();
-    for setting in ["base", "base+context", "lift"] {
-        let file = format!("niah-{}.png", setting.replace('+', "-"));
-        niah_heatmap(&cells, setting, &args.lift.out.join(file))?;
-    }
+    draw_niah(&cells, &args.lift.out)?;
     let report = json!({
         "eval": "niah",
         "config": {
@@ -387,6 +390,41 @@ async fn niah(config: Config, args: NiahArgs) -> anyhow::Result<()> {
         serde_json::to_string(&json!({ "report": path, "summary": report["summary"] }))?
     );
     Ok(())
+}
+
+/// Where the plots of a report go: next to it.
+fn plot_dir(report: &Path) -> &Path {
+    report.parent().unwrap_or(Path::new("."))
+}
+
+fn draw_niah(cells: &[NiahCell], out: &Path) -> anyhow::Result<()> {
+    for setting in ["base", "base+context", "lift"] {
+        let file = format!("niah-{}.png", setting.replace('+', "-"));
+        niah_heatmap(cells, setting, &out.join(file))?;
+    }
+    Ok(())
+}
+
+fn plot_report(path: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let report: serde_json::Value =
+        serde_json::from_slice(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    match report["eval"].as_str() {
+        Some("niah") => {
+            let cells: Vec<NiahCell> = serde_json::from_value(report["cells"].clone())
+                .with_context(|| format!("{} has no NIAH cells", path.display()))?;
+            draw_niah(&cells, plot_dir(path))
+        }
+        Some("squad") => {
+            let scores: Vec<SquadScore> = serde_json::from_value(report["scores"].clone())
+                .with_context(|| format!("{} has no SQuAD scores", path.display()))?;
+            Ok(squad_bars(&scores, &plot_dir(path).join("squad.png"))?)
+        }
+        _ => anyhow::bail!(
+            "{} is not a report of `lift eval niah` or `lift eval squad`",
+            path.display()
+        ),
+    }
 }
 
 fn lift_config(args: &LiftArgs) -> serde_json::Value {

@@ -44,9 +44,9 @@ fn score_colour(score: f64) -> RGBColor {
     )
 }
 
-/// Heatmap of one setting: x = haystack length, y = needle depth; each cell shows its F1 and
-/// is coloured by it, with a check mark when the key facts were found; cells the setting
-/// could not run (document beyond the context) are grey.
+/// Heatmap of one setting: x = haystack length, y = needle depth; a cell is green when the
+/// answer holds the needle's key facts (with a check mark) and red when not, and shows the
+/// answer's token F1; cells the setting could not run (document beyond the context) are grey.
 pub fn niah_heatmap(cells: &[NiahCell], setting: &str, path: &Path) -> Result<(), EvalError> {
     let fail = plot_error(path);
     ensure_font().map_err(&fail)?;
@@ -65,7 +65,7 @@ pub fn niah_heatmap(cells: &[NiahCell], setting: &str, path: &Path) -> Result<()
     let root = BitMapBackend::new(
         path,
         (
-            160 + 130 * lengths.len() as u32,
+            (160 + 130 * lengths.len() as u32).max(420),
             140 + 80 * depths.len() as u32,
         ),
     )
@@ -76,33 +76,39 @@ pub fn niah_heatmap(cells: &[NiahCell], setting: &str, path: &Path) -> Result<()
         .margin(12)
         .x_label_area_size(44)
         .y_label_area_size(70)
-        // A segmented `0..n` has a segment for every value up to and including n.
-        .build_cartesian_2d(
-            (0..lengths.len() - 1).into_segmented(),
-            (0..depths.len() - 1).into_segmented(),
-        )
+        .build_cartesian_2d(0.0..lengths.len() as f64, 0.0..depths.len() as f64)
         .map_err(|e| fail(e.to_string()))?;
+    // Tick labels are drawn by hand at the cell centres; plotters places its own at round
+    // numbers of the axis.
     chart
         .configure_mesh()
         .disable_mesh()
-        .x_labels(lengths.len())
-        .y_labels(depths.len())
-        .x_label_formatter(&|segment| match segment {
-            SegmentValue::CenterOf(i) => lengths.get(*i).map(|l| l.to_string()).unwrap_or_default(),
-            _ => String::new(),
-        })
-        .y_label_formatter(&|segment| match segment {
-            SegmentValue::CenterOf(i) => {
-                depths.get(*i).map(|d| format!("{d} %")).unwrap_or_default()
-            }
-            _ => String::new(),
-        })
+        .x_labels(0)
+        .y_labels(0)
         .x_desc("document length (tokens)")
         .y_desc("needle depth")
-        .label_style((FONT, 14))
         .axis_desc_style((FONT, 15))
         .draw()
         .map_err(|e| fail(e.to_string()))?;
+    let label_font = (FONT, 14).into_font().color(&BLACK);
+    for (x, length) in lengths.iter().enumerate() {
+        let (px, py) = chart.backend_coord(&(x as f64 + 0.5, 0.0));
+        root.draw(&Text::new(
+            length.to_string(),
+            (px - 16, py + 6),
+            label_font.clone(),
+        ))
+        .map_err(|e| fail(e.to_string()))?;
+    }
+    for (y, depth) in depths.iter().enumerate() {
+        let (px, py) = chart.backend_coord(&(0.0, y as f64 + 0.5));
+        root.draw(&Text::new(
+            format!("{depth} %"),
+            (px - 44, py - 7),
+            label_font.clone(),
+        ))
+        .map_err(|e| fail(e.to_string()))?;
+    }
     for (x, length) in lengths.iter().enumerate() {
         for (y, depth) in depths.iter().enumerate() {
             let cell = cells.iter().find(|c| {
@@ -110,30 +116,23 @@ pub fn niah_heatmap(cells: &[NiahCell], setting: &str, path: &Path) -> Result<()
             });
             let (colour, label) = match cell {
                 Some(c) if c.fits_context => (
-                    score_colour(c.f1),
+                    score_colour(if c.key_facts_hit { 1.0 } else { 0.0 }),
                     format!("{}{:.2}", if c.key_facts_hit { "✓ " } else { "" }, c.f1),
                 ),
                 Some(_) => (RGBColor(200, 200, 200), "too long".to_string()),
                 None => (RGBColor(235, 235, 235), "not run".to_string()),
             };
+            let (x0, y0) = (x as f64, y as f64);
             chart
                 .draw_series(std::iter::once(Rectangle::new(
-                    [
-                        (SegmentValue::Exact(x), SegmentValue::Exact(y)),
-                        (SegmentValue::Exact(x + 1), SegmentValue::Exact(y + 1)),
-                    ],
+                    [(x0, y0), (x0 + 1.0, y0 + 1.0)],
                     colour.filled(),
                 )))
                 .map_err(|e| fail(e.to_string()))?;
-            let centre = chart.backend_coord(&(SegmentValue::Exact(x), SegmentValue::Exact(y + 1)));
-            let corner = chart.backend_coord(&(SegmentValue::Exact(x + 1), SegmentValue::Exact(y)));
-            let middle = (
-                (centre.0 + corner.0) / 2 - 26,
-                (centre.1 + corner.1) / 2 - 8,
-            );
+            let (px, py) = chart.backend_coord(&(x0 + 0.5, y0 + 0.5));
             root.draw(&Text::new(
                 label,
-                middle,
+                (px - 26, py - 8),
                 (FONT, 16).into_font().color(&BLACK),
             ))
             .map_err(|e| fail(e.to_string()))?;
@@ -271,6 +270,14 @@ mod tests {
         let heatmap = dir.path().join("niah.png");
         niah_heatmap(&cells, "base+context", &heatmap).unwrap();
         assert_png(&heatmap);
+        let single: Vec<NiahCell> = cells
+            .iter()
+            .filter(|c| c.length_tokens == 1024)
+            .cloned()
+            .collect();
+        let single_path = dir.path().join("niah-single.png");
+        niah_heatmap(&single, "base+context", &single_path).unwrap();
+        assert_png(&single_path);
 
         let scores = vec![
             SquadScore {
@@ -298,6 +305,7 @@ mod tests {
         if let Ok(keep) = std::env::var("LIFT_KEEP_PLOTS") {
             std::fs::copy(&heatmap, Path::new(&keep).join("test-niah.png")).unwrap();
             std::fs::copy(&bars, Path::new(&keep).join("test-squad.png")).unwrap();
+            std::fs::copy(&single_path, Path::new(&keep).join("test-niah-single.png")).unwrap();
         }
     }
 }
