@@ -104,6 +104,32 @@ impl Fixture {
         }
     }
 
+    /// A task file with one task, as an earlier delivery of `chunk` would have left it.
+    async fn put_existing_task_file(&self, chunk: u32) {
+        let existing = "{\"sentence_index\":0,\"title\":\"t\",\"question\":\"When?\",\"answer\":\"1889\",\"kind\":\"qa\"}\n";
+        self.store
+            .put_create(
+                &layout::tasks(&self.job_id, chunk),
+                existing.as_bytes().to_vec(),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// The worker announces the one task of the existing file, then is stopped.
+    async fn expect_existing_file_announced(
+        &mut self,
+        shutdown: CancellationToken,
+        worker: JoinHandle<Result<(), SynthWorkerError>>,
+    ) {
+        let (event, _) = self.next_event().await;
+        assert!(
+            matches!(event, ProgressEvent::ChunkSynthesized { tasks: 1, .. }),
+            "{event:?}"
+        );
+        stop(shutdown, worker).await;
+    }
+
     async fn publish(&self, chunk: &SynthChunk) {
         let payload = serde_json::to_vec(chunk).unwrap();
         let mut headers = Headers::new();
@@ -249,11 +275,7 @@ async fn chunk_becomes_a_task_file_and_an_event() {
 async fn redelivered_chunk_with_a_task_file_is_announced_again_without_generating() {
     let mut f = Fixture::new().await;
     let chunk = f.chunk(0, &["The tower was completed in 1889."]);
-    let existing = "{\"sentence_index\":0,\"title\":\"t\",\"question\":\"When?\",\"answer\":\"1889\",\"kind\":\"qa\"}\n";
-    f.store
-        .put_create(&layout::tasks(&f.job_id, 0), existing.as_bytes().to_vec())
-        .await
-        .unwrap();
+    f.put_existing_task_file(0).await;
     f.publish(&chunk).await;
     // The first delivery went to a worker that died: it comes back as a redelivery.
     {
@@ -264,12 +286,7 @@ async fn redelivered_chunk_with_a_task_file_is_announced_again_without_generatin
     let generator = scripted(|request, _| good_reply(request));
     let (shutdown, worker) = f.start(generator.clone(), fast_config());
 
-    let (event, _) = f.next_event().await;
-    assert!(
-        matches!(event, ProgressEvent::ChunkSynthesized { tasks: 1, .. }),
-        "{event:?}"
-    );
-    stop(shutdown, worker).await;
+    f.expect_existing_file_announced(shutdown, worker).await;
     assert_eq!(generator.calls.load(Ordering::SeqCst), 0);
     assert_eq!(f.depth(queues::SYNTH).await, 0);
 }
@@ -278,11 +295,7 @@ async fn redelivered_chunk_with_a_task_file_is_announced_again_without_generatin
 async fn first_delivery_that_finds_a_task_file_announces_the_file() {
     let mut f = Fixture::new().await;
     let chunk = f.chunk(0, &["The tower was completed in 1889.", "It is tall."]);
-    let existing = "{\"sentence_index\":0,\"title\":\"t\",\"question\":\"When?\",\"answer\":\"1889\",\"kind\":\"qa\"}\n";
-    f.store
-        .put_create(&layout::tasks(&f.job_id, 0), existing.as_bytes().to_vec())
-        .await
-        .unwrap();
+    f.put_existing_task_file(0).await;
     // A republished duplicate: not marked redelivered, so it synthesizes, loses the
     // create-only write, and announces what the file holds (the writer may have died before
     // announcing it).
@@ -290,12 +303,7 @@ async fn first_delivery_that_finds_a_task_file_announces_the_file() {
     let generator = scripted(|request, _| good_reply(request));
     let (shutdown, worker) = f.start(generator.clone(), fast_config());
 
-    let (event, _) = f.next_event().await;
-    assert!(
-        matches!(event, ProgressEvent::ChunkSynthesized { tasks: 1, .. }),
-        "{event:?}"
-    );
-    stop(shutdown, worker).await;
+    f.expect_existing_file_announced(shutdown, worker).await;
     assert_eq!(f.tasks(0).await.unwrap().len(), 1, "the file is unchanged");
     assert_eq!(f.depth(queues::SYNTH).await, 0);
 }
