@@ -17,6 +17,9 @@ source scripts/test-env.sh
 step "default model"
 scripts/fetch-model.sh
 
+step "evaluation data (the SQuAD loader is also tested on the real file)"
+scripts/fetch-eval-data.sh
+
 step "deploy manifests (kustomize render, schema and KEDA checks, compose)"
 scripts/test-deploy.sh
 
