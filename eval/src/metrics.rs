@@ -7,15 +7,38 @@ use std::collections::HashMap;
 /// SQuAD's normalisation: lower case, no punctuation, no articles (a, an, the), single spaces.
 pub fn normalize_answer(text: &str) -> String {
     let lowered = text.to_lowercase();
+    // Python's `string.punctuation`, as the official script: ASCII only, so "—" stays.
     let without_punctuation: String = lowered
         .chars()
         .filter(|c| !c.is_ascii_punctuation())
         .collect();
-    without_punctuation
+    remove_articles(&without_punctuation)
         .split_whitespace()
-        .filter(|word| !matches!(*word, "a" | "an" | "the"))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// The official `re.sub(r"\b(a|an|the)\b", " ", text)`: an article is a whole run of word
+/// characters, which may touch punctuation that survived (the "the" of "the—normans" goes).
+fn remove_articles(text: &str) -> String {
+    let is_word_char = |c: char| c.is_alphanumeric() || c == '_';
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find(is_word_char) {
+        out.push_str(&rest[..start]);
+        let word_len = rest[start..]
+            .find(|c: char| !is_word_char(c))
+            .unwrap_or(rest.len() - start);
+        let word = &rest[start..start + word_len];
+        out.push_str(if matches!(word, "a" | "an" | "the") {
+            " "
+        } else {
+            word
+        });
+        rest = &rest[start + word_len..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn tokens(text: &str) -> Vec<String> {
@@ -106,6 +129,12 @@ mod tests {
         assert_eq!(normalize_answer("A cat and an owl"), "cat and owl");
         // Articles only as whole words: "theatre" and "Anna" stay.
         assert_eq!(normalize_answer("Theatre of Anna"), "theatre of anna");
+        // Outputs of the official script (Python) for the same inputs: the em dash is not ASCII
+        // punctuation, so it stays, but it bounds the word "the", which goes; the apostrophe
+        // goes first, so "l'the" becomes one word "lthe" and stays.
+        assert_eq!(normalize_answer("The—Normans"), "—normans");
+        assert_eq!(normalize_answer("l'the end"), "lthe end");
+        assert_eq!(normalize_answer("the«an»a"), "« »");
     }
 
     #[test]
