@@ -189,7 +189,7 @@ async fn process(
             }
         }
     }
-    match wait_for_end(grpc, &entry.job_id).await {
+    match client::wait_for_end(grpc, &entry.job_id, Duration::from_secs(2)).await {
         Ok(status) => {
             entry.state = client::state_name(status.state).to_string();
             entry.adapter_uri = status.adapter_uri;
@@ -229,43 +229,12 @@ async fn submit(
         match grpc.submit_job(request.clone()).await {
             Ok(response) => return Ok(response.into_inner().job_id),
             // The coordinator may be restarting; the request id makes a retry safe.
-            Err(status) if is_transient(&status) && attempt < 5 => {
+            Err(status) if client::is_transient(&status) && attempt < 5 => {
                 attempt += 1;
                 tokio::time::sleep(Duration::from_secs(2 * attempt)).await;
             }
             Err(status) => return Err(client::explain(status)),
         }
-    }
-}
-
-fn is_transient(status: &tonic::Status) -> bool {
-    matches!(
-        status.code(),
-        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Aborted
-    )
-}
-
-async fn wait_for_end(grpc: &mut client::Client, job_id: &str) -> anyhow::Result<proto::JobStatus> {
-    let mut errors = 0;
-    loop {
-        match grpc
-            .get_job(proto::GetJobRequest {
-                job_id: job_id.to_string(),
-            })
-            .await
-        {
-            Ok(status) => {
-                let status = status.into_inner();
-                if client::is_terminal(status.state) {
-                    return Ok(status);
-                }
-                errors = 0;
-            }
-            // A coordinator restart takes a while; give up only after minutes of errors.
-            Err(status) if is_transient(&status) && errors < 60 => errors += 1,
-            Err(status) => return Err(client::explain(status)),
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
     }
 }
 

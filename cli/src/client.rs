@@ -188,3 +188,40 @@ pub async fn watch(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+/// An error a retry may get past (a restarting coordinator).
+pub fn is_transient(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Aborted
+    )
+}
+
+/// Polls GetJob every `poll` until the job has ended. Transient errors (a restarting
+/// coordinator) are retried until 60 polls in a row have failed.
+pub async fn wait_for_end(
+    grpc: &mut Client,
+    job_id: &str,
+    poll: Duration,
+) -> anyhow::Result<proto::JobStatus> {
+    let mut errors = 0;
+    loop {
+        match grpc
+            .get_job(proto::GetJobRequest {
+                job_id: job_id.to_string(),
+            })
+            .await
+        {
+            Ok(status) => {
+                let status = status.into_inner();
+                if is_terminal(status.state) {
+                    return Ok(status);
+                }
+                errors = 0;
+            }
+            Err(status) if is_transient(&status) && errors < 60 => errors += 1,
+            Err(status) => return Err(explain(status)),
+        }
+        tokio::time::sleep(poll).await;
+    }
+}

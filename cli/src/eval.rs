@@ -186,19 +186,7 @@ async fn lift_document(
         .map_err(client::explain)?
         .into_inner()
         .job_id;
-    let status = loop {
-        let status = grpc
-            .get_job(proto::GetJobRequest {
-                job_id: job_id.clone(),
-            })
-            .await
-            .map_err(client::explain)?
-            .into_inner();
-        if client::is_terminal(status.state) {
-            break status;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let status = client::wait_for_end(&mut grpc, &job_id, Duration::from_millis(500)).await?;
     if status.state != proto::JobState::Succeeded as i32 {
         eprintln!(
             "eval: job {job_id} ended {}: {}",
