@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use lift_shared::error::LiftError;
 use lift_shared::ids::JobId;
-use lift_shared::messages::{now_ms, ProgressEvent, SynthChunk};
+use lift_shared::messages::{now_ms, ProgressEvent, SynthChunk, Task};
 use lift_shared::state::{JobState, JobStatus};
 use lift_shared::store::{layout, FailedChunkMarker};
 
@@ -104,10 +104,7 @@ async fn reconcile_with_store(
     for chunk in uncounted {
         let event = match ctx.store.get(&layout::tasks(&job, chunk)).await? {
             Some(tasks) => {
-                let task_count = tasks
-                    .split(|b| *b == b'\n')
-                    .filter(|l| !l.is_empty())
-                    .count();
+                let task_count = Task::count_in_file(&tasks);
                 let sentences = planned
                     .iter()
                     .find(|c| c.chunk_index == chunk)

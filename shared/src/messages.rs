@@ -127,6 +127,16 @@ pub struct Task {
     pub kind: String,
 }
 
+impl Task {
+    /// Tasks in a task file (one JSON object per non-empty line), without parsing them.
+    pub fn count_in_file(task_file: &[u8]) -> usize {
+        task_file
+            .split(|byte| *byte == b'\n')
+            .filter(|line| !line.is_empty())
+            .count()
+    }
+}
+
 fn default_task_kind() -> String {
     "qa".to_string()
 }

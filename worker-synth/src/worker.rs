@@ -11,7 +11,7 @@ use futures::StreamExt;
 use lift_shared::broker::{queues, Broker, BrokerError, Delivery, Headers};
 use lift_shared::error::LiftError;
 use lift_shared::ids::JobId;
-use lift_shared::messages::{now_ms, ProgressEvent, SynthChunk};
+use lift_shared::messages::{now_ms, ProgressEvent, SynthChunk, Task};
 use lift_shared::store::{layout, FailedChunkMarker, Store};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -360,10 +360,7 @@ impl ChunkContext {
         task_file: &[u8],
         headers: &Headers,
     ) -> Result<(), InfraError> {
-        let tasks = task_file
-            .split(|byte| *byte == b'\n')
-            .filter(|line| !line.is_empty())
-            .count();
+        let tasks = Task::count_in_file(task_file);
         tracing::info!(job_id = %chunk.job_id, chunk = chunk.chunk_index, tasks, "task file exists, announcing it");
         let event = ProgressEvent::ChunkSynthesized {
             job_id: chunk.job_id.clone(),
