@@ -3,7 +3,9 @@
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use lift_engine::bench::{bench_generate, bench_train};
+use std::sync::Arc;
+
+use lift_engine::bench::{bench_generate, bench_train, random_engine, TrainBenchOptions};
 use lift_engine::default_device;
 
 #[derive(Subcommand)]
@@ -31,13 +33,20 @@ pub struct TrainArgs {
     pub steps: usize,
     #[arg(long, default_value_t = 5)]
     pub warmup: usize,
+    /// Replay each step as a CUDA graph (GPU only; `false` measures eager launches).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub cuda_graphs: bool,
 }
 
 #[derive(Args)]
 pub struct GenerateArgs {
     /// `default`, a .gguf file or a Hugging Face model directory.
-    #[arg(long, default_value = "default")]
+    #[arg(long, default_value = "default", conflicts_with = "shape")]
     pub model: String,
+    /// Random weights of this shape instead of a model (smollm2-135m, qwen2.5-0.5b,
+    /// llama3-8b): speed does not depend on the weights, and nothing needs downloading.
+    #[arg(long)]
+    pub shape: Option<String>,
     /// Batch sizes to measure.
     #[arg(long, value_delimiter = ',', default_value = "1,8")]
     pub batches: Vec<usize>,
@@ -49,22 +58,26 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
     match command {
         BenchCommand::Train(a) => {
             let result = tokio::task::spawn_blocking(move || {
-                bench_train(
-                    &a.shape,
-                    a.batch,
-                    a.seq,
-                    a.rank,
-                    a.alpha,
-                    a.steps,
-                    a.warmup,
-                    &default_device(),
-                )
+                let options = TrainBenchOptions {
+                    shape: a.shape,
+                    batch: a.batch,
+                    seq: a.seq,
+                    rank: a.rank,
+                    alpha: a.alpha,
+                    steps: a.steps,
+                    warmup: a.warmup,
+                    cuda_graphs: a.cuda_graphs,
+                };
+                bench_train(&options, &default_device())
             })
             .await??;
             println!("{}", serde_json::to_string(&result)?);
         }
         BenchCommand::Generate(a) => {
-            let engine = crate::infra::load_engine(&a.model).await?;
+            let engine = match a.shape {
+                Some(shape) => Arc::new(random_engine(&shape, &default_device())?),
+                None => crate::infra::load_engine(&a.model).await?,
+            };
             for batch in a.batches {
                 let engine = engine.clone();
                 let new_tokens = a.new_tokens;

@@ -63,6 +63,10 @@ pub struct JobOptions {
     /// Seed for generation, adapter initialisation and shuffling.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Start training only when every sentence is synthesized (no overlap of epoch 1 with
+    /// generation; for measuring what the pipeline saves).
+    #[arg(long)]
+    pub train_after_synthesis: bool,
 }
 
 /// Splits a leading Markdown `# Title` line off a document.
@@ -139,6 +143,7 @@ impl JobOptions {
                 batch_size: self.batch_size.unwrap_or(0),
                 max_grad_norm: None,
                 seed: self.seed,
+                train_after_synthesis: self.train_after_synthesis,
             }),
         }
     }

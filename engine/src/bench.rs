@@ -28,16 +28,37 @@ pub struct TrainBench {
     pub seq: usize,
     pub rank: usize,
     pub steps: usize,
+    pub cuda_graphs: bool,
     pub ms_per_step: f64,
     pub tokens_per_s: f64,
     pub first_step_s: f64,
+    /// Wall clock when the first step had finished, for measuring from process start.
+    pub first_step_done_unix_s: f64,
     pub load_s: f64,
     /// Where a step's time goes: forward + loss, backward, optimizer (clip + AdamW).
     pub forward_ms: f64,
     pub backward_ms: f64,
     pub optimizer_ms: f64,
     pub trainable_params: usize,
+    /// Loss of the last timed step: eager and graph runs of one shape must agree.
+    pub last_loss: f32,
+    /// CPU: peak resident set. GPU: peak bytes allocated from the device's memory pool plus
+    /// the peak of CUDA graph allocations (like `torch.cuda.max_memory_allocated`, it leaves
+    /// out the CUDA context and library workspaces).
     pub peak_memory_bytes: Option<u64>,
+}
+
+/// What `bench_train` measures.
+#[derive(Debug, Clone)]
+pub struct TrainBenchOptions {
+    pub shape: String,
+    pub batch: usize,
+    pub seq: usize,
+    pub rank: usize,
+    pub alpha: f64,
+    pub steps: usize,
+    pub warmup: usize,
+    pub cuda_graphs: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -85,26 +106,25 @@ pub fn random_engine(shape: &str, device: &Device) -> Result<Engine> {
 
 /// Times `steps` LoRA SFT steps after `warmup` untimed ones; the second half of each
 /// sequence carries loss, as in the PyTorch peer.
-#[allow(clippy::too_many_arguments)]
-pub fn bench_train(
-    shape: &str,
-    batch: usize,
-    seq: usize,
-    rank: usize,
-    alpha: f64,
-    steps: usize,
-    warmup: usize,
-    device: &Device,
-) -> Result<TrainBench> {
+pub fn bench_train(options: &TrainBenchOptions, device: &Device) -> Result<TrainBench> {
+    let TrainBenchOptions {
+        batch,
+        seq,
+        rank,
+        steps,
+        warmup,
+        ..
+    } = *options;
     let started = Instant::now();
-    let engine = Arc::new(random_engine(shape, device)?);
-    let adapter = engine.new_adapter(LoraConfig::new(rank, alpha, &[])?, 0)?;
+    let engine = Arc::new(random_engine(&options.shape, device)?);
+    let adapter = engine.new_adapter(LoraConfig::new(rank, options.alpha, &[])?, 0)?;
     let trainable_params = adapter.vars().iter().map(|v| v.elem_count()).sum();
     let mut trainer = SftTrainer::new(
         engine.clone(),
         adapter,
         TrainerOptions {
             learning_rate: 5e-5,
+            cuda_graphs: options.cuda_graphs,
             ..TrainerOptions::default()
         },
     )?;
@@ -132,19 +152,26 @@ pub fn bench_train(
     trainer.step_batch(&sft)?;
     device.synchronize()?;
     let first_step_s = first.elapsed().as_secs_f64();
+    let first_step_done_unix_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
     for _ in 1..warmup {
         trainer.step_batch(&sft)?;
     }
     device.synchronize()?;
+    // Like the peer, the peak is that of the timed steps (weights included).
+    reset_peak_memory(device);
     let timed = Instant::now();
+    let mut last_loss = f32::NAN;
     for _ in 0..steps {
-        trainer.step_batch(&sft)?;
+        last_loss = trainer.step_batch(&sft)?.loss;
     }
     device.synchronize()?;
     let seconds = timed.elapsed().as_secs_f64();
     let ms_per_step = seconds * 1000.0 / steps.max(1) as f64;
+    let peak_memory_bytes = peak_memory_bytes(device);
     let repeats = steps.clamp(1, 5);
-    let time_ms = |f: &dyn Fn() -> Result<()>| -> Result<f64> {
+    let time_ms = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
         let started = Instant::now();
         for _ in 0..repeats {
             f()?;
@@ -152,33 +179,110 @@ pub fn bench_train(
         device.synchronize()?;
         Ok(started.elapsed().as_secs_f64() * 1000.0 / repeats as f64)
     };
-    let forward_ms = time_ms(&|| trainer.loss(&sft).map(drop))?;
-    let forward_backward_ms = time_ms(&|| {
+    let forward_ms = time_ms(&mut || trainer.loss(&sft).map(drop))?;
+    let forward_backward_ms = time_ms(&mut || {
         trainer.loss(&sft)?.backward()?;
         Ok(())
     })?;
     Ok(TrainBench {
         bench: "train",
-        shape: shape.to_string(),
+        shape: options.shape.clone(),
         device: device_name(device),
         batch,
         seq,
         rank,
         steps,
+        cuda_graphs: options.cuda_graphs && device.is_cuda(),
         ms_per_step,
         tokens_per_s: (batch * seq) as f64 / (ms_per_step / 1000.0),
         first_step_s,
+        first_step_done_unix_s,
         load_s,
         forward_ms,
         backward_ms: forward_backward_ms - forward_ms,
         optimizer_ms: ms_per_step - forward_backward_ms,
         trainable_params,
-        peak_memory_bytes: if device.is_cpu() {
-            peak_rss_bytes()
-        } else {
-            None
-        },
+        last_loss,
+        peak_memory_bytes,
     })
+}
+
+fn peak_memory_bytes(device: &Device) -> Option<u64> {
+    match device {
+        Device::Cpu => peak_rss_bytes(),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(cuda) => gpu_memory::peak_allocated_bytes(cuda),
+        _ => None,
+    }
+}
+
+fn reset_peak_memory(device: &Device) {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(cuda) = device {
+        gpu_memory::reset_peak(cuda);
+    }
+    #[cfg(not(feature = "cuda"))]
+    let _ = device;
+}
+
+/// The high-water marks of the device's default memory pool (where candle allocates) and
+/// of CUDA graph memory.
+#[cfg(feature = "cuda")]
+#[allow(unsafe_code)]
+mod gpu_memory {
+    use candle_core::cuda_backend::cudarc::driver::sys;
+    use candle_core::CudaDevice;
+
+    const POOL_PEAK: sys::CUmemPool_attribute =
+        sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH;
+    const GRAPH_PEAK: sys::CUgraphMem_attribute =
+        sys::CUgraphMem_attribute::CU_GRAPH_MEM_ATTR_USED_MEM_HIGH;
+
+    fn pool(device: &CudaDevice) -> Option<(sys::CUdevice, sys::CUmemoryPool)> {
+        let cu_device = device.cuda_stream().context().cu_device();
+        let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+        // SAFETY: a query into an out-parameter of the right type.
+        unsafe { sys::cuDeviceGetDefaultMemPool(&mut pool, cu_device) }
+            .result()
+            .ok()?;
+        Some((cu_device, pool))
+    }
+
+    pub fn peak_allocated_bytes(device: &CudaDevice) -> Option<u64> {
+        let (cu_device, pool) = pool(device)?;
+        let (mut pool_peak, mut graph_peak) = (0u64, 0u64);
+        // SAFETY: both attributes are documented as cuuint64_t, written into u64s.
+        unsafe {
+            sys::cuMemPoolGetAttribute(pool, POOL_PEAK, (&mut pool_peak as *mut u64).cast())
+                .result()
+                .ok()?;
+            sys::cuDeviceGetGraphMemAttribute(
+                cu_device,
+                GRAPH_PEAK,
+                (&mut graph_peak as *mut u64).cast(),
+            )
+            .result()
+            .ok()?;
+        }
+        Some(pool_peak + graph_peak)
+    }
+
+    /// Setting a high-water mark to zero restarts it from the current use.
+    pub fn reset_peak(device: &CudaDevice) {
+        let Some((cu_device, pool)) = pool(device) else {
+            return;
+        };
+        let mut zero = 0u64;
+        // SAFETY: as above; the driver only reads the value.
+        unsafe {
+            let _ = sys::cuMemPoolSetAttribute(pool, POOL_PEAK, (&mut zero as *mut u64).cast());
+            let _ = sys::cuDeviceSetGraphMemAttribute(
+                cu_device,
+                GRAPH_PEAK,
+                (&mut zero as *mut u64).cast(),
+            );
+        }
+    }
 }
 
 /// Generates `new_tokens` tokens for each of `batch` identical prompts, greedy, and reports

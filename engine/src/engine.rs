@@ -63,7 +63,20 @@ pub fn default_device() -> Device {
     if std::env::var("LIFT_DEVICE").is_ok_and(|d| d == "cpu") {
         return Device::Cpu;
     }
-    Device::cuda_if_available(0).unwrap_or(Device::Cpu)
+    if !candle_core::utils::cuda_is_available() {
+        return Device::Cpu;
+    }
+    gpu_device().unwrap_or(Device::Cpu)
+}
+
+#[cfg(feature = "cuda")]
+fn gpu_device() -> candle_core::Result<Device> {
+    crate::gpu::device()
+}
+
+#[cfg(not(feature = "cuda"))]
+fn gpu_device() -> candle_core::Result<Device> {
+    Ok(Device::Cpu)
 }
 
 /// Base weights are bf16 on a GPU and f32 on CPU (where bf16 matmuls are slow).

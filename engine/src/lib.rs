@@ -8,9 +8,14 @@ pub mod error;
 pub mod fetch;
 mod frozen;
 pub mod generate;
+#[cfg(feature = "cuda")]
+mod gpu;
+#[cfg(feature = "cuda")]
+mod graph;
 pub mod loader;
 pub mod lora;
 pub mod model;
+mod ops;
 pub mod testing;
 pub mod tokenizer;
 pub mod train;

@@ -186,7 +186,8 @@ impl LoraAdapter {
         })
     }
 
-    /// The LoRA term for `x` `[.., in]`, or None when the projection carries no adapter.
+    /// The LoRA term for `x` `[.., in]` in f32, or None when the projection carries no
+    /// adapter. The scale applies to the rank-sized intermediate, the smallest tensor.
     pub fn delta(
         &self,
         layer: usize,
@@ -196,10 +197,13 @@ impl LoraAdapter {
         let Some(pair) = self.layers.get(layer).and_then(|l| l.get(&projection)) else {
             return Ok(None);
         };
-        let x = x.to_dtype(DType::F32)?;
-        let low_rank = x.broadcast_matmul(&pair.a.t()?)?;
-        let out = low_rank.broadcast_matmul(&pair.b.t()?)?;
-        Ok(Some((out * self.config.scale())?))
+        let mut dims = x.dims().to_vec();
+        let width = dims.pop().unwrap_or(0);
+        let rows = dims.iter().product::<usize>();
+        let low_rank = (x.reshape((rows, width))?.matmul(&pair.a.t()?)? * self.config.scale())?;
+        let out = low_rank.matmul(&pair.b.t()?)?;
+        dims.push(out.dim(1)?);
+        Ok(Some(out.reshape(dims)?))
     }
 
     /// Every variable with its PEFT name, in a stable order.

@@ -2,11 +2,12 @@
 //! projections. candle-transformers' models use fused ops without backward, return only the
 //! last position's logits and hold concrete `Linear`s, so they cannot be fine-tuned.
 
-use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_core::{DType, Device, Result, Tensor, D};
 
 use crate::config::ModelConfig;
 use crate::frozen::frozen_matmul;
 use crate::lora::{LoraAdapter, Projection};
+use crate::ops::swap_halves;
 
 /// A frozen base-model projection, `y = x W^T (+ b)`, W stored `[out, in]` as in HF.
 #[derive(Debug, Clone)]
@@ -49,8 +50,28 @@ struct Rope {
     sin: Tensor,
 }
 
+/// The rope factors of one forward call, gathered once for all layers: `[b, 1, t, d]`.
+/// `sin` carries the sign of the rotation (`-sin` on the first half), so applying rope is
+/// `x * cos + swap_halves(x) * sin`. The query tables also carry the attention scale.
+struct RopeTables {
+    query_cos: Tensor,
+    query_sin: Tensor,
+    key_cos: Tensor,
+    key_sin: Tensor,
+}
+
+impl RopeTables {
+    fn rotate_query(&self, q: &Tensor) -> Result<Tensor> {
+        q.broadcast_mul(&self.query_cos)? + swap_halves(q)?.broadcast_mul(&self.query_sin)?
+    }
+
+    fn rotate_key(&self, k: &Tensor) -> Result<Tensor> {
+        k.broadcast_mul(&self.key_cos)? + swap_halves(k)?.broadcast_mul(&self.key_sin)?
+    }
+}
+
 impl Rope {
-    fn new(cfg: &ModelConfig, dtype: DType, device: &Device) -> Result<Self> {
+    fn new(cfg: &ModelConfig, device: &Device) -> Result<Self> {
         let half = cfg.head_dim / 2;
         let inv_freq: Vec<f32> = (0..half)
             .map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / cfg.head_dim as f64) as f32)
@@ -61,24 +82,26 @@ impl Rope {
             .reshape((cfg.max_position_embeddings, 1))?;
         let angles = positions.broadcast_mul(&inv_freq)?;
         Ok(Self {
-            cos: angles.cos()?.to_dtype(dtype)?,
-            sin: angles.sin()?.to_dtype(dtype)?,
+            cos: angles.cos()?,
+            sin: angles.sin()?,
         })
     }
 
-    /// `x`: [b, heads, t, d]; `positions`: [b, t] u32.
-    fn apply(&self, x: &Tensor, positions: &Tensor) -> Result<Tensor> {
-        let (b, _, t, d) = x.dims4()?;
+    /// `positions`: `[b, t]` u32. Computed in f32, rounded once to the model dtype.
+    fn tables(&self, positions: &Tensor, query_scale: f64, dtype: DType) -> Result<RopeTables> {
+        let (b, t) = positions.dims2()?;
         let flat = positions.flatten_all()?;
-        let gather = |table: &Tensor| -> Result<Tensor> {
-            let half = table.index_select(&flat, 0)?.reshape((b, 1, t, d / 2))?;
-            Tensor::cat(&[&half, &half], D::Minus1)
-        };
-        let (cos, sin) = (gather(&self.cos)?, gather(&self.sin)?);
-        let x1 = x.narrow(D::Minus1, 0, d / 2)?;
-        let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
-        let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-        x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
+        let half = self.cos.dim(1)?;
+        let cos = self.cos.index_select(&flat, 0)?;
+        let sin = self.sin.index_select(&flat, 0)?;
+        let cos = Tensor::cat(&[&cos, &cos], 1)?.reshape((b, 1, t, 2 * half))?;
+        let sin = Tensor::cat(&[&sin.neg()?, &sin], 1)?.reshape((b, 1, t, 2 * half))?;
+        Ok(RopeTables {
+            query_cos: (&cos * query_scale)?.to_dtype(dtype)?,
+            query_sin: (&sin * query_scale)?.to_dtype(dtype)?,
+            key_cos: cos.to_dtype(dtype)?,
+            key_sin: sin.to_dtype(dtype)?,
+        })
     }
 }
 
@@ -181,7 +204,7 @@ impl Model {
     ) -> Result<Self> {
         let dtype = embed_tokens.dtype();
         let device = embed_tokens.device().clone();
-        let rope = Rope::new(&config, dtype, &device)?;
+        let rope = Rope::new(&config, &device)?;
         Ok(Self {
             config,
             embed_tokens,
@@ -206,13 +229,15 @@ impl Model {
     pub fn forward(&self, input: &ForwardInput, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
         let (b, t) = input.input_ids.dims2()?;
         let hidden = self.config.hidden_size;
+        let query_scale = 1.0 / (self.config.head_dim as f64).sqrt();
+        let rope = self.rope.tables(input.positions, query_scale, self.dtype)?;
         let mut x = self
             .embed_tokens
             .index_select(&input.input_ids.flatten_all()?, 0)?
             .reshape((b, t, hidden))?;
         for (index, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[index]);
-            x = self.layer_forward(index, layer, &x, input, layer_cache)?;
+            x = self.layer_forward(index, layer, &x, &rope, input, layer_cache)?;
         }
         let x = match input.logits {
             LogitsFor::AllPositions => x,
@@ -224,17 +249,19 @@ impl Model {
         logits.to_dtype(DType::F32)
     }
 
+    /// The base projection plus the LoRA term. `lora_input` is `x` in f32, converted once
+    /// by the caller for all projections that read the same `x`.
     fn project(
         &self,
         linear: &Linear,
         x: &Tensor,
-        adapter: Option<&LoraAdapter>,
+        lora_input: Option<(&LoraAdapter, &Tensor)>,
         layer: usize,
         projection: Projection,
     ) -> Result<Tensor> {
         let base = linear.forward(x)?;
-        let delta = match adapter {
-            Some(adapter) => adapter.delta(layer, projection, x)?,
+        let delta = match lora_input {
+            Some((adapter, x32)) => adapter.delta(layer, projection, x32)?,
             None => None,
         };
         match delta {
@@ -248,33 +275,32 @@ impl Model {
         index: usize,
         layer: &DecoderLayer,
         x: &Tensor,
+        rope: &RopeTables,
         input: &ForwardInput,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> Result<Tensor> {
         let cfg = &self.config;
         let (b, t, _) = x.dims3()?;
         let (heads, kv_heads, head_dim) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
-        let adapter = input.adapter;
         let attn = &layer.self_attn;
+        let with_f32 = |h: &Tensor| -> Result<Option<Tensor>> {
+            input.adapter.map(|_| h.to_dtype(DType::F32)).transpose()
+        };
 
         let h = layer.input_layernorm.forward(x)?;
-        let q = self.project(&attn.q_proj, &h, adapter, index, Projection::Q)?;
-        let k = self.project(&attn.k_proj, &h, adapter, index, Projection::K)?;
-        let v = self.project(&attn.v_proj, &h, adapter, index, Projection::V)?;
-        let q = q
-            .reshape((b, t, heads, head_dim))?
-            .transpose(1, 2)?
-            .contiguous()?;
-        let k = k
-            .reshape((b, t, kv_heads, head_dim))?
-            .transpose(1, 2)?
-            .contiguous()?;
-        let v = v
-            .reshape((b, t, kv_heads, head_dim))?
-            .transpose(1, 2)?
-            .contiguous()?;
-        let q = self.rope.apply(&q, input.positions)?;
-        let k = self.rope.apply(&k, input.positions)?;
+        let h32 = with_f32(&h)?;
+        let lora = input.adapter.zip(h32.as_ref());
+        let q = self.project(&attn.q_proj, &h, lora, index, Projection::Q)?;
+        let k = self.project(&attn.k_proj, &h, lora, index, Projection::K)?;
+        let v = self.project(&attn.v_proj, &h, lora, index, Projection::V)?;
+        let heads_first = |y: Tensor, n: usize| -> Result<Tensor> {
+            y.reshape((b, t, n, head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let q = rope.rotate_query(&heads_first(q, heads)?)?;
+        let k = rope.rotate_key(&heads_first(k, kv_heads)?)?;
+        let v = heads_first(v, kv_heads)?;
 
         let (k, v) = match cache {
             Some(slot) => {
@@ -290,28 +316,38 @@ impl Model {
             }
             None => (k, v),
         };
-        let k = repeat_kv(&k, heads / kv_heads)?;
-        let v = repeat_kv(&v, heads / kv_heads)?;
+        let s = k.dim(2)?;
 
-        let scale = 1.0 / (head_dim as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?;
+        // Grouped-query attention without copying keys and values per head: the query heads
+        // that share a key head are consecutive, so they fold into its row dimension.
+        let groups = heads / kv_heads;
+        let q = q.reshape((b, kv_heads, groups * t, head_dim))?;
+        let scores = q.matmul(&k.t()?)?.reshape((b, heads, t, s))?;
         let scores = match input.mask {
             Some(mask) => scores.broadcast_add(mask)?,
             None => scores,
         };
         let probs = softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(self.dtype)?;
         let attended = probs
+            .reshape((b, kv_heads, groups * t, s))?
             .matmul(&v)?
+            .reshape((b, heads, t, head_dim))?
             .transpose(1, 2)?
             .reshape((b, t, heads * head_dim))?;
-        let attn_out = self.project(&attn.o_proj, &attended, adapter, index, Projection::O)?;
+        let attended32 = with_f32(&attended)?;
+        let lora = input.adapter.zip(attended32.as_ref());
+        let attn_out = self.project(&attn.o_proj, &attended, lora, index, Projection::O)?;
         let x = (x + attn_out)?;
 
         let h = layer.post_attention_layernorm.forward(&x)?;
-        let gate = self.project(&layer.mlp.gate_proj, &h, adapter, index, Projection::Gate)?;
-        let up = self.project(&layer.mlp.up_proj, &h, adapter, index, Projection::Up)?;
-        let act = (candle_nn::Activation::Silu.forward(&gate)? * up)?;
-        let down = self.project(&layer.mlp.down_proj, &act, adapter, index, Projection::Down)?;
+        let h32 = with_f32(&h)?;
+        let lora = input.adapter.zip(h32.as_ref());
+        let gate = self.project(&layer.mlp.gate_proj, &h, lora, index, Projection::Gate)?;
+        let up = self.project(&layer.mlp.up_proj, &h, lora, index, Projection::Up)?;
+        let act = (gate.silu()? * up)?;
+        let act32 = with_f32(&act)?;
+        let lora = input.adapter.zip(act32.as_ref());
+        let down = self.project(&layer.mlp.down_proj, &act, lora, index, Projection::Down)?;
         x + down
     }
 }
@@ -323,16 +359,6 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     let exp = x.broadcast_sub(&max)?.exp()?;
     let sum = exp.sum_keepdim(D::Minus1)?;
     exp.broadcast_div(&sum)
-}
-
-fn repeat_kv(x: &Tensor, times: usize) -> Result<Tensor> {
-    if times == 1 {
-        return Ok(x.clone());
-    }
-    let (b, kv, s, d) = x.dims4()?;
-    x.unsqueeze(2)?
-        .expand((b, kv, times, s, d))?
-        .reshape((b, kv * times, s, d))
 }
 
 /// Causal mask `[1, 1, t, past + t]` for right-padded batches (padding sits after the

@@ -63,6 +63,9 @@ pub struct TrainerOptions {
     pub max_grad_norm: f64,
     /// Longer examples lose the start of their prompt.
     pub max_seq_len: usize,
+    /// On a GPU, replay each batch shape's step as one CUDA graph from its second occurrence
+    /// on (the step is launch-bound at LIFT's batch sizes). Ignored on CPU.
+    pub cuda_graphs: bool,
 }
 
 impl Default for TrainerOptions {
@@ -76,6 +79,7 @@ impl Default for TrainerOptions {
             eps: 1e-8,
             max_grad_norm: 1.0,
             max_seq_len: 512,
+            cuda_graphs: true,
         }
     }
 }
@@ -111,24 +115,33 @@ pub struct SftTrainer {
     engine: Arc<Engine>,
     adapter: LoraAdapter,
     options: TrainerOptions,
-    vars: Vec<(String, Var)>,
-    moments: Vec<(Tensor, Tensor)>,
+    optimizer: FlatAdamW,
+    /// Causal mask and rope positions by batch shape `(b, t)`, made once (and so never
+    /// inside a graph capture, which cannot upload host data).
+    attention_inputs: HashMap<(usize, usize), AttentionInputs>,
+    #[cfg(feature = "cuda")]
+    graphs: Option<crate::graph::StepGraphs>,
     step: u64,
 }
 
 impl SftTrainer {
     pub fn new(engine: Arc<Engine>, adapter: LoraAdapter, options: TrainerOptions) -> Result<Self> {
-        let vars = adapter.named_vars();
-        let moments = vars
-            .iter()
-            .map(|(_, v)| Ok((v.zeros_like()?, v.zeros_like()?)))
-            .collect::<Result<Vec<_>>>()?;
+        let optimizer = FlatAdamW::new(adapter.named_vars(), engine.device())?;
+        #[cfg(feature = "cuda")]
+        let graphs = match engine.device() {
+            candle_core::Device::Cuda(device) if options.cuda_graphs => {
+                Some(crate::graph::StepGraphs::new(device.clone()))
+            }
+            _ => None,
+        };
         Ok(Self {
             engine,
             adapter,
             options,
-            vars,
-            moments,
+            optimizer,
+            attention_inputs: HashMap::new(),
+            #[cfg(feature = "cuda")]
+            graphs,
             step: 0,
         })
     }
@@ -221,28 +234,25 @@ impl SftTrainer {
     }
 
     /// Mean cross-entropy over answer tokens.
-    pub fn loss(&self, batch: &SftBatch) -> Result<Tensor> {
-        let (b, t) = batch.inputs.dims2()?;
-        let device = self.engine.device();
-        let positions = Tensor::arange(0u32, t as u32, device)?
-            .unsqueeze(0)?
-            .repeat((b, 1))?;
-        let mask = causal_mask(t, 0, self.engine.model.dtype(), device)?;
-        let logits = self.engine.model.forward(
-            &ForwardInput {
-                input_ids: &batch.inputs,
-                positions: &positions,
-                mask: Some(&mask),
-                adapter: Some(&self.adapter),
-                logits: LogitsFor::FlatPositions(&batch.answer_rows),
-            },
-            None,
-        )?;
-        let max = logits.max_keepdim(1)?.detach();
-        let shifted = logits.broadcast_sub(&max)?;
-        let log_sum_exp = shifted.exp()?.sum_keepdim(1)?.log()?;
-        let target_logit = shifted.gather(&batch.answer_targets.unsqueeze(1)?, 1)?;
-        Ok((log_sum_exp - target_logit)?.mean_all()?)
+    pub fn loss(&mut self, batch: &SftBatch) -> Result<Tensor> {
+        let shape = batch.inputs.dims2()?;
+        self.prepare_attention_inputs(shape)?;
+        let inputs = &self.attention_inputs[&shape];
+        Ok(batch_loss(&self.engine, &self.adapter, inputs, batch)?)
+    }
+
+    fn prepare_attention_inputs(&mut self, (b, t): (usize, usize)) -> Result<()> {
+        if !self.attention_inputs.contains_key(&(b, t)) {
+            let device = self.engine.device();
+            let inputs = AttentionInputs {
+                mask: causal_mask(t, 0, self.engine.model.dtype(), device)?,
+                positions: Tensor::arange(0u32, t as u32, device)?
+                    .unsqueeze(0)?
+                    .repeat((b, 1))?,
+            };
+            self.attention_inputs.insert((b, t), inputs);
+        }
+        Ok(())
     }
 
     /// One optimizer step on `examples`.
@@ -253,56 +263,30 @@ impl SftTrainer {
 
     /// One optimizer step on an already encoded batch.
     pub fn step_batch(&mut self, batch: &SftBatch) -> Result<StepStats> {
-        let loss = self.loss(batch)?;
-        let grads = loss.backward()?;
-        let gradients = self
-            .vars
-            .iter()
-            .map(|(_, var)| match grads.get(var.as_tensor()) {
-                Some(g) => Ok(g.clone()),
-                None => Ok(var.zeros_like()?),
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let squares = gradients
-            .iter()
-            .map(|g| g.sqr()?.sum_all())
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        let grad_norm = Tensor::stack(&squares, 0)?
-            .sum_all()?
-            .sqrt()?
-            .to_scalar::<f32>()?;
-        let clip =
-            if self.options.max_grad_norm > 0.0 && grad_norm as f64 > self.options.max_grad_norm {
-                self.options.max_grad_norm / (grad_norm as f64 + 1e-6)
-            } else {
-                1.0
-            };
         let lr = self
             .options
             .schedule
             .learning_rate(self.options.learning_rate, self.step);
-        self.step += 1;
-        let o = &self.options;
-        let bias1 = 1.0 - o.beta1.powi(self.step as i32);
-        let bias2 = 1.0 - o.beta2.powi(self.step as i32);
-        for (((_, var), (m, v)), g) in self
-            .vars
-            .iter()
-            .zip(self.moments.iter_mut())
-            .zip(&gradients)
-        {
-            let g = (g * clip)?;
-            *m = ((&*m * o.beta1)? + (&g * (1.0 - o.beta1))?)?;
-            *v = ((&*v * o.beta2)? + (g.sqr()? * (1.0 - o.beta2))?)?;
-            let m_hat = (&*m / bias1)?;
-            let v_hat = (&*v / bias2)?;
-            let update = (m_hat / (v_hat.sqrt()? + o.eps)?)?;
-            let theta = var.as_tensor();
-            let decayed = (theta * (1.0 - lr * o.weight_decay))?;
-            var.set(&(decayed - (update * lr)?)?)?;
+        self.optimizer
+            .prepare_step(lr, self.step + 1, &self.options)?;
+        let shape = batch.inputs.dims2()?;
+        self.prepare_attention_inputs(shape)?;
+        let inputs = &self.attention_inputs[&shape];
+        let step = |batch: &SftBatch| -> candle_core::Result<()> {
+            let loss = batch_loss(&self.engine, &self.adapter, inputs, batch)?;
+            self.optimizer.apply(&loss, &self.options)
+        };
+        #[cfg(feature = "cuda")]
+        match self.graphs.as_mut() {
+            Some(graphs) => graphs.run(batch, &step)?,
+            None => step(batch)?,
         }
+        #[cfg(not(feature = "cuda"))]
+        step(batch)?;
+        self.step += 1;
+        let (loss, grad_norm) = self.optimizer.last_loss_and_grad_norm()?;
         Ok(StepStats {
-            loss: loss.to_dtype(DType::F32)?.to_scalar::<f32>()?,
+            loss,
             answer_tokens: batch.answer_tokens,
             tokens: batch.inputs.elem_count(),
             learning_rate: lr,
@@ -312,10 +296,11 @@ impl SftTrainer {
 
     /// AdamW moments as safetensors (`<var>.exp_avg`, `<var>.exp_avg_sq`) for checkpoints.
     pub fn optimizer_state(&self) -> Result<Vec<u8>> {
-        let mut tensors = Vec::with_capacity(self.vars.len() * 2);
-        for ((name, _), (m, v)) in self.vars.iter().zip(&self.moments) {
-            tensors.push((format!("{name}.exp_avg"), m.clone()));
-            tensors.push((format!("{name}.exp_avg_sq"), v.clone()));
+        let mut tensors = Vec::with_capacity(self.optimizer.vars.len() * 2);
+        for (index, (name, _)) in self.optimizer.vars.iter().enumerate() {
+            let (m, v) = self.optimizer.moments_of(index)?;
+            tensors.push((format!("{name}.exp_avg"), m));
+            tensors.push((format!("{name}.exp_avg_sq"), v));
         }
         safetensors::serialize(tensors, None)
             .map_err(|e| EngineError::InvalidAdapter(format!("serialize optimizer state: {e}")))
@@ -325,7 +310,8 @@ impl SftTrainer {
     pub fn restore_optimizer_state(&mut self, bytes: &[u8], steps_done: u64) -> Result<()> {
         let mut tensors: HashMap<String, Tensor> =
             candle_core::safetensors::load_buffer(bytes, self.engine.device())?;
-        for ((name, var), moments) in self.vars.iter().zip(self.moments.iter_mut()) {
+        let (mut first, mut second) = (Vec::new(), Vec::new());
+        for (name, var) in &self.optimizer.vars {
             let mut take = |suffix: &str| -> Result<Tensor> {
                 let key = format!("{name}.{suffix}");
                 let t = tensors.remove(&key).ok_or_else(|| {
@@ -338,11 +324,266 @@ impl SftTrainer {
                         var.dims()
                     )));
                 }
-                Ok(t)
+                Ok(t.to_dtype(DType::F32)?.flatten_all()?)
             };
-            *moments = (take("exp_avg")?, take("exp_avg_sq")?);
+            first.push(take("exp_avg")?);
+            second.push(take("exp_avg_sq")?);
         }
+        self.optimizer.m.set(&Tensor::cat(&first, 0)?)?;
+        self.optimizer.v.set(&Tensor::cat(&second, 0)?)?;
         self.step = steps_done;
         Ok(())
+    }
+}
+
+struct AttentionInputs {
+    mask: Tensor,
+    positions: Tensor,
+}
+
+/// Mean cross-entropy over the answer tokens of `batch`.
+fn batch_loss(
+    engine: &Engine,
+    adapter: &LoraAdapter,
+    attention: &AttentionInputs,
+    batch: &SftBatch,
+) -> candle_core::Result<Tensor> {
+    let logits = engine.model.forward(
+        &ForwardInput {
+            input_ids: &batch.inputs,
+            positions: &attention.positions,
+            mask: Some(&attention.mask),
+            adapter: Some(adapter),
+            logits: LogitsFor::FlatPositions(&batch.answer_rows),
+        },
+        None,
+    )?;
+    let max = logits.max_keepdim(1)?.detach();
+    let shifted = logits.broadcast_sub(&max)?;
+    let log_sum_exp = shifted.exp()?.sum_keepdim(1)?.log()?;
+    let target_logit = shifted.gather(&batch.answer_targets.unsqueeze(1)?, 1)?;
+    (log_sum_exp - target_logit)?.mean_all()
+}
+
+/// AdamW with global-norm clipping over all LoRA variables at once. Gradients and values
+/// are gathered into one flat f32 buffer, so a step is a few dozen kernels plus a copy per
+/// variable instead of ~17 kernels per variable (over 7,000 for SmolLM2 at rank 128). The
+/// per-step scalars (learning rate, bias corrections) live on the device, and every result
+/// is written in place, so a step captured as a CUDA graph replays correctly.
+struct FlatAdamW {
+    vars: Vec<(String, Var)>,
+    /// Offset of each variable in the flat buffers.
+    offsets: Vec<usize>,
+    m: Var,
+    v: Var,
+    /// `[learning rate, 1 / (1 - beta1^t), 1 / (1 - beta2^t)]` of the coming step.
+    schedule: Var,
+    /// The last step's mean loss and gradient norm (before clipping).
+    loss: Var,
+    grad_norm: Var,
+}
+
+impl FlatAdamW {
+    fn new(vars: Vec<(String, Var)>, device: &candle_core::Device) -> Result<Self> {
+        let mut offsets = Vec::with_capacity(vars.len());
+        let mut total = 0;
+        for (_, var) in &vars {
+            offsets.push(total);
+            total += var.elem_count();
+        }
+        let zeros = |n: usize| Var::zeros(n, DType::F32, device);
+        Ok(Self {
+            vars,
+            offsets,
+            m: zeros(total)?,
+            v: zeros(total)?,
+            schedule: zeros(3)?,
+            loss: Var::zeros((), DType::F32, device)?,
+            grad_norm: Var::zeros((), DType::F32, device)?,
+        })
+    }
+
+    /// Uploads the scalars of step number `step` (1-based), outside any graph.
+    fn prepare_step(&self, lr: f64, step: u64, o: &TrainerOptions) -> Result<()> {
+        let bias1 = 1.0 - o.beta1.powi(step as i32);
+        let bias2 = 1.0 - o.beta2.powi(step as i32);
+        let values = [lr as f32, (1.0 / bias1) as f32, (1.0 / bias2) as f32];
+        self.schedule
+            .set(&Tensor::new(&values, self.schedule.device())?)?;
+        Ok(())
+    }
+
+    /// Backward from `loss`, then the update; device work only.
+    fn apply(&self, loss: &Tensor, o: &TrainerOptions) -> candle_core::Result<()> {
+        self.loss.set(&loss.detach().to_dtype(DType::F32)?)?;
+        let grads = loss.backward()?;
+        let flat = |pick: &dyn Fn(&Var) -> candle_core::Result<Tensor>| {
+            let parts = self
+                .vars
+                .iter()
+                .map(|(_, var)| pick(var)?.flatten_all())
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            Tensor::cat(&parts, 0)
+        };
+        let grad = flat(&|var| match grads.get(var.as_tensor()) {
+            Some(g) => Ok(g.clone()),
+            None => var.zeros_like(),
+        })?;
+        drop(grads);
+        let norm = grad.sqr()?.sum_all()?.sqrt()?;
+        self.grad_norm.set(&norm)?;
+        let grad = if o.max_grad_norm > 0.0 {
+            // min(1, max / (norm + 1e-6)) from device ops alone: r - relu(r - 1).
+            let ratio = ((&norm + 1e-6)?.recip()? * o.max_grad_norm)?;
+            let clip = (&ratio - (&ratio - 1.0)?.relu()?)?;
+            grad.broadcast_mul(&clip)?
+        } else {
+            grad
+        };
+        let m = ((self.m.as_tensor() * o.beta1)? + (&grad * (1.0 - o.beta1))?)?;
+        let v = ((self.v.as_tensor() * o.beta2)? + (grad.sqr()? * (1.0 - o.beta2))?)?;
+        self.m.set(&m)?;
+        self.v.set(&v)?;
+        let scalar = |i: usize| self.schedule.narrow(0, i, 1);
+        let m_hat = m.broadcast_mul(&scalar(1)?)?;
+        let v_hat = v.broadcast_mul(&scalar(2)?)?;
+        let mut update = (m_hat / (v_hat.sqrt()? + o.eps)?)?;
+        let theta = flat(&|var| Ok(var.as_tensor().clone()))?;
+        if o.weight_decay > 0.0 {
+            update = (update + (&theta * o.weight_decay)?)?;
+        }
+        let theta = (theta - update.broadcast_mul(&scalar(0)?)?)?;
+        for ((_, var), &offset) in self.vars.iter().zip(&self.offsets) {
+            var.set(
+                &theta
+                    .narrow(0, offset, var.elem_count())?
+                    .reshape(var.shape())?,
+            )?;
+        }
+        Ok(())
+    }
+
+    fn last_loss_and_grad_norm(&self) -> Result<(f32, f32)> {
+        Ok((
+            self.loss.to_scalar::<f32>()?,
+            self.grad_norm.to_scalar::<f32>()?,
+        ))
+    }
+
+    /// The first and second moment of variable `index`, shaped like it.
+    fn moments_of(&self, index: usize) -> Result<(Tensor, Tensor)> {
+        let var = self.vars[index].1.as_tensor();
+        let pick = |flat: &Var| {
+            flat.narrow(0, self.offsets[index], var.elem_count())?
+                .reshape(var.shape())?
+                .copy()
+        };
+        Ok((pick(&self.m)?, pick(&self.v)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use candle_core::{Tensor, Var};
+
+    use super::{SftExample, SftTrainer, TrainerOptions};
+    use crate::lora::LoraConfig;
+    use crate::testing::tiny_engine;
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    /// The flat, device-scalar AdamW against AdamW written per variable the textbook way,
+    /// with clipping and weight decay both active.
+    #[test]
+    fn flat_adamw_matches_per_variable_adamw() {
+        let engine = Arc::new(tiny_engine(5));
+        let config = LoraConfig::new(4, 8.0, &[]).unwrap();
+        let o = TrainerOptions {
+            learning_rate: 1e-2,
+            weight_decay: 0.1,
+            max_grad_norm: 0.05,
+            ..TrainerOptions::default()
+        };
+        let adapter = engine.new_adapter(config.clone(), 7).unwrap();
+        let mut trainer = SftTrainer::new(engine.clone(), adapter, o.clone()).unwrap();
+        let reference_adapter = engine.new_adapter(config, 7).unwrap();
+        let mut reference =
+            SftTrainer::new(engine.clone(), reference_adapter.clone(), o.clone()).unwrap();
+        let vars: Vec<Var> = reference_adapter.vars();
+        let mut moments: Vec<(Tensor, Tensor)> = vars
+            .iter()
+            .map(|v| (v.zeros_like().unwrap(), v.zeros_like().unwrap()))
+            .collect();
+        let examples = [
+            SftExample {
+                prompt: "Where is the lamp?".into(),
+                answer: "On the shelf.".into(),
+            },
+            SftExample {
+                prompt: "Who lit it?".into(),
+                answer: "Odalys.".into(),
+            },
+        ];
+        let mut clipped = false;
+        for step in 1..=3 {
+            let batch = trainer.batch(&examples).unwrap();
+            let stats = trainer.step_batch(&batch).unwrap();
+
+            let loss = reference.loss(&batch).unwrap();
+            assert!((stats.loss - loss.to_scalar::<f32>().unwrap()).abs() < 1e-5);
+            let grads = loss.backward().unwrap();
+            let grads: Vec<Tensor> = vars
+                .iter()
+                .map(|v| grads.get(v.as_tensor()).unwrap().clone())
+                .collect();
+            let norm = grads
+                .iter()
+                .map(|g| {
+                    g.sqr()
+                        .unwrap()
+                        .sum_all()
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap()
+                })
+                .sum::<f32>()
+                .sqrt();
+            assert!((stats.grad_norm - norm).abs() <= 1e-4 * norm.max(1.0));
+            let clip = (o.max_grad_norm / (norm as f64 + 1e-6)).min(1.0);
+            clipped |= clip < 1.0;
+            let bias1 = 1.0 - o.beta1.powi(step);
+            let bias2 = 1.0 - o.beta2.powi(step);
+            for ((var, (m, v)), g) in vars.iter().zip(moments.iter_mut()).zip(&grads) {
+                let g = (g * clip).unwrap();
+                *m = ((&*m * o.beta1).unwrap() + (&g * (1.0 - o.beta1)).unwrap()).unwrap();
+                *v = ((&*v * o.beta2).unwrap() + (g.sqr().unwrap() * (1.0 - o.beta2)).unwrap())
+                    .unwrap();
+                let update = ((&*m / bias1).unwrap()
+                    / ((&*v / bias2).unwrap().sqrt().unwrap() + o.eps).unwrap())
+                .unwrap();
+                let decayed = (var.as_tensor() * (1.0 - o.learning_rate * o.weight_decay)).unwrap();
+                var.set(&(decayed - (update * o.learning_rate).unwrap()).unwrap())
+                    .unwrap();
+            }
+        }
+        assert!(clipped, "the test must exercise clipping");
+        for ((name, ours), reference) in trainer.adapter().named_vars().iter().zip(&vars) {
+            let diff = max_abs_diff(ours.as_tensor(), reference.as_tensor());
+            assert!(diff < 1e-5, "{name} differs by {diff}");
+        }
+        let (m, v) = trainer.optimizer.moments_of(3).unwrap();
+        assert!(max_abs_diff(&m, &moments[3].0) < 1e-6);
+        assert!(max_abs_diff(&v, &moments[3].1) < 1e-6);
     }
 }

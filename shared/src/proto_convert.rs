@@ -85,6 +85,7 @@ fn training_from_proto(options: proto::TrainingOptions) -> Result<TrainingOption
         batch_size: nonzero_or(options.batch_size, defaults.batch_size),
         max_grad_norm: options.max_grad_norm.unwrap_or(defaults.max_grad_norm),
         seed: options.seed,
+        train_after_synthesis: options.train_after_synthesis,
     })
 }
 
@@ -128,6 +129,7 @@ impl From<&JobSpec> for proto::SubmitJobRequest {
                 batch_size: training.batch_size,
                 max_grad_norm: Some(training.max_grad_norm),
                 seed: training.seed,
+                train_after_synthesis: training.train_after_synthesis,
             }),
         }
     }

@@ -71,6 +71,8 @@ pub struct TrainingOptions {
     pub batch_size: u32,
     pub max_grad_norm: f64,
     pub seed: u64,
+    /// Epoch 1 waits for the whole synthesis instead of overlapping it.
+    pub train_after_synthesis: bool,
 }
 
 impl Default for TrainingOptions {
@@ -86,6 +88,7 @@ impl Default for TrainingOptions {
             batch_size: 4,
             max_grad_norm: 1.0,
             seed: 0,
+            train_after_synthesis: false,
         }
     }
 }

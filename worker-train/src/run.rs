@@ -307,7 +307,10 @@ impl JobRun {
             }
             let all_resolved =
                 (0..chunk_count).all(|c| with_tasks.contains(&c) || failed.contains(&c));
-            while pending.len() >= batch_size || (all_resolved && !pending.is_empty()) {
+            let may_train = all_resolved || !self.assignment.options.train_after_synthesis;
+            while may_train
+                && (pending.len() >= batch_size || (all_resolved && !pending.is_empty()))
+            {
                 let take = pending.len().min(batch_size);
                 let batch: Pending = pending.drain(..take).collect();
                 let examples: Vec<SftExample> = batch.iter().map(|(_, e)| e.clone()).collect();

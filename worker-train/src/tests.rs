@@ -171,6 +171,25 @@ async fn first_epoch_trains_chunks_as_they_arrive_then_replays_the_cache() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn train_after_synthesis_waits_for_every_chunk_before_the_first_step() {
+    let f = Fixture::new();
+    f.put_tasks(0, 4).await;
+    let mut run = f.run(2, 1, 100, CancellationToken::new());
+    run.assignment.options.train_after_synthesis = true;
+    let handle = tokio::task::spawn_blocking(move || run.run());
+    // Two full batches of chunk 0 are ready, but chunk 1 is not synthesized yet.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(!handle.is_finished());
+    assert_eq!(steps(&f.events().await, 1), Vec::<u64>::new());
+    f.put_tasks(1, 3).await;
+    let RunOutcome::Finished { steps: total, .. } = handle.await.unwrap().unwrap() else {
+        panic!("expected the run to finish")
+    };
+    assert_eq!(total, 4);
+    assert_eq!(steps(&f.events().await, 1), vec![1, 2, 3, 4]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_released_job_resumes_from_its_checkpoint_without_repeating_steps() {
     let f = Fixture::new();
     for chunk in 0..4 {

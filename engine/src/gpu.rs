@@ -1,0 +1,95 @@
+//! Setting up the GPU for the engine: one stream, a memory pool that keeps what it has,
+//! TF32 for the f32 LoRA matmuls, and the kernels' PTX compiled before the first step.
+
+use std::time::Instant;
+
+use candle_core::cuda_backend::cudarc::driver::sys;
+use candle_core::cuda_backend::cudarc::nvrtc::Ptx;
+use candle_core::cuda_backend::kernels;
+use candle_core::{CudaDevice, Device, Result};
+use tracing::{info, warn};
+
+/// candle's kernel modules that loading, training and generation use (not the quantized,
+/// convolution and sort ones: GGUF weights are dequantized on the CPU).
+const ENGINE_MODULES: [(&str, kernels::Module); 8] = [
+    ("binary", kernels::BINARY),
+    ("unary", kernels::UNARY),
+    ("indexing", kernels::INDEXING),
+    ("reduce", kernels::REDUCE),
+    ("cast", kernels::CAST),
+    ("ternary", kernels::TERNARY),
+    ("affine", kernels::AFFINE),
+    ("fill", kernels::FILL),
+];
+
+/// GPU 0 on a stream of its own: a per-thread default stream (candle's default) is a
+/// different stream on each thread a job's steps run on, and cannot be captured into a
+/// CUDA graph.
+#[allow(unsafe_code)]
+pub fn device() -> Result<Device> {
+    let device = Device::new_cuda_with_stream(0)?;
+    let cuda = device.as_cuda_device()?;
+    // SAFETY: every tensor of the engine lives on this one stream, so the per-buffer CUDA
+    // events that order work across streams are never needed; they cost two driver calls
+    // per kernel and would otherwise be recorded into captured graphs.
+    unsafe { cuda.disable_event_tracking() };
+    keep_pool_memory(cuda);
+    // The base weights are bf16, so TF32's 10-bit mantissa in the f32 LoRA matmuls (f32
+    // accumulation) costs nothing the base model has not already given up. LIFT_TF32=0
+    // keeps full f32.
+    candle_core::cuda::set_gemm_reduced_precision_f32(
+        std::env::var("LIFT_TF32").map_or(true, |v| v != "0"),
+    );
+    compile_kernels(cuda);
+    Ok(device)
+}
+
+/// By default the pool returns freed memory to the driver at every synchronisation, and a
+/// training step (which synchronises to read its loss) maps its whole working set again.
+#[allow(unsafe_code)]
+fn keep_pool_memory(cuda: &CudaDevice) {
+    let cu_device = cuda.cuda_stream().context().cu_device();
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    let mut keep_all = u64::MAX;
+    // SAFETY: a query into an out-parameter, then a documented cuuint64_t attribute that
+    // the driver only reads.
+    let result = unsafe {
+        sys::cuDeviceGetDefaultMemPool(&mut pool, cu_device)
+            .result()
+            .and_then(|()| {
+                sys::cuMemPoolSetAttribute(
+                    pool,
+                    sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                    (&mut keep_all as *mut u64).cast(),
+                )
+                .result()
+            })
+    };
+    if let Err(error) = result {
+        warn!(%error, "could not make the CUDA memory pool keep freed memory");
+    }
+}
+
+/// candle ships its kernels as PTX, which the driver compiles for the GPU on first use of
+/// each module, one module at a time: about 20 s on an H200 before the first training step.
+/// Compiling every module at once on its own thread leaves the largest one as the wait,
+/// and the results land in the driver's compute cache (`~/.nv/ComputeCache`, or
+/// `CUDA_CACHE_PATH`), where candle's own loads and later processes find them.
+fn compile_kernels(cuda: &CudaDevice) {
+    let started = Instant::now();
+    let context = cuda.cuda_stream().context().clone();
+    std::thread::scope(|scope| {
+        for (name, module) in ENGINE_MODULES {
+            let context = &context;
+            scope.spawn(move || {
+                if let Err(error) = context.load_module(Ptx::from(module.ptx())) {
+                    warn!(module = name, %error, "compiling a kernel module ahead of use failed");
+                }
+            });
+        }
+    });
+    info!(
+        seconds = started.elapsed().as_secs_f64(),
+        "GPU kernels compiled (or found in the compute cache)"
+    );
+}

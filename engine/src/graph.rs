@@ -1,0 +1,181 @@
+//! Training steps replayed as CUDA graphs. At LIFT's batch sizes a step is thousands of
+//! small kernels and the GPU waits on the CPU launching them; a captured step is one launch.
+//!
+//! Per batch shape: the first step runs eagerly with candle's upload cache on (every
+//! layout it uploads is kept on the device, so a capture needs no host copies); the second
+//! is captured into a graph and launched; later ones copy their batch into the graph's
+//! input buffers and relaunch it. A shape whose capture fails stays eager.
+
+use std::collections::HashMap;
+
+use candle_core::cuda_backend::cudarc::driver::{sys, CudaGraph};
+use candle_core::{CudaDevice, Result, Var};
+use tracing::warn;
+
+use crate::train::SftBatch;
+
+/// After this many failed captures of one shape, its steps stay eager.
+const CAPTURE_ATTEMPTS: u32 = 2;
+
+/// Each graph keeps its activation memory; beyond this many shapes the least recently used
+/// graph is dropped (its shape is captured again if it comes back).
+const MAX_GRAPHS: usize = 8;
+
+/// `(batch, sequence length, answer tokens)`: what a captured step's kernels are sized for.
+type ShapeKey = (usize, usize, usize);
+
+enum ShapeState {
+    /// Ran eagerly with the upload cache on; ready for a capture.
+    Warm {
+        failed_captures: u32,
+    },
+    Captured(CapturedStep),
+    Abandoned,
+}
+
+struct CapturedStep {
+    graph: CudaGraph,
+    last_used: u64,
+    /// The buffers the graph reads its batch from: inputs, answer rows, answer targets.
+    buffers: [Var; 3],
+}
+
+impl CapturedStep {
+    fn replay(&self, batch: &SftBatch) -> Result<()> {
+        let sources = [&batch.inputs, &batch.answer_rows, &batch.answer_targets];
+        for (buffer, source) in self.buffers.iter().zip(sources) {
+            buffer.set(source)?;
+        }
+        self.graph.launch().map_err(candle_core::Error::wrap)
+    }
+}
+
+pub struct StepGraphs {
+    device: CudaDevice,
+    shapes: HashMap<ShapeKey, ShapeState>,
+    /// Counts runs, to find the least recently used graph.
+    clock: u64,
+}
+
+// SAFETY: a CudaGraph holds raw driver handles. The trainer owns its StepGraphs and uses
+// it through `&mut self` only, so a graph is never used from two threads at once, which is
+// the only requirement CUDA places on graph objects.
+#[allow(unsafe_code)]
+unsafe impl Send for StepGraphs {}
+
+impl StepGraphs {
+    pub fn new(device: CudaDevice) -> Self {
+        Self {
+            device,
+            shapes: HashMap::new(),
+            clock: 0,
+        }
+    }
+
+    /// Runs `step` on `batch` once, eagerly or as a graph. `step` must do device work only
+    /// and free everything it allocates before it returns.
+    pub fn run(&mut self, batch: &SftBatch, step: &dyn Fn(&SftBatch) -> Result<()>) -> Result<()> {
+        let (b, t) = batch.inputs.dims2()?;
+        let key = (b, t, batch.answer_tokens);
+        self.clock += 1;
+        let failed_captures = match self.shapes.get_mut(&key) {
+            Some(ShapeState::Captured(captured)) => {
+                captured.last_used = self.clock;
+                return captured.replay(batch);
+            }
+            Some(ShapeState::Abandoned) => return step(batch),
+            Some(ShapeState::Warm { failed_captures }) => *failed_captures,
+            None => {
+                let _upload_cache = self.device.enable_cuda_graph_htod_cache();
+                step(batch)?;
+                self.shapes
+                    .insert(key, ShapeState::Warm { failed_captures: 0 });
+                return Ok(());
+            }
+        };
+        self.evict_beyond(MAX_GRAPHS - 1);
+        match self.capture(batch, step) {
+            Ok(captured) => {
+                captured.graph.launch().map_err(candle_core::Error::wrap)?;
+                self.shapes.insert(key, ShapeState::Captured(captured));
+                Ok(())
+            }
+            Err(error) => {
+                warn!(%error, batch = b, seq = t, "capturing the training step as a CUDA graph failed; this step runs eagerly");
+                let failed_captures = failed_captures + 1;
+                let state = if failed_captures >= CAPTURE_ATTEMPTS {
+                    ShapeState::Abandoned
+                } else {
+                    ShapeState::Warm { failed_captures }
+                };
+                self.shapes.insert(key, state);
+                let _upload_cache = self.device.enable_cuda_graph_htod_cache();
+                step(batch)
+            }
+        }
+    }
+
+    /// Drops least recently used graphs until at most `keep` remain.
+    fn evict_beyond(&mut self, keep: usize) {
+        loop {
+            let captured = self.shapes.iter().filter_map(|(key, state)| match state {
+                ShapeState::Captured(c) => Some((c.last_used, *key)),
+                _ => None,
+            });
+            let count = captured.clone().count();
+            let Some((_, oldest)) = captured.min() else {
+                return;
+            };
+            if count <= keep {
+                return;
+            }
+            self.shapes
+                .insert(oldest, ShapeState::Warm { failed_captures: 0 });
+        }
+    }
+
+    /// Records `step` on a copy of `batch` into a graph; nothing runs until it is launched.
+    fn capture(
+        &self,
+        batch: &SftBatch,
+        step: &dyn Fn(&SftBatch) -> Result<()>,
+    ) -> Result<CapturedStep> {
+        let buffers =
+            [&batch.inputs, &batch.answer_rows, &batch.answer_targets].map(Var::from_tensor);
+        let [inputs, answer_rows, answer_targets] = buffers;
+        let buffers = [inputs?, answer_rows?, answer_targets?];
+        let static_batch = SftBatch {
+            inputs: buffers[0].as_tensor().clone(),
+            answer_rows: buffers[1].as_tensor().clone(),
+            answer_targets: buffers[2].as_tensor().clone(),
+            answer_tokens: batch.answer_tokens,
+        };
+        let stream = self.device.cuda_stream();
+        let _upload_cache = self.device.enable_cuda_graph_htod_cache();
+        stream
+            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
+            .map_err(candle_core::Error::wrap)?;
+        let recorded = step(&static_batch);
+        drop(static_batch);
+        // Memory a replay allocates and does not free (none, when `step` keeps its
+        // contract) is released before the next replay rather than piling up.
+        let graph = stream.end_capture(
+            sys::CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH,
+        );
+        match (recorded, graph) {
+            (Ok(()), Ok(Some(graph))) => Ok(CapturedStep {
+                graph,
+                last_used: self.clock,
+                buffers,
+            }),
+            (recorded, graph) => {
+                // Errors of calls made while the capture was broken are parked in the
+                // context; clear them so they do not surface in a later, unrelated call.
+                let _ = stream.context().check_err();
+                recorded?;
+                graph.map_err(candle_core::Error::wrap)?;
+                candle_core::bail!("the capture produced no graph")
+            }
+        }
+    }
+}
