@@ -1,26 +1,16 @@
 //! Setting up the GPU for the engine: one stream, a memory pool that keeps what it has,
-//! TF32 for the f32 LoRA matmuls, and the kernels' PTX compiled before the first step.
-
-use std::time::Instant;
+//! and TF32 for the f32 LoRA matmuls.
+//!
+//! Cold start: candle ships its kernels as PTX, which the driver compiles on first use of
+//! each module (about 18 s on an H200 before the first step) and keeps in its compute cache
+//! (`~/.nv/ComputeCache` or `CUDA_CACHE_PATH`); with that cache warm, process start to first
+//! training step is under a second. Compiling the modules on parallel threads was measured
+//! to save nothing (the driver compiles one at a time), so deployments keep the cache on a
+//! volume instead (deploy/k8s/overlays/gpu).
 
 use candle_core::cuda_backend::cudarc::driver::sys;
-use candle_core::cuda_backend::cudarc::nvrtc::Ptx;
-use candle_core::cuda_backend::kernels;
 use candle_core::{CudaDevice, Device, Result};
-use tracing::{info, warn};
-
-/// candle's kernel modules that loading, training and generation use (not the quantized,
-/// convolution and sort ones: GGUF weights are dequantized on the CPU).
-const ENGINE_MODULES: [(&str, kernels::Module); 8] = [
-    ("binary", kernels::BINARY),
-    ("unary", kernels::UNARY),
-    ("indexing", kernels::INDEXING),
-    ("reduce", kernels::REDUCE),
-    ("cast", kernels::CAST),
-    ("ternary", kernels::TERNARY),
-    ("affine", kernels::AFFINE),
-    ("fill", kernels::FILL),
-];
+use tracing::warn;
 
 /// GPU 0 on a stream of its own: a per-thread default stream (candle's default) is a
 /// different stream on each thread a job's steps run on, and cannot be captured into a
@@ -40,7 +30,6 @@ pub fn device() -> Result<Device> {
     candle_core::cuda::set_gemm_reduced_precision_f32(
         std::env::var("LIFT_TF32").map_or(true, |v| v != "0"),
     );
-    compile_kernels(cuda);
     Ok(device)
 }
 
@@ -68,28 +57,4 @@ fn keep_pool_memory(cuda: &CudaDevice) {
     if let Err(error) = result {
         warn!(%error, "could not make the CUDA memory pool keep freed memory");
     }
-}
-
-/// candle ships its kernels as PTX, which the driver compiles for the GPU on first use of
-/// each module, one module at a time: about 20 s on an H200 before the first training step.
-/// Compiling every module at once on its own thread leaves the largest one as the wait,
-/// and the results land in the driver's compute cache (`~/.nv/ComputeCache`, or
-/// `CUDA_CACHE_PATH`), where candle's own loads and later processes find them.
-fn compile_kernels(cuda: &CudaDevice) {
-    let started = Instant::now();
-    let context = cuda.cuda_stream().context().clone();
-    std::thread::scope(|scope| {
-        for (name, module) in ENGINE_MODULES {
-            let context = &context;
-            scope.spawn(move || {
-                if let Err(error) = context.load_module(Ptx::from(module.ptx())) {
-                    warn!(module = name, %error, "compiling a kernel module ahead of use failed");
-                }
-            });
-        }
-    });
-    info!(
-        seconds = started.elapsed().as_secs_f64(),
-        "GPU kernels compiled (or found in the compute cache)"
-    );
 }
