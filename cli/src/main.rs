@@ -9,6 +9,7 @@ mod embedded;
 mod eval;
 mod infra;
 mod job_args;
+mod ops;
 mod roles;
 mod serve;
 

@@ -2,6 +2,7 @@
 //! `lift train-worker`. Each stops gracefully on SIGTERM.
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +22,7 @@ use lift_worker_train::{run_train_worker, RunOptions, TrainWorkerConfig};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::infra;
+use crate::{infra, ops};
 
 #[derive(Debug, Args)]
 pub struct SynthWorkerArgs {
@@ -99,6 +100,17 @@ pub async fn coordinator(config: Config) -> anyhow::Result<ExitCode> {
     infra::require_amqp(&config, "coordinator")?;
     let store = infra::open_store(&config)?;
     let broker = infra::connect_broker(&config, &infra::process_id("coordinator")).await?;
+    let shutdown = infra::shutdown_signal();
+    ops::spawn(
+        &config,
+        ops::Readiness {
+            broker: broker.clone(),
+            store: store.clone(),
+            model_loaded: Arc::new(AtomicBool::new(true)),
+        },
+        shutdown.clone(),
+    )
+    .await?;
     let coordinator = Coordinator::start(
         CoordinatorOptions::from_config(&config),
         store,
@@ -110,7 +122,6 @@ pub async fn coordinator(config: Config) -> anyhow::Result<ExitCode> {
         .grpc_addr
         .parse()
         .with_context(|| format!("LIFT_GRPC_ADDR {} is not host:port", config.grpc_addr))?;
-    let shutdown = infra::shutdown_signal();
     tracing::info!(%addr, "coordinator serving gRPC");
     serve_grpc(
         addr,
@@ -129,13 +140,25 @@ pub async fn synth_worker(mut config: Config, args: SynthWorkerArgs) -> anyhow::
     }
     let store = infra::open_store(&config)?;
     let broker = infra::connect_broker(&config, &infra::process_id("synth")).await?;
+    let shutdown = infra::shutdown_signal();
+    let model_loaded = Arc::new(AtomicBool::new(false));
+    ops::spawn(
+        &config,
+        ops::Readiness {
+            broker: broker.clone(),
+            store: store.clone(),
+            model_loaded: model_loaded.clone(),
+        },
+        shutdown.clone(),
+    )
+    .await?;
     let engine = if config.generator_url.is_empty() {
         Some(infra::load_engine(&config.model).await?)
     } else {
         None
     };
+    model_loaded.store(true, Ordering::Release);
     let generator = build_generator(&config, engine)?;
-    let shutdown = infra::shutdown_signal();
     spawn_synth_worker(&config, broker, store, generator, shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -144,8 +167,20 @@ pub async fn train_worker(config: Config, args: TrainWorkerArgs) -> anyhow::Resu
     infra::require_amqp(&config, "train-worker")?;
     let store = infra::open_store(&config)?;
     let broker = infra::connect_broker(&config, &infra::process_id("trainer")).await?;
-    let engine = infra::load_engine(&config.model).await?;
     let shutdown = infra::shutdown_signal();
+    let model_loaded = Arc::new(AtomicBool::new(false));
+    ops::spawn(
+        &config,
+        ops::Readiness {
+            broker: broker.clone(),
+            store: store.clone(),
+            model_loaded: model_loaded.clone(),
+        },
+        shutdown.clone(),
+    )
+    .await?;
+    let engine = infra::load_engine(&config.model).await?;
+    model_loaded.store(true, Ordering::Release);
     run_train_worker(
         broker,
         store,

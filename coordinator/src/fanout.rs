@@ -8,6 +8,7 @@ use lift_shared::broker::{queues, Broker, Headers};
 use lift_shared::error::LiftError;
 use lift_shared::ids::JobId;
 use lift_shared::messages::{now_ms, SynthChunk, TrainAssignment};
+use lift_shared::metrics;
 use lift_shared::spec::JobSpec;
 use lift_shared::state::JobStatus;
 use lift_shared::store::{layout, CancelMarker, FailedChunkMarker, Store};
@@ -61,7 +62,12 @@ async fn publish_chunk_with_confirm(
                 "failed to publish chunk {} of job {}: {e}",
                 chunk.chunk_index, chunk.job_id
             ))
-        })
+        })?;
+    metrics::CHUNKS.with_label_values(&["queued"]).inc();
+    metrics::SENTENCES
+        .with_label_values(&["queued"])
+        .inc_by(chunk.sentences.len() as u64);
+    Ok(())
 }
 
 pub(crate) fn train_assignment(job: &JobId, spec: &JobSpec, status: &JobStatus) -> TrainAssignment {

@@ -1,10 +1,12 @@
 //! The lift coordinator: the gRPC front door (`service`), sentence splitting and fan-out of
 //! chunks to the synth workers (`split`, `chunk`, `fanout`), progress aggregation into job
-//! records (`progress`), recovery from the store (`recovery`) and the trainer watchdog
-//! (`lease`). `Coordinator::start` runs it all; `serve_grpc` exposes it.
+//! records (`progress`), recovery from the store (`recovery`), the trainer watchdog
+//! (`lease`) and the jobs/queue gauges (`gauges`). `Coordinator::start` runs it all;
+//! `serve_grpc` exposes it.
 
 pub mod chunk;
 mod fanout;
+mod gauges;
 mod jobs;
 mod lease;
 mod progress;

@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use crate::jobs::{Context, JobRegistry};
 use crate::service::LiftServiceImpl;
 use crate::split::SplitOptions;
-use crate::{lease, progress, recovery};
+use crate::{gauges, lease, progress, recovery};
 
 /// Settings of a coordinator, taken from [`Config`] by [`CoordinatorOptions::from_config`].
 #[derive(Debug, Clone)]
@@ -77,6 +77,7 @@ impl Coordinator {
         let tasks = vec![
             tokio::spawn(progress::run_progress(ctx.clone(), shutdown.subscribe())),
             tokio::spawn(lease::run_lease_watchdog(ctx.clone(), shutdown.subscribe())),
+            tokio::spawn(gauges::run_gauges(ctx.clone(), shutdown.subscribe())),
         ];
         Ok(Self {
             ctx,

@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod ids;
 pub mod messages;
+pub mod metrics;
 pub mod proto;
 pub mod proto_convert;
 pub mod spec;

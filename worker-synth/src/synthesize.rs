@@ -4,6 +4,7 @@
 
 use futures::future::join_all;
 use lift_shared::messages::{SentenceUnit, SynthChunk, Task};
+use lift_shared::metrics;
 
 use crate::cloze::cloze_tasks;
 use crate::generator::{GeneratorError, QaGenerator, QaRequest};
@@ -150,7 +151,13 @@ async fn synthesize_sentence(
     };
     for round in 0..tuning.rounds_per_sentence.max(1) {
         request.seed = sentence_seed(options.seed, sentence.index, round);
-        match generator.generate(&request).await {
+        let timer = metrics::GENERATOR_REQUEST_SECONDS.start_timer();
+        let generated = generator.generate(&request).await;
+        timer.observe_duration();
+        if generated.is_err() {
+            metrics::GENERATOR_ERRORS.inc();
+        }
+        match generated {
             Ok(replies) => replies.iter().for_each(|reply| collector.add_reply(reply)),
             Err(error) if round == 0 => return Err(error),
             // Later rounds only top up; what the first round gave is kept.
@@ -193,6 +200,7 @@ async fn synthesize_sentence(
     }
     // Extra grounded pairs beyond the wanted number are surplus, not invalid: not counted.
     pairs.truncate(wanted);
+    metrics::QA_PAIRS_PER_SENTENCE.observe(pairs.len() as f64);
     Ok(SentencePairs { pairs, dropped })
 }
 

@@ -3,6 +3,7 @@
 //! the task file is written create-only, and a redelivered chunk whose file exists is only
 //! announced again.
 
+use lift_shared::metrics;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -338,6 +339,14 @@ impl ChunkContext {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "chunk synthesized"
         );
+        metrics::CHUNKS.with_label_values(&["synthesized"]).inc();
+        let failed = u64::from(synthesis.sentences_failed());
+        metrics::SENTENCES
+            .with_label_values(&["synthesized"])
+            .inc_by(u64::from(synthesis.sentences).saturating_sub(failed));
+        metrics::SENTENCES
+            .with_label_values(&["failed"])
+            .inc_by(failed);
         let event = ProgressEvent::ChunkSynthesized {
             job_id: job_id.clone(),
             chunk_index,
@@ -379,6 +388,10 @@ impl ChunkContext {
     async fn give_up(&self, chunk: &SynthChunk, headers: &Headers, reason: &str) {
         let (job_id, chunk_index) = (&chunk.job_id, chunk.chunk_index);
         tracing::error!(job_id = %job_id, chunk = chunk_index, reason, "giving up on chunk");
+        metrics::CHUNKS.with_label_values(&["failed"]).inc();
+        metrics::SENTENCES
+            .with_label_values(&["failed"])
+            .inc_by(chunk.sentences.len() as u64);
         let marker = FailedChunkMarker {
             chunk: chunk_index,
             reason: reason.to_string(),

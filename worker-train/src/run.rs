@@ -1,6 +1,7 @@
 //! One training run of one job, on a blocking thread (model math must not sit on the async
 //! runtime); store and broker calls go through the runtime handle.
 
+use lift_shared::metrics;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -248,7 +249,11 @@ impl JobRun {
     }
 
     fn train_step(&self, state: &mut State, batch: &[SftExample]) -> Result<(), TrainError> {
+        let timer = metrics::TRAINING_STEP_SECONDS.start_timer();
         let stats = state.trainer.step(batch)?;
+        timer.observe_duration();
+        metrics::TRAINING_TOKENS.inc_by(stats.tokens as u64);
+        metrics::TRAINING_LOSS.set(f64::from(stats.loss));
         state.last_loss = stats.loss;
         state.steps_since_checkpoint += 1;
         let step = state.trainer.steps_done();
@@ -387,7 +392,10 @@ impl JobRun {
         let optimizer = state.trainer.optimizer_state()?;
         let bytes = self.block(checkpoint.save(&self.store, self.job(), &adapter, optimizer))?;
         state.steps_since_checkpoint = 0;
-        info!(job_id = %self.job(), step = checkpoint.step, bytes, seconds = started.elapsed().as_secs_f64(), "checkpoint written");
+        let seconds = started.elapsed().as_secs_f64();
+        metrics::CHECKPOINT_BYTES.inc_by(bytes);
+        metrics::CHECKPOINT_SECONDS.observe(seconds);
+        info!(job_id = %self.job(), step = checkpoint.step, bytes, seconds, "checkpoint written");
         // After the last epoch the cursor points one past it; report the epoch trained.
         let epochs = self.assignment.options.epochs.max(1);
         self.publish(ProgressEvent::Checkpointed {

@@ -1,0 +1,137 @@
+//! The operations endpoint of each distributed process: `/metrics` moves with a real job,
+//! `/healthz` and `/readyz` answer, and no log line shows a credential. Separate OS processes, real RabbitMQ and S3 on moto; the
+//! benchmark-only `instant:` generator keeps synthesis out of the test's time.
+
+use std::time::Duration;
+
+use lift_tests::{free_port, made_up_document, wait_for_port, Cluster};
+
+const JOB_TIMEOUT: Duration = Duration::from_secs(600);
+
+async fn get(port: u16, path: &str) -> (u16, String) {
+    let response = reqwest::get(format!("http://127.0.0.1:{port}{path}"))
+        .await
+        .unwrap_or_else(|e| panic!("GET {path} on {port}: {e}"));
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap_or_default())
+}
+
+/// The value of the sample `series` (name plus labels, exactly as rendered), 0 if absent.
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_process_serves_moving_metrics_and_health() {
+    let mut cluster = Cluster::with_generator("instant:".into());
+    // Credentials no log line may show (moto accepts any).
+    let nonce = std::process::id();
+    let (key_id, secret) = (
+        format!("LIFTKEY{nonce}ID"),
+        format!("lift-secret-{nonce}-x9"),
+    );
+    cluster
+        .extra_env
+        .push(("AWS_ACCESS_KEY_ID", key_id.clone()));
+    cluster
+        .extra_env
+        .push(("AWS_SECRET_ACCESS_KEY", secret.clone()));
+    let (coordinator, synth, trainer) = (free_port(), free_port(), free_port());
+    let with_metrics_on = |cluster: &mut Cluster, port: u16| {
+        cluster
+            .extra_env
+            .retain(|(key, _)| *key != "LIFT_METRICS_ADDR");
+        cluster
+            .extra_env
+            .push(("LIFT_METRICS_ADDR", format!("127.0.0.1:{port}")));
+    };
+    with_metrics_on(&mut cluster, coordinator);
+    cluster.start_coordinator().await;
+    with_metrics_on(&mut cluster, synth);
+    cluster.start_synth_worker();
+    with_metrics_on(&mut cluster, trainer);
+    cluster.start_trainer();
+    for port in [coordinator, synth, trainer] {
+        wait_for_port(port, Duration::from_secs(120)).await;
+        assert_eq!(get(port, "/healthz").await.0, 200);
+    }
+
+    // What each role moves, read before and after one job.
+    let watched: [(u16, &[&str]); 3] = [
+        (
+            coordinator,
+            &[
+                "lift_chunks_total{outcome=\"queued\"}",
+                "lift_sentences_total{outcome=\"queued\"}",
+            ],
+        ),
+        (
+            synth,
+            &[
+                "lift_chunks_total{outcome=\"synthesized\"}",
+                "lift_sentences_total{outcome=\"synthesized\"}",
+                "lift_qa_pairs_per_sentence_count",
+                "lift_generator_request_seconds_count",
+            ],
+        ),
+        (
+            trainer,
+            &[
+                "lift_training_tokens_total",
+                "lift_training_step_seconds_count",
+                "lift_checkpoint_bytes_total",
+                "lift_checkpoint_seconds_count",
+            ],
+        ),
+    ];
+    let mut before = Vec::new();
+    for (port, series) in &watched {
+        let (_, text) = get(*port, "/metrics").await;
+        before.push(series.iter().map(|s| sample(&text, s)).collect::<Vec<_>>());
+    }
+
+    let job = cluster
+        .submit("Vellmar Island", &made_up_document(8), 1)
+        .await;
+    let status = cluster.wait_for_terminal(&job, JOB_TIMEOUT).await;
+    assert_eq!(
+        status.state,
+        lift_shared::proto::JobState::Succeeded as i32,
+        "{status:?}\n{}",
+        cluster.logs()
+    );
+
+    for ((port, series), before) in watched.iter().zip(&before) {
+        let (code, text) = get(*port, "/metrics").await;
+        assert_eq!(code, 200);
+        for (name, was) in series.iter().zip(before) {
+            let now = sample(&text, name);
+            assert!(
+                now > *was,
+                "{name} on port {port} did not move ({was} -> {now}):\n{text}"
+            );
+        }
+        let (code, body) = get(*port, "/readyz").await;
+        assert_eq!(code, 200, "/readyz on {port}: {body}");
+    }
+    let logs = cluster.logs();
+    for credential in [&key_id, &secret, &"guest:guest".to_string()] {
+        assert!(
+            !logs.contains(credential.as_str()),
+            "a log line shows {credential}"
+        );
+    }
+
+    // The coordinator's gauges (refreshed every few seconds) are there too.
+    let (_, text) = get(coordinator, "/metrics").await;
+    for series in [
+        "lift_jobs{state=\"running\"}",
+        "lift_queue_depth{queue=\"lift.synth\"}",
+    ] {
+        assert!(text.contains(series), "{series} missing:\n{text}");
+    }
+}
