@@ -18,27 +18,48 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// What `/readyz` checks.
-pub struct Readiness {
-    pub broker: Arc<dyn Broker>,
-    pub store: Store,
-    /// Set once the role's model is loaded (already set for roles without one).
-    pub model_loaded: Arc<AtomicBool>,
+struct Readiness {
+    broker: Arc<dyn Broker>,
+    store: Store,
+    model_loaded: ModelLoaded,
 }
 
-/// Serves the endpoint until `shutdown`, unless `LIFT_METRICS_ADDR` is empty.
+/// Tells `/readyz` that the role's model is loaded (roles without a model set it at once).
+#[derive(Clone, Default)]
+pub struct ModelLoaded(Arc<AtomicBool>);
+
+impl ModelLoaded {
+    pub fn set(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    fn get(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// Serves the endpoint until `shutdown`, unless `LIFT_METRICS_ADDR` is empty; `/readyz`
+/// reports ready once the returned flag is set.
 pub async fn spawn(
     config: &Config,
-    readiness: Readiness,
+    broker: Arc<dyn Broker>,
+    store: Store,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<ModelLoaded> {
+    let model_loaded = ModelLoaded::default();
     if config.metrics_addr.is_empty() {
-        return Ok(());
+        return Ok(model_loaded);
     }
     metrics::init();
     let listener = TcpListener::bind(&config.metrics_addr)
         .await
         .with_context(|| format!("cannot listen on LIFT_METRICS_ADDR {}", config.metrics_addr))?;
     tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
+    let readiness = Readiness {
+        broker,
+        store,
+        model_loaded: model_loaded.clone(),
+    };
     let app = Router::new()
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -52,7 +73,7 @@ pub async fn spawn(
             tracing::error!(%error, "the operations endpoint stopped");
         }
     });
-    Ok(())
+    Ok(model_loaded)
 }
 
 async fn render_metrics() -> impl axum::response::IntoResponse {
@@ -63,7 +84,7 @@ async fn render_metrics() -> impl axum::response::IntoResponse {
 }
 
 async fn ready(State(readiness): State<Arc<Readiness>>) -> (StatusCode, String) {
-    if !readiness.model_loaded.load(Ordering::Acquire) {
+    if !readiness.model_loaded.get() {
         return (StatusCode::SERVICE_UNAVAILABLE, "model loading\n".into());
     }
     if let Err(error) = readiness.broker.queue_depth(queues::SYNTH).await {

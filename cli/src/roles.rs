@@ -2,7 +2,6 @@
 //! `lift train-worker`. Each stops gracefully on SIGTERM.
 
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -101,16 +100,9 @@ pub async fn coordinator(config: Config) -> anyhow::Result<ExitCode> {
     let store = infra::open_store(&config)?;
     let broker = infra::connect_broker(&config, &infra::process_id("coordinator")).await?;
     let shutdown = infra::shutdown_signal();
-    ops::spawn(
-        &config,
-        ops::Readiness {
-            broker: broker.clone(),
-            store: store.clone(),
-            model_loaded: Arc::new(AtomicBool::new(true)),
-        },
-        shutdown.clone(),
-    )
-    .await?;
+    ops::spawn(&config, broker.clone(), store.clone(), shutdown.clone())
+        .await?
+        .set();
     let coordinator = Coordinator::start(
         CoordinatorOptions::from_config(&config),
         store,
@@ -141,23 +133,13 @@ pub async fn synth_worker(mut config: Config, args: SynthWorkerArgs) -> anyhow::
     let store = infra::open_store(&config)?;
     let broker = infra::connect_broker(&config, &infra::process_id("synth")).await?;
     let shutdown = infra::shutdown_signal();
-    let model_loaded = Arc::new(AtomicBool::new(false));
-    ops::spawn(
-        &config,
-        ops::Readiness {
-            broker: broker.clone(),
-            store: store.clone(),
-            model_loaded: model_loaded.clone(),
-        },
-        shutdown.clone(),
-    )
-    .await?;
+    let model_loaded = ops::spawn(&config, broker.clone(), store.clone(), shutdown.clone()).await?;
     let engine = if config.generator_url.is_empty() {
         Some(infra::load_engine(&config.model).await?)
     } else {
         None
     };
-    model_loaded.store(true, Ordering::Release);
+    model_loaded.set();
     let generator = build_generator(&config, engine)?;
     spawn_synth_worker(&config, broker, store, generator, shutdown).await?;
     Ok(ExitCode::SUCCESS)
@@ -168,19 +150,9 @@ pub async fn train_worker(config: Config, args: TrainWorkerArgs) -> anyhow::Resu
     let store = infra::open_store(&config)?;
     let broker = infra::connect_broker(&config, &infra::process_id("trainer")).await?;
     let shutdown = infra::shutdown_signal();
-    let model_loaded = Arc::new(AtomicBool::new(false));
-    ops::spawn(
-        &config,
-        ops::Readiness {
-            broker: broker.clone(),
-            store: store.clone(),
-            model_loaded: model_loaded.clone(),
-        },
-        shutdown.clone(),
-    )
-    .await?;
+    let model_loaded = ops::spawn(&config, broker.clone(), store.clone(), shutdown.clone()).await?;
     let engine = infra::load_engine(&config.model).await?;
-    model_loaded.store(true, Ordering::Release);
+    model_loaded.set();
     run_train_worker(
         broker,
         store,

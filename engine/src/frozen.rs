@@ -82,17 +82,7 @@ mod tests {
     use candle_core::{Device, Tensor, Var};
 
     use super::frozen_matmul;
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
+    use crate::testing::max_abs_diff;
 
     #[test]
     fn matches_matmul_and_its_input_gradient() {

@@ -2,7 +2,7 @@
 //! trains or generates run in milliseconds. Its outputs are noise; use the real model where
 //! quality matters.
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 
 use crate::config::ModelConfig;
@@ -21,6 +21,16 @@ pub fn tiny_engine(seed: u64) -> Engine {
     model.embed_tokens = embed.clone();
     model.lm_head = embed;
     Engine::from_parts(model, tokenizer, "tiny-random".to_string())
+}
+
+/// The largest absolute difference between two tensors of one shape (test comparisons).
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .and_then(|d| d.abs())
+        .and_then(|d| d.max_all())
+        .and_then(|d| d.to_dtype(DType::F32))
+        .and_then(|d| d.to_scalar::<f32>())
+        .expect("tensors of one shape")
 }
 
 /// A byte-level tokenizer without merges, with ChatML specials, padded to `vocab_size`

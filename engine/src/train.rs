@@ -490,18 +490,7 @@ mod tests {
 
     use super::{SftExample, SftTrainer, TrainerOptions};
     use crate::lora::LoraConfig;
-    use crate::testing::tiny_engine;
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
+    use crate::testing::{max_abs_diff, tiny_engine};
 
     /// The flat, device-scalar AdamW against AdamW written per variable the textbook way,
     /// with clipping and weight decay both active.
