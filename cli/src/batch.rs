@@ -84,12 +84,7 @@ pub async fn run(config: Config, args: BatchArgs) -> anyhow::Result<ExitCode> {
         .open(&args.ledger)
         .await
         .with_context(|| format!("cannot open the ledger {}", args.ledger.display()))?;
-    let addr = args
-        .connection
-        .addr
-        .clone()
-        .unwrap_or_else(|| config.grpc_addr.clone());
-    let grpc = client::connect(&addr).await?;
+    let grpc = args.connection.client(&config).await?;
 
     let mut finished: Vec<LedgerEntry> = Vec::new();
     let mut pending = Vec::new();

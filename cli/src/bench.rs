@@ -52,6 +52,9 @@ pub struct GenerateArgs {
     pub batches: Vec<usize>,
     #[arg(long, default_value_t = 64)]
     pub new_tokens: usize,
+    /// 0 is greedy; the built-in question writer samples at 0.2.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f64,
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
@@ -80,10 +83,11 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
             };
             for batch in a.batches {
                 let engine = engine.clone();
-                let new_tokens = a.new_tokens;
-                let result =
-                    tokio::task::spawn_blocking(move || bench_generate(&engine, batch, new_tokens))
-                        .await??;
+                let (new_tokens, temperature) = (a.new_tokens, a.temperature);
+                let result = tokio::task::spawn_blocking(move || {
+                    bench_generate(&engine, batch, new_tokens, temperature)
+                })
+                .await??;
                 println!("{}", serde_json::to_string(&result)?);
             }
         }

@@ -7,27 +7,77 @@ use futures::StreamExt;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use lift_shared::proto::lift_service_client::LiftServiceClient;
 use lift_shared::proto::{self, JobState};
+use lift_shared::tls::ClientTls;
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
 use tonic::transport::Channel;
 
-pub type Client = LiftServiceClient<Channel>;
+pub type Client = LiftServiceClient<InterceptedService<Channel, BearerToken>>;
 
-pub async fn connect(addr: &str) -> anyhow::Result<Client> {
+/// Adds `authorization: Bearer <token>` to every call when a token is set.
+#[derive(Clone)]
+pub struct BearerToken(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl Interceptor for BearerToken {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// How a client reaches the coordinator: its token (`LIFT_TOKEN`) and, for `https://`
+/// addresses, what it trusts and presents.
+#[derive(Clone, Default)]
+pub struct ClientSettings {
+    pub token: Option<String>,
+    pub tls: ClientTls,
+}
+
+impl ClientSettings {
+    /// For the coordinator this process started itself on loopback (embedded mode).
+    pub fn loopback() -> Self {
+        Self::default()
+    }
+}
+
+pub async fn connect(addr: &str, settings: &ClientSettings) -> anyhow::Result<Client> {
     let url = if addr.starts_with("http://") || addr.starts_with("https://") {
         addr.to_string()
     } else {
         format!("http://{addr}")
     };
-    let channel = Channel::from_shared(url.clone())
+    let mut endpoint = Channel::from_shared(url.clone())
         .with_context(|| format!("invalid coordinator address {addr}"))?
-        .connect_timeout(Duration::from_secs(10))
-        .connect()
-        .await
-        .with_context(|| {
-            format!("cannot reach the coordinator at {url} (is `lift coordinator` running?)")
-        })?;
-    Ok(LiftServiceClient::new(channel)
-        .max_decoding_message_size(usize::MAX)
-        .max_encoding_message_size(usize::MAX))
+        .connect_timeout(Duration::from_secs(10));
+    if url.starts_with("https://") {
+        endpoint = endpoint
+            .tls_config(settings.tls.tonic())
+            .context("invalid TLS settings (LIFT_TLS_CA, LIFT_TLS_CLIENT_CERT)")?;
+    }
+    let channel = endpoint.connect().await.with_context(|| {
+        format!("cannot reach the coordinator at {url} (is `lift coordinator` running?)")
+    })?;
+    let token = match settings.token.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(token) => Some(
+            format!("Bearer {token}")
+                .parse()
+                .context("the token (LIFT_TOKEN) holds characters a header cannot carry")?,
+        ),
+    };
+    Ok(
+        LiftServiceClient::with_interceptor(channel, BearerToken(token))
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX),
+    )
 }
 
 /// A gRPC status as a sentence a person can act on.

@@ -19,11 +19,22 @@ pub struct Connection {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Bearer token for a coordinator that wants one.
+    #[arg(long, env = "LIFT_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 impl Connection {
-    async fn client(&self, config: &Config) -> anyhow::Result<client::Client> {
-        client::connect(self.addr.as_deref().unwrap_or(&config.grpc_addr)).await
+    pub fn settings(&self, config: &Config) -> anyhow::Result<client::ClientSettings> {
+        Ok(client::ClientSettings {
+            token: self.token.clone(),
+            tls: lift_shared::tls::ClientTls::from_config(config)?,
+        })
+    }
+
+    pub async fn client(&self, config: &Config) -> anyhow::Result<client::Client> {
+        let addr = self.addr.as_deref().unwrap_or(&config.grpc_addr);
+        client::connect(addr, &self.settings(config)?).await
     }
 }
 

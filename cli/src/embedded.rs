@@ -10,6 +10,7 @@ use std::time::Instant;
 use clap::Args;
 use lift_coordinator::{serve_grpc_on, Coordinator, CoordinatorOptions};
 use lift_engine::Engine;
+use lift_shared::auth::ServerSecurity;
 use lift_shared::broker::memory::InProcessBroker;
 use lift_shared::broker::Broker;
 use lift_shared::config::Config;
@@ -132,7 +133,9 @@ where
         TcpListener::bind(listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))).await?;
     let addr = listener.local_addr()?;
     let server_stop = shutdown.clone();
-    let server = serve_grpc_on(listener, &coordinator, async move {
+    // The client is this process, on loopback: no tokens, no TLS.
+    let security = ServerSecurity::open();
+    let server = serve_grpc_on(listener, &coordinator, &security, async move {
         server_stop.cancelled().await
     });
     let client_side = async {
@@ -153,7 +156,8 @@ pub async fn drive_job(
     request: lift_shared::proto::SubmitJobRequest,
     json: bool,
 ) -> anyhow::Result<lift_shared::proto::JobStatus> {
-    let mut client = client::connect(&addr.to_string()).await?;
+    let mut client =
+        client::connect(&addr.to_string(), &client::ClientSettings::loopback()).await?;
     let response = client
         .submit_job(request)
         .await

@@ -179,7 +179,7 @@ async fn lift_document(
     engine: &Engine,
     request: proto::SubmitJobRequest,
 ) -> anyhow::Result<(Option<Arc<LoraAdapter>>, proto::JobStatus)> {
-    let mut grpc = client::connect(&addr.to_string()).await?;
+    let mut grpc = client::connect(&addr.to_string(), &client::ClientSettings::loopback()).await?;
     let job_id = grpc
         .submit_job(request)
         .await

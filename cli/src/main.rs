@@ -7,6 +7,7 @@ mod bench;
 mod client;
 mod embedded;
 mod eval;
+mod https;
 mod infra;
 mod job_args;
 mod ops;
@@ -83,6 +84,7 @@ mod client_commands;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     lift_shared::telemetry::init_tracing(cli.log_json);
+    lift_shared::tls::install_crypto_provider();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {

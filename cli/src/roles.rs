@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::Args;
 use lift_coordinator::{serve_grpc, Coordinator, CoordinatorOptions};
 use lift_engine::{Engine, ModelSource};
+use lift_shared::auth::ServerSecurity;
 use lift_shared::broker::Broker;
 use lift_shared::config::Config;
 use lift_shared::spec::ModelCatalog;
@@ -97,6 +98,8 @@ pub fn spawn_synth_worker(
 
 pub async fn coordinator(config: Config) -> anyhow::Result<ExitCode> {
     infra::require_amqp(&config, "coordinator")?;
+    // Bad token or certificate files stop the process before it takes any work.
+    let security = ServerSecurity::from_config(&config)?;
     let store = infra::open_store(&config)?;
     let broker = infra::connect_broker(&config, &infra::process_id("coordinator")).await?;
     let shutdown = infra::shutdown_signal();
@@ -115,11 +118,9 @@ pub async fn coordinator(config: Config) -> anyhow::Result<ExitCode> {
         .parse()
         .with_context(|| format!("LIFT_GRPC_ADDR {} is not host:port", config.grpc_addr))?;
     tracing::info!(%addr, "coordinator serving gRPC");
-    serve_grpc(
-        addr,
-        &coordinator,
-        async move { shutdown.cancelled().await },
-    )
+    serve_grpc(addr, &coordinator, &security, async move {
+        shutdown.cancelled().await
+    })
     .await?;
     coordinator.shutdown().await;
     Ok(ExitCode::SUCCESS)

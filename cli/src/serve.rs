@@ -6,6 +6,10 @@
 //!
 //! Requests that arrive together are generated together: one engine loop takes what is queued
 //! and runs requests for the same adapter as one batch, since synthesis throughput depends on it.
+//!
+//! With tokens configured (`LIFT_AUTH_TOKENS_FILE`, `LIFT_AUTH_TOKENS`) every request but
+//! `/health` needs `Authorization: Bearer <token>` (401 without), and a job's adapter answers
+//! only its own tenant (403 otherwise); with a certificate (`LIFT_TLS_CERT`) it serves HTTPS.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -17,7 +21,7 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -26,7 +30,9 @@ use lift_engine::{
     ChatMessage, Engine, EngineError, FinishReason, GenerationOutput, GenerationRequest,
     LoraAdapter, OutputConstraint, PeftFiles, SamplingParams,
 };
+use lift_shared::auth::{ServerSecurity, Tenant, TokenTable};
 use lift_shared::config::Config;
+use lift_shared::error::LiftError;
 use lift_shared::ids::JobId;
 use lift_shared::store::{layout, Store};
 use serde::Deserialize;
@@ -70,6 +76,7 @@ impl Default for ServeOptions {
 }
 
 pub async fn run(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let security = ServerSecurity::from_config(&config)?;
     let store = infra::open_store(&config)?;
     let engine = infra::load_engine(args.model.as_deref().unwrap_or(&config.model)).await?;
     let adapters = AdapterSource::new(store, args.adapter_cache);
@@ -78,7 +85,7 @@ pub async fn run(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         batch_window: Duration::from_millis(args.batch_window_ms),
     };
     let shutdown = infra::shutdown_signal();
-    serve(args.addr, engine, adapters, options, async move {
+    serve(args.addr, engine, adapters, options, security, async move {
         shutdown.cancelled().await
     })
     .await?;
@@ -91,13 +98,20 @@ pub async fn serve(
     engine: Arc<Engine>,
     adapters: AdapterSource,
     options: ServeOptions,
+    security: ServerSecurity,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
-    tracing::info!(%addr, model = engine.model_id(), "serving OpenAI-compatible API");
-    serve_on(listener, engine, adapters, options, shutdown).await
+    tracing::info!(
+        %addr,
+        model = engine.model_id(),
+        tls = security.tls.is_some(),
+        bearer_tokens = security.tokens.is_some(),
+        "serving OpenAI-compatible API"
+    );
+    serve_on(listener, engine, adapters, options, security, shutdown).await
 }
 
 async fn serve_on(
@@ -105,6 +119,7 @@ async fn serve_on(
     engine: Arc<Engine>,
     adapters: AdapterSource,
     options: ServeOptions,
+    security: ServerSecurity,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (jobs, queue) = mpsc::unbounded_channel();
@@ -113,16 +128,20 @@ async fn serve_on(
         engine,
         adapters,
         jobs,
+        tokens: security.tokens.clone(),
     });
     let app = Router::new()
         .route("/health", get(health))
         .route("/v1/models", get(list_models))
         .route("/v1/chat/completions", post(chat_completions))
         .with_state(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("http server failed")?;
+    match &security.tls {
+        Some(tls) => crate::https::serve_tls(listener, app, tls.rustls()?, shutdown).await?,
+        None => axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("http server failed")?,
+    }
     // The router (and with it the last job sender) is gone: the loop drains and ends.
     engine_loop.await.context("engine loop failed")?;
     Ok(())
@@ -132,6 +151,21 @@ struct ServerState {
     engine: Arc<Engine>,
     adapters: AdapterSource,
     jobs: mpsc::UnboundedSender<EngineJob>,
+    tokens: Option<Arc<TokenTable>>,
+}
+
+impl ServerState {
+    /// The caller, from the `Authorization` header (everyone is open without tokens).
+    fn caller(&self, headers: &HeaderMap) -> Result<Tenant, ServeError> {
+        let header = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok());
+        lift_shared::auth::authenticate(self.tokens.as_deref(), header).map_err(|error| match error
+        {
+            LiftError::Unauthenticated(message) => ServeError::Unauthenticated(message),
+            other => ServeError::Internal(other.to_string()),
+        })
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -156,16 +190,32 @@ impl AdapterSource {
         }
     }
 
-    /// Jobs whose final adapter is in the store.
-    async fn jobs_with_adapters(&self) -> Result<Vec<JobId>, ServeError> {
+    /// The caller's jobs whose final adapter is in the store.
+    async fn jobs_with_adapters(&self, tenant: &Tenant) -> Result<Vec<JobId>, ServeError> {
         let mut jobs = Vec::new();
         for job in self.store.list_job_ids().await.map_err(ServeError::store)? {
             let key = layout::adapter_config(&job);
-            if self.store.exists(&key).await.map_err(ServeError::store)? {
+            if self.store.exists(&key).await.map_err(ServeError::store)?
+                && self.may_use(tenant, &job).await?
+            {
                 jobs.push(job);
             }
         }
         Ok(jobs)
+    }
+
+    /// Whether `tenant` may use the job's adapter: its own jobs only, once tokens are on.
+    async fn may_use(&self, tenant: &Tenant, job: &JobId) -> Result<bool, ServeError> {
+        if *tenant == Tenant::Open {
+            return Ok(true);
+        }
+        let status = self
+            .store
+            .read_latest_status(job)
+            .await
+            .map_err(ServeError::store)?
+            .ok_or_else(|| ServeError::ModelNotFound(job.to_string()))?;
+        Ok(tenant.owns(&status.tenant))
     }
 
     async fn adapter(
@@ -247,6 +297,8 @@ impl AdapterSource {
 #[derive(Debug)]
 enum ServeError {
     BadRequest(String),
+    Unauthenticated(String),
+    PermissionDenied(String),
     ModelNotFound(String),
     Unavailable(String),
     Internal(String),
@@ -255,9 +307,11 @@ enum ServeError {
 impl std::fmt::Display for ServeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::BadRequest(message) | Self::Unavailable(message) | Self::Internal(message) => {
-                f.write_str(message)
-            }
+            Self::BadRequest(message)
+            | Self::Unauthenticated(message)
+            | Self::PermissionDenied(message)
+            | Self::Unavailable(message)
+            | Self::Internal(message) => f.write_str(message),
             // OpenAI's wording, which clients show as is.
             Self::ModelNotFound(model) => write!(f, "The model `{model}` does not exist"),
         }
@@ -281,6 +335,8 @@ impl ServeError {
     fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Self::PermissionDenied(_) => StatusCode::FORBIDDEN,
             Self::ModelNotFound(_) => StatusCode::NOT_FOUND,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -291,6 +347,8 @@ impl ServeError {
     fn body(&self) -> Value {
         let (kind, code) = match self {
             Self::BadRequest(_) => ("invalid_request_error", Value::Null),
+            Self::Unauthenticated(_) => ("authentication_error", json!("invalid_api_key")),
+            Self::PermissionDenied(_) => ("permission_error", Value::Null),
             Self::ModelNotFound(_) => ("invalid_request_error", json!("model_not_found")),
             Self::Unavailable(_) | Self::Internal(_) => ("server_error", Value::Null),
         };
@@ -303,7 +361,14 @@ impl IntoResponse for ServeError {
         if matches!(self, Self::Internal(_) | Self::Unavailable(_)) {
             tracing::error!(error = %self, "chat completion failed");
         }
-        (self.status(), Json(self.body())).into_response()
+        let mut response = (self.status(), Json(self.body())).into_response();
+        if matches!(self, Self::Unauthenticated(_)) {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
     }
 }
 
@@ -624,10 +689,14 @@ async fn health() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-async fn list_models(State(state): State<Arc<ServerState>>) -> Result<Json<Value>, ServeError> {
+async fn list_models(
+    State(state): State<Arc<ServerState>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ServeError> {
+    let tenant = state.caller(&headers)?;
     let base = state.engine.model_id().to_string();
     let mut data = vec![json!({"id": base, "object": "model", "created": 0, "owned_by": "lift"})];
-    for job in state.adapters.jobs_with_adapters().await? {
+    for job in state.adapters.jobs_with_adapters(&tenant).await? {
         data.push(json!({
             "id": job.as_str(), "object": "model", "created": 0, "owned_by": "lift", "parent": base,
         }));
@@ -637,12 +706,14 @@ async fn list_models(State(state): State<Arc<ServerState>>) -> Result<Json<Value
 
 async fn chat_completions(
     State(state): State<Arc<ServerState>>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ServeError> {
+    let tenant = state.caller(&headers)?;
     // Requests without a seed still differ from each other, as OpenAI's do.
     let fresh_seed = uuid::Uuid::now_v7().as_u64_pair().1;
     let request = parse_chat_request(&body, fresh_seed)?;
-    let adapter = resolve_adapter(&state, &request.model).await?;
+    let adapter = resolve_adapter(&state, &tenant, &request.model).await?;
     let model = if request.model.is_empty() {
         state.engine.model_id().to_string()
     } else {
@@ -679,12 +750,18 @@ async fn chat_completions(
 
 async fn resolve_adapter(
     state: &ServerState,
+    tenant: &Tenant,
     model: &str,
 ) -> Result<Option<Arc<LoraAdapter>>, ServeError> {
     if model.is_empty() || model == state.engine.model_id() {
         return Ok(None);
     }
     let job = JobId::parse(model).map_err(|_| ServeError::ModelNotFound(model.to_string()))?;
+    if !state.adapters.may_use(tenant, &job).await? {
+        return Err(ServeError::PermissionDenied(format!(
+            "job {job} belongs to another tenant"
+        )));
+    }
     state.adapters.adapter(&state.engine, &job).await.map(Some)
 }
 
@@ -1078,6 +1155,7 @@ mod tests {
                 engine,
                 adapters,
                 ServeOptions::default(),
+                ServerSecurity::open(),
                 async move {
                     let _ = stopped.await;
                 },

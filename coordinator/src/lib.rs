@@ -1,9 +1,10 @@
 //! The lift coordinator: the gRPC front door (`service`), sentence splitting and fan-out of
 //! chunks to the synth workers (`split`, `chunk`, `fanout`), progress aggregation into job
 //! records (`progress`), recovery from the store (`recovery`), the trainer watchdog
-//! (`lease`) and the jobs/queue gauges (`gauges`). `Coordinator::start` runs it all;
+//! (`lease`), the jobs/queue gauges (`gauges`) and bearer-token authentication (`auth`). `Coordinator::start` runs it all;
 //! `serve_grpc` exposes it.
 
+mod auth;
 pub mod chunk;
 mod fanout;
 mod gauges;

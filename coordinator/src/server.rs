@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use lift_shared::auth::ServerSecurity;
 use lift_shared::broker::Broker;
 use lift_shared::config::Config;
 use lift_shared::error::LiftError;
@@ -15,7 +16,9 @@ use lift_shared::store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tonic::service::interceptor::InterceptedService;
 
+use crate::auth::Authenticate;
 use crate::jobs::{Context, JobRegistry};
 use crate::service::LiftServiceImpl;
 use crate::split::SplitOptions;
@@ -86,13 +89,18 @@ impl Coordinator {
         })
     }
 
-    /// The tonic service, sized to accept the largest valid request.
-    pub fn service(&self) -> LiftServiceServer<LiftServiceImpl> {
+    /// The tonic service, sized to accept the largest valid request, behind the bearer-token
+    /// check (which lets everyone in when `security` has no tokens).
+    pub fn service(
+        &self,
+        security: &ServerSecurity,
+    ) -> InterceptedService<LiftServiceServer<LiftServiceImpl>, Authenticate> {
         // Headroom over the documents for titles, options and protobuf framing.
         let max_message = self.ctx.limits.max_request_bytes + 1024 * 1024;
-        LiftServiceServer::new(LiftServiceImpl::new(self.ctx.clone()))
+        let server = LiftServiceServer::new(LiftServiceImpl::new(self.ctx.clone()))
             .max_decoding_message_size(max_message)
-            .max_encoding_message_size(max_message)
+            .max_encoding_message_size(max_message);
+        InterceptedService::new(server, Authenticate::new(security.tokens.clone()))
     }
 
     /// Stops the background tasks after they stored what they hold, and waits for them.
@@ -110,19 +118,23 @@ impl Coordinator {
 pub async fn serve_grpc(
     addr: SocketAddr,
     coordinator: &Coordinator,
+    security: &ServerSecurity,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), LiftError> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| LiftError::Unavailable(format!("failed to bind grpc address {addr}: {e}")))?;
-    serve_grpc_on(listener, coordinator, shutdown).await
+    serve_grpc_on(listener, coordinator, security, shutdown).await
 }
 
 /// Serves `LiftService`, gRPC reflection (v1 and v1alpha, for grpcurl) and gRPC health (for
-/// Kubernetes probes) on an already bound listener (tests bind port 0) until `shutdown`.
+/// Kubernetes probes) on an already bound listener (tests bind port 0) until `shutdown`, over
+/// TLS when `security` has a certificate. Reflection and health need no token: they describe
+/// the API and the process, never a job.
 pub async fn serve_grpc_on(
     listener: TcpListener,
     coordinator: &Coordinator,
+    security: &ServerSecurity,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), LiftError> {
     let reflection_error = |e: tonic_reflection::server::Error| {
@@ -143,12 +155,24 @@ pub async fn serve_grpc_on(
         .set_serving::<LiftServiceServer<LiftServiceImpl>>()
         .await;
     let local_addr = listener.local_addr().ok();
-    tracing::info!(addr = ?local_addr, "serving grpc");
-    tonic::transport::Server::builder()
+    tracing::info!(
+        addr = ?local_addr,
+        tls = security.tls.is_some(),
+        client_certificates = security.tls.as_ref().is_some_and(|t| t.requires_client_certificates()),
+        bearer_tokens = security.tokens.is_some(),
+        "serving grpc"
+    );
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &security.tls {
+        builder = builder
+            .tls_config(tls.tonic())
+            .map_err(|e| LiftError::InvalidArgument(format!("invalid TLS settings: {e}")))?;
+    }
+    builder
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(coordinator.service())
+        .add_service(coordinator.service(security))
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener),
             shutdown,

@@ -4,6 +4,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
+use lift_shared::auth::Tenant;
 use lift_shared::error::LiftError;
 use lift_shared::ids::JobId;
 use lift_shared::messages::now_ms;
@@ -15,6 +16,7 @@ use lift_shared::state::{JobState, JobStatus};
 use lift_shared::store::{layout, SubmitRequestRecord};
 use tonic::{Request, Response, Status};
 
+use crate::auth::tenant_of;
 use crate::chunk::plan_chunks;
 use crate::fanout;
 use crate::jobs::{persist, Context, JobEntry};
@@ -51,16 +53,38 @@ impl LiftServiceImpl {
         Self { ctx }
     }
 
-    async fn entry(&self, job_id: &str) -> Result<Arc<JobEntry>, LiftError> {
+    /// Runs a request that writes several records on a task of its own: tonic drops a
+    /// handler whose client hangs up, and a submit cut off between storing the job and
+    /// publishing its chunks would leave a job nobody works on.
+    async fn detached<F, Fut, T>(&self, work: F) -> Result<T, LiftError>
+    where
+        F: FnOnce(LiftServiceImpl) -> Fut,
+        Fut: std::future::Future<Output = Result<T, LiftError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        tokio::spawn(work(LiftServiceImpl::new(self.ctx.clone())))
+            .await
+            .map_err(|e| LiftError::Internal(format!("request handler panicked: {e}")))?
+    }
+
+    /// The job, if `tenant` may see it.
+    async fn entry(&self, tenant: &Tenant, job_id: &str) -> Result<Arc<JobEntry>, LiftError> {
         let job = JobId::parse(job_id)?;
-        self.ctx
+        let entry = self
+            .ctx
             .jobs
             .get_or_load(&self.ctx.store, &job)
             .await?
-            .ok_or_else(|| LiftError::NotFound(format!("job {job} not found")))
+            .ok_or_else(|| LiftError::NotFound(format!("job {job} not found")))?;
+        tenant.check_owns(&job, &entry.watchers.borrow().tenant)?;
+        Ok(entry)
     }
 
-    async fn submit(&self, mut request: proto::SubmitJobRequest) -> Result<JobStatus, LiftError> {
+    async fn submit(
+        self,
+        tenant: Tenant,
+        mut request: proto::SubmitJobRequest,
+    ) -> Result<JobStatus, LiftError> {
         let request_id = std::mem::take(&mut request.request_id);
         let request_id = validate_request_id(&request_id)?;
         let spec = spec_from_submit(request, &self.ctx.default_base_model)?;
@@ -70,7 +94,7 @@ impl LiftServiceImpl {
         })?;
         let job = match request_id {
             None => JobId::new(),
-            Some(request_id) => match self.reserve_job_id(request_id).await? {
+            Some(request_id) => match self.reserve_job_id(&tenant, request_id).await? {
                 Reserved::New(job) => job,
                 Reserved::Existing(job) => {
                     if let Some(status) = self.existing_job(&job).await? {
@@ -83,7 +107,7 @@ impl LiftServiceImpl {
                 }
             },
         };
-        match self.create_job(job.clone(), spec).await {
+        match self.create_job(job.clone(), &tenant, spec).await {
             Err(LiftError::AlreadyExists(_)) => self
                 .existing_job(&job)
                 .await?
@@ -92,10 +116,19 @@ impl LiftServiceImpl {
         }
     }
 
-    /// The job a request id reserved earlier, or a new id reserved for it now.
-    async fn reserve_job_id(&self, request_id: &str) -> Result<Reserved, LiftError> {
+    /// The job a request id reserved earlier, or a new id reserved for it now. Ids are per
+    /// tenant: two tenants using the same id get two jobs.
+    async fn reserve_job_id(
+        &self,
+        tenant: &Tenant,
+        request_id: &str,
+    ) -> Result<Reserved, LiftError> {
         use sha2::Digest;
-        let key = layout::submit_request(&hex::encode(sha2::Sha256::digest(request_id)));
+        let scoped = match tenant {
+            Tenant::Open => request_id.to_string(),
+            Tenant::Named(name) => format!("{name}\0{request_id}"),
+        };
+        let key = layout::submit_request(&hex::encode(sha2::Sha256::digest(scoped)));
         let record = SubmitRequestRecord {
             request_id: request_id.to_string(),
             job_id: JobId::new(),
@@ -121,7 +154,12 @@ impl LiftServiceImpl {
         Ok(Some(status))
     }
 
-    async fn create_job(&self, job: JobId, spec: JobSpec) -> Result<JobStatus, LiftError> {
+    async fn create_job(
+        &self,
+        job: JobId,
+        tenant: &Tenant,
+        spec: JobSpec,
+    ) -> Result<JobStatus, LiftError> {
         let split = self.ctx.split.clone();
         // Splitting megabytes of text is CPU work; keep it off the async workers.
         let (spec, chunks) = tokio::task::spawn_blocking({
@@ -148,6 +186,7 @@ impl LiftServiceImpl {
             self.ctx.failed_share_threshold,
             now_ms(),
         );
+        status.tenant = tenant.name().to_string();
         self.store_new_job(&job, &spec, &status).await?;
         let entry = self.ctx.jobs.insert(status.clone());
         tracing::info!(job_id = %job, sentences, chunks = chunks.len(), "job submitted");
@@ -185,8 +224,11 @@ impl LiftServiceImpl {
         Ok(())
     }
 
+    /// The caller's jobs, newest first. A page holds `page_size` of them; other tenants'
+    /// jobs are skipped, not counted.
     async fn list(
         &self,
+        tenant: &Tenant,
         request: proto::ListJobsRequest,
     ) -> Result<proto::ListJobsResponse, LiftError> {
         let page_size = match request.page_size as usize {
@@ -209,14 +251,22 @@ impl LiftServiceImpl {
         let start = after.map_or(0, |token| ids.partition_point(|id| *id >= token));
         let mut jobs = Vec::new();
         let mut last_id = None;
-        for id in ids.iter().skip(start).take(page_size) {
+        let mut scanned = start;
+        for id in ids.iter().skip(start) {
+            if jobs.len() == page_size {
+                break;
+            }
+            scanned += 1;
             last_id = Some(id.clone());
             // A job whose first record is not written yet is mid-submit; skip it.
             if let Some(entry) = self.ctx.jobs.get_or_load(&self.ctx.store, id).await? {
-                jobs.push(proto::JobStatus::from(&*entry.watchers.borrow()));
+                let status = entry.watchers.borrow();
+                if tenant.owns(&status.tenant) {
+                    jobs.push(proto::JobStatus::from(&*status));
+                }
             }
         }
-        let more = ids.len() > start + page_size;
+        let more = ids.len() > scanned;
         Ok(proto::ListJobsResponse {
             jobs,
             next_page_token: match (more, last_id) {
@@ -226,8 +276,12 @@ impl LiftServiceImpl {
         })
     }
 
-    async fn cancel(&self, request: proto::CancelJobRequest) -> Result<JobStatus, LiftError> {
-        let entry = self.entry(&request.job_id).await?;
+    async fn cancel(
+        self,
+        tenant: Tenant,
+        request: proto::CancelJobRequest,
+    ) -> Result<JobStatus, LiftError> {
+        let entry = self.entry(&tenant, &request.job_id).await?;
         let mut record = entry.record.lock().await;
         if record.state.is_terminal() {
             return Err(LiftError::FailedPrecondition(format!(
@@ -260,7 +314,10 @@ impl LiftService for LiftServiceImpl {
         &self,
         request: Request<proto::SubmitJobRequest>,
     ) -> Result<Response<proto::SubmitJobResponse>, Status> {
-        let status = self.submit(request.into_inner()).await?;
+        let tenant = tenant_of(&request);
+        let status = self
+            .detached(|service| service.submit(tenant, request.into_inner()))
+            .await?;
         Ok(Response::new(proto::SubmitJobResponse {
             job_id: status.job_id.to_string(),
             status: Some(proto::JobStatus::from(&status)),
@@ -271,7 +328,9 @@ impl LiftService for LiftServiceImpl {
         &self,
         request: Request<proto::GetJobRequest>,
     ) -> Result<Response<proto::JobStatus>, Status> {
-        let entry = self.entry(&request.get_ref().job_id).await?;
+        let entry = self
+            .entry(&tenant_of(&request), &request.get_ref().job_id)
+            .await?;
         let status = proto::JobStatus::from(&*entry.watchers.borrow());
         Ok(Response::new(status))
     }
@@ -282,7 +341,9 @@ impl LiftService for LiftServiceImpl {
         &self,
         request: Request<proto::WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
-        let entry = self.entry(&request.get_ref().job_id).await?;
+        let entry = self
+            .entry(&tenant_of(&request), &request.get_ref().job_id)
+            .await?;
         let receiver = entry.watchers.subscribe();
         // State: the receiver, and whether the last status sent was terminal. The first poll
         // sends the current status; later ones wait for a change.
@@ -310,14 +371,20 @@ impl LiftService for LiftServiceImpl {
         &self,
         request: Request<proto::ListJobsRequest>,
     ) -> Result<Response<proto::ListJobsResponse>, Status> {
-        Ok(Response::new(self.list(request.into_inner()).await?))
+        let tenant = tenant_of(&request);
+        Ok(Response::new(
+            self.list(&tenant, request.into_inner()).await?,
+        ))
     }
 
     async fn cancel_job(
         &self,
         request: Request<proto::CancelJobRequest>,
     ) -> Result<Response<proto::CancelJobResponse>, Status> {
-        let status = self.cancel(request.into_inner()).await?;
+        let tenant = tenant_of(&request);
+        let status = self
+            .detached(|service| service.cancel(tenant, request.into_inner()))
+            .await?;
         Ok(Response::new(proto::CancelJobResponse {
             status: Some(proto::JobStatus::from(&status)),
         }))

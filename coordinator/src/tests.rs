@@ -552,7 +552,8 @@ async fn grpc_server_answers_health_and_service_calls() {
     let server = tokio::spawn({
         let coordinator = coordinator.clone();
         async move {
-            crate::serve_grpc_on(listener, &coordinator, async {
+            let security = lift_shared::auth::ServerSecurity::open();
+            crate::serve_grpc_on(listener, &coordinator, &security, async {
                 let _ = stopped.await;
             })
             .await
@@ -663,4 +664,43 @@ async fn a_request_id_reserved_by_a_crashed_submit_creates_the_reserved_job() {
         .into_inner();
     assert_eq!(response.job_id, reserved.to_string());
     assert_eq!(get(&h, &reserved).await.chunks_total, 3);
+}
+
+#[tokio::test]
+async fn a_submit_whose_client_hangs_up_still_creates_and_publishes_the_job() {
+    let h = start().await;
+    let request = proto::SubmitJobRequest {
+        request_id: "hung-up".into(),
+        ..submit_request(2)
+    };
+    // tonic drops the handler's future when the client goes away; here after its first poll.
+    {
+        let mut handler = std::pin::pin!(h.service.submit_job(Request::new(request.clone())));
+        assert!(futures::poll!(handler.as_mut()).is_pending());
+    }
+    let mut published = Vec::new();
+    for _ in 0..50 {
+        published.extend(drain(&h.broker, queues::SYNTH).await);
+        if published.len() == 3 {
+            break;
+        }
+    }
+    assert_eq!(
+        published.len(),
+        3,
+        "the job's chunks were not all published"
+    );
+    assert_eq!(drain(&h.broker, queues::TRAIN).await.len(), 1);
+
+    // The client's retry finds that job, complete, and publishes nothing again.
+    let retry = h
+        .service
+        .submit_job(Request::new(request))
+        .await
+        .unwrap()
+        .into_inner();
+    let job = JobId::parse(&retry.job_id).unwrap();
+    let stored = wait_for_stored(&h, &job, |s| s.chunks_published).await;
+    assert_eq!(stored.chunks_total, 3);
+    assert!(drain(&h.broker, queues::SYNTH).await.is_empty());
 }

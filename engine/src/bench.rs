@@ -67,6 +67,7 @@ pub struct GenerateBench {
     pub model: String,
     pub device: String,
     pub batch: usize,
+    pub temperature: f64,
     pub new_tokens: usize,
     pub seconds: f64,
     pub tokens_per_s: f64,
@@ -285,9 +286,15 @@ mod gpu_memory {
     }
 }
 
-/// Generates `new_tokens` tokens for each of `batch` identical prompts, greedy, and reports
-/// generated tokens per second (stopping early only on the model's own end token).
-pub fn bench_generate(engine: &Engine, batch: usize, new_tokens: usize) -> Result<GenerateBench> {
+/// Generates `new_tokens` tokens for each of `batch` identical prompts, greedy (temperature
+/// 0) or sampled with a seed per row, and reports generated tokens per second (stopping early
+/// only on the model's own end token).
+pub fn bench_generate(
+    engine: &Engine,
+    batch: usize,
+    new_tokens: usize,
+    temperature: f64,
+) -> Result<GenerateBench> {
     let request = GenerationRequest {
         messages: vec![ChatMessage::new(
             "user",
@@ -296,10 +303,17 @@ pub fn bench_generate(engine: &Engine, batch: usize, new_tokens: usize) -> Resul
         prefill: String::new(),
         params: SamplingParams {
             max_tokens: new_tokens,
+            temperature,
             ..SamplingParams::default()
         },
     };
-    let requests = vec![request; batch];
+    let requests: Vec<GenerationRequest> = (0..batch as u64)
+        .map(|seed| {
+            let mut request = request.clone();
+            request.params.seed = seed;
+            request
+        })
+        .collect();
     engine.generate(None, &requests[..1])?;
     let started = Instant::now();
     let outputs = engine.generate(None, &requests)?;
@@ -311,6 +325,7 @@ pub fn bench_generate(engine: &Engine, batch: usize, new_tokens: usize) -> Resul
         model: engine.model_id().to_string(),
         device: device_name(engine.device()),
         batch,
+        temperature,
         new_tokens: generated,
         seconds,
         tokens_per_s: generated as f64 / seconds,

@@ -102,6 +102,9 @@ impl JsonVocab {
     }
 }
 
+/// Below this many scores per step (rows x vocabulary) sampling stays on the calling thread.
+const PARALLEL_SAMPLING_MIN_SCORES: usize = 1 << 20;
+
 /// Longest string value the constraint lets the model write before closing it.
 const MAX_STRING_TOKENS: usize = 48;
 
@@ -244,14 +247,12 @@ impl Engine {
         };
         loop {
             let step_logits: Vec<Vec<f32>> = logits.squeeze(1)?.to_dtype(DType::F32)?.to_vec2()?;
-            let mut next_tokens = Vec::with_capacity(active.len());
+            let mut next_tokens =
+                self.next_tokens(&mut rows, &active, requests, &step_logits, json_vocab)?;
             for (slot, &row_index) in active.iter().enumerate() {
                 let row = &mut rows[row_index];
                 let request = &requests[row.request];
-                let token =
-                    self.next_token(row, &request.params, &step_logits[slot], json_vocab)?;
-                next_tokens.push(token);
-                if let Some(token) = token {
+                if let Some(token) = next_tokens[slot] {
                     row.generated.push(token);
                     self.after_token(row, &request.params, on_text)?;
                 }
@@ -450,6 +451,49 @@ impl Engine {
         }
     }
 
+    /// The next token of every active row (`active` ascending, `logits` in its order). Rows
+    /// are independent, so a large batch spreads its sampling (a pass over the vocabulary per
+    /// row) over the CPU's cores.
+    fn next_tokens(
+        &self,
+        rows: &mut [Row],
+        active: &[usize],
+        requests: &[GenerationRequest],
+        logits: &[Vec<f32>],
+        json_vocab: Option<&JsonVocab>,
+    ) -> Result<Vec<Option<u32>>> {
+        let mut is_active = vec![false; rows.len()];
+        active.iter().for_each(|&i| is_active[i] = true);
+        let mut work: Vec<(&mut Row, &[f32])> = rows
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| is_active[*i])
+            .map(|(_, row)| row)
+            .zip(logits.iter().map(Vec::as_slice))
+            .collect();
+        let pick = |(row, logits): &mut (&mut Row, &[f32])| {
+            let params = &requests[row.request].params;
+            self.next_token(row, params, logits, json_vocab)
+        };
+        let vocab = logits.first().map_or(0, Vec::len);
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if threads == 1 || work.len() * vocab < PARALLEL_SAMPLING_MIN_SCORES {
+            return work.iter_mut().map(pick).collect();
+        }
+        let per_thread = work.len().div_ceil(threads);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = work
+                .chunks_mut(per_thread)
+                .map(|part| scope.spawn(move || part.iter_mut().map(pick).collect::<Vec<_>>()))
+                .collect();
+            let mut tokens = Vec::with_capacity(active.len());
+            for handle in handles {
+                tokens.extend(handle.join().expect("a sampling thread panicked"));
+            }
+            tokens.into_iter().collect()
+        })
+    }
+
     /// Picks the row's next token: a forced one if the constraint has any queued, else a
     /// sampled one. None when the row just finished without a new token.
     fn next_token(
@@ -572,6 +616,10 @@ fn close_json_string(json: &mut JsonProgress) -> &'static str {
     }
 }
 
+/// Draws a token: softmax at the temperature, nucleus (top-p) cut, then a draw from what is
+/// kept, walking the tokens from the most to the least likely. Only as long a prefix of that
+/// order as the walk reaches is sorted (a few dozen tokens at a low temperature, instead of
+/// the whole vocabulary for every row and step): the same draw as sorting everything.
 fn sample(scores: &[f32], params: &SamplingParams, rng: &mut rand::rngs::StdRng) -> u32 {
     let argmax = || {
         scores
@@ -591,30 +639,144 @@ fn sample(scores: &[f32], params: &SamplingParams, rng: &mut rand::rngs::StdRng)
         .filter(|(_, s)| s.is_finite())
         .map(|(i, &s)| (i as u32, (((s - max) as f64) / params.temperature).exp()))
         .collect();
-    probs.sort_by(|a, b| b.1.total_cmp(&a.1));
+    if probs.is_empty() {
+        return argmax();
+    }
     let total: f64 = probs.iter().map(|p| p.1).sum();
     let top_p = if params.top_p > 0.0 {
         params.top_p.min(1.0)
     } else {
         1.0
     };
-    let mut kept = 0.0;
-    let mut cutoff = probs.len();
-    for (i, p) in probs.iter().enumerate() {
-        kept += p.1 / total;
-        if kept >= top_p {
-            cutoff = i + 1;
-            break;
+    let draw = rng.random::<f64>();
+    // Most likely first; equal weights by token id, so the order is total.
+    let order = |a: &(u32, f64), b: &(u32, f64)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    let mut sorted = 64.min(probs.len());
+    loop {
+        if sorted < probs.len() {
+            probs.select_nth_unstable_by(sorted - 1, order);
         }
+        probs[..sorted].sort_unstable_by(order);
+        let complete = sorted == probs.len();
+        if let Some(token) = draw_from_prefix(&probs[..sorted], complete, total, top_p, draw) {
+            return token;
+        }
+        sorted = (sorted * 8).min(probs.len());
     }
-    probs.truncate(cutoff);
-    let kept_total: f64 = probs.iter().map(|p| p.1).sum();
-    let mut target = rng.random::<f64>() * kept_total;
-    for (id, p) in &probs {
+}
+
+/// The draw over the most likely tokens `prefix` (sorted), or None when the nucleus or the
+/// draw reaches past it and `complete` says more tokens exist.
+fn draw_from_prefix(
+    prefix: &[(u32, f64)],
+    complete: bool,
+    total: f64,
+    top_p: f64,
+    draw: f64,
+) -> Option<u32> {
+    let (nucleus, nucleus_total) = if top_p >= 1.0 {
+        (prefix, total)
+    } else {
+        let mut kept = 0.0;
+        let cutoff = prefix.iter().position(|p| {
+            kept += p.1 / total;
+            kept >= top_p
+        });
+        let nucleus = match cutoff {
+            Some(last) => &prefix[..=last],
+            None if complete => prefix,
+            None => return None,
+        };
+        (nucleus, nucleus.iter().map(|p| p.1).sum())
+    };
+    let mut target = draw * nucleus_total;
+    for (id, p) in nucleus {
         target -= p;
         if target <= 0.0 {
-            return *id;
+            return Some(*id);
         }
     }
-    probs.last().map(|p| p.0).unwrap_or_else(argmax)
+    // Rounding can leave a sliver of the target: the least likely kept token takes it.
+    if complete || top_p < 1.0 {
+        nucleus.last().map(|p| p.0)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+
+    use super::*;
+
+    /// The plain definition: sort the whole vocabulary, cut the nucleus, walk it.
+    fn sample_by_full_sort(scores: &[f32], params: &SamplingParams, draw: f64) -> u32 {
+        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut probs: Vec<(u32, f64)> = scores
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.is_finite())
+            .map(|(i, &s)| (i as u32, (((s - max) as f64) / params.temperature).exp()))
+            .collect();
+        probs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let total: f64 = probs.iter().map(|p| p.1).sum();
+        if params.top_p < 1.0 {
+            let mut kept = 0.0;
+            if let Some(last) = probs.iter().position(|p| {
+                kept += p.1 / total;
+                kept >= params.top_p
+            }) {
+                probs.truncate(last + 1);
+            }
+        }
+        let mut target = draw * probs.iter().map(|p| p.1).sum::<f64>();
+        for (id, p) in &probs {
+            target -= p;
+            if target <= 0.0 {
+                return *id;
+            }
+        }
+        probs.last().unwrap().0
+    }
+
+    #[test]
+    fn sampling_draws_what_a_full_sort_would() {
+        let mut scores_rng = rand::rngs::StdRng::seed_from_u64(7);
+        for (temperature, top_p, spread) in [
+            (0.2, 1.0, 8.0),
+            (0.2, 0.9, 8.0),
+            (1.0, 1.0, 2.0),
+            (1.5, 0.95, 1.0),
+            (0.7, 0.5, 0.1),
+        ] {
+            let params = SamplingParams {
+                temperature,
+                top_p,
+                ..SamplingParams::default()
+            };
+            for seed in 0..200 {
+                let mut scores: Vec<f32> = (0..5000)
+                    .map(|_| scores_rng.random::<f32>() * spread)
+                    .collect();
+                scores[17] = f32::NEG_INFINITY;
+                let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+                let token = sample(&scores, &params, &mut rng);
+                let draw = rand::rngs::StdRng::seed_from_u64(seed).random::<f64>();
+                assert_eq!(
+                    token,
+                    sample_by_full_sort(&scores, &params, draw),
+                    "temperature {temperature}, top_p {top_p}, seed {seed}"
+                );
+                assert_ne!(token, 17, "a masked token was drawn");
+            }
+        }
+    }
+
+    #[test]
+    fn sampling_at_temperature_zero_is_the_argmax() {
+        let scores = [0.1, 3.0, -1.0, 2.9];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+        assert_eq!(sample(&scores, &SamplingParams::default(), &mut rng), 1);
+    }
 }

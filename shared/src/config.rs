@@ -43,6 +43,22 @@ pub struct Config {
     pub synth_concurrency: u32,
     /// `LIFT_METRICS_ADDR`: where `/metrics` is served; empty disables it.
     pub metrics_addr: String,
+    /// `LIFT_AUTH_TOKENS_FILE`: `tenant:token` lines; with it (or `LIFT_AUTH_TOKENS`) the
+    /// gRPC API and `lift serve` want a bearer token and scope jobs to its tenant.
+    pub auth_tokens_file: String,
+    /// `LIFT_TLS_CERT` and `LIFT_TLS_KEY`: PEM certificate chain and key; with them the
+    /// coordinator's gRPC and `lift serve` speak TLS only.
+    pub tls_cert: String,
+    pub tls_key: String,
+    /// `LIFT_TLS_CLIENT_CA`: PEM CA whose client certificates the servers require.
+    pub tls_client_ca: String,
+    /// `LIFT_TLS_CA`: PEM CA that clients (`lift submit`, ...) trust for `https://` addresses,
+    /// instead of the system's roots.
+    pub tls_ca: String,
+    /// `LIFT_TLS_CLIENT_CERT` and `LIFT_TLS_CLIENT_KEY`: the client's certificate and key,
+    /// for servers that require one.
+    pub tls_client_cert: String,
+    pub tls_client_key: String,
 }
 
 impl Default for Config {
@@ -61,6 +77,13 @@ impl Default for Config {
             trainer_lease_secs: 15,
             synth_concurrency: 4,
             metrics_addr: String::new(),
+            auth_tokens_file: String::new(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            tls_client_ca: String::new(),
+            tls_ca: String::new(),
+            tls_client_cert: String::new(),
+            tls_client_key: String::new(),
         }
     }
 }
@@ -111,7 +134,7 @@ impl Config {
     }
 
     fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), LiftError> {
-        let strings: [(&str, &mut String); 7] = [
+        let strings: [(&str, &mut String); 14] = [
             ("LIFT_STORE_URL", &mut self.store_url),
             ("LIFT_AMQP_URL", &mut self.amqp_url),
             ("LIFT_GRPC_ADDR", &mut self.grpc_addr),
@@ -119,6 +142,13 @@ impl Config {
             ("LIFT_GENERATOR_MODEL", &mut self.generator_model),
             ("LIFT_MODEL", &mut self.model),
             ("LIFT_METRICS_ADDR", &mut self.metrics_addr),
+            ("LIFT_AUTH_TOKENS_FILE", &mut self.auth_tokens_file),
+            ("LIFT_TLS_CERT", &mut self.tls_cert),
+            ("LIFT_TLS_KEY", &mut self.tls_key),
+            ("LIFT_TLS_CLIENT_CA", &mut self.tls_client_ca),
+            ("LIFT_TLS_CA", &mut self.tls_ca),
+            ("LIFT_TLS_CLIENT_CERT", &mut self.tls_client_cert),
+            ("LIFT_TLS_CLIENT_KEY", &mut self.tls_client_key),
         ];
         for (name, field) in strings {
             if let Some(value) = env(name) {
@@ -167,6 +197,23 @@ impl Config {
         if self.trainer_lease_secs == 0 {
             return Err(invalid_config(
                 "trainer_lease_secs must be at least 1".to_string(),
+            ));
+        }
+        if self.tls_cert.trim().is_empty() != self.tls_key.trim().is_empty() {
+            return Err(invalid_config(
+                "tls_cert and tls_key (LIFT_TLS_CERT, LIFT_TLS_KEY) go together: set both or neither"
+                    .to_string(),
+            ));
+        }
+        if !self.tls_client_ca.trim().is_empty() && self.tls_cert.trim().is_empty() {
+            return Err(invalid_config(
+                "tls_client_ca (LIFT_TLS_CLIENT_CA) needs tls_cert and tls_key".to_string(),
+            ));
+        }
+        if self.tls_client_cert.trim().is_empty() != self.tls_client_key.trim().is_empty() {
+            return Err(invalid_config(
+                "tls_client_cert and tls_client_key (LIFT_TLS_CLIENT_CERT, LIFT_TLS_CLIENT_KEY) go together"
+                    .to_string(),
             ));
         }
         if self.synth_concurrency == 0 {

@@ -2,6 +2,7 @@
 //! broker messages and the broker trait, the object-store layout, the job state machine,
 //! configuration, errors mapped to gRPC codes, tracing setup and the generated gRPC API.
 
+pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod error;
@@ -14,3 +15,4 @@ pub mod spec;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod tls;

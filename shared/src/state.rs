@@ -94,6 +94,9 @@ impl ChunkSet {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobStatus {
     pub job_id: JobId,
+    /// The tenant whose token submitted the job; empty when authentication was off.
+    #[serde(default)]
+    pub tenant: String,
     pub state: JobState,
     pub base_model: String,
     pub sentences_total: u32,
@@ -155,6 +158,7 @@ impl JobStatus {
     ) -> Self {
         Self {
             job_id,
+            tenant: String::new(),
             state: JobState::Queued,
             base_model,
             sentences_total,

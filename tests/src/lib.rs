@@ -2,6 +2,8 @@
 //! RabbitMQ, S3 on moto, and helpers to wait for them and read what a user would see.
 //! The binary must be built first (`cargo build -p lift-cli`; `scripts/test.sh` does it).
 
+pub mod pki;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

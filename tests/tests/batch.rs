@@ -92,7 +92,14 @@ async fn a_batch_interrupted_halfway_finishes_on_rerun_without_duplicates() {
     let mut second = cluster.spawn("batch", &args);
     let status = second
         .wait_exit(Duration::from_secs(600))
-        .unwrap_or_else(|| panic!("rerun did not finish\n{}", cluster.logs()));
+        .unwrap_or_else(|| {
+            panic!(
+                "rerun did not finish\n{}\nledger:\n{}\n{}",
+                second.log_text(),
+                std::fs::read_to_string(&ledger).unwrap_or_default(),
+                cluster.logs()
+            )
+        });
     let log = second.log_text();
     assert_eq!(status.code(), Some(1), "one document fails: {log}");
     assert!(log.contains("1 of 21 documents failed"), "{log}");
