@@ -29,6 +29,15 @@ impl Interceptor for BearerToken {
                 .metadata_mut()
                 .insert("authorization", value.clone());
         }
+        // The current span's trace context, so the coordinator continues the caller's trace.
+        for (name, value) in lift_shared::telemetry::trace_headers() {
+            if let (Ok(name), Ok(value)) = (
+                tonic::metadata::MetadataKey::from_bytes(name.as_bytes()),
+                value.parse(),
+            ) {
+                request.metadata_mut().insert(name, value);
+            }
+        }
         Ok(request)
     }
 }

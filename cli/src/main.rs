@@ -18,6 +18,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tracing::Instrument;
 
 #[derive(Parser)]
 #[command(
@@ -81,9 +82,19 @@ enum ModelCommand {
 
 mod client_commands;
 
+/// How the process shows up in traces (`OTEL_SERVICE_NAME` overrides it).
+fn service_name(command: &Command) -> &'static str {
+    match command {
+        Command::Coordinator => "lift-coordinator",
+        Command::SynthWorker(_) => "lift-synth-worker",
+        Command::TrainWorker(_) => "lift-train-worker",
+        Command::Serve(_) => "lift-serve",
+        _ => "lift",
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    lift_shared::telemetry::init_tracing(cli.log_json);
     lift_shared::tls::install_crypto_provider();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -92,13 +103,19 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(dispatch(cli)) {
+    let telemetry = {
+        let _runtime = runtime.enter();
+        lift_shared::telemetry::init(cli.log_json, service_name(&cli.command))
+    };
+    let code = match runtime.block_on(dispatch(cli)) {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::from(1)
         }
-    }
+    };
+    telemetry.shutdown();
+    code
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -108,7 +125,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Coordinator => roles::coordinator(config).await,
         Command::SynthWorker(args) => roles::synth_worker(config, args).await,
         Command::TrainWorker(args) => roles::train_worker(config, args).await,
-        Command::Submit(args) => client_commands::submit(config, args).await,
+        // With tracing on, a submitted job's trace starts here, in the client.
+        Command::Submit(args) => {
+            client_commands::submit(config, args)
+                .instrument(tracing::info_span!("lift submit"))
+                .await
+        }
         Command::Batch(args) => batch::run(config, args).await,
         Command::Watch(args) => client_commands::watch(config, args).await,
         Command::Status(args) => client_commands::status(config, args).await,

@@ -17,11 +17,12 @@ use lift_shared::store::{layout, CancelMarker, FailedChunkMarker, Store};
 /// publish a round trip, so a sequential loop would take minutes for a large document.
 const PUBLISH_CONCURRENCY: usize = 32;
 
-fn headers(job: &JobId, kind: &str) -> Headers {
-    Headers::from([
-        ("job_id".to_string(), job.to_string()),
-        ("kind".to_string(), kind.to_string()),
-    ])
+/// A message's headers: what it is, for whom, and the job's trace context.
+fn headers(job: &JobId, kind: &str, trace: &Headers) -> Headers {
+    let mut headers = trace.clone();
+    headers.insert("job_id".to_string(), job.to_string());
+    headers.insert("kind".to_string(), kind.to_string());
+    headers
 }
 
 fn encode<T: serde::Serialize>(what: &str, value: &T) -> Result<Vec<u8>, LiftError> {
@@ -34,11 +35,12 @@ fn encode<T: serde::Serialize>(what: &str, value: &T) -> Result<Vec<u8>, LiftErr
 pub(crate) async fn publish_chunks(
     broker: &dyn Broker,
     chunks: Vec<SynthChunk>,
+    trace: &Headers,
 ) -> Result<(), LiftError> {
     futures::stream::iter(chunks)
         .map(|chunk| async move {
             let payload = encode("synth chunk", &chunk)?;
-            publish_chunk_with_confirm(broker, &chunk, &payload).await
+            publish_chunk_with_confirm(broker, &chunk, &payload, trace).await
         })
         .buffer_unordered(PUBLISH_CONCURRENCY)
         .try_collect::<()>()
@@ -49,12 +51,13 @@ async fn publish_chunk_with_confirm(
     broker: &dyn Broker,
     chunk: &SynthChunk,
     payload: &[u8],
+    trace: &Headers,
 ) -> Result<(), LiftError> {
     broker
         .publish(
             queues::SYNTH,
             payload,
-            headers(&chunk.job_id, "synth_chunk"),
+            headers(&chunk.job_id, "synth_chunk", trace),
         )
         .await
         .map_err(|e| {
@@ -87,13 +90,14 @@ pub(crate) fn train_assignment(job: &JobId, spec: &JobSpec, status: &JobStatus) 
 pub(crate) async fn publish_train_assignment(
     broker: &dyn Broker,
     assignment: &TrainAssignment,
+    trace: &Headers,
 ) -> Result<(), LiftError> {
     let payload = encode("train assignment", assignment)?;
     broker
         .publish(
             queues::TRAIN,
             &payload,
-            headers(&assignment.job_id, "train_assignment"),
+            headers(&assignment.job_id, "train_assignment", trace),
         )
         .await
         .map_err(|e| {
@@ -112,7 +116,7 @@ pub(crate) async fn republish_train_assignment(
     status: &JobStatus,
 ) -> Result<(), LiftError> {
     let spec = read_spec(store, job).await?;
-    publish_train_assignment(broker, &train_assignment(job, &spec, status)).await
+    publish_train_assignment(broker, &train_assignment(job, &spec, status), &status.trace).await
 }
 
 pub(crate) async fn read_spec(store: &Store, job: &JobId) -> Result<JobSpec, LiftError> {

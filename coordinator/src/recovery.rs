@@ -54,7 +54,7 @@ async fn recover_job(ctx: &Context, status: JobStatus) -> Result<(), LiftError> 
             .collect();
         tracing::info!(job_id = %job, chunks = missing.len(), "republishing unfinished chunks");
         fanout::republish_train_assignment(&ctx.store, ctx.broker.as_ref(), &job, &record).await?;
-        fanout::publish_chunks(ctx.broker.as_ref(), missing).await?;
+        fanout::publish_chunks(ctx.broker.as_ref(), missing, &record.trace).await?;
     }
     if republish || reconciled {
         record.chunks_published = true;

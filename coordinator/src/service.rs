@@ -15,6 +15,7 @@ use lift_shared::spec::JobSpec;
 use lift_shared::state::{JobState, JobStatus};
 use lift_shared::store::{layout, SubmitRequestRecord};
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::auth::tenant_of;
 use crate::chunk::plan_chunks;
@@ -187,14 +188,16 @@ impl LiftServiceImpl {
             now_ms(),
         );
         status.tenant = tenant.name().to_string();
+        status.trace = lift_shared::telemetry::trace_headers();
         self.store_new_job(&job, &spec, &status).await?;
         let entry = self.ctx.jobs.insert(status.clone());
         tracing::info!(job_id = %job, sentences, chunks = chunks.len(), "job submitted");
 
         // The trainer goes first: it loads the base model while the first chunks synthesize.
         let assignment = fanout::train_assignment(&job, &spec, &status);
-        fanout::publish_train_assignment(self.ctx.broker.as_ref(), &assignment).await?;
-        fanout::publish_chunks(self.ctx.broker.as_ref(), chunks).await?;
+        fanout::publish_train_assignment(self.ctx.broker.as_ref(), &assignment, &status.trace)
+            .await?;
+        fanout::publish_chunks(self.ctx.broker.as_ref(), chunks, &status.trace).await?;
 
         let mut record = entry.record.lock().await;
         record.chunks_published = true;
@@ -306,6 +309,19 @@ impl LiftServiceImpl {
     }
 }
 
+/// The caller's trace context, when its gRPC metadata carries one.
+fn trace_context_of_metadata(
+    metadata: &tonic::metadata::MetadataMap,
+) -> lift_shared::broker::Headers {
+    ["traceparent", "tracestate"]
+        .into_iter()
+        .filter_map(|name| {
+            let value = metadata.get(name)?.to_str().ok()?;
+            Some((name.to_string(), value.to_string()))
+        })
+        .collect()
+}
+
 type WatchStream = Pin<Box<dyn Stream<Item = Result<proto::JobStatus, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -315,8 +331,17 @@ impl LiftService for LiftServiceImpl {
         request: Request<proto::SubmitJobRequest>,
     ) -> Result<Response<proto::SubmitJobResponse>, Status> {
         let tenant = tenant_of(&request);
+        let span = tracing::info_span!("SubmitJob", tenant = tenant.name());
+        lift_shared::telemetry::continue_trace(
+            &span,
+            &trace_context_of_metadata(request.metadata()),
+        );
         let status = self
-            .detached(|service| service.submit(tenant, request.into_inner()))
+            .detached(|service| {
+                service
+                    .submit(tenant, request.into_inner())
+                    .instrument(span)
+            })
             .await?;
         Ok(Response::new(proto::SubmitJobResponse {
             job_id: status.job_id.to_string(),

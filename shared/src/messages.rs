@@ -125,6 +125,10 @@ pub struct Task {
     /// `qa` for generated pairs, `cloze` for rule-based ones.
     #[serde(default = "default_task_kind")]
     pub kind: String,
+    /// W3C `traceparent` of the synthesis that wrote the task: the trainer links the span
+    /// that trains on it to that synthesis. Empty when tracing was off.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub traceparent: String,
 }
 
 impl Task {

@@ -97,6 +97,10 @@ pub struct JobStatus {
     /// The tenant whose token submitted the job; empty when authentication was off.
     #[serde(default)]
     pub tenant: String,
+    /// W3C trace context of the job's `SubmitJob` span: every message published for the job
+    /// (also by recovery, after a restart) carries it, so the job stays one trace.
+    #[serde(default, skip_serializing_if = "crate::broker::Headers::is_empty")]
+    pub trace: crate::broker::Headers,
     pub state: JobState,
     pub base_model: String,
     pub sentences_total: u32,
@@ -159,6 +163,7 @@ impl JobStatus {
         Self {
             job_id,
             tenant: String::new(),
+            trace: crate::broker::Headers::new(),
             state: JobState::Queued,
             base_model,
             sentences_total,

@@ -1,10 +1,18 @@
 //! The operations endpoint of each distributed process: `/metrics` moves with a real job,
-//! `/healthz` and `/readyz` answer, and no log line shows a credential. Separate OS processes, real RabbitMQ and S3 on moto; the
+//! `/healthz` and `/readyz` answer, no log line shows a credential, and a job's spans from
+//! every process share one trace. Separate OS processes, real RabbitMQ and S3 on moto; the
 //! benchmark-only `instant:` generator keeps synthesis out of the test's time.
 
 use std::time::Duration;
 
 use lift_tests::{free_port, made_up_document, wait_for_port, Cluster};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value;
 
 const JOB_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -133,5 +141,111 @@ async fn every_process_serves_moving_metrics_and_health() {
         "lift_queue_depth{queue=\"lift.synth\"}",
     ] {
         assert!(text.contains(series), "{series} missing:\n{text}");
+    }
+}
+
+/// An OTLP/gRPC receiver in the test process: keeps (service, trace id, span name) of every
+/// span exported to it.
+#[derive(Clone, Default)]
+struct TraceCollector {
+    spans: std::sync::Arc<std::sync::Mutex<Vec<(String, String, String)>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for TraceCollector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut spans = self.spans.lock().unwrap();
+        for resource_spans in request.into_inner().resource_spans {
+            let service = resource_spans
+                .resource
+                .iter()
+                .flat_map(|resource| &resource.attributes)
+                .find(|attribute| attribute.key == "service.name")
+                .and_then(
+                    |attribute| match attribute.value.as_ref()?.value.as_ref()? {
+                        any_value::Value::StringValue(name) => Some(name.clone()),
+                        _ => None,
+                    },
+                )
+                .unwrap_or_default();
+            for span in resource_spans
+                .scope_spans
+                .into_iter()
+                .flat_map(|scope| scope.spans)
+            {
+                let trace_id: String = span.trace_id.iter().map(|b| format!("{b:02x}")).collect();
+                spans.push((service.clone(), trace_id, span.name));
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_is_one_trace_across_coordinator_synthesis_and_training() {
+    let collector = TraceCollector::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let otlp = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(collector.clone()))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+
+    let mut cluster = Cluster::with_generator("instant:".into());
+    cluster.extra_env.extend([
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}")),
+        ("OTEL_BSP_SCHEDULE_DELAY", "200".to_string()),
+    ]);
+    cluster.start_all().await;
+    let job = cluster
+        .submit("Vellmar Island", &made_up_document(6), 2)
+        .await;
+    let status = cluster.wait_for_terminal(&job, JOB_TIMEOUT).await;
+    assert_eq!(
+        status.state,
+        lift_shared::proto::JobState::Succeeded as i32,
+        "{status:?}\n{}",
+        cluster.logs()
+    );
+
+    // Spans arrive in batches a little after they end.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let spans = collector.spans.lock().unwrap().clone();
+        let submit_trace = spans
+            .iter()
+            .find(|(service, _, name)| service == "lift-coordinator" && name == "SubmitJob")
+            .map(|(_, trace, _)| trace.clone());
+        if let Some(trace) = submit_trace {
+            let in_trace = |service: &str, name: &str| {
+                spans
+                    .iter()
+                    .filter(|(s, t, n)| s == service && *t == trace && n == name)
+                    .count()
+            };
+            let chunks = in_trace("lift-synth-worker", "synthesize_chunk");
+            let runs = in_trace("lift-train-worker", "train_job");
+            let epochs = in_trace("lift-train-worker", "epoch");
+            if chunks >= 6 && runs == 1 && epochs == 2 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "trace {trace}: {chunks} synthesis spans, {runs} training runs, {epochs} epochs; \
+                 all spans: {spans:#?}"
+            );
+        } else {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no SubmitJob span from the coordinator; spans: {spans:#?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }

@@ -83,6 +83,9 @@ pub async fn synthesize_chunk(
     )
     .await;
 
+    let traceparent = lift_shared::telemetry::trace_headers()
+        .remove("traceparent")
+        .unwrap_or_default();
     let mut synthesis = ChunkSynthesis {
         tasks: Vec::new(),
         sentences: chunk.sentences.len() as u32,
@@ -107,6 +110,7 @@ pub async fn synthesize_chunk(
                     question: pair.question,
                     answer: pair.answer,
                     kind: "qa".to_string(),
+                    traceparent: traceparent.clone(),
                 }));
             }
             Err(error) => synthesis.failures.push((sentence.index, error)),
@@ -119,6 +123,7 @@ pub async fn synthesize_chunk(
                 question: task.question,
                 answer: task.answer,
                 kind: "cloze".to_string(),
+                traceparent: traceparent.clone(),
             }));
         }
     }

@@ -17,6 +17,7 @@ use lift_shared::store::{layout, FailedChunkMarker, Store};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::generator::QaGenerator;
 use crate::synthesize::{synthesize_chunk, SynthesisTuning};
@@ -211,8 +212,18 @@ enum InfraError {
 impl ChunkContext {
     async fn handle(&self, delivery: Box<dyn Delivery>, mut stopped: watch::Receiver<bool>) {
         let attempt = delivery.redelivery_count() + 1;
+        let span = tracing::info_span!(
+            "synthesize_chunk",
+            attempt,
+            job_id = tracing::field::Empty,
+            chunk = tracing::field::Empty
+        );
+        lift_shared::telemetry::continue_trace(&span, delivery.headers());
+        let work = self
+            .process(delivery.payload(), delivery.headers(), attempt)
+            .instrument(span);
         let settlement = tokio::select! {
-            settlement = self.process(delivery.payload(), delivery.headers(), attempt) => settlement,
+            settlement = work => settlement,
             _ = stopped.wait_for(|stopped| *stopped) => Settlement::Release,
         };
         let result = match settlement {
@@ -241,6 +252,9 @@ impl ChunkContext {
                 return Settlement::Reject;
             }
         };
+        let span = tracing::Span::current();
+        span.record("job_id", tracing::field::display(&chunk.job_id));
+        span.record("chunk", chunk.chunk_index);
         let last_attempt = attempt >= self.config.delivery_limit;
         match self
             .process_chunk(&chunk, headers, attempt, last_attempt)
@@ -419,13 +433,12 @@ impl ChunkContext {
         headers: &Headers,
     ) -> Result<(), InfraError> {
         let payload = serde_json::to_vec(event)?;
-        let trace_headers: Headers = headers
-            .iter()
-            .filter(|(name, _)| matches!(name.as_str(), "traceparent" | "tracestate"))
-            .map(|(name, value)| (name.clone(), value.clone()))
-            .collect();
         self.broker
-            .publish(queues::EVENTS, &payload, trace_headers)
+            .publish(
+                queues::EVENTS,
+                &payload,
+                lift_shared::telemetry::trace_context_of(headers),
+            )
             .await?;
         Ok(())
     }

@@ -120,12 +120,16 @@ impl JobRun {
         let outcome = (|| -> Result<Option<Interrupt>, TrainError> {
             if state.cursor.epoch <= 1 {
                 state.cursor.epoch = 1;
+                let _epoch = tracing::info_span!("epoch", epoch = 1, streaming = true).entered();
                 if let Some(interrupt) = self.train_first_epoch(&mut state)? {
                     return Ok(Some(interrupt));
                 }
                 self.end_epoch(&mut state)?;
             }
             while state.cursor.epoch <= epochs {
+                let _epoch =
+                    tracing::info_span!("epoch", epoch = state.cursor.epoch, streaming = false)
+                        .entered();
                 if let Some(interrupt) = self.train_cached_epoch(&mut state)? {
                     return Ok(Some(interrupt));
                 }
@@ -306,6 +310,9 @@ impl JobRun {
                     .copied()
                     .unwrap_or(0) as usize;
                 let tasks = self.read_tasks(chunk)?;
+                if let Some(task) = tasks.first() {
+                    lift_shared::telemetry::link_current_span_to(&task.traceparent);
+                }
                 pending.extend(tasks.iter().skip(done).map(|t| (chunk, Self::example(t))));
                 loaded.insert(chunk);
                 found_new = true;

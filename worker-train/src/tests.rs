@@ -26,6 +26,7 @@ fn tasks(chunk: u32, n: u32) -> Vec<u8> {
             question: format!("What is fact {chunk}-{i}?"),
             answer: format!("Fact {chunk}-{i} is teal."),
             kind: "qa".into(),
+            traceparent: String::new(),
         };
         serde_json::to_writer(&mut body, &task).unwrap();
         body.push(b'\n');

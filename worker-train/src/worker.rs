@@ -131,6 +131,7 @@ async fn handle_assignment(
         delivery.ack().await?;
         return Ok(());
     };
+    let trace = lift_shared::telemetry::trace_context_of(delivery.headers());
     delivery.ack().await?;
     info!(job_id = %job, generation, trainer = %config.trainer_id, "claimed job");
 
@@ -155,7 +156,10 @@ async fn handle_assignment(
         shutdown: shutdown.clone(),
         current_step,
     };
-    let result = tokio::task::spawn_blocking(move || run.run())
+    // The whole run is one span of the job's trace; epochs are its children.
+    let span = tracing::info_span!("train_job", job_id = %job, generation);
+    lift_shared::telemetry::continue_trace(&span, &trace);
+    let result = tokio::task::spawn_blocking(move || span.in_scope(|| run.run()))
         .await
         .map_err(|e| TrainError::Thread(e.to_string()))?;
     heartbeat_stop.cancel();
