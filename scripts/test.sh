@@ -23,6 +23,18 @@ scripts/fetch-eval-data.sh
 step "deploy manifests (kustomize render, schema and KEDA checks, compose)"
 scripts/test-deploy.sh
 
+step "cargo deny (licenses, duplicate versions, sources; advisories when the database is cached)"
+if ! command -v cargo-deny >/dev/null; then
+    cargo install --locked cargo-deny@0.20.2
+fi
+cargo deny check licenses bans sources
+# The RustSec database comes from github.com, which not every machine reaches.
+if [[ -d "${CARGO_HOME:-$HOME/.cargo}/advisory-db" ]]; then
+    cargo deny check --disable-fetch advisories
+else
+    echo "cargo deny: no cached RustSec database (cargo deny fetch needs github.com); advisories not checked"
+fi
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

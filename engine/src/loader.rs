@@ -200,11 +200,37 @@ pub fn load_gguf(path: &Path, dtype: DType, device: &Device) -> Result<(Model, C
     }
     let file = File::open(path).map_err(io_error(path))?;
     let mut reader = BufReader::new(file);
+    let header = read_gguf_header(&mut reader, path)?;
+    let architecture = header.config.architecture;
+    let mut source = GgufSource {
+        content: header.content,
+        reader,
+        path: path.to_path_buf(),
+        config: header.config.clone(),
+        permuted_qk: architecture == Architecture::Llama,
+    };
+    let model = build_model(header.config, &mut source, dtype, device)?;
+    Ok((model, header.tokenizer))
+}
+
+/// What a GGUF file's header says: its tensor directory, the model's shape, its tokenizer.
+pub struct GgufHeader {
+    pub content: gguf_file::Content,
+    pub config: ModelConfig,
+    pub tokenizer: ChatTokenizer,
+}
+
+/// Reads and checks the header of a GGUF file (untrusted input: models come from users);
+/// `path` only names the file in errors. No tensor data is read.
+pub fn read_gguf_header<R: std::io::Read + std::io::Seek>(
+    reader: &mut R,
+    path: &Path,
+) -> Result<GgufHeader> {
     let corrupt = |reason: String| EngineError::ModelCorrupt {
         path: path.to_path_buf(),
         reason,
     };
-    let content = gguf_file::Content::read(&mut reader).map_err(|e| corrupt(e.to_string()))?;
+    let content = gguf_file::Content::read(reader).map_err(|e| corrupt(e.to_string()))?;
     let md = &content.metadata;
     let get = |key: &str| {
         md.get(key)
@@ -279,15 +305,11 @@ pub fn load_gguf(path: &Path, dtype: DType, device: &Device) -> Result<(Model, C
             .and_then(|v| v.to_string().ok().cloned()),
     };
     let tokenizer = ChatTokenizer::from_gguf_vocab(vocab)?;
-    let mut source = GgufSource {
+    Ok(GgufHeader {
         content,
-        reader,
-        path: path.to_path_buf(),
-        config: config.clone(),
-        permuted_qk: architecture == Architecture::Llama,
-    };
-    let model = build_model(config, &mut source, dtype, device)?;
-    Ok((model, tokenizer))
+        config,
+        tokenizer,
+    })
 }
 
 // ---- Hugging Face directories ----

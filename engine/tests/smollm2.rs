@@ -395,3 +395,24 @@ fn stop_strings_prefill_and_streaming_agree() {
     );
     assert_eq!(streamed, out.text);
 }
+
+#[test]
+fn the_gguf_header_alone_gives_the_shape_and_a_cut_file_is_corrupt_not_a_panic() {
+    let path = default_model_path();
+    let bytes = std::fs::read(&path).expect("default model missing: run scripts/fetch-model.sh");
+    let header =
+        lift_engine::loader::read_gguf_header(&mut std::io::Cursor::new(&bytes), &path).unwrap();
+    assert_eq!(
+        (header.config.num_layers, header.config.hidden_size),
+        (30, 576)
+    );
+    assert_eq!(header.config.vocab_size, 49152);
+    for cut in [0, 4, 24, 4096, 1 << 19] {
+        let result =
+            lift_engine::loader::read_gguf_header(&mut std::io::Cursor::new(&bytes[..cut]), &path);
+        assert!(
+            matches!(result, Err(EngineError::ModelCorrupt { .. })),
+            "a file cut at {cut} bytes was not refused as corrupt"
+        );
+    }
+}
