@@ -632,13 +632,7 @@ fn sample(scores: &[f32], params: &SamplingParams, rng: &mut rand::rngs::StdRng)
     if params.temperature <= 0.0 {
         return argmax();
     }
-    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut probs: Vec<(u32, f64)> = scores
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| s.is_finite())
-        .map(|(i, &s)| (i as u32, (((s - max) as f64) / params.temperature).exp()))
-        .collect();
+    let mut probs = token_weights(scores, params.temperature);
     if probs.is_empty() {
         return argmax();
     }
@@ -663,6 +657,17 @@ fn sample(scores: &[f32], params: &SamplingParams, rng: &mut rand::rngs::StdRng)
         }
         sorted = (sorted * 8).min(probs.len());
     }
+}
+
+/// Each allowed token's softmax weight at `temperature`, unnormalised (the best is 1).
+fn token_weights(scores: &[f32], temperature: f64) -> Vec<(u32, f64)> {
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    scores
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.is_finite())
+        .map(|(i, &s)| (i as u32, (((s - max) as f64) / temperature).exp()))
+        .collect()
 }
 
 /// The draw over the most likely tokens `prefix` (sorted), or None when the nucleus or the
@@ -712,13 +717,7 @@ mod tests {
 
     /// The plain definition: sort the whole vocabulary, cut the nucleus, walk it.
     fn sample_by_full_sort(scores: &[f32], params: &SamplingParams, draw: f64) -> u32 {
-        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut probs: Vec<(u32, f64)> = scores
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.is_finite())
-            .map(|(i, &s)| (i as u32, (((s - max) as f64) / params.temperature).exp()))
-            .collect();
+        let mut probs = token_weights(scores, params.temperature);
         probs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         let total: f64 = probs.iter().map(|p| p.1).sum();
         if params.top_p < 1.0 {

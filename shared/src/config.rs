@@ -199,21 +199,29 @@ impl Config {
                 "trainer_lease_secs must be at least 1".to_string(),
             ));
         }
-        if self.tls_cert.trim().is_empty() != self.tls_key.trim().is_empty() {
-            return Err(invalid_config(
-                "tls_cert and tls_key (LIFT_TLS_CERT, LIFT_TLS_KEY) go together: set both or neither"
-                    .to_string(),
-            ));
-        }
+        // A certificate and its key go together: one without the other is a mistake.
+        let paired = |a: &str, b: &str, names: &str| {
+            if a.trim().is_empty() == b.trim().is_empty() {
+                Ok(())
+            } else {
+                Err(invalid_config(format!(
+                    "{names} go together: set both or neither"
+                )))
+            }
+        };
+        paired(
+            &self.tls_cert,
+            &self.tls_key,
+            "tls_cert and tls_key (LIFT_TLS_CERT, LIFT_TLS_KEY)",
+        )?;
+        paired(
+            &self.tls_client_cert,
+            &self.tls_client_key,
+            "tls_client_cert and tls_client_key (LIFT_TLS_CLIENT_CERT, LIFT_TLS_CLIENT_KEY)",
+        )?;
         if !self.tls_client_ca.trim().is_empty() && self.tls_cert.trim().is_empty() {
             return Err(invalid_config(
                 "tls_client_ca (LIFT_TLS_CLIENT_CA) needs tls_cert and tls_key".to_string(),
-            ));
-        }
-        if self.tls_client_cert.trim().is_empty() != self.tls_client_key.trim().is_empty() {
-            return Err(invalid_config(
-                "tls_client_cert and tls_client_key (LIFT_TLS_CLIENT_CERT, LIFT_TLS_CLIENT_KEY) go together"
-                    .to_string(),
             ));
         }
         if self.synth_concurrency == 0 {
@@ -249,6 +257,17 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn tls_files_come_in_pairs() {
+        let err = Config::from_sources(None, env(&[("LIFT_TLS_CERT", "/c.pem")])).unwrap_err();
+        assert!(err.to_string().contains("LIFT_TLS_KEY"), "{err}");
+        let err =
+            Config::from_sources(None, env(&[("LIFT_TLS_CLIENT_CA", "/ca.pem")])).unwrap_err();
+        assert!(err.to_string().contains("needs tls_cert"), "{err}");
+        let both = env(&[("LIFT_TLS_CERT", "/c.pem"), ("LIFT_TLS_KEY", "/k.pem")]);
+        assert_eq!(Config::from_sources(None, both).unwrap().tls_key, "/k.pem");
     }
 
     #[test]

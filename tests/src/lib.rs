@@ -450,6 +450,18 @@ impl Cluster {
         );
     }
 
+    /// Waits for the job to end and insists that it succeeded.
+    pub async fn wait_for_success(&self, job_id: &str, timeout: Duration) -> proto::JobStatus {
+        let status = self.wait_for_terminal(job_id, timeout).await;
+        assert_eq!(
+            status.state,
+            JobState::Succeeded as i32,
+            "{status:?}\n{}",
+            self.logs()
+        );
+        status
+    }
+
     pub async fn wait_for_terminal(&self, job_id: &str, timeout: Duration) -> proto::JobStatus {
         self.wait_until(job_id, timeout, |s| {
             matches!(

@@ -105,13 +105,7 @@ async fn every_process_serves_moving_metrics_and_health() {
     let job = cluster
         .submit("Vellmar Island", &made_up_document(8), 1)
         .await;
-    let status = cluster.wait_for_terminal(&job, JOB_TIMEOUT).await;
-    assert_eq!(
-        status.state,
-        lift_shared::proto::JobState::Succeeded as i32,
-        "{status:?}\n{}",
-        cluster.logs()
-    );
+    cluster.wait_for_success(&job, JOB_TIMEOUT).await;
 
     for ((port, series), before) in watched.iter().zip(&before) {
         let (code, text) = get(*port, "/metrics").await;
@@ -206,13 +200,7 @@ async fn a_job_is_one_trace_across_coordinator_synthesis_and_training() {
     let job = cluster
         .submit("Vellmar Island", &made_up_document(6), 2)
         .await;
-    let status = cluster.wait_for_terminal(&job, JOB_TIMEOUT).await;
-    assert_eq!(
-        status.state,
-        lift_shared::proto::JobState::Succeeded as i32,
-        "{status:?}\n{}",
-        cluster.logs()
-    );
+    cluster.wait_for_success(&job, JOB_TIMEOUT).await;
 
     // Spans arrive in batches a little after they end.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);

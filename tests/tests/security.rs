@@ -48,8 +48,12 @@ fn refused(cluster: &Cluster, outcome: &Outcome, code_name: &str, sentence: &str
     );
 }
 
-fn secured_cluster(pki: &TestPki, client_certificates: bool) -> Cluster {
+/// A coordinator with the two tenants' tokens and a certificate from a CA made for the test
+/// (its files in the cluster's directory); `client_certificates` also requires client
+/// certificates of that CA. Returns the cluster, the CA's files and the `https://` address.
+async fn secured_coordinator(client_certificates: bool) -> (Cluster, TestPki, String) {
     let mut cluster = Cluster::with_generator("instant:".into());
+    let pki = TestPki::create(cluster.dir.path());
     let path = |p: &Path| p.display().to_string();
     cluster.extra_env.extend([
         ("LIFT_AUTH_TOKENS", format!("alpha:{ALPHA},beta:{BETA}")),
@@ -63,16 +67,14 @@ fn secured_cluster(pki: &TestPki, client_certificates: bool) -> Cluster {
             .extra_env
             .push(("LIFT_TLS_CLIENT_CA", path(&pki.ca)));
     }
-    cluster
+    cluster.start_coordinator().await;
+    let addr = format!("https://localhost:{}", cluster.grpc_port);
+    (cluster, pki, addr)
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_grpc_api_wants_a_token_over_tls_and_keeps_tenants_apart() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = TestPki::create(dir.path());
-    let mut cluster = secured_cluster(&pki, false);
-    cluster.start_coordinator().await;
-    let addr = format!("https://localhost:{}", cluster.grpc_port);
+    let (cluster, pki, addr) = secured_coordinator(false).await;
     let document = cluster.dir.path().join("guild.md");
     std::fs::write(
         &document,
@@ -218,11 +220,7 @@ async fn the_grpc_api_wants_a_token_over_tls_and_keeps_tenants_apart() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn mutual_tls_lets_in_only_clients_with_a_certificate_of_the_ca() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = TestPki::create(dir.path());
-    let mut cluster = secured_cluster(&pki, true);
-    cluster.start_coordinator().await;
-    let addr = format!("https://localhost:{}", cluster.grpc_port);
+    let (cluster, pki, addr) = secured_coordinator(true).await;
     let jobs = ["jobs", "--addr", addr.as_str()];
 
     let without = lift(&cluster, &[("LIFT_TOKEN", ALPHA)], &jobs);
