@@ -74,7 +74,7 @@ async fn secured_coordinator(client_certificates: bool) -> (Cluster, TestPki, St
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_grpc_api_wants_a_token_over_tls_and_keeps_tenants_apart() {
-    let (cluster, pki, addr) = secured_coordinator(false).await;
+    let (mut cluster, pki, addr) = secured_coordinator(false).await;
     let document = cluster.dir.path().join("guild.md");
     std::fs::write(
         &document,
