@@ -220,7 +220,7 @@ async fn the_grpc_api_wants_a_token_over_tls_and_keeps_tenants_apart() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn mutual_tls_lets_in_only_clients_with_a_certificate_of_the_ca() {
-    let (cluster, pki, addr) = secured_coordinator(true).await;
+    let (mut cluster, pki, addr) = secured_coordinator(true).await;
     let jobs = ["jobs", "--addr", addr.as_str()];
 
     let without = lift(&cluster, &[("LIFT_TOKEN", ALPHA)], &jobs);
@@ -260,4 +260,39 @@ async fn mutual_tls_lets_in_only_clients_with_a_certificate_of_the_ca() {
         "Unauthenticated",
         "missing bearer token",
     );
+
+    // `lift serve` with the same settings wants a client certificate too.
+    let serve_port = free_port();
+    let serve_addr = format!("127.0.0.1:{serve_port}");
+    let _serve = cluster.spawn("serve", &["serve", "--addr", serve_addr.as_str()]);
+    wait_for_port(serve_port, Duration::from_secs(180)).await;
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&pki.ca).unwrap()).unwrap();
+    let models = format!("https://localhost:{serve_port}/v1/models");
+    let anonymous = reqwest::Client::builder()
+        .add_root_certificate(ca.clone())
+        .build()
+        .unwrap();
+    assert!(
+        anonymous
+            .get(&models)
+            .bearer_auth(ALPHA)
+            .send()
+            .await
+            .is_err(),
+        "lift serve answered a client without a certificate"
+    );
+    let mut identity = std::fs::read(&pki.client_cert).unwrap();
+    identity.extend(std::fs::read(&pki.client_key).unwrap());
+    let identified = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .identity(reqwest::Identity::from_pem(&identity).unwrap())
+        .build()
+        .unwrap();
+    let response = identified
+        .get(&models)
+        .bearer_auth(ALPHA)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
 }
