@@ -27,9 +27,11 @@ pub async fn serve_tls(
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
-                // A connection that failed before the handshake (reset, fd limit) ends alone.
+                // A connection that failed before the handshake (reset, fd limit) ends alone;
+                // the pause keeps a lasting error (out of descriptors) from spinning the loop.
                 Err(error) => {
                     tracing::warn!(%error, "accepting a connection failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                     continue;
                 }
             },

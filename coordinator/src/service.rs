@@ -313,7 +313,7 @@ impl LiftServiceImpl {
 fn trace_context_of_metadata(
     metadata: &tonic::metadata::MetadataMap,
 ) -> lift_shared::broker::Headers {
-    ["traceparent", "tracestate"]
+    lift_shared::telemetry::TRACE_CONTEXT_HEADERS
         .into_iter()
         .filter_map(|name| {
             let value = metadata.get(name)?.to_str().ok()?;

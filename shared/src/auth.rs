@@ -35,12 +35,12 @@ impl Tenant {
 
     /// Whether this caller may read, watch, cancel or ask the job `job` owned by `owner`.
     pub fn check_owns(&self, job: &impl fmt::Display, owner: &str) -> Result<(), LiftError> {
-        match self {
-            Tenant::Open => Ok(()),
-            Tenant::Named(name) if name == owner => Ok(()),
-            Tenant::Named(_) => Err(LiftError::PermissionDenied(format!(
+        if self.owns(owner) {
+            Ok(())
+        } else {
+            Err(LiftError::PermissionDenied(format!(
                 "job {job} belongs to another tenant"
-            ))),
+            )))
         }
     }
 

@@ -26,10 +26,6 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    pub fn exports_traces(&self) -> bool {
-        self.provider.is_some()
-    }
-
     /// Flushes and stops the exporter. Call it outside the async runtime's `block_on`, while
     /// the runtime still exists: the exporter's client runs on it.
     pub fn shutdown(self) {
@@ -158,11 +154,14 @@ pub fn link_current_span_to(traceparent: &str) {
     }
 }
 
+/// The W3C headers that carry a trace context, in AMQP headers and gRPC metadata alike.
+pub const TRACE_CONTEXT_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
+
 /// Only the trace context of a set of headers (what is worth passing on).
 pub fn trace_context_of(headers: &Headers) -> Headers {
     headers
         .iter()
-        .filter(|(name, _)| matches!(name.as_str(), "traceparent" | "tracestate"))
+        .filter(|(name, _)| TRACE_CONTEXT_HEADERS.contains(&name.as_str()))
         .map(|(name, value)| (name.clone(), value.clone()))
         .collect()
 }
