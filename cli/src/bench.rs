@@ -77,6 +77,11 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string(&result)?);
         }
         BenchCommand::Generate(a) => {
+            anyhow::ensure!(
+                a.temperature.is_finite() && a.temperature >= 0.0,
+                "--temperature must be a number of at least 0 (0 is greedy), not {}",
+                a.temperature
+            );
             let engine = match a.shape {
                 Some(shape) => Arc::new(random_engine(&shape, &default_device())?),
                 None => crate::infra::load_engine(&a.model).await?,
