@@ -23,6 +23,8 @@ run() {
 }
 
 case "${2:-all}" in
+    facts | all) run facts facts --set eval/facts/dev ;;&
+    heldout) run facts-heldout facts --set eval/facts/heldout ;;&
     niah | all) run niah niah --lengths 512 --depths 0,50,100 ;;&
     squad | all) run squad squad --groups 2 --paragraphs-per-group 2 --questions-per-group 5 ;;&
     ablations | all)

@@ -129,6 +129,10 @@ pub fn print_status(status: &proto::JobStatus, json: bool) {
         status.tasks_total,
         status.pairs_dropped
     );
+    println!(
+        "facts      {}/{} with a task",
+        status.facts_covered, status.facts_found
+    );
     let loss = status
         .last_loss
         .map(|l| format!("{l:.4}"))
@@ -158,6 +162,8 @@ pub fn status_json(status: &proto::JobStatus) -> serde_json::Value {
         "chunks_failed": status.chunks_failed,
         "tasks_total": status.tasks_total,
         "pairs_dropped": status.pairs_dropped,
+        "facts_found": status.facts_found,
+        "facts_covered": status.facts_covered,
         "epoch": status.epoch,
         "epochs_total": status.epochs_total,
         "step": status.step,

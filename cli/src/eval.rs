@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use lift_engine::{Engine, LoraAdapter};
+use lift_eval::facts::{load_fact_documents, FactDocument, FactScore};
 use lift_eval::haystack::{build_haystack, load_essays};
 use lift_eval::metrics::{contains_key_facts, exact_match, token_f1};
-use lift_eval::plot::{niah_heatmap, squad_bars};
+use lift_eval::plot::{facts_bars, niah_heatmap, squad_bars};
 use lift_eval::report::{NiahCell, SquadScore};
 use lift_eval::squad::{load_squad, Grouping, SquadOptions};
 use lift_shared::config::Config;
@@ -20,6 +21,7 @@ use lift_shared::proto;
 use lift_shared::store::Store;
 use serde_json::json;
 
+use crate::job_args::JobOptions;
 use crate::{ask, client, embedded, infra};
 
 #[derive(Subcommand)]
@@ -28,6 +30,8 @@ pub enum EvalCommand {
     Niah(NiahArgs),
     /// SQuAD v2.0 dev (answerable questions), one LIFT job per group of paragraphs.
     Squad(SquadArgs),
+    /// The key-fact dev set (eval/facts): fictional documents, questions on their facts.
+    Facts(FactsArgs),
     /// Draw a report's plots again (next to its report.json).
     Plot {
         /// A report.json written by `lift eval niah` or `lift eval squad`.
@@ -35,32 +39,39 @@ pub enum EvalCommand {
     },
 }
 
-/// How each LIFT job of an evaluation runs; the ablation flags.
+/// How each LIFT job of an evaluation runs: the job options of `lift run`, with the same
+/// defaults, so an evaluation measures what a user gets.
 #[derive(Args, Clone)]
 pub struct LiftArgs {
-    /// Question/answer pairs the generator writes per sentence.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
-    pub qa_per_sentence: u32,
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
-    pub epochs: u32,
-    #[arg(long, default_value_t = 1e-3)]
-    pub learning_rate: f64,
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=512))]
-    pub rank: u32,
-    /// Also train on rule-based cloze tasks (a sentence with a span removed).
-    #[arg(long)]
-    pub cloze: bool,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Base model: `default`, a .gguf file or a Hugging Face model directory.
-    #[arg(long, default_value = "default")]
-    pub model: String,
+    #[command(flatten)]
+    pub job: JobOptions,
     /// Where the evaluation data was fetched (scripts/fetch-eval-data.sh).
     #[arg(long, env = "LIFT_EVAL_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Directory for report.json and the plots.
     #[arg(long)]
     pub out: PathBuf,
+}
+
+impl LiftArgs {
+    fn model(&self) -> String {
+        self.job
+            .model
+            .clone()
+            .unwrap_or_else(|| "default".to_string())
+    }
+}
+
+#[derive(Args)]
+pub struct FactsArgs {
+    /// A directory of fact documents (`eval/facts/README.md` gives the format).
+    #[arg(long, default_value = "eval/facts/dev")]
+    pub set: PathBuf,
+    /// Only the documents whose file name contains one of these (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    #[command(flatten)]
+    pub lift: LiftArgs,
 }
 
 #[derive(Args)]
@@ -118,6 +129,7 @@ pub async fn run(config: Config, command: EvalCommand) -> anyhow::Result<std::pr
     match command {
         EvalCommand::Niah(args) => niah(config, args).await?,
         EvalCommand::Squad(args) => squad(config, args).await?,
+        EvalCommand::Facts(args) => facts(config, args).await?,
         EvalCommand::Plot { report } => plot_report(&report)?,
     }
     Ok(std::process::ExitCode::SUCCESS)
@@ -148,27 +160,12 @@ fn count_tokens(engine: &Engine, text: &str) -> usize {
 }
 
 fn lift_request(args: &LiftArgs, title: &str, text: &str) -> proto::SubmitJobRequest {
-    proto::SubmitJobRequest {
-        documents: vec![proto::Document {
-            title: title.to_string(),
-            text: text.to_string(),
-        }],
-        base_model: args.model.clone(),
-        request_id: String::new(),
-        synthesis: Some(proto::SynthesisOptions {
-            qa_per_sentence: args.qa_per_sentence,
-            cloze_tasks: args.cloze,
-            seed: args.seed,
-            ..Default::default()
-        }),
-        training: Some(proto::TrainingOptions {
-            rank: args.rank,
-            epochs: args.epochs,
-            learning_rate: args.learning_rate,
-            seed: args.seed,
-            ..Default::default()
-        }),
-    }
+    let mut request = args.job.to_request(vec![proto::Document {
+        title: title.to_string(),
+        text: text.to_string(),
+    }]);
+    request.base_model = args.model();
+    request
 }
 
 /// Submits one job to the in-process lift and waits for it; returns its adapter (None when
@@ -205,6 +202,8 @@ fn job_summary(status: &proto::JobStatus) -> serde_json::Value {
         "state": client::state_name(status.state),
         "sentences": status.sentences_total,
         "tasks": status.tasks_total,
+        "facts_found": status.facts_found,
+        "facts_covered": status.facts_covered,
         "steps": status.step,
         "final_loss": status.last_loss,
         "seconds": (status.finished_at_ms - status.created_at_ms) as f64 / 1000.0,
@@ -222,11 +221,11 @@ async fn with_lift<T, Work>(
 where
     Work: std::future::Future<Output = anyhow::Result<T>>,
 {
-    let engine = infra::load_engine(&args.model).await?;
+    let engine = infra::load_engine(&args.model()).await?;
     let store_dir = tempfile::tempdir().context("cannot create a temporary store")?;
     let store = Store::open(&store_dir.path().display().to_string())?;
     let mut config = config.clone();
-    config.model = args.model.clone();
+    config.model = args.model();
     let (engine_for_work, store_for_work) = (engine.clone(), store.clone());
     embedded::with_embedded(&config, engine, store, None, move |addr| {
         work(engine_for_work, store_for_work, addr)
@@ -403,27 +402,51 @@ fn plot_report(path: &Path) -> anyhow::Result<()> {
                 .with_context(|| format!("{} has no NIAH cells", path.display()))?;
             draw_niah(&cells, plot_dir(path))
         }
+        Some("facts") => {
+            let documents = report["documents"].as_array().cloned().unwrap_or_default();
+            let mut groups = Vec::new();
+            let mut rates = Vec::new();
+            for document in &documents {
+                let scores: Vec<FactScore> = serde_json::from_value(document["scores"].clone())
+                    .with_context(|| format!("{} has no fact scores", path.display()))?;
+                groups.push(document["genre"].as_str().unwrap_or("").to_string());
+                rates.push([scores[0].rate, scores[1].rate, scores[2].rate]);
+            }
+            let overall: Vec<FactScore> = serde_json::from_value(report["overall"].clone())
+                .with_context(|| format!("{} has no overall fact scores", path.display()))?;
+            groups.push("overall".to_string());
+            rates.push([overall[0].rate, overall[1].rate, overall[2].rate]);
+            Ok(facts_bars(
+                &groups,
+                &rates,
+                &plot_dir(path).join("facts.png"),
+            )?)
+        }
         Some("squad") => {
             let scores: Vec<SquadScore> = serde_json::from_value(report["scores"].clone())
                 .with_context(|| format!("{} has no SQuAD scores", path.display()))?;
             Ok(squad_bars(&scores, &plot_dir(path).join("squad.png"))?)
         }
         _ => anyhow::bail!(
-            "{} is not a report of `lift eval niah` or `lift eval squad`",
+            "{} is not a report of `lift eval niah`, `lift eval squad` or `lift eval facts`",
             path.display()
         ),
     }
 }
 
 fn lift_config(args: &LiftArgs) -> serde_json::Value {
+    let job = &args.job;
     json!({
-        "model": args.model,
-        "qa_per_sentence": args.qa_per_sentence,
-        "epochs": args.epochs,
-        "learning_rate": args.learning_rate,
-        "rank": args.rank,
-        "cloze": args.cloze,
-        "seed": args.seed,
+        "model": args.model(),
+        "recipe": format!("{:?}", job.recipe),
+        "qa_per_sentence": job.qa_per_sentence,
+        "epochs": job.epochs,
+        "min_steps": job.min_steps,
+        "learning_rate": job.learning_rate,
+        "rank": job.rank,
+        "batch_size": job.batch_size,
+        "cloze": job.cloze,
+        "seed": job.seed,
     })
 }
 
@@ -577,4 +600,240 @@ fn gap_closed(scores: &[SquadScore]) -> Option<f64> {
     let f1 = |setting: &str| scores.iter().find(|s| s.setting == setting).map(|s| s.f1);
     let (base, context, lift) = (f1("base")?, f1("base+context")?, f1("lift")?);
     (context > base).then(|| (lift - base) / (context - base))
+}
+
+/// One document of the fact dev set: its questions answered by the three settings.
+struct FactAnswers {
+    document: FactDocument,
+    base: Vec<String>,
+    in_context: Vec<String>,
+    context_fits: bool,
+    lifted: Vec<String>,
+    job: serde_json::Value,
+}
+
+impl FactAnswers {
+    fn scores(&self) -> [FactScore; 3] {
+        let questions = &self.document.questions;
+        let score = |setting: &str, answers: &[String]| {
+            FactScore::of(
+                setting,
+                questions.iter().zip(answers.iter().map(String::as_str)),
+            )
+        };
+        [
+            score("base", &self.base),
+            score("base+context", &self.in_context),
+            score("lift", &self.lifted),
+        ]
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        let questions: Vec<_> = self
+            .document
+            .questions
+            .iter()
+            .enumerate()
+            .map(|(i, question)| {
+                json!({
+                    "question": question.question,
+                    "key_fact": question.key_fact,
+                    "reworded": question.reworded,
+                    "base": self.base[i],
+                    "base_hit": question.is_answered_by(&self.base[i]),
+                    "base+context": self.in_context[i],
+                    "base+context_hit": question.is_answered_by(&self.in_context[i]),
+                    "lift": self.lifted[i],
+                    "lift_hit": question.is_answered_by(&self.lifted[i]),
+                })
+            })
+            .collect();
+        json!({
+            "file": self.document.path,
+            "title": self.document.title,
+            "genre": self.document.genre,
+            "words": self.document.words(),
+            "context_fits": self.context_fits,
+            "scores": self.scores(),
+            "job": self.job,
+            "questions": questions,
+        })
+    }
+}
+
+async fn facts(config: Config, args: FactsArgs) -> anyhow::Result<()> {
+    let mut documents = load_fact_documents(&args.set).with_context(|| {
+        format!(
+            "cannot load the fact set at {} (run from the lift repository, or pass --set DIR)",
+            args.set.display()
+        )
+    })?;
+    if !args.only.is_empty() {
+        documents.retain(|document| {
+            let name = document
+                .path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy();
+            args.only.iter().any(|only| name.contains(only.as_str()))
+        });
+        anyhow::ensure!(
+            !documents.is_empty(),
+            "--only matches no document of {}",
+            args.set.display()
+        );
+    }
+    let started = Instant::now();
+    let args = &args;
+    let results = with_lift(&config, &args.lift, |engine, store, addr| async move {
+        let mut results: Vec<FactAnswers> = Vec::new();
+        for document in documents {
+            eprintln!(
+                "eval facts: {} ({} words, {} questions)",
+                document.title,
+                document.words(),
+                document.questions.len()
+            );
+            let questions: Vec<String> = document
+                .questions
+                .iter()
+                .map(|q| q.question.clone())
+                .collect();
+            let base = ask::answer(
+                engine.clone(),
+                None,
+                &document.title,
+                &questions,
+                ANSWER_TOKENS,
+            )
+            .await?;
+            let context_fits = fits_context(&engine, count_tokens(&engine, &document.text));
+            let in_context = if context_fits {
+                let prompts = questions
+                    .iter()
+                    .map(|q| context_prompt(&document.text, q))
+                    .collect();
+                ask::answer_prompts(engine.clone(), None, prompts, ANSWER_TOKENS).await?
+            } else {
+                vec![String::new(); questions.len()]
+            };
+            let (adapter, status) = lift_document(
+                addr,
+                &store,
+                &engine,
+                lift_request(&args.lift, &document.title, &document.text),
+            )
+            .await?;
+            let lifted = match adapter {
+                Some(adapter) => {
+                    ask::answer(
+                        engine.clone(),
+                        Some(adapter),
+                        &document.title,
+                        &questions,
+                        ANSWER_TOKENS,
+                    )
+                    .await?
+                }
+                None => vec![String::new(); questions.len()],
+            };
+            let answers = FactAnswers {
+                document,
+                base,
+                in_context,
+                context_fits,
+                lifted,
+                job: job_summary(&status),
+            };
+            let [_, _, lift] = answers.scores();
+            eprintln!(
+                "eval facts: {} answered {}/{} after LIFT",
+                answers.document.title, lift.answered, lift.questions
+            );
+            results.push(answers);
+            // Kept current after every document: an interrupted run keeps what it did.
+            let partial: Vec<_> = results.iter().map(FactAnswers::to_json).collect();
+            write_report(
+                &args.lift.out,
+                &json!({ "eval": "facts", "partial": true, "documents": partial }),
+            )?;
+        }
+        Ok(results)
+    })
+    .await?;
+
+    let overall: Vec<FactScore> = ["base", "base+context", "lift"]
+        .iter()
+        .enumerate()
+        .map(|(setting, name)| {
+            let answers = results.iter().flat_map(|r| {
+                let answers = match setting {
+                    0 => &r.base,
+                    1 => &r.in_context,
+                    _ => &r.lifted,
+                };
+                r.document
+                    .questions
+                    .iter()
+                    .zip(answers.iter().map(String::as_str))
+            });
+            FactScore::of(name, answers)
+        })
+        .collect();
+    let mut groups: Vec<String> = results.iter().map(|r| r.document.genre.clone()).collect();
+    let mut rates: Vec<[f64; 3]> = results
+        .iter()
+        .map(|r| r.scores().map(|score| score.rate))
+        .collect();
+    groups.push("overall".to_string());
+    rates.push([overall[0].rate, overall[1].rate, overall[2].rate]);
+    facts_bars(&groups, &rates, &args.lift.out.join("facts.png"))?;
+    let job_seconds: Vec<f64> = results
+        .iter()
+        .filter_map(|r| r.job["seconds"].as_f64())
+        .collect();
+    let report = json!({
+        "eval": "facts",
+        "config": {
+            "set": args.set,
+            "documents": results.len(),
+            "lift": lift_config(&args.lift),
+        },
+        "overall": overall,
+        "facts_found": results.iter().filter_map(|r| r.job["facts_found"].as_u64()).sum::<u64>(),
+        "facts_covered": results.iter().filter_map(|r| r.job["facts_covered"].as_u64()).sum::<u64>(),
+        "mean_job_seconds": job_seconds.iter().sum::<f64>() / job_seconds.len().max(1) as f64,
+        "documents": results.iter().map(FactAnswers::to_json).collect::<Vec<_>>(),
+        "seconds": started.elapsed().as_secs_f64(),
+    });
+    let path = write_report(&args.lift.out, &report)?;
+    let per_document: Vec<_> = results
+        .iter()
+        .map(|r| {
+            let [base, context, lift] = r.scores();
+            json!({
+                "document": r.document.title,
+                "base": base.answered,
+                "base+context": context.answered,
+                "lift": lift.answered,
+                "questions": lift.questions,
+                "tasks": r.job["tasks"],
+                "steps": r.job["steps"],
+                "final_loss": r.job["final_loss"],
+                "seconds": r.job["seconds"],
+            })
+        })
+        .collect();
+    println!(
+        "{}",
+        serde_json::to_string(&json!({
+            "report": path,
+            "overall": report["overall"],
+            "facts_found": report["facts_found"],
+            "facts_covered": report["facts_covered"],
+            "mean_job_seconds": report["mean_job_seconds"],
+            "documents": per_document,
+        }))?
+    );
+    Ok(())
 }

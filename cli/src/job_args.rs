@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use lift_shared::proto;
+use lift_shared::spec::{SynthesisOptions, TrainingOptions};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum ScheduleArg {
@@ -26,40 +27,55 @@ pub struct JobArgs {
 }
 
 /// How a job synthesizes and trains: everything of a `SubmitJobRequest` but its documents.
+/// The defaults shown are `lift_shared::spec`'s, the same a server applies to a bare request.
 #[derive(Debug, Clone, Args)]
 pub struct JobOptions {
     /// Base model: `default`, a .gguf file or a Hugging Face model directory.
     #[arg(long)]
     pub model: Option<String>,
-    /// Question/answer pairs per sentence.
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
-    pub qa_per_sentence: Option<u32>,
+    /// How questions are written: fact-first (fact spans found by rule, questions written for
+    /// each) suits weak generators, free-qa (the paper's recipe) strong ones; auto picks
+    /// fact-first on the built-in engine and free-qa on an OpenAI-compatible generator.
+    #[arg(long, value_enum, default_value_t = RecipeArg::Auto)]
+    pub recipe: RecipeArg,
+    /// Question/answer pairs per sentence (free-qa), or generated questions per fact
+    /// (fact-first).
+    #[arg(long, default_value_t = SYNTHESIS.qa_per_sentence, value_parser = clap::value_parser!(u32).range(1..))]
+    pub qa_per_sentence: u32,
     /// Sentences per synthesis work item.
-    #[arg(long)]
-    pub chunk_sentences: Option<u32>,
+    #[arg(long, default_value_t = SYNTHESIS.chunk_sentences)]
+    pub chunk_sentences: u32,
     /// Characters of preceding text the generator sees.
-    #[arg(long)]
-    pub left_context_chars: Option<u32>,
+    #[arg(long, default_value_t = SYNTHESIS.left_context_chars)]
+    pub left_context_chars: u32,
     /// Generator sampling temperature.
-    #[arg(long)]
-    pub temperature: Option<f32>,
+    #[arg(long, default_value_t = SYNTHESIS.temperature)]
+    pub temperature: f32,
     /// Also train on rule-based cloze tasks.
     #[arg(long)]
     pub cloze: bool,
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
-    pub epochs: Option<u32>,
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
-    pub rank: Option<u32>,
+    /// Epochs over the task cache (more for a small document, see --min-steps).
+    #[arg(long, default_value_t = TRAINING.epochs, value_parser = clap::value_parser!(u32).range(1..))]
+    pub epochs: u32,
+    /// Steps to train at least: a small document's few tasks get extra epochs (up to 10x
+    /// --epochs), since a fact seen a handful of times is not recalled.
+    #[arg(long, default_value_t = TRAINING.min_steps)]
+    pub min_steps: u32,
+    /// LoRA rank.
+    #[arg(long, default_value_t = TRAINING.rank, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rank: u32,
+    /// LoRA alpha [default: 2 x rank].
     #[arg(long)]
     pub alpha: Option<f32>,
-    #[arg(long)]
-    pub learning_rate: Option<f64>,
-    #[arg(long, value_enum)]
-    pub schedule: Option<ScheduleArg>,
-    #[arg(long)]
-    pub warmup_steps: Option<u32>,
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
-    pub batch_size: Option<u32>,
+    #[arg(long, default_value_t = TRAINING.learning_rate)]
+    pub learning_rate: f64,
+    #[arg(long, value_enum, default_value_t = ScheduleArg::Constant)]
+    pub schedule: ScheduleArg,
+    #[arg(long, default_value_t = TRAINING.warmup_steps)]
+    pub warmup_steps: u32,
+    /// Examples per training step.
+    #[arg(long, default_value_t = TRAINING.batch_size, value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch_size: u32,
     /// Seed for generation, adapter initialisation and shuffling.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -68,6 +84,16 @@ pub struct JobOptions {
     #[arg(long)]
     pub train_after_synthesis: bool,
 }
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum RecipeArg {
+    Auto,
+    FreeQa,
+    FactFirst,
+}
+
+const SYNTHESIS: SynthesisOptions = SynthesisOptions::DEFAULT;
+const TRAINING: TrainingOptions = TrainingOptions::DEFAULT;
 
 /// Splits a leading Markdown `# Title` line off a document.
 pub fn title_and_text(path: &std::path::Path, raw: String) -> (String, String) {
@@ -120,30 +146,36 @@ impl JobOptions {
             base_model: self.model.clone().unwrap_or_default(),
             request_id: String::new(),
             synthesis: Some(proto::SynthesisOptions {
-                qa_per_sentence: self.qa_per_sentence.unwrap_or(0),
-                left_context_chars: self.left_context_chars,
-                chunk_sentences: self.chunk_sentences.unwrap_or(0),
+                qa_per_sentence: self.qa_per_sentence,
+                left_context_chars: Some(self.left_context_chars),
+                chunk_sentences: self.chunk_sentences,
                 generator_model: String::new(),
-                temperature: self.temperature,
+                temperature: Some(self.temperature),
                 seed: self.seed,
                 cloze_tasks: self.cloze,
+                recipe: match self.recipe {
+                    RecipeArg::Auto => proto::QuestionRecipe::Unspecified,
+                    RecipeArg::FreeQa => proto::QuestionRecipe::FreeQa,
+                    RecipeArg::FactFirst => proto::QuestionRecipe::FactFirst,
+                } as i32,
             }),
             training: Some(proto::TrainingOptions {
-                rank: self.rank.unwrap_or(0),
+                rank: self.rank,
+                // 0: the server's 2 x rank.
                 alpha: self.alpha.unwrap_or(0.0),
                 target_modules: Vec::new(),
-                learning_rate: self.learning_rate.unwrap_or(0.0),
+                learning_rate: self.learning_rate,
                 schedule: match self.schedule {
-                    None => proto::Schedule::Unspecified,
-                    Some(ScheduleArg::Constant) => proto::Schedule::Constant,
-                    Some(ScheduleArg::Cosine) => proto::Schedule::Cosine,
+                    ScheduleArg::Constant => proto::Schedule::Constant,
+                    ScheduleArg::Cosine => proto::Schedule::Cosine,
                 } as i32,
-                warmup_steps: self.warmup_steps,
-                epochs: self.epochs.unwrap_or(0),
-                batch_size: self.batch_size.unwrap_or(0),
+                warmup_steps: Some(self.warmup_steps),
+                epochs: self.epochs,
+                batch_size: self.batch_size,
                 max_grad_norm: None,
                 seed: self.seed,
                 train_after_synthesis: self.train_after_synthesis,
+                min_steps: Some(self.min_steps),
             }),
         }
     }

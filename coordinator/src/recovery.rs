@@ -116,6 +116,8 @@ async fn reconcile_with_store(
                     sentences_failed: 0,
                     tasks: task_count as u32,
                     pairs_dropped: 0,
+                    facts_found: 0,
+                    facts_covered: 0,
                     at_ms: now_ms(),
                 }
             }

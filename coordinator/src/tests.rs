@@ -150,6 +150,8 @@ fn synthesized(job: &JobId, chunk: u32) -> ProgressEvent {
         sentences_failed: 0,
         tasks: 4,
         pairs_dropped: 1,
+        facts_found: 0,
+        facts_covered: 0,
         at_ms: now_ms(),
     }
 }

@@ -1,7 +1,8 @@
 //! Quality evaluation of LIFT, the parts without a model: answer metrics (SQuAD's official
-//! normalisation, exact match, token F1, key facts), the needle-in-a-haystack builder, the
-//! SQuAD loader, report types and plots. `lift eval` runs the models and the jobs.
+//! normalisation, exact match, token F1, key facts), the key-fact dev set, the
+//! needle-in-a-haystack builder, the SQuAD loader, report types and plots. `lift eval` runs the models and the jobs.
 
+pub mod facts;
 pub mod haystack;
 pub mod metrics;
 pub mod plot;

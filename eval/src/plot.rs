@@ -142,52 +142,95 @@ pub fn niah_heatmap(cells: &[NiahCell], setting: &str, path: &Path) -> Result<()
     Ok(())
 }
 
-/// Exact match and F1 per setting, side by side, in percent.
+/// Exact match and F1 of each setting, as grouped bars.
 pub fn squad_bars(scores: &[SquadScore], path: &Path) -> Result<(), EvalError> {
+    let settings: Vec<String> = scores.iter().map(|s| s.setting.clone()).collect();
+    grouped_bars(
+        "SQuAD v2.0 dev, answerable questions",
+        "score (%)",
+        &settings,
+        &[
+            (
+                "exact match",
+                RGBColor(90, 120, 200),
+                scores.iter().map(|s| s.exact_match).collect(),
+            ),
+            (
+                "F1",
+                RGBColor(230, 150, 60),
+                scores.iter().map(|s| s.f1).collect(),
+            ),
+        ],
+        path,
+    )
+}
+
+/// The key-fact rate of base, base + document and LIFT per document (and overall), as
+/// grouped bars; `rates[i]` holds the three settings' rates of `groups[i]`.
+pub fn facts_bars(groups: &[String], rates: &[[f64; 3]], path: &Path) -> Result<(), EvalError> {
+    let series = |index: usize| rates.iter().map(|r| r[index]).collect::<Vec<f64>>();
+    grouped_bars(
+        "Key facts answered, fact dev set",
+        "questions answered (%)",
+        groups,
+        &[
+            ("base, no document", RGBColor(160, 160, 160), series(0)),
+            ("base + document", RGBColor(90, 120, 200), series(1)),
+            ("LIFT, no document", RGBColor(230, 150, 60), series(2)),
+        ],
+        path,
+    )
+}
+
+/// Bars of several series (name, colour, one share in 0..=1 per group) side by side per group.
+fn grouped_bars(
+    caption: &str,
+    y_desc: &str,
+    groups: &[String],
+    series: &[(&str, RGBColor, Vec<f64>)],
+    path: &Path,
+) -> Result<(), EvalError> {
     let fail = plot_error(path);
     ensure_font().map_err(&fail)?;
-    if scores.is_empty() {
+    if groups.is_empty() || series.is_empty() {
         return Err(fail("no scores to plot".to_string()));
     }
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|e| fail(e.to_string()))?;
     }
-    let root = BitMapBackend::new(path, (200 + 180 * scores.len() as u32, 420)).into_drawing_area();
+    let per_group = series.len() + 1;
+    let bar_width = 60 * series.len() as u32;
+    let root = BitMapBackend::new(path, (200 + (bar_width + 60) * groups.len() as u32, 460))
+        .into_drawing_area();
     root.fill(&WHITE).map_err(|e| fail(e.to_string()))?;
-    let slots = scores.len() * 3;
+    let slots = groups.len() * per_group;
     let mut chart = ChartBuilder::on(&root)
-        .caption("SQuAD v2.0 dev, answerable questions", (FONT, 22))
+        .caption(caption, (FONT, 22))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(50)
-        .build_cartesian_2d(0..slots, 0.0..100.0)
+        .build_cartesian_2d(0..slots, 0.0..110.0)
         .map_err(|e| fail(e.to_string()))?;
     chart
         .configure_mesh()
         .disable_x_mesh()
         .x_labels(slots)
         .x_label_formatter(&|slot| {
-            if slot % 3 == 1 {
-                scores
-                    .get(slot / 3)
-                    .map(|s| s.setting.clone())
-                    .unwrap_or_default()
+            if slot % per_group == series.len() / 2 {
+                groups.get(slot / per_group).cloned().unwrap_or_default()
             } else {
                 String::new()
             }
         })
-        .y_desc("score (%)")
-        .label_style((FONT, 14))
+        .y_desc(y_desc)
+        .label_style((FONT, 13))
         .axis_desc_style((FONT, 15))
         .draw()
         .map_err(|e| fail(e.to_string()))?;
-    let em_colour = RGBColor(90, 120, 200);
-    let f1_colour = RGBColor(230, 150, 60);
-    for (i, score) in scores.iter().enumerate() {
-        for (offset, value, colour) in [(0, score.exact_match, em_colour), (1, score.f1, f1_colour)]
-        {
-            let x = i * 3 + offset;
-            let percent = value * 100.0;
+    for (group, _) in groups.iter().enumerate() {
+        for (offset, (_, colour, values)) in series.iter().enumerate() {
+            let x = group * per_group + offset;
+            let percent = values.get(group).copied().unwrap_or(0.0) * 100.0;
             chart
                 .draw_series(std::iter::once(Rectangle::new(
                     [(x, 0.0), (x + 1, percent)],
@@ -196,29 +239,24 @@ pub fn squad_bars(scores: &[SquadScore], path: &Path) -> Result<(), EvalError> {
                 .map_err(|e| fail(e.to_string()))?;
             let top = chart.backend_coord(&(x, percent));
             root.draw(&Text::new(
-                format!("{percent:.1}"),
-                (top.0 + 6, top.1 - 18),
-                (FONT, 14).into_font(),
+                format!("{percent:.0}"),
+                (top.0 + 4, top.1 - 16),
+                (FONT, 13).into_font(),
             ))
             .map_err(|e| fail(e.to_string()))?;
         }
     }
-    chart
-        .draw_series(std::iter::once(Rectangle::new(
-            [(0, -1.0), (0, -1.0)],
-            em_colour.filled(),
-        )))
-        .map_err(|e| fail(e.to_string()))?
-        .label("exact match")
-        .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], em_colour.filled()));
-    chart
-        .draw_series(std::iter::once(Rectangle::new(
-            [(0, -1.0), (0, -1.0)],
-            f1_colour.filled(),
-        )))
-        .map_err(|e| fail(e.to_string()))?
-        .label("F1")
-        .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], f1_colour.filled()));
+    for (name, colour, _) in series {
+        let colour = *colour;
+        chart
+            .draw_series(std::iter::once(Rectangle::new(
+                [(0, -1.0), (0, -1.0)],
+                colour.filled(),
+            )))
+            .map_err(|e| fail(e.to_string()))?
+            .label(*name)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], colour.filled()));
+    }
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperLeft)
@@ -302,6 +340,10 @@ mod tests {
         let bars = dir.path().join("squad.png");
         squad_bars(&scores, &bars).unwrap();
         assert_png(&bars);
+        let facts = dir.path().join("facts.png");
+        let groups = vec!["history".to_string(), "overall".to_string()];
+        facts_bars(&groups, &[[0.0, 0.5, 0.8], [0.1, 0.4, 0.7]], &facts).unwrap();
+        assert_png(&facts);
         if let Ok(keep) = std::env::var("LIFT_KEEP_PLOTS") {
             std::fs::copy(&heatmap, Path::new(&keep).join("test-niah.png")).unwrap();
             std::fs::copy(&bars, Path::new(&keep).join("test-squad.png")).unwrap();

@@ -50,6 +50,11 @@ pub enum ProgressEvent {
         tasks: u32,
         /// Invalid or ungrounded pairs the worker dropped.
         pairs_dropped: u32,
+        /// Fact spans found in the chunk's sentences, and those some task answers.
+        #[serde(default)]
+        facts_found: u32,
+        #[serde(default)]
+        facts_covered: u32,
         at_ms: i64,
     },
     ChunkFailed {

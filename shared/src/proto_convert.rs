@@ -3,7 +3,7 @@
 
 use crate::error::LiftError;
 use crate::proto;
-use crate::spec::{Document, JobSpec, Schedule, SynthesisOptions, TrainingOptions};
+use crate::spec::{Document, JobSpec, QuestionRecipe, Schedule, SynthesisOptions, TrainingOptions};
 use crate::state::{JobState, JobStatus};
 
 /// Turns a SubmitJob request into a spec with every default filled in. Range checks are
@@ -27,7 +27,7 @@ pub fn spec_from_submit(
             })
             .collect(),
         base_model,
-        synthesis: synthesis_from_proto(request.synthesis.unwrap_or_default()),
+        synthesis: synthesis_from_proto(request.synthesis.unwrap_or_default())?,
         training: training_from_proto(request.training.unwrap_or_default())?,
     })
 }
@@ -40,9 +40,9 @@ fn nonzero_or<T: PartialEq + Default>(value: T, default: T) -> T {
     }
 }
 
-fn synthesis_from_proto(options: proto::SynthesisOptions) -> SynthesisOptions {
+fn synthesis_from_proto(options: proto::SynthesisOptions) -> Result<SynthesisOptions, LiftError> {
     let defaults = SynthesisOptions::default();
-    SynthesisOptions {
+    Ok(SynthesisOptions {
         qa_per_sentence: nonzero_or(options.qa_per_sentence, defaults.qa_per_sentence),
         left_context_chars: options
             .left_context_chars
@@ -52,7 +52,18 @@ fn synthesis_from_proto(options: proto::SynthesisOptions) -> SynthesisOptions {
         temperature: options.temperature.unwrap_or(defaults.temperature),
         seed: options.seed,
         cloze_tasks: options.cloze_tasks,
-    }
+        recipe: match proto::QuestionRecipe::try_from(options.recipe) {
+            Ok(proto::QuestionRecipe::FreeQa) => QuestionRecipe::FreeQa,
+            Ok(proto::QuestionRecipe::FactFirst) => QuestionRecipe::FactFirst,
+            Ok(proto::QuestionRecipe::Unspecified) => QuestionRecipe::Auto,
+            Err(_) => {
+                return Err(LiftError::InvalidArgument(format!(
+                    "synthesis.recipe {} is not a known question recipe",
+                    options.recipe
+                )))
+            }
+        },
+    })
 }
 
 fn training_from_proto(options: proto::TrainingOptions) -> Result<TrainingOptions, LiftError> {
@@ -86,6 +97,7 @@ fn training_from_proto(options: proto::TrainingOptions) -> Result<TrainingOption
         max_grad_norm: options.max_grad_norm.unwrap_or(defaults.max_grad_norm),
         seed: options.seed,
         train_after_synthesis: options.train_after_synthesis,
+        min_steps: options.min_steps.unwrap_or(defaults.min_steps),
     })
 }
 
@@ -114,6 +126,11 @@ impl From<&JobSpec> for proto::SubmitJobRequest {
                 temperature: Some(synthesis.temperature),
                 seed: synthesis.seed,
                 cloze_tasks: synthesis.cloze_tasks,
+                recipe: match synthesis.recipe {
+                    QuestionRecipe::Auto => proto::QuestionRecipe::Unspecified,
+                    QuestionRecipe::FreeQa => proto::QuestionRecipe::FreeQa,
+                    QuestionRecipe::FactFirst => proto::QuestionRecipe::FactFirst,
+                } as i32,
             }),
             training: Some(proto::TrainingOptions {
                 rank: training.rank,
@@ -130,6 +147,7 @@ impl From<&JobSpec> for proto::SubmitJobRequest {
                 max_grad_norm: Some(training.max_grad_norm),
                 seed: training.seed,
                 train_after_synthesis: training.train_after_synthesis,
+                min_steps: Some(training.min_steps),
             }),
         }
     }
@@ -177,6 +195,8 @@ impl From<&JobStatus> for proto::JobStatus {
             chunks_failed: status.chunks_failed,
             tasks_total: status.tasks_total,
             pairs_dropped: status.pairs_dropped,
+            facts_found: u32::try_from(status.facts_found).unwrap_or(u32::MAX),
+            facts_covered: u32::try_from(status.facts_covered).unwrap_or(u32::MAX),
             epoch: status.epoch,
             epochs_total: status.epochs_total,
             step: status.step,

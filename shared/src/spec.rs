@@ -34,19 +34,40 @@ pub struct SynthesisOptions {
     pub seed: u64,
     /// Also emit rule-based cloze tasks (no generator needed).
     pub cloze_tasks: bool,
+    pub recipe: QuestionRecipe,
+}
+
+/// How questions are written (see "Absorption with a weak generator" in the architecture).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum QuestionRecipe {
+    /// Fact-first on the built-in engine, free QA on an OpenAI-compatible generator.
+    #[default]
+    Auto,
+    /// The paper's recipe: the generator writes whole pairs about each sentence.
+    FreeQa,
+    /// Fact spans found by rule, questions written for each (by the generator where it
+    /// manages, by templates always).
+    FactFirst,
+}
+
+impl SynthesisOptions {
+    /// The defaults, as a constant so the CLI's `--help` shows the same values.
+    pub const DEFAULT: Self = Self {
+        qa_per_sentence: 1,
+        left_context_chars: 2048,
+        chunk_sentences: 4,
+        generator_model: String::new(),
+        temperature: 0.2,
+        seed: 0,
+        cloze_tasks: false,
+        recipe: QuestionRecipe::Auto,
+    };
 }
 
 impl Default for SynthesisOptions {
     fn default() -> Self {
-        Self {
-            qa_per_sentence: 1,
-            left_context_chars: 2048,
-            chunk_sentences: 4,
-            generator_model: String::new(),
-            temperature: 0.2,
-            seed: 0,
-            cloze_tasks: false,
-        }
+        Self::DEFAULT
     }
 }
 
@@ -73,23 +94,47 @@ pub struct TrainingOptions {
     pub seed: u64,
     /// Epoch 1 waits for the whole synthesis instead of overlapping it.
     pub train_after_synthesis: bool,
+    /// Steps to train at least: a small document has few tasks, and a fact seen a handful of
+    /// times is not recalled, so it gets extra epochs (at most `MAX_EPOCH_FACTOR` x `epochs`).
+    pub min_steps: u32,
+}
+
+/// Extra epochs for `min_steps` stop at this multiple of the asked epochs.
+pub const MAX_EPOCH_FACTOR: u32 = 10;
+
+impl TrainingOptions {
+    /// Epochs to train once the number of steps per epoch is known: `epochs`, or more for a
+    /// small task cache to reach `min_steps`.
+    pub fn epochs_for(&self, steps_per_epoch: u64) -> u32 {
+        let asked = self.epochs.max(1);
+        let needed = u64::from(self.min_steps).div_ceil(steps_per_epoch.max(1));
+        let needed = u32::try_from(needed).unwrap_or(u32::MAX);
+        needed.clamp(asked, asked.saturating_mul(MAX_EPOCH_FACTOR))
+    }
+}
+
+impl TrainingOptions {
+    /// The defaults, as a constant so the CLI's `--help` shows the same values. Chosen on the
+    /// fact dev set (docs/results.md).
+    pub const DEFAULT: Self = Self {
+        rank: 16,
+        alpha: 32.0,
+        target_modules: Vec::new(),
+        learning_rate: 1e-3,
+        schedule: Schedule::Constant,
+        warmup_steps: 0,
+        epochs: 3,
+        batch_size: 4,
+        max_grad_norm: 1.0,
+        seed: 0,
+        train_after_synthesis: false,
+        min_steps: 60,
+    };
 }
 
 impl Default for TrainingOptions {
     fn default() -> Self {
-        Self {
-            rank: 16,
-            alpha: 32.0,
-            target_modules: Vec::new(),
-            learning_rate: 3e-4,
-            schedule: Schedule::Constant,
-            warmup_steps: 0,
-            epochs: 3,
-            batch_size: 4,
-            max_grad_norm: 1.0,
-            seed: 0,
-            train_after_synthesis: false,
-        }
+        Self::DEFAULT
     }
 }
 
@@ -132,6 +177,7 @@ pub mod ranges {
     pub const QA_PER_SENTENCE: RangeInclusive<u32> = 1..=20;
     pub const RANK: RangeInclusive<u32> = 1..=512;
     pub const EPOCHS: RangeInclusive<u32> = 1..=100;
+    pub const MIN_STEPS: RangeInclusive<u32> = 0..=100_000;
     pub const BATCH_SIZE: RangeInclusive<u32> = 1..=256;
     pub const CHUNK_SENTENCES: RangeInclusive<u32> = 1..=256;
     pub const TEMPERATURE: RangeInclusive<f32> = 0.0..=2.0;
@@ -267,6 +313,7 @@ impl TrainingOptions {
     pub fn validate(&self) -> Result<(), LiftError> {
         check_range("training.rank", self.rank, ranges::RANK)?;
         check_range("training.epochs", self.epochs, ranges::EPOCHS)?;
+        check_range("training.min_steps", self.min_steps, ranges::MIN_STEPS)?;
         check_range("training.batch_size", self.batch_size, ranges::BATCH_SIZE)?;
         if !(self.alpha.is_finite() && self.alpha > 0.0) {
             return Err(invalid(format!(
@@ -325,6 +372,26 @@ mod tests {
             Err(LiftError::InvalidArgument(message)) => message,
             other => panic!("expected invalid argument, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn small_task_caches_train_extra_epochs_up_to_a_cap() {
+        let options = TrainingOptions {
+            epochs: 3,
+            min_steps: 60,
+            ..TrainingOptions::default()
+        };
+        // 40 steps an epoch: the asked 3 epochs are past 60 steps already.
+        assert_eq!(options.epochs_for(40), 3);
+        // 7 steps an epoch: 9 epochs reach 63 steps.
+        assert_eq!(options.epochs_for(7), 9);
+        // 1 step an epoch would need 60 epochs; capped at 10 x 3.
+        assert_eq!(options.epochs_for(1), 30);
+        let no_minimum = TrainingOptions {
+            min_steps: 0,
+            ..options
+        };
+        assert_eq!(no_minimum.epochs_for(1), 3);
     }
 
     #[test]

@@ -114,6 +114,10 @@ pub struct JobStatus {
     pub chunks_published: bool,
     pub tasks_total: u64,
     pub pairs_dropped: u64,
+    #[serde(default)]
+    pub facts_found: u64,
+    #[serde(default)]
+    pub facts_covered: u64,
     pub epoch: u32,
     pub epochs_total: u32,
     pub step: u64,
@@ -175,6 +179,8 @@ impl JobStatus {
             chunks_published: false,
             tasks_total: 0,
             pairs_dropped: 0,
+            facts_found: 0,
+            facts_covered: 0,
             epoch: 0,
             epochs_total,
             step: 0,
@@ -231,6 +237,8 @@ impl JobStatus {
                 sentences_failed,
                 tasks,
                 pairs_dropped,
+                facts_found,
+                facts_covered,
                 at_ms,
                 ..
             } => {
@@ -242,6 +250,8 @@ impl JobStatus {
                 self.sentences_failed += sentences_failed;
                 self.tasks_total += u64::from(*tasks);
                 self.pairs_dropped += u64::from(*pairs_dropped);
+                self.facts_found += u64::from(*facts_found);
+                self.facts_covered += u64::from(*facts_covered);
                 self.last_chunk_at_ms = Some(self.last_chunk_at_ms.unwrap_or(0).max(*at_ms));
                 self.transition(JobState::Running, *at_ms);
                 self.touch(*at_ms);
@@ -283,6 +293,8 @@ impl JobStatus {
                 }
                 self.step = *step;
                 self.epoch = self.epoch.max(*epoch);
+                // A small task cache trains extra epochs (`TrainingOptions::min_steps`).
+                self.epochs_total = self.epochs_total.max(*epoch);
                 self.last_loss = Some(*loss);
                 self.first_step_at_ms.get_or_insert(*at_ms);
                 self.transition(JobState::Running, *at_ms);
@@ -393,6 +405,8 @@ mod tests {
             sentences_failed: 1,
             tasks: 6,
             pairs_dropped: 2,
+            facts_found: 0,
+            facts_covered: 0,
             at_ms,
         }
     }

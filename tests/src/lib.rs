@@ -402,6 +402,8 @@ impl Cluster {
                 epochs,
                 batch_size: 2,
                 learning_rate: 1e-3,
+                // The tests count epochs and steps: no extra epochs for their small documents.
+                min_steps: Some(0),
                 ..Default::default()
             }),
         };

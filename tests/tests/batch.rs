@@ -62,6 +62,8 @@ async fn a_batch_interrupted_halfway_finishes_on_rerun_without_duplicates() {
         summary_arg.as_str(),
         "--epochs",
         "1",
+        "--min-steps",
+        "0",
         "--rank",
         "4",
         "--batch-size",

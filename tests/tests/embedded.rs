@@ -70,6 +70,8 @@ async fn embedded_job_through_lift_serve_pipelines_and_writes_a_peft_adapter() {
         "--json",
         "--epochs",
         "2",
+        "--min-steps",
+        "0",
         "--chunk-sentences",
         "2",
         "--batch-size",

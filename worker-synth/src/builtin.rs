@@ -11,7 +11,7 @@ use lift_engine::{ChatMessage, Engine, GenerationOutput, GenerationRequest, Samp
 use tokio::sync::oneshot;
 
 use crate::generator::{GeneratorError, QaGenerator, QaRequest, RawReply};
-use crate::prompt::builtin_fewshot_user;
+use crate::prompt::{builtin_answer_first_user, builtin_fewshot_user};
 
 /// The reply starts here; the model only continues it.
 const PREFILL: &str = "Question:";
@@ -24,6 +24,11 @@ pub struct BuiltinConfig {
     pub max_samples: u32,
     /// One question and a short answer fit easily.
     pub max_tokens: usize,
+    /// Samples per answer-first request (a question for a given answer): the answer is fixed,
+    /// so fewer samples suffice than for a whole pair.
+    pub answer_first_samples: u32,
+    /// A question alone is shorter than a pair.
+    pub answer_first_max_tokens: usize,
     /// Used when a request's temperature is not a usable number.
     pub default_temperature: f32,
     /// Most sequences generated together: requests that wait at the same time (sentences of
@@ -38,6 +43,8 @@ impl Default for BuiltinConfig {
             samples_per_pair: 3,
             max_samples: 32,
             max_tokens: 96,
+            answer_first_samples: 2,
+            answer_first_max_tokens: 40,
             default_temperature: 0.2,
             max_batch_rows: 48,
         }
@@ -81,17 +88,30 @@ impl BuiltinGenerator {
     }
 
     fn batch(&self, request: &QaRequest) -> Result<Vec<GenerationRequest>, GeneratorError> {
-        let user = builtin_fewshot_user(&request.sentence)?;
         let temperature = if request.temperature.is_finite() && request.temperature >= 0.0 {
             request.temperature
         } else {
             self.config.default_temperature
         };
+        let (user, samples_per_pair, max_tokens, stop) = match &request.answer {
+            Some(answer) => (
+                builtin_answer_first_user(&request.sentence, answer)?,
+                self.config.answer_first_samples,
+                self.config.answer_first_max_tokens,
+                "\n",
+            ),
+            None => (
+                builtin_fewshot_user(&request.sentence)?,
+                self.config.samples_per_pair,
+                self.config.max_tokens,
+                "\n\n",
+            ),
+        };
         // Greedy decoding gives the same reply every time: one sample is all there is.
         let samples = if temperature == 0.0 {
             1
         } else {
-            (request.pairs_wanted.max(1) * self.config.samples_per_pair.max(1))
+            (request.pairs_wanted.max(1) * samples_per_pair.max(1))
                 .min(self.config.max_samples.max(1))
         };
         let batch = (0..u64::from(samples))
@@ -99,9 +119,9 @@ impl BuiltinGenerator {
                 messages: vec![ChatMessage::new("user", user.clone())],
                 prefill: PREFILL.to_string(),
                 params: SamplingParams {
-                    max_tokens: self.config.max_tokens,
+                    max_tokens,
                     temperature: f64::from(temperature),
-                    stop: vec!["\n\n".to_string()],
+                    stop: vec![stop.to_string()],
                     // Distinct seeds, or every sample of the batch would be the same.
                     seed: request.seed.wrapping_add(sample),
                     ..SamplingParams::default()
@@ -114,8 +134,18 @@ impl BuiltinGenerator {
 
 #[async_trait]
 impl QaGenerator for BuiltinGenerator {
+    fn prefers_fact_first(&self) -> bool {
+        true
+    }
+
     async fn generate(&self, request: &QaRequest) -> Result<Vec<RawReply>, GeneratorError> {
         let requests = self.batch(request)?;
+        // An answer-first reply is a question only: the given answer completes the pair.
+        let answer_line = request
+            .answer
+            .as_ref()
+            .map(|answer| format!("\nAnswer: {answer}"))
+            .unwrap_or_default();
         let (reply, outputs) = oneshot::channel();
         self.queue
             .send(Pending { requests, reply })
@@ -127,7 +157,7 @@ impl QaGenerator for BuiltinGenerator {
         Ok(outputs
             .into_iter()
             .map(|output| RawReply {
-                text: format!("{PREFILL}{}", output.text),
+                text: format!("{PREFILL}{}{answer_line}", output.text),
             })
             .collect())
     }
@@ -190,6 +220,7 @@ mod tests {
             temperature,
             seed: 3,
             model: None,
+            answer: None,
         }
     }
 

@@ -2,6 +2,7 @@
 //! generator, cannot be invented, and give every sentence at least one task even when the
 //! generator wrote nothing usable for it.
 
+use crate::facts::{fact_spans, words, Word};
 use crate::ground::is_content_word;
 
 pub const BLANK: &str = "____";
@@ -13,15 +14,17 @@ pub struct ClozeTask {
 }
 
 /// Up to `max_tasks` cloze tasks for one sentence, one per distinct span, best span first:
-/// numbers (dates, amounts), then capitalised names, then noun phrases after a determiner.
+/// numbers, dates and amounts, then codes and names (see `facts`), then noun phrases after a
+/// determiner.
 pub fn cloze_tasks(sentence: &str, max_tasks: usize) -> Vec<ClozeTask> {
     let words = words(sentence);
     // Shorter sentences leave too little around the blank to recall it from.
     if words.len() < 4 {
         return Vec::new();
     }
-    let mut spans = number_spans(&words);
-    spans.extend(name_spans(&words));
+    let mut facts = fact_spans(sentence);
+    facts.sort_by_key(|span| span.kind);
+    let mut spans: Vec<(usize, usize)> = facts.iter().map(|s| (s.start, s.end)).collect();
     spans.extend(noun_phrase_spans(&words));
 
     let mut tasks: Vec<ClozeTask> = Vec::new();
@@ -40,79 +43,6 @@ pub fn cloze_tasks(sentence: &str, max_tasks: usize) -> Vec<ClozeTask> {
         });
     }
     tasks
-}
-
-/// A whitespace-separated word with its surrounding punctuation trimmed off.
-struct Word<'a> {
-    text: &'a str,
-    start: usize,
-    end: usize,
-    /// Punctuation right after the word (a comma, a full stop) ends a name or a phrase.
-    ends_clause: bool,
-}
-
-fn words(sentence: &str) -> Vec<Word<'_>> {
-    let mut words = Vec::new();
-    let mut offset = 0;
-    for raw in sentence.split_inclusive(char::is_whitespace) {
-        let raw_start = offset;
-        offset += raw.len();
-        let trimmed_start = raw.trim_start_matches(|c: char| !c.is_alphanumeric());
-        let core = trimmed_start.trim_end_matches(|c: char| !c.is_alphanumeric());
-        if core.is_empty() {
-            continue;
-        }
-        let start = raw_start + (raw.len() - trimmed_start.len());
-        let end = start + core.len();
-        words.push(Word {
-            text: core,
-            start,
-            end,
-            ends_clause: raw.trim_end().len() > end - raw_start,
-        });
-    }
-    words
-}
-
-fn number_spans(words: &[Word<'_>]) -> Vec<(usize, usize)> {
-    words
-        .iter()
-        .filter(|word| word.text.chars().any(|c| c.is_ascii_digit()))
-        .map(|word| (word.start, word.end))
-        .collect()
-}
-
-fn is_capitalised(word: &Word<'_>) -> bool {
-    word.text.chars().next().is_some_and(char::is_uppercase)
-}
-
-/// Runs of capitalised words. The first word of the sentence is capitalised anyway, so it
-/// joins a name only when the next word is capitalised too and it is not a function word
-/// ("The Eiffel Tower" gives "Eiffel Tower").
-fn name_spans(words: &[Word<'_>]) -> Vec<(usize, usize)> {
-    let mut spans = Vec::new();
-    let mut index = 0;
-    while index < words.len() {
-        if !is_capitalised(&words[index]) {
-            index += 1;
-            continue;
-        }
-        let mut last = index;
-        while last + 1 < words.len() && !words[last].ends_clause && is_capitalised(&words[last + 1])
-        {
-            last += 1;
-        }
-        let mut first = index;
-        if first == 0 && !is_content_word(&words[0].text.to_lowercase()) {
-            first = 1;
-        }
-        let single_opening_word = index == 0 && last == 0;
-        if first <= last && !single_opening_word {
-            spans.push((words[first].start, words[last].end));
-        }
-        index = last + 1;
-    }
-    spans
 }
 
 const DETERMINERS: &[&str] = &[

@@ -18,6 +18,9 @@ pub struct QaRequest {
     pub seed: u64,
     /// A model name that overrides the backend's configured one (`SynthesisOptions::generator_model`).
     pub model: Option<String>,
+    /// Set when questions are wanted for a given answer, a fact span of the sentence
+    /// (answer-first synthesis); unset, the generator chooses both.
+    pub answer: Option<String>,
 }
 
 /// One reply of the generator, exactly as written: validation happens in `parse`, because no
@@ -59,6 +62,12 @@ impl GeneratorError {
 #[async_trait]
 pub trait QaGenerator: Send + Sync {
     async fn generate(&self, request: &QaRequest) -> Result<Vec<RawReply>, GeneratorError>;
+
+    /// Whether jobs that leave the question recipe to the worker get the fact-first recipe:
+    /// true for weak generators (the built-in engine), whose free pairs are often wrong.
+    fn prefers_fact_first(&self) -> bool {
+        false
+    }
 
     /// Replies for several sentences; backends that batch (the built-in engine) override it.
     /// One result per request, so one sentence's failure does not sink its neighbours.

@@ -86,6 +86,26 @@ impl SourceWords {
     }
 }
 
+/// Why a question was dropped: it names what the document does not, or is not about its
+/// sentence (the small generator's "When was the Eiffel Tower built?" about a lighthouse).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum UnfoundedQuestion {
+    #[error("question names {0}, which the source does not")]
+    UnknownName(String),
+    #[error("question has number {0}, which the source does not")]
+    NumberNotInSource(String),
+    #[error("question shares no content word with its sentence")]
+    OffTopic,
+    #[error("question gives its answer away")]
+    GivesAnswerAway,
+}
+
+impl SourceWords {
+    fn has_word(&self, word: &str) -> bool {
+        self.stems.contains(&stem(word))
+    }
+}
+
 /// A sentence and its left context as a grounding source, indexed lazily: most answers are
 /// supported by the sentence alone, and indexing the context (about 2 KB per sentence) costs
 /// more than the rest of a chunk's handling with a fast generator. The verdicts equal those of
@@ -116,6 +136,81 @@ impl<'a> SentenceSource<'a> {
             verdict => verdict,
         }
     }
+}
+
+impl SentenceSource<'_> {
+    /// Whether a question fits its sentence: every number and capitalised word it has occurs
+    /// in the sentence, its left context or the document title, at least one of its content
+    /// words (other than the answer's) is in the sentence itself, and it does not contain its
+    /// answer.
+    pub fn check_question(
+        &self,
+        question: &str,
+        answer: &str,
+        title: &str,
+    ) -> Result<(), UnfoundedQuestion> {
+        let context = self
+            .with_context
+            .get_or_init(|| SourceWords::new(self.sentence, self.left_context));
+        let title_words = SourceWords::new(title, "");
+        let answer_words = SourceWords::new(answer, "");
+        let question_key = normalise(question);
+        let answer_key = normalise(answer);
+        if !answer_key.is_empty() && contains_phrase(&question_key, &answer_key) {
+            return Err(UnfoundedQuestion::GivesAnswerAway);
+        }
+        let mut on_topic = false;
+        for (position, raw) in question.split_whitespace().enumerate() {
+            let trimmed = raw.trim_matches(|c: char| !c.is_alphanumeric());
+            for token in tokens(trimmed) {
+                match token {
+                    Token::Number(number) => {
+                        if !context.numbers.contains(&number)
+                            && !title_words.numbers.contains(&number)
+                        {
+                            return Err(UnfoundedQuestion::NumberNotInSource(number));
+                        }
+                        on_topic |= self.sentence_only.numbers.contains(&number);
+                    }
+                    Token::Word(word) => {
+                        let capitalised = trimmed.chars().next().is_some_and(char::is_uppercase);
+                        let known = context.has_word(&word) || title_words.has_word(&word);
+                        if capitalised && position > 0 && is_content_word(&word) && !known {
+                            return Err(UnfoundedQuestion::UnknownName(trimmed.to_string()));
+                        }
+                        if is_content_word(&word)
+                            && !QUESTION_WORDS.contains(&word.as_str())
+                            && !answer_words.has_word(&word)
+                            && self.sentence_only.has_word(&word)
+                        {
+                            on_topic = true;
+                        }
+                    }
+                }
+            }
+        }
+        if !on_topic {
+            return Err(UnfoundedQuestion::OffTopic);
+        }
+        Ok(())
+    }
+}
+
+/// Words of questions that say nothing about their topic.
+const QUESTION_WORDS: &[&str] = &["many", "much", "long", "year", "date", "name", "called"];
+
+fn normalise(text: &str) -> Vec<String> {
+    tokens(text)
+        .map(|token| match token {
+            Token::Number(number) | Token::Word(number) => number,
+        })
+        .collect()
+}
+
+fn contains_phrase(haystack: &[String], needle: &[String]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle)
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -256,6 +351,46 @@ mod tests {
         assert_eq!(
             check("Yes, it is.", NEEDLE, ""),
             Err(Ungrounded::NoContentWords)
+        );
+    }
+
+    #[test]
+    fn a_question_about_something_the_document_never_names_is_dropped() {
+        // Seen from SmolLM2-135M on a lighthouse history: the answer is in the sentence, the
+        // question is about the Eiffel Tower.
+        let sentence = "A new keeper, Tomas Brell, arrived in 1889 with his family.";
+        let source = SentenceSource::new(sentence, "The Harrow Point light was built in 1871.");
+        let title = "The Harrow Point Light";
+        assert_eq!(source.check("In 1889.", GroundingPolicy::default()), Ok(()));
+        assert_eq!(
+            source.check_question("When was the Eiffel Tower built?", "In 1889.", title),
+            Err(UnfoundedQuestion::UnknownName("Eiffel".to_string()))
+        );
+        assert_eq!(
+            source.check_question("When did the new keeper arrive?", "In 1889.", title),
+            Ok(())
+        );
+        assert_eq!(
+            source.check_question("When did Tomas Brell reach Harrow Point?", "1889", title),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn questions_off_their_sentence_or_giving_the_answer_away_are_dropped() {
+        let sentence = "A new keeper, Tomas Brell, arrived in 1889 with his family.";
+        let source = SentenceSource::new(sentence, "");
+        assert_eq!(
+            source.check_question("What is the best thing to do?", "1889", ""),
+            Err(UnfoundedQuestion::OffTopic)
+        );
+        assert_eq!(
+            source.check_question("Who arrived in 1890?", "Tomas Brell", ""),
+            Err(UnfoundedQuestion::NumberNotInSource("1890".to_string()))
+        );
+        assert_eq!(
+            source.check_question("Did Tomas Brell arrive in 1889?", "1889", ""),
+            Err(UnfoundedQuestion::GivesAnswerAway)
         );
     }
 

@@ -47,6 +47,7 @@ mod tests {
             temperature: 0.2,
             seed: 1,
             model: None,
+            answer: None,
         };
         let replies = InstantGenerator.generate(&request).await.unwrap();
         let (pairs, dropped) = parse_reply(&replies[0], ParseLimits::default());

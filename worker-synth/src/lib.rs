@@ -5,6 +5,7 @@
 
 pub mod builtin;
 pub mod cloze;
+pub mod facts;
 pub mod generator;
 pub mod ground;
 pub mod instant;
@@ -12,6 +13,7 @@ pub mod openai;
 pub mod parse;
 pub mod prompt;
 pub mod synthesize;
+pub mod templates;
 pub mod worker;
 
 pub use builtin::{BuiltinConfig, BuiltinGenerator};

@@ -462,6 +462,7 @@ mod tests {
             temperature: 0.5,
             seed: 7,
             model: None,
+            answer: None,
         }
     }
 

@@ -9,6 +9,7 @@ use minijinja::{context, Environment};
 use crate::generator::{GeneratorError, QaRequest};
 
 const BUILTIN_FEWSHOT: &str = "builtin_fewshot.j2";
+const BUILTIN_ANSWER_FIRST: &str = "builtin_answer_first.j2";
 const JSON_SYSTEM: &str = "json_system.j2";
 const JSON_USER: &str = "json_user.j2";
 
@@ -20,6 +21,10 @@ static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
         (
             BUILTIN_FEWSHOT,
             include_str!("../prompts/builtin_fewshot.j2"),
+        ),
+        (
+            BUILTIN_ANSWER_FIRST,
+            include_str!("../prompts/builtin_answer_first.j2"),
         ),
         (JSON_SYSTEM, include_str!("../prompts/json_system.j2")),
         (JSON_USER, include_str!("../prompts/json_user.j2")),
@@ -67,6 +72,18 @@ pub(crate) fn builtin_fewshot_user(sentence: &str) -> Result<String, GeneratorEr
     render(BUILTIN_FEWSHOT, context! { sentence => sentence.trim() })
 }
 
+/// The user message of the built-in answer-first recipe: a question for a given answer; the
+/// reply is prefilled with `Question:`.
+pub(crate) fn builtin_answer_first_user(
+    sentence: &str,
+    answer: &str,
+) -> Result<String, GeneratorError> {
+    render(
+        BUILTIN_ANSWER_FIRST,
+        context! { sentence => sentence.trim(), answer => answer.trim() },
+    )
+}
+
 /// The system and user messages for an HTTP generator asked for JSON pairs.
 pub(crate) fn json_messages(request: &QaRequest) -> Result<(String, String), GeneratorError> {
     let system = render(JSON_SYSTEM, context! {})?;
@@ -77,6 +94,7 @@ pub(crate) fn json_messages(request: &QaRequest) -> Result<(String, String), Gen
             left_context => request.left_context.trim(),
             sentence => request.sentence.trim(),
             pairs_wanted => request.pairs_wanted.max(1),
+            answer => request.answer.as_deref().map(str::trim),
         },
     )?;
     Ok((system, user))
@@ -103,6 +121,7 @@ mod tests {
             temperature: 0.2,
             seed: 0,
             model: None,
+            answer: None,
         }
     }
 
@@ -111,6 +130,8 @@ mod tests {
         let fewshot = builtin_fewshot_user("Paris is in France.").unwrap();
         assert!(fewshot.ends_with("Sentence: Paris is in France."));
         assert!(fewshot.matches("Question:").count() == 2);
+        let answer_first = builtin_answer_first_user("Paris is in France.", "France").unwrap();
+        assert!(answer_first.ends_with("Sentence: Paris is in France.\nAnswer: France"));
         let (system, user) = json_messages(&request(3, "The tower stands in Paris.")).unwrap();
         assert!(system.contains(r#"{"pairs": [{"question": "...", "answer": "..."}]}"#));
         assert!(user.starts_with("Document: \"Eiffel Tower\""));

@@ -1,15 +1,22 @@
-//! Turning one chunk of sentences into training tasks: ask the generator about each sentence,
-//! parse and ground what it wrote, add rule-based cloze tasks if the job wants them. The
+//! Turning one chunk of sentences into training tasks, by one of two recipes: free QA (the
+//! generator writes whole pairs about each sentence) or fact-first (fact spans found by rule,
+//! questions written for each by the generator and by templates). Both parse and ground what
+//! the generator wrote, and add rule-based cloze tasks if the job wants them. The
 //! decisions about the delivery (retry, dead-letter, write) are the worker's.
+
+use std::collections::HashSet;
 
 use futures::future::join_all;
 use lift_shared::messages::{SentenceUnit, SynthChunk, Task};
 use lift_shared::metrics;
+use lift_shared::spec::QuestionRecipe;
 
 use crate::cloze::cloze_tasks;
+use crate::facts::{fact_spans, FactKind};
 use crate::generator::{GeneratorError, QaGenerator, QaRequest};
 use crate::ground::{GroundingPolicy, SentenceSource};
 use crate::parse::{DropCounts, PairCollector, ParseLimits, QaPair};
+use crate::templates::{asks_for_kind, templated_questions};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SynthesisTuning {
@@ -20,6 +27,9 @@ pub struct SynthesisTuning {
     pub rounds_per_sentence: u32,
     /// Cloze tasks per sentence when the job asks for them.
     pub cloze_per_sentence: usize,
+    /// Fact spans per sentence that get tasks in the fact-first recipe, most specific kinds
+    /// first (dates, amounts, codes, numbers, then names): bounds the tasks of a long list.
+    pub max_facts_per_sentence: usize,
 }
 
 impl Default for SynthesisTuning {
@@ -29,6 +39,7 @@ impl Default for SynthesisTuning {
             grounding: GroundingPolicy::default(),
             rounds_per_sentence: 2,
             cloze_per_sentence: 1,
+            max_facts_per_sentence: 4,
         }
     }
 }
@@ -42,6 +53,7 @@ pub struct ChunkSynthesis {
     /// Why each failed sentence failed (its first generator call erred).
     pub failures: Vec<(u32, GeneratorError)>,
     pub pairs_dropped: DropCounts,
+    pub facts: FactCoverage,
 }
 
 impl ChunkSynthesis {
@@ -75,12 +87,18 @@ pub async fn synthesize_chunk(
     chunk: &SynthChunk,
     tuning: &SynthesisTuning,
 ) -> ChunkSynthesis {
-    let outcomes = join_all(
-        chunk
-            .sentences
-            .iter()
-            .map(|sentence| synthesize_sentence(generator, chunk, sentence, tuning)),
-    )
+    let fact_first = match chunk.options.recipe {
+        QuestionRecipe::Auto => generator.prefers_fact_first(),
+        QuestionRecipe::FreeQa => false,
+        QuestionRecipe::FactFirst => true,
+    };
+    let outcomes = join_all(chunk.sentences.iter().map(|sentence| async move {
+        if fact_first {
+            synthesize_facts(generator, chunk, sentence, tuning).await
+        } else {
+            synthesize_sentence(generator, chunk, sentence, tuning).await
+        }
+    }))
     .await;
 
     let traceparent = lift_shared::telemetry::trace_headers()
@@ -91,12 +109,14 @@ pub async fn synthesize_chunk(
         sentences: chunk.sentences.len() as u32,
         failures: Vec::new(),
         pairs_dropped: DropCounts::default(),
+        facts: FactCoverage::default(),
     };
     for (sentence, outcome) in chunk.sentences.iter().zip(outcomes) {
+        let mut sentence_tasks: Vec<(TaskKind, QaPair)> = Vec::new();
         match outcome {
-            Ok(SentencePairs { pairs, dropped }) => {
+            Ok(SentenceTasks { tasks, dropped }) => {
                 synthesis.pairs_dropped.add(&dropped);
-                if pairs.is_empty() {
+                if tasks.is_empty() {
                     // The generator answered, but nothing it wrote is usable: the sentence
                     // failed, and the reason says what was wrong with the replies.
                     let reason = format!("no usable question/answer pair ({})", dropped.describe());
@@ -104,43 +124,300 @@ pub async fn synthesize_chunk(
                         .failures
                         .push((sentence.index, GeneratorError::InvalidOutput(reason)));
                 }
-                synthesis.tasks.extend(pairs.into_iter().map(|pair| Task {
-                    sentence_index: sentence.index,
-                    title: chunk.title.clone(),
-                    question: pair.question,
-                    answer: pair.answer,
-                    kind: "qa".to_string(),
-                    traceparent: traceparent.clone(),
-                }));
+                sentence_tasks = tasks;
             }
             Err(error) => synthesis.failures.push((sentence.index, error)),
         }
+        if fact_first {
+            sentence_tasks.push((TaskKind::Passage, passage_task(sentence)));
+        }
         if chunk.options.cloze_tasks {
             let cloze = cloze_tasks(&sentence.text, tuning.cloze_per_sentence);
-            synthesis.tasks.extend(cloze.into_iter().map(|task| Task {
-                sentence_index: sentence.index,
-                title: chunk.title.clone(),
-                question: task.question,
-                answer: task.answer,
-                kind: "cloze".to_string(),
-                traceparent: traceparent.clone(),
+            sentence_tasks.extend(cloze.into_iter().map(|task| {
+                (
+                    TaskKind::Cloze,
+                    QaPair {
+                        question: task.question,
+                        answer: task.answer,
+                    },
+                )
             }));
         }
+        let answers: Vec<&str> = sentence_tasks
+            .iter()
+            .map(|(_, p)| p.answer.as_str())
+            .collect();
+        synthesis
+            .facts
+            .add(&FactCoverage::of(&sentence.text, &answers));
+        synthesis
+            .tasks
+            .extend(sentence_tasks.into_iter().map(|(kind, pair)| Task {
+                sentence_index: sentence.index,
+                title: chunk.title.clone(),
+                question: pair.question,
+                answer: pair.answer,
+                kind: kind.name().to_string(),
+                traceparent: traceparent.clone(),
+            }));
     }
     synthesis
 }
 
-struct SentencePairs {
-    pairs: Vec<QaPair>,
+/// Where a task comes from; written into the task file as `Task::kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TaskKind {
+    /// A pair the generator wrote freely about a sentence.
+    Qa,
+    /// A question the generator wrote for a fact span as the answer.
+    FactQa,
+    /// A templated question for a fact span.
+    FactTemplate,
+    /// "What does the document say about X?" answered by the whole sentence.
+    Recall,
+    /// The sentence as what follows the one before it: the document itself, as LIFT trains on
+    /// its segments besides the questions.
+    Passage,
+    Cloze,
+}
+
+impl TaskKind {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Qa => "qa",
+            Self::FactQa => "fact_qa",
+            Self::FactTemplate => "fact_template",
+            Self::Recall => "recall",
+            Self::Passage => "passage",
+            Self::Cloze => "cloze",
+        }
+    }
+}
+
+/// Fact spans found in sentences, and how many of them some task has as (part of) its answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FactCoverage {
+    pub found: u32,
+    pub covered: u32,
+}
+
+impl FactCoverage {
+    /// The fact spans of one sentence against the answers of its tasks.
+    pub fn of(sentence: &str, answers: &[&str]) -> Self {
+        let answers: Vec<String> = answers.iter().map(|a| normalise_words(a)).collect();
+        let mut coverage = Self::default();
+        for span in fact_spans(sentence) {
+            coverage.found += 1;
+            let fact = normalise_words(span.text(sentence));
+            let padded = format!(" {fact} ");
+            if answers
+                .iter()
+                .any(|answer| format!(" {answer} ").contains(&padded))
+            {
+                coverage.covered += 1;
+            }
+        }
+        coverage
+    }
+
+    /// The coverage of a task file written for `chunk`.
+    pub fn of_tasks(chunk: &SynthChunk, tasks: &[Task]) -> Self {
+        let mut coverage = Self::default();
+        for sentence in &chunk.sentences {
+            let answers: Vec<&str> = tasks
+                .iter()
+                .filter(|task| task.sentence_index == sentence.index)
+                .map(|task| task.answer.as_str())
+                .collect();
+            coverage.add(&Self::of(&sentence.text, &answers));
+        }
+        coverage
+    }
+
+    pub fn add(&mut self, other: &Self) {
+        self.found += other.found;
+        self.covered += other.covered;
+    }
+}
+
+/// Lower case, alphanumeric words only, single spaces: "€1,250" and "1250" compare equal.
+fn normalise_words(text: &str) -> String {
+    text.split(|c: char| !c.is_alphanumeric() && c != ',')
+        .map(|word| word.replace(',', "").to_lowercase())
+        .filter(|word| !word.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The sentence as the continuation of the sentence before it (the last one of its left
+/// context), or as the start of the document.
+fn passage_task(sentence: &SentenceUnit) -> QaPair {
+    let before = previous_sentence(&sentence.left_context);
+    let question = if before.is_empty() {
+        "How does the text begin?".to_string()
+    } else {
+        format!("What does the text say after \"{before}\"?")
+    };
+    QaPair {
+        question,
+        answer: sentence.text.trim().to_string(),
+    }
+}
+
+/// The last sentence of a text, at most `PREVIOUS_SENTENCE_CHARS` long (cut at a word).
+fn previous_sentence(text: &str) -> &str {
+    const PREVIOUS_SENTENCE_CHARS: usize = 200;
+    let text = text.trim_end();
+    let body = text.trim_end_matches(|c: char| matches!(c, '.' | '!' | '?' | '"' | ')'));
+    let start = body
+        .rfind(|c: char| matches!(c, '.' | '!' | '?' | '\n'))
+        .map_or(0, |end| end + 1);
+    let mut last = text[start..].trim_start();
+    if last.len() > PREVIOUS_SENTENCE_CHARS {
+        let mut cut = last.len() - PREVIOUS_SENTENCE_CHARS;
+        while !last.is_char_boundary(cut) {
+            cut += 1;
+        }
+        let tail = &last[cut..];
+        last = tail[tail.find(' ').map_or(0, |space| space + 1)..].trim_start();
+    }
+    last
+}
+
+/// A fact-first answer: the fact, then the sentence that states it. Recalling the sentence
+/// is what a small model does best from a question worded unlike the training ones (it is
+/// continuing text it was trained on), and the reader gets the evidence with the answer.
+fn with_evidence(fact: &str, sentence: &str) -> String {
+    format!("{fact}. {}", sentence.trim())
+}
+
+struct SentenceTasks {
+    tasks: Vec<(TaskKind, QaPair)>,
     dropped: DropCounts,
 }
 
+/// The fact-first recipe for one sentence: per fact span, the generator's questions for it
+/// (kept when they fit the sentence) and the templated ones; a recall task per name. A
+/// sentence without fact spans gets the free recipe.
+async fn synthesize_facts(
+    generator: &dyn QaGenerator,
+    chunk: &SynthChunk,
+    sentence: &SentenceUnit,
+    tuning: &SynthesisTuning,
+) -> Result<SentenceTasks, GeneratorError> {
+    let mut spans = fact_spans(&sentence.text);
+    if spans.is_empty() {
+        return synthesize_sentence(generator, chunk, sentence, tuning).await;
+    }
+    spans.sort_by_key(|span| span.kind);
+    spans.truncate(tuning.max_facts_per_sentence);
+    spans.sort_by_key(|span| span.start);
+
+    let options = &chunk.options;
+    let source = SentenceSource::new(&sentence.text, &sentence.left_context);
+    let requests: Vec<QaRequest> = spans
+        .iter()
+        .enumerate()
+        .map(|(fact, span)| QaRequest {
+            title: chunk.title.clone(),
+            sentence: sentence.text.clone(),
+            left_context: sentence.left_context.clone(),
+            pairs_wanted: options.qa_per_sentence,
+            temperature: options.temperature,
+            seed: sentence_seed(options.seed, sentence.index, fact as u32),
+            model: Some(options.generator_model.clone()).filter(|model| !model.is_empty()),
+            answer: Some(span.text(&sentence.text).to_string()),
+        })
+        .collect();
+    let replies = join_all(requests.iter().map(|request| async move {
+        let timer = metrics::GENERATOR_REQUEST_SECONDS.start_timer();
+        let generated = generator.generate(request).await;
+        timer.observe_duration();
+        if generated.is_err() {
+            metrics::GENERATOR_ERRORS.inc();
+        }
+        generated
+    }))
+    .await;
+
+    let mut tasks: Vec<(TaskKind, QaPair)> = Vec::new();
+    let mut dropped = DropCounts::default();
+    let mut seen_questions = HashSet::new();
+    let mut keep = |kind: TaskKind, pair: QaPair, tasks: &mut Vec<(TaskKind, QaPair)>| {
+        if seen_questions.insert(pair.question.to_lowercase()) {
+            tasks.push((kind, pair));
+        }
+    };
+    for ((span, request), generated) in spans.iter().zip(&requests).zip(replies) {
+        let answer = span.text(&sentence.text).to_string();
+        match generated {
+            Ok(replies) => {
+                let mut collector = PairCollector::new(tuning.parse_limits);
+                replies.iter().for_each(|reply| collector.add_reply(reply));
+                let (pairs, parse_dropped) = collector.into_parts();
+                dropped.add(&parse_dropped);
+                let mut kept = 0;
+                for pair in pairs {
+                    let fits = source
+                        .check_question(&pair.question, &answer, &chunk.title)
+                        .map_err(|reason| reason.to_string())
+                        .and_then(|()| {
+                            asks_for_kind(&pair.question, span)
+                                .then_some(())
+                                .ok_or_else(|| "question word does not fit the fact".to_string())
+                        });
+                    if fits.is_err() || kept >= request.pairs_wanted {
+                        if let Err(reason) = fits {
+                            tracing::debug!(job_id = %chunk.job_id, sentence = sentence.index, question = %pair.question, %reason, "dropped question");
+                            dropped.ungrounded += 1;
+                        }
+                        continue;
+                    }
+                    kept += 1;
+                    let pair = QaPair {
+                        question: pair.question,
+                        answer: with_evidence(&answer, &sentence.text),
+                    };
+                    keep(TaskKind::FactQa, pair, &mut tasks);
+                }
+            }
+            // The generator may come back: the chunk is retried for its questions.
+            Err(error) if error.is_transient() => return Err(error),
+            // It will fail again (say, the prompt is too long): the templates stand in.
+            Err(error) => {
+                tracing::debug!(job_id = %chunk.job_id, sentence = sentence.index, %error, "no generated question for a fact");
+            }
+        }
+        for templated in templated_questions(&sentence.text, span) {
+            let pair = QaPair {
+                question: templated.question,
+                answer: with_evidence(&templated.answer, &sentence.text),
+            };
+            keep(TaskKind::FactTemplate, pair, &mut tasks);
+        }
+    }
+    for span in spans.iter().filter(|span| span.kind == FactKind::Name) {
+        let pair = QaPair {
+            question: format!(
+                "What does the text say about {}?",
+                span.text(&sentence.text)
+            ),
+            answer: sentence.text.trim().to_string(),
+        };
+        keep(TaskKind::Recall, pair, &mut tasks);
+    }
+    metrics::QA_PAIRS_PER_SENTENCE.observe(tasks.len() as f64);
+    Ok(SentenceTasks { tasks, dropped })
+}
+
+/// The free recipe for one sentence: the generator writes whole pairs, rounds of samples
+/// until enough are grounded.
 async fn synthesize_sentence(
     generator: &dyn QaGenerator,
     chunk: &SynthChunk,
     sentence: &SentenceUnit,
     tuning: &SynthesisTuning,
-) -> Result<SentencePairs, GeneratorError> {
+) -> Result<SentenceTasks, GeneratorError> {
     let options = &chunk.options;
     let wanted = options.qa_per_sentence as usize;
     let source = SentenceSource::new(&sentence.text, &sentence.left_context);
@@ -153,6 +430,15 @@ async fn synthesize_sentence(
         temperature: options.temperature,
         seed: 0,
         model: Some(options.generator_model.clone()).filter(|model| !model.is_empty()),
+        answer: None,
+    };
+    let grounded = |pair: &QaPair| -> Result<(), String> {
+        source
+            .check(&pair.answer, tuning.grounding)
+            .map_err(|reason| reason.to_string())?;
+        source
+            .check_question(&pair.question, &pair.answer, &chunk.title)
+            .map_err(|reason| reason.to_string())
     };
     for round in 0..tuning.rounds_per_sentence.max(1) {
         request.seed = sentence_seed(options.seed, sentence.index, round);
@@ -176,12 +462,12 @@ async fn synthesize_sentence(
                 break;
             }
         }
-        let grounded = collector
+        let usable = collector
             .pairs()
             .iter()
-            .filter(|pair| source.check(&pair.answer, tuning.grounding).is_ok())
+            .filter(|pair| grounded(pair).is_ok())
             .count();
-        if grounded >= wanted {
+        if usable >= wanted {
             break;
         }
     }
@@ -189,15 +475,16 @@ async fn synthesize_sentence(
     let (candidates, mut dropped) = collector.into_parts();
     let mut pairs = Vec::new();
     for pair in candidates {
-        match source.check(&pair.answer, tuning.grounding) {
-            Ok(()) => pairs.push(pair),
+        match grounded(&pair) {
+            Ok(()) => pairs.push((TaskKind::Qa, pair)),
             Err(reason) => {
                 tracing::debug!(
                     job_id = %chunk.job_id,
                     sentence = sentence.index,
+                    question = %pair.question,
                     answer = %pair.answer,
                     %reason,
-                    "dropped ungrounded answer"
+                    "dropped ungrounded pair"
                 );
                 dropped.ungrounded += 1;
             }
@@ -206,7 +493,10 @@ async fn synthesize_sentence(
     // Extra grounded pairs beyond the wanted number are surplus, not invalid: not counted.
     pairs.truncate(wanted);
     metrics::QA_PAIRS_PER_SENTENCE.observe(pairs.len() as f64);
-    Ok(SentencePairs { pairs, dropped })
+    Ok(SentenceTasks {
+        tasks: pairs,
+        dropped,
+    })
 }
 
 /// A seed per (job seed, sentence, round), so a redelivered chunk asks the same questions
@@ -217,4 +507,35 @@ fn sentence_seed(job_seed: u64, sentence_index: u32, round: u32) -> u64 {
         .wrapping_mul(0x9E37_79B9_7F4A_7C15)
         .wrapping_add(u64::from(sentence_index) << 24)
         .wrapping_add(u64::from(round) << 16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_previous_sentence_is_the_last_one_of_the_left_context() {
+        assert_eq!(
+            previous_sentence("The mill was built in 1761. It burned in 1851.\n\n"),
+            "It burned in 1851."
+        );
+        assert_eq!(previous_sentence("One sentence only"), "One sentence only");
+        assert_eq!(previous_sentence(""), "");
+        let long = format!("Start. {}end.", "word ".repeat(60));
+        let last = previous_sentence(&long);
+        assert!(last.len() <= 200 && last.starts_with("word") && last.ends_with("end."));
+    }
+
+    #[test]
+    fn coverage_counts_facts_some_answer_contains() {
+        let sentence = "The wheel carried forty-eight paddles and cost €1,250 in 1765.";
+        let coverage = FactCoverage::of(sentence, &["48 paddles", "It cost 1250 euros, €1,250."]);
+        assert_eq!(
+            coverage,
+            FactCoverage {
+                found: 3,
+                covered: 1
+            }
+        );
+    }
 }

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::generator::QaGenerator;
-use crate::synthesize::{synthesize_chunk, SynthesisTuning};
+use crate::synthesize::{synthesize_chunk, FactCoverage, SynthesisTuning};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SynthWorkerConfig {
@@ -368,6 +368,8 @@ impl ChunkContext {
             sentences_failed: synthesis.sentences_failed(),
             tasks: synthesis.tasks.len() as u32,
             pairs_dropped: dropped.total(),
+            facts_found: synthesis.facts.found,
+            facts_covered: synthesis.facts.covered,
             at_ms: now_ms(),
         };
         // If this fails the delivery is retried, finds the task file and announces it then.
@@ -384,6 +386,11 @@ impl ChunkContext {
         headers: &Headers,
     ) -> Result<(), InfraError> {
         let tasks = Task::count_in_file(task_file);
+        let written: Vec<Task> = task_file
+            .split(|byte| *byte == b'\n')
+            .filter_map(|line| serde_json::from_slice(line).ok())
+            .collect();
+        let facts = FactCoverage::of_tasks(chunk, &written);
         tracing::info!(job_id = %chunk.job_id, chunk = chunk.chunk_index, tasks, "task file exists, announcing it");
         let event = ProgressEvent::ChunkSynthesized {
             job_id: chunk.job_id.clone(),
@@ -392,6 +399,8 @@ impl ChunkContext {
             sentences_failed: 0,
             tasks: tasks as u32,
             pairs_dropped: 0,
+            facts_found: facts.found,
+            facts_covered: facts.covered,
             at_ms: now_ms(),
         };
         self.publish_event(&event, headers).await

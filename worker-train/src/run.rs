@@ -85,6 +85,9 @@ struct State {
     last_loss: f32,
     last_ownership_check: Instant,
     steps_since_checkpoint: u64,
+    /// Epochs this run trains: the job's, or more once the task cache is known to be small
+    /// (`TrainingOptions::epochs_for`).
+    epochs: u32,
 }
 
 type Pending = Vec<(u32, SftExample)>;
@@ -116,7 +119,6 @@ impl JobRun {
             resumed_from_step: state.trainer.steps_done(),
             at_ms: now_ms(),
         })?;
-        let epochs = self.assignment.options.epochs.max(1);
         let outcome = (|| -> Result<Option<Interrupt>, TrainError> {
             if state.cursor.epoch <= 1 {
                 state.cursor.epoch = 1;
@@ -124,9 +126,12 @@ impl JobRun {
                 if let Some(interrupt) = self.train_first_epoch(&mut state)? {
                     return Ok(Some(interrupt));
                 }
+                state.epochs = self.planned_epochs()?;
                 self.end_epoch(&mut state)?;
+            } else {
+                state.epochs = self.planned_epochs()?;
             }
-            while state.cursor.epoch <= epochs {
+            while state.cursor.epoch <= state.epochs {
                 let _epoch =
                     tracing::info_span!("epoch", epoch = state.cursor.epoch, streaming = false)
                         .entered();
@@ -202,6 +207,7 @@ impl JobRun {
             last_loss,
             last_ownership_check: Instant::now(),
             steps_since_checkpoint: 0,
+            epochs: self.assignment.options.epochs.max(1),
         })
     }
 
@@ -379,6 +385,23 @@ impl JobRun {
         Ok(None)
     }
 
+    /// The epochs to train, from the size of the whole task cache (known after epoch 1).
+    fn planned_epochs(&self) -> Result<u32, TrainError> {
+        let options = &self.assignment.options;
+        let mut tasks = 0u64;
+        for key in self.block(self.store.list(&layout::tasks_prefix(self.job())))? {
+            if let Some(bytes) = self.block(self.store.get(&key))? {
+                tasks += Task::count_in_file(&bytes) as u64;
+            }
+        }
+        let steps_per_epoch = tasks.div_ceil(u64::from(options.batch_size.max(1)));
+        let epochs = options.epochs_for(steps_per_epoch);
+        if epochs > options.epochs {
+            info!(job_id = %self.job(), tasks, steps_per_epoch, epochs, min_steps = options.min_steps, "small task cache: training extra epochs");
+        }
+        Ok(epochs)
+    }
+
     fn end_epoch(&self, state: &mut State) -> Result<(), TrainError> {
         state.cursor.epoch += 1;
         state.cursor.position = 0;
@@ -386,6 +409,7 @@ impl JobRun {
     }
 
     fn checkpoint(&self, state: &mut State) -> Result<(), TrainError> {
+        let started = Instant::now();
         let adapter = state.trainer.adapter().to_peft_files()?;
         let checkpoint = Checkpoint {
             step: state.trainer.steps_done(),
@@ -395,19 +419,18 @@ impl JobRun {
             at_ms: now_ms(),
             adapter_config: String::from_utf8_lossy(&adapter.config_json).into_owned(),
         };
-        let started = Instant::now();
         let optimizer = state.trainer.optimizer_state()?;
+        let serialized_ms = started.elapsed().as_millis() as u64;
         let bytes = self.block(checkpoint.save(&self.store, self.job(), &adapter, optimizer))?;
         state.steps_since_checkpoint = 0;
         let seconds = started.elapsed().as_secs_f64();
         metrics::CHECKPOINT_BYTES.inc_by(bytes);
         metrics::CHECKPOINT_SECONDS.observe(seconds);
-        info!(job_id = %self.job(), step = checkpoint.step, bytes, seconds, "checkpoint written");
+        info!(job_id = %self.job(), step = checkpoint.step, bytes, seconds, serialized_ms, "checkpoint written");
         // After the last epoch the cursor points one past it; report the epoch trained.
-        let epochs = self.assignment.options.epochs.max(1);
         self.publish(ProgressEvent::Checkpointed {
             job_id: self.job().clone(),
-            epoch: state.cursor.epoch.min(epochs),
+            epoch: state.cursor.epoch.min(state.epochs),
             step: checkpoint.step,
             bytes,
             at_ms: now_ms(),

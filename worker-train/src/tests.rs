@@ -70,6 +70,7 @@ impl Fixture {
                     alpha: 8.0,
                     epochs,
                     batch_size: 2,
+                    min_steps: 0,
                     ..TrainingOptions::default()
                 },
                 chunk_count,

@@ -1,0 +1,76 @@
+//! The CI slice of the key-fact evaluation: `lift eval facts` on one document of the dev set
+//! (`eval/facts/dev`), as a separate process with the real model. The whole set is a command
+//! (`scripts/eval-small.sh docs/results facts`, docs/results.md); this proves the command
+//! runs end to end and reports what it promises.
+
+use std::path::Path;
+use std::time::Duration;
+
+use lift_tests::LiftProcess;
+use serde_json::Value;
+
+#[test]
+fn eval_facts_reports_the_three_settings_and_fact_coverage_for_a_dev_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let set = Path::new(env!("CARGO_MANIFEST_DIR")).join("../eval/facts/dev");
+    let out = dir.path().join("report");
+    let (set, out_arg) = (set.display().to_string(), out.display().to_string());
+    // One epoch keeps the slice short; the fact-first synthesis is the default's.
+    let args = [
+        "eval",
+        "facts",
+        "--set",
+        &set,
+        "--only",
+        "changelog",
+        "--epochs",
+        "1",
+        "--min-steps",
+        "0",
+        "--out",
+        &out_arg,
+    ];
+    let mut process = LiftProcess::spawn("eval-facts", &args, &[], dir.path());
+    let status = process
+        .wait_exit(Duration::from_secs(1500))
+        .unwrap_or_else(|| panic!("lift eval facts did not finish:\n{}", process.log_text()));
+    assert!(
+        status.success(),
+        "lift eval facts failed:\n{}",
+        process.log_text()
+    );
+
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    assert!(out.join("facts.png").exists(), "the plot is written");
+    let settings: Vec<&str> = report["overall"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|score| score["setting"].as_str().unwrap())
+        .collect();
+    assert_eq!(settings, ["base", "base+context", "lift"]);
+    let documents = report["documents"].as_array().unwrap();
+    assert_eq!(documents.len(), 1);
+    let document = &documents[0];
+    assert_eq!(document["job"]["state"], "succeeded", "{}", document["job"]);
+    assert_eq!(document["questions"].as_array().unwrap().len(), 6);
+    // Fact-first synthesis gives every fact span of the document a task.
+    let found = report["facts_found"].as_u64().unwrap();
+    assert!(found >= 20, "{found} facts found in the changelog");
+    assert_eq!(report["facts_covered"], found);
+    for key in ["tasks", "steps", "final_loss", "seconds"] {
+        assert!(
+            document["job"][key].is_number(),
+            "job lacks {key}: {}",
+            document["job"]
+        );
+    }
+    // The base model has never seen this fictional document.
+    let lift = &report["overall"][2];
+    let base = &report["overall"][0];
+    assert!(
+        lift["answered"].as_u64() >= base["answered"].as_u64(),
+        "LIFT {lift} below the base model {base}"
+    );
+}

@@ -1,0 +1,669 @@
+//! Fact-bearing spans of a sentence, found by rules: numbers (in digits or in words), dates,
+//! quantities with their unit, codes, names and quoted terms. These are what questions about
+//! a document ask for, so every one must get training tasks whose answer is that span, whatever
+//! the generator manages to write (see "Absorption with a weak generator").
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FactKind {
+    /// A month with a day and/or year, or a year alone ("3 May 1871", "May 1871", "1871").
+    Date,
+    /// A number with the noun it counts or measures ("42 metres", "€1,250", "three keepers").
+    Quantity,
+    /// Letters and digits together ("KV-220", "A4"), or an all-capitals identifier ("NATO").
+    Code,
+    /// A number alone, in digits or words ("4.2.1", "forty-two").
+    Number,
+    /// Capitalised words, with name particles inside ("Jan van der Berg", "Harrow Point").
+    Name,
+    /// A short phrase in quotation marks.
+    Quoted,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FactSpan {
+    /// Byte offsets into the sentence.
+    pub start: usize,
+    pub end: usize,
+    pub kind: FactKind,
+    /// Set for names that follow a preposition of place ("in Harrow Point").
+    pub is_place: bool,
+}
+
+impl FactSpan {
+    pub fn text<'a>(&self, sentence: &'a str) -> &'a str {
+        &sentence[self.start..self.end]
+    }
+}
+
+/// The fact spans of a sentence, in sentence order, none overlapping; where candidates
+/// overlap, the more specific kind wins (a date over the number inside it).
+pub fn fact_spans(sentence: &str) -> Vec<FactSpan> {
+    let words = words(sentence);
+    let mut candidates = Vec::new();
+    candidates.extend(date_spans(&words));
+    candidates.extend(number_spans(sentence, &words));
+    candidates.extend(code_spans(&words));
+    candidates.extend(name_spans(&words));
+    candidates.extend(quoted_spans(sentence));
+    candidates.sort_by_key(|span| (span.kind, std::cmp::Reverse(span.end - span.start)));
+    let mut chosen: Vec<FactSpan> = Vec::new();
+    for span in candidates {
+        let overlaps = chosen
+            .iter()
+            .any(|kept| span.start < kept.end && kept.start < span.end);
+        if !overlaps {
+            chosen.push(span);
+        }
+    }
+    chosen.sort_by_key(|span| span.start);
+    chosen
+}
+
+/// A whitespace-separated word with its outer punctuation trimmed off.
+#[derive(Debug)]
+pub(crate) struct Word<'a> {
+    pub text: &'a str,
+    pub start: usize,
+    pub end: usize,
+    /// Punctuation right after the word (a comma, a full stop) ends a name or a phrase.
+    pub ends_clause: bool,
+}
+
+impl Word<'_> {
+    fn lower(&self) -> String {
+        self.text.to_lowercase()
+    }
+
+    fn is_capitalised(&self) -> bool {
+        self.text.chars().next().is_some_and(char::is_uppercase)
+    }
+
+    fn has_digit(&self) -> bool {
+        self.text.chars().any(|c| c.is_ascii_digit())
+    }
+}
+
+pub(crate) fn words(sentence: &str) -> Vec<Word<'_>> {
+    let mut words = Vec::new();
+    let mut offset = 0;
+    for raw in sentence.split_inclusive(char::is_whitespace) {
+        let raw_start = offset;
+        offset += raw.len();
+        let trimmed_start = raw.trim_start_matches(|c: char| !c.is_alphanumeric());
+        let core = trimmed_start.trim_end_matches(|c: char| !c.is_alphanumeric());
+        if core.is_empty() {
+            continue;
+        }
+        let start = raw_start + (raw.len() - trimmed_start.len());
+        let end = start + core.len();
+        words.push(Word {
+            text: core,
+            start,
+            end,
+            ends_clause: raw.trim_end().len() > end - raw_start,
+        });
+    }
+    words
+}
+
+const MONTHS: &[&str] = &[
+    "january",
+    "february",
+    "march",
+    "april",
+    "may",
+    "june",
+    "july",
+    "august",
+    "september",
+    "october",
+    "november",
+    "december",
+    "jan",
+    "feb",
+    "mar",
+    "apr",
+    "jun",
+    "jul",
+    "aug",
+    "sep",
+    "sept",
+    "oct",
+    "nov",
+    "dec",
+];
+
+const WEEKDAYS: &[&str] = &[
+    "monday",
+    "tuesday",
+    "wednesday",
+    "thursday",
+    "friday",
+    "saturday",
+    "sunday",
+];
+
+fn is_month(word: &Word<'_>) -> bool {
+    // "may" and "march" are also common words: only capitalised ones are months.
+    word.is_capitalised() && MONTHS.contains(&word.lower().as_str())
+}
+
+fn is_day_or_year(word: &Word<'_>) -> bool {
+    let digits = word
+        .text
+        .trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let suffix = &word.text[digits.len()..];
+    !digits.is_empty()
+        && digits.len() <= 4
+        && digits.chars().all(|c| c.is_ascii_digit())
+        && matches!(suffix, "" | "st" | "nd" | "rd" | "th")
+}
+
+fn is_year(word: &Word<'_>) -> bool {
+    word.text.len() == 4
+        && word.text.chars().all(|c| c.is_ascii_digit())
+        && matches!(word.text.parse::<u32>(), Ok(1000..=2199))
+}
+
+/// Months with their day and year ("3 May 1871", "May 3, 1871", "May 1871"), and years alone.
+fn date_spans(words: &[Word<'_>]) -> Vec<FactSpan> {
+    let mut spans = Vec::new();
+    let mut index = 0;
+    while index < words.len() {
+        let word = &words[index];
+        if is_month(word) {
+            let mut first = index;
+            let mut last = index;
+            if index > 0 && is_day_or_year(&words[index - 1]) && !words[index - 1].ends_clause {
+                first = index - 1;
+            }
+            while last + 1 < words.len()
+                && last + 1 <= index + 2
+                && is_day_or_year(&words[last + 1])
+                && (last == index || !words[last].ends_clause || is_year(&words[last + 1]))
+            {
+                last += 1;
+            }
+            if first < index || last > index {
+                spans.push(date(words, first, last));
+                index = last + 1;
+                continue;
+            }
+        } else if is_year(word) {
+            spans.push(date(words, index, index));
+        }
+        index += 1;
+    }
+    spans
+}
+
+fn date(words: &[Word<'_>], first: usize, last: usize) -> FactSpan {
+    FactSpan {
+        start: words[first].start,
+        end: words[last].end,
+        kind: FactKind::Date,
+        is_place: false,
+    }
+}
+
+const NUMBER_WORDS: &[&str] = &[
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+    "twenty",
+    "thirty",
+    "forty",
+    "fifty",
+    "sixty",
+    "seventy",
+    "eighty",
+    "ninety",
+    "hundred",
+    "thousand",
+    "million",
+    "billion",
+    "dozen",
+    "half",
+];
+
+/// "forty-two", "Three", "hundred": a number word, or number words joined by hyphens.
+fn is_number_word(word: &Word<'_>) -> bool {
+    word.lower()
+        .split('-')
+        .all(|part| NUMBER_WORDS.contains(&part))
+}
+
+fn is_digit_number(word: &Word<'_>) -> bool {
+    word.has_digit()
+        && word
+            .text
+            .chars()
+            .all(|c| c.is_ascii_digit() || matches!(c, '.' | ',' | ':' | '/'))
+}
+
+/// Words that end a quantity instead of being its unit.
+const NOT_UNITS: &[&str] = &[
+    "a", "an", "and", "as", "at", "by", "for", "from", "in", "into", "is", "of", "on", "or",
+    "than", "that", "the", "to", "was", "were", "with", "are", "be", "it", "its", "per",
+];
+
+/// Numbers in digits or words, each with the noun that follows it when there is one ("42
+/// metres", "three keepers"), and a currency sign or a percent sign that touches it.
+fn number_spans(sentence: &str, words: &[Word<'_>]) -> Vec<FactSpan> {
+    let mut spans = Vec::new();
+    let mut index = 0;
+    while index < words.len() {
+        let word = &words[index];
+        let spelled = is_number_word(word);
+        if !(is_digit_number(word) || spelled) {
+            index += 1;
+            continue;
+        }
+        let mut last = index;
+        // "three hundred and twelve", "2.5 million"
+        while last + 1 < words.len() && !words[last].ends_clause {
+            let next = &words[last + 1];
+            if is_number_word(next) && (spelled || next.lower() != "one") {
+                last += 1;
+            } else if next.lower() == "and"
+                && last + 2 < words.len()
+                && is_number_word(&words[last + 2])
+                && spelled
+            {
+                last += 2;
+            } else {
+                break;
+            }
+        }
+        let number_only = last == index && spelled;
+        // "one" and "half" alone are mostly not facts ("one of the", "half the crew").
+        if number_only && matches!(word.lower().as_str(), "one" | "half" | "zero") {
+            index += 1;
+            continue;
+        }
+        let mut start = word.start;
+        // A currency sign right before the number belongs to it.
+        if let Some(sign) = sentence[..start].chars().next_back() {
+            if matches!(sign, '$' | '€' | '£' | '¥') {
+                start -= sign.len_utf8();
+            }
+        }
+        let mut end = words[last].end;
+        let mut kind = FactKind::Number;
+        if sentence[end..].starts_with('%') {
+            end += 1;
+            kind = FactKind::Quantity;
+        } else if !words[last].ends_clause && last + 1 < words.len() {
+            let unit = &words[last + 1];
+            let lower = unit.lower();
+            let usable = !NOT_UNITS.contains(&lower.as_str())
+                && unit.text.chars().all(|c| c.is_alphabetic() || c == '-')
+                && !is_month(unit);
+            if usable {
+                end = unit.end;
+                kind = FactKind::Quantity;
+                last += 1;
+            }
+        }
+        if start < word.start {
+            kind = FactKind::Quantity;
+        }
+        spans.push(FactSpan {
+            start,
+            end,
+            kind,
+            is_place: false,
+        });
+        index = last + 1;
+    }
+    spans
+}
+
+/// "KV-220", "A4", "X7b", "NATO": letters and digits in one word, or capitals only.
+fn code_spans(words: &[Word<'_>]) -> Vec<FactSpan> {
+    words
+        .iter()
+        .filter(|word| {
+            let letters = word.text.chars().filter(|c| c.is_alphabetic()).count();
+            let mixed = letters > 0 && word.has_digit();
+            let capitals = letters >= 2
+                && word
+                    .text
+                    .chars()
+                    .all(|c| c.is_uppercase() || c.is_ascii_digit() || c == '-');
+            mixed || capitals
+        })
+        .filter(|word| !is_day_or_year(word))
+        .map(|word| FactSpan {
+            start: word.start,
+            end: word.end,
+            kind: FactKind::Code,
+            is_place: false,
+        })
+        .collect()
+}
+
+/// Lowercase words that may sit inside a name ("Jan van der Berg", "Bank of Arden").
+const NAME_PARTICLES: &[&str] = &[
+    "van", "der", "den", "de", "la", "le", "du", "des", "von", "zu", "di", "da", "del", "dos",
+    "bin", "ibn", "al", "el", "of", "y",
+];
+
+/// Capitalised words that start sentences and clauses without being names.
+const FUNCTION_WORDS: &[&str] = &[
+    "a",
+    "an",
+    "the",
+    "this",
+    "that",
+    "these",
+    "those",
+    "in",
+    "on",
+    "at",
+    "by",
+    "for",
+    "from",
+    "to",
+    "with",
+    "after",
+    "before",
+    "during",
+    "since",
+    "until",
+    "when",
+    "while",
+    "if",
+    "as",
+    "but",
+    "and",
+    "or",
+    "so",
+    "it",
+    "its",
+    "he",
+    "she",
+    "they",
+    "we",
+    "i",
+    "you",
+    "his",
+    "her",
+    "their",
+    "our",
+    "my",
+    "your",
+    "there",
+    "here",
+    "each",
+    "every",
+    "all",
+    "some",
+    "no",
+    "one",
+    "what",
+    "who",
+    "where",
+    "why",
+    "how",
+    "which",
+    "then",
+    "also",
+    "however",
+    "although",
+    "because",
+    "once",
+    "today",
+    "yesterday",
+    "mr",
+    "mrs",
+    "ms",
+    "dr",
+    "prof",
+    "sir",
+    "saint",
+];
+
+const PLACE_PREPOSITIONS: &[&str] = &[
+    "in", "at", "from", "near", "to", "into", "across", "outside", "inside", "towards", "toward",
+    "through", "via",
+];
+
+fn is_name_word(word: &Word<'_>) -> bool {
+    word.is_capitalised()
+        && !is_month(word)
+        && !WEEKDAYS.contains(&word.lower().as_str())
+        && !is_number_word(word)
+        && !word.has_digit()
+}
+
+/// Runs of capitalised words, with particles inside. A capitalised function word that opens
+/// the sentence or a run is left out ("The Harrow Point light" gives "Harrow Point"); a single
+/// capitalised word that opens the sentence is not taken for a name.
+fn name_spans(words: &[Word<'_>]) -> Vec<FactSpan> {
+    let mut spans = Vec::new();
+    let mut index = 0;
+    while index < words.len() {
+        if !is_name_word(&words[index]) {
+            index += 1;
+            continue;
+        }
+        let mut first = index;
+        while first < words.len()
+            && is_name_word(&words[first])
+            && FUNCTION_WORDS.contains(&words[first].lower().as_str())
+            && !words[first].ends_clause
+        {
+            first += 1;
+        }
+        if first >= words.len() || !is_name_word(&words[first]) {
+            index = first.max(index + 1);
+            continue;
+        }
+        let mut last = first;
+        loop {
+            if words[last].ends_clause || last + 1 >= words.len() {
+                break;
+            }
+            let next = &words[last + 1];
+            if is_name_word(next) {
+                last += 1;
+                continue;
+            }
+            // A particle joins only when a capitalised word follows it.
+            let particles = words[last + 1..]
+                .iter()
+                .take_while(|w| {
+                    NAME_PARTICLES.contains(&w.text) && !w.ends_clause && !w.is_capitalised()
+                })
+                .count();
+            let after = last + 1 + particles;
+            if particles > 0 && after < words.len() && is_name_word(&words[after]) {
+                last = after;
+                continue;
+            }
+            break;
+        }
+        // The sentence's capitalised opening word alone says nothing about being a name.
+        let opens_sentence_alone = first == 0 && last == 0;
+        if !opens_sentence_alone {
+            let is_place = first > 0
+                && PLACE_PREPOSITIONS.contains(&words[first - 1].lower().as_str())
+                && !words[first - 1].ends_clause;
+            spans.push(FactSpan {
+                start: words[first].start,
+                end: words[last].end,
+                kind: FactKind::Name,
+                is_place,
+            });
+        }
+        index = last + 1;
+    }
+    spans
+}
+
+/// Short phrases in straight or curly double quotes.
+fn quoted_spans(sentence: &str) -> Vec<FactSpan> {
+    let mut spans = Vec::new();
+    let mut rest_start = 0;
+    while let Some(open) = sentence[rest_start..].find(['"', '“']) {
+        let open = rest_start + open;
+        let inner_start = open + sentence[open..].chars().next().map_or(1, char::len_utf8);
+        let Some(close) = sentence[inner_start..].find(['"', '”']) else {
+            break;
+        };
+        let inner_end = inner_start + close;
+        let inner = sentence[inner_start..inner_end].trim();
+        let word_count = inner.split_whitespace().count();
+        if (1..=6).contains(&word_count) {
+            let start = inner_start + sentence[inner_start..inner_end].find(inner).unwrap_or(0);
+            let end = start + inner.len();
+            let trimmed = sentence[start..end].trim_end_matches(|c: char| !c.is_alphanumeric());
+            spans.push(FactSpan {
+                start,
+                end: start + trimmed.len(),
+                kind: FactKind::Quoted,
+                is_place: false,
+            });
+        }
+        rest_start = inner_end + 1;
+    }
+    spans
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spans(sentence: &str) -> Vec<(&str, FactKind)> {
+        fact_spans(sentence)
+            .iter()
+            .map(|span| (span.text(sentence), span.kind))
+            .collect()
+    }
+
+    #[test]
+    fn dates_in_their_usual_shapes() {
+        assert_eq!(
+            spans("The light was first lit on 3 May 1871 by the harbour board."),
+            vec![("3 May 1871", FactKind::Date)]
+        );
+        assert_eq!(
+            spans("It reopened on May 3, 1902, after repairs."),
+            vec![("May 3, 1902", FactKind::Date)]
+        );
+        assert_eq!(
+            spans("Work stopped in March 1990 and resumed in 1994."),
+            vec![("March 1990", FactKind::Date), ("1994", FactKind::Date)]
+        );
+        // A lowercase "may" is a verb, not a month.
+        assert_eq!(spans("Visitors may climb it."), vec![]);
+    }
+
+    #[test]
+    fn spelled_out_numbers_with_what_they_count() {
+        assert_eq!(
+            spans("the crew of forty-two sailors rowed ashore"),
+            vec![("forty-two sailors", FactKind::Quantity)]
+        );
+        assert_eq!(
+            spans("it has three hundred and twelve steps"),
+            vec![("three hundred and twelve steps", FactKind::Quantity)]
+        );
+        assert_eq!(
+            spans("Only one of the keepers stayed, and half the lamps failed."),
+            vec![]
+        );
+        assert_eq!(
+            spans("The votes were counted: Seven."),
+            vec![("Seven", FactKind::Number)]
+        );
+    }
+
+    #[test]
+    fn amounts_with_units_and_currency() {
+        assert_eq!(
+            spans("The tower is 42 metres tall and cost €1,250 to repaint."),
+            vec![
+                ("42 metres", FactKind::Quantity),
+                ("€1,250", FactKind::Quantity)
+            ]
+        );
+        assert_eq!(
+            spans("The pump draws 3.5 kW at 240 volts, about 12% less."),
+            vec![
+                ("3.5 kW", FactKind::Quantity),
+                ("240 volts", FactKind::Quantity),
+                ("12%", FactKind::Quantity)
+            ]
+        );
+        assert_eq!(
+            spans("Version 4.2.1 fixed it."),
+            vec![("4.2.1", FactKind::Number)]
+        );
+    }
+
+    #[test]
+    fn codes_mix_letters_and_digits() {
+        assert_eq!(
+            spans("Replace the filter with part KV-220 or the older A4 model."),
+            vec![("KV-220", FactKind::Code), ("A4", FactKind::Code)]
+        );
+    }
+
+    #[test]
+    fn names_keep_their_particles() {
+        assert_eq!(
+            spans("The keeper was Jan van der Berg, who came from Harrow Point."),
+            vec![
+                ("Jan van der Berg", FactKind::Name),
+                ("Harrow Point", FactKind::Name)
+            ]
+        );
+        assert_eq!(
+            spans("In Lisbon she met Maria de la Cruz and Sean O'Neill."),
+            vec![
+                ("Lisbon", FactKind::Name),
+                ("Maria de la Cruz", FactKind::Name),
+                ("Sean O'Neill", FactKind::Name)
+            ]
+        );
+        let place = fact_spans("The keeper came from Harrow Point.");
+        assert!(place[0].is_place);
+        // A lone capitalised opening word is not a name; a particle needs a name after it.
+        assert_eq!(spans("Afterwards the van of the keeper left."), vec![]);
+    }
+
+    #[test]
+    fn quoted_terms() {
+        assert_eq!(
+            spans("The crew called the lamp \"the old eye\" for decades."),
+            vec![("the old eye", FactKind::Quoted)]
+        );
+    }
+
+    #[test]
+    fn non_ascii_text_keeps_char_boundaries() {
+        assert_eq!(
+            spans("« Zoë went to Zürich », she said in 2004."),
+            vec![("Zürich", FactKind::Name), ("2004", FactKind::Date)]
+        );
+    }
+}

@@ -1,0 +1,283 @@
+//! Questions built by rule from a sentence and one of its fact spans, so every fact has tasks
+//! whatever the generator writes. Several phrasings per fact: the sentence turned into a
+//! question in place ("The light was first lit in what year?") and a fronted question where
+//! the sentence has an auxiliary to invert ("When was the light first lit?"). A fact asked in
+//! one wording only is stored but not recalled by other wordings (see "Absorption with a weak
+//! generator"). A cloze would be a third, but with the sentence in the answer it only teaches
+//! copying.
+
+use crate::facts::{words, FactKind, FactSpan};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplatedQuestion {
+    pub question: String,
+    pub answer: String,
+}
+
+/// Prepositions a fronted `When`/`Where` absorbs ("lit in 1871" -> "When was it lit?").
+const ABSORBED_PREPOSITIONS: &[&str] = &["in", "on", "at", "during"];
+
+const AUXILIARIES: &[&str] = &[
+    "is", "are", "was", "were", "has", "have", "had", "will", "can", "could", "would", "must",
+    "should",
+];
+
+/// The templated questions for one fact of a sentence; the answer of each is the span.
+pub fn templated_questions(sentence: &str, span: &FactSpan) -> Vec<TemplatedQuestion> {
+    let answer = span.text(sentence).to_string();
+    let mut questions = Vec::new();
+    let mut push = |question: Option<String>| {
+        if let Some(question) = question {
+            if !questions
+                .iter()
+                .any(|q: &TemplatedQuestion| q.question == question)
+            {
+                questions.push(TemplatedQuestion {
+                    question,
+                    answer: answer.clone(),
+                });
+            }
+        }
+    };
+    push(in_place_question(sentence, span));
+    push(fronted_question(sentence, span));
+    questions
+}
+
+/// What stands for the span in a question, by its kind and what precedes it.
+fn question_phrase(sentence: &str, span: &FactSpan, at_start: bool) -> String {
+    let text = span.text(sentence);
+    match span.kind {
+        FactKind::Date if text.chars().all(|c| c.is_ascii_digit()) => "what year".to_string(),
+        FactKind::Date => "what date".to_string(),
+        FactKind::Quantity => quantity_phrase(text),
+        FactKind::Number => "what number".to_string(),
+        FactKind::Code => "what code".to_string(),
+        FactKind::Name if span.is_place => "which place".to_string(),
+        FactKind::Name if at_start => "who".to_string(),
+        FactKind::Name if preceding_word(sentence, span).as_deref() == Some("by") => {
+            "whom".to_string()
+        }
+        FactKind::Name | FactKind::Quoted => "what".to_string(),
+    }
+}
+
+/// "42 metres" -> "how many metres", "€1,250" -> "how much money", "12%" -> "what percentage".
+fn quantity_phrase(text: &str) -> String {
+    if text.ends_with('%') {
+        return "what percentage".to_string();
+    }
+    if text.starts_with(['$', '€', '£', '¥']) {
+        return "how much money".to_string();
+    }
+    match text.rsplit_once(' ') {
+        Some((_, unit)) if unit.chars().all(char::is_alphabetic) => format!("how many {unit}"),
+        _ => "how many".to_string(),
+    }
+}
+
+fn preceding_word(sentence: &str, span: &FactSpan) -> Option<String> {
+    words(&sentence[..span.start])
+        .last()
+        .map(|word| word.text.to_lowercase())
+}
+
+/// The sentence with its trailing punctuation replaced by a question mark.
+fn as_question(text: &str) -> String {
+    let body = text
+        .trim()
+        .trim_end_matches(|c: char| matches!(c, '.' | '!' | ';' | ':' | ',' | '?'))
+        .trim_end();
+    format!("{body}?")
+}
+
+fn capitalise_first(text: &str) -> String {
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+/// "The light was first lit in what year?": the span replaced where it stands.
+fn in_place_question(sentence: &str, span: &FactSpan) -> Option<String> {
+    let before = sentence[..span.start].trim_start();
+    let at_start = words(before).is_empty();
+    let phrase = question_phrase(sentence, span, at_start);
+    let after = clause_rest(&sentence[span.end..]);
+    let text = if at_start {
+        format!("{}{after}", capitalise_first(&phrase))
+    } else {
+        format!("{before}{phrase}{after}")
+    };
+    Some(as_question(&text))
+}
+
+/// "When was the light first lit?": for sentences shaped `subject auxiliary rest` with the span
+/// in the rest, the question word goes first and the auxiliary before the subject.
+fn fronted_question(sentence: &str, span: &FactSpan) -> Option<String> {
+    let all = words(sentence);
+    let aux_index = all
+        .iter()
+        .position(|word| AUXILIARIES.contains(&word.text.to_lowercase().as_str()))?;
+    let aux = &all[aux_index];
+    let subject_words = &all[..aux_index];
+    // A subject is a few words, not a clause (and never the fact itself).
+    if subject_words.is_empty()
+        || subject_words.len() > 8
+        || subject_words.iter().any(|w| w.ends_clause)
+        || span.start < aux.end
+    {
+        return None;
+    }
+    let after_by = preceding_word(sentence, span).as_deref() == Some("by");
+    let wh = match span.kind {
+        FactKind::Date => "when".to_string(),
+        FactKind::Name if span.is_place => "where".to_string(),
+        // "Who was the light designed by?"; other names keep their place in the sentence,
+        // where a fronted "who" would not read ("Who was it built of?").
+        FactKind::Name if after_by => "who".to_string(),
+        FactKind::Name | FactKind::Quoted => return None,
+        _ => question_phrase(sentence, span, false),
+    };
+    let absorbs_preposition =
+        matches!(span.kind, FactKind::Date) || (span.kind == FactKind::Name && span.is_place);
+    let mut rest_end = span.start;
+    if absorbs_preposition {
+        if let Some(previous) = words(&sentence[aux.end..span.start]).last() {
+            if ABSORBED_PREPOSITIONS.contains(&previous.text.to_lowercase().as_str()) {
+                rest_end = aux.end + previous.start;
+            }
+        }
+    }
+    let rest = format!(
+        "{} {}",
+        sentence[aux.end..rest_end].trim(),
+        clause_rest(&sentence[span.end..]).trim()
+    );
+    let first = &subject_words[0];
+    let subject_text = &sentence[first.start..subject_words[subject_words.len() - 1].end];
+    let subject = if first.text.chars().next().is_some_and(char::is_uppercase)
+        && !crate::ground::is_content_word(&first.text.to_lowercase())
+    {
+        let mut lowered = first.text.to_lowercase();
+        lowered.push_str(&subject_text[first.text.len()..]);
+        lowered
+    } else {
+        subject_text.to_string()
+    };
+    let question = format!(
+        "{} {} {} {}",
+        capitalise_first(&wh),
+        aux.text.to_lowercase(),
+        subject,
+        rest.trim()
+    );
+    Some(as_question(&collapse_spaces(&question)))
+}
+
+/// What follows a span up to the end of its clause: after a comma or semicolon comes another
+/// statement, which makes the question longer without saying more about the fact.
+fn clause_rest(after: &str) -> &str {
+    let end = after
+        .find([',', ';', '.', '!', '?', ':'])
+        .unwrap_or(after.len());
+    &after[..end]
+}
+
+/// Whether a question's question word can have the span as its answer: a weak generator
+/// asks "Who built the mill?" for a place as readily as for a person.
+pub fn asks_for_kind(question: &str, span: &FactSpan) -> bool {
+    let lower = question.to_lowercase();
+    let opens = |word: &str| {
+        lower == word
+            || lower.starts_with(&format!("{word} "))
+            || lower.starts_with(&format!("{word}'"))
+    };
+    let asks_time = opens("when") || lower.contains("what year") || lower.contains("which year");
+    let asks_amount = opens("how many") || opens("how much");
+    match span.kind {
+        FactKind::Date => !asks_amount && !opens("who") && !opens("where"),
+        FactKind::Quantity | FactKind::Number => !asks_time && !opens("who") && !opens("where"),
+        FactKind::Name if span.is_place => !asks_time && !asks_amount && !opens("who"),
+        FactKind::Name | FactKind::Code | FactKind::Quoted => !asks_time && !asks_amount,
+    }
+}
+
+fn collapse_spaces(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::facts::fact_spans;
+
+    fn questions(sentence: &str) -> Vec<(String, String)> {
+        fact_spans(sentence)
+            .iter()
+            .flat_map(|span| templated_questions(sentence, span))
+            .map(|q| (q.question, q.answer))
+            .collect()
+    }
+
+    fn pair(question: &str, answer: &str) -> (String, String) {
+        (question.to_string(), answer.to_string())
+    }
+
+    #[test]
+    fn a_date_is_asked_in_place_and_fronted() {
+        assert_eq!(
+            questions("The Harrow light was first lit in 1871."),
+            vec![
+                pair("The Harrow light was first lit in what year?", "1871"),
+                pair("When was the Harrow light first lit?", "1871"),
+            ]
+        );
+    }
+
+    #[test]
+    fn names_quantities_and_places_get_their_question_words() {
+        let sentence =
+            "The tower was designed by Ada Brell and stands 42 metres above Kessock Bay.";
+        let all = questions(sentence);
+        assert!(all.contains(&pair(
+            "The tower was designed by whom and stands 42 metres above Kessock Bay?",
+            "Ada Brell"
+        )));
+        assert!(all.contains(&pair("Who was the tower designed by?", "Ada Brell")));
+        assert!(all.contains(&pair(
+            "How many metres was the tower designed by Ada Brell and stands above Kessock Bay?",
+            "42 metres"
+        )));
+        let subject = questions("Mara Quill founded the guild, which had 12 members.");
+        assert_eq!(subject[0], pair("Who founded the guild?", "Mara Quill"));
+    }
+
+    #[test]
+    fn a_place_after_in_becomes_where() {
+        let all = questions("The ferry was built in Dunmore.");
+        assert!(all.contains(&pair("Where was the ferry built?", "Dunmore")));
+        assert!(all.contains(&pair("The ferry was built in which place?", "Dunmore")));
+    }
+
+    #[test]
+    fn a_question_word_must_fit_the_kind_of_fact() {
+        let spans = fact_spans("The mill was built in 1761 at Ormsby by Ada Brell.");
+        let (year, place, person) = (&spans[0], &spans[1], &spans[2]);
+        assert!(place.is_place && !person.is_place);
+        assert!(asks_for_kind("When was the mill built?", year));
+        assert!(!asks_for_kind("How many mills were built?", year));
+        assert!(!asks_for_kind("Who built the mill?", place));
+        assert!(asks_for_kind("Where was the mill built?", place));
+        assert!(asks_for_kind("Who built the mill?", person));
+        assert!(!asks_for_kind("In what year was the mill built?", person));
+    }
+
+    #[test]
+    fn sentences_without_an_auxiliary_get_no_fronted_question() {
+        let all = questions("Tomas Brell arrived on 4 June 1889.");
+        assert!(all.iter().all(|(q, _)| !q.starts_with("When")));
+        assert!(all.contains(&pair("Tomas Brell arrived on what date?", "4 June 1889")));
+    }
+}
