@@ -12,7 +12,7 @@ use lift_shared::metrics;
 use lift_shared::spec::QuestionRecipe;
 
 use crate::cloze::cloze_tasks;
-use crate::facts::{fact_spans, FactKind};
+use crate::facts::{fact_spans, FactKind, FactSpan};
 use crate::generator::{GeneratorError, QaGenerator, QaRequest};
 use crate::ground::{GroundingPolicy, SentenceSource};
 use crate::parse::{DropCounts, PairCollector, ParseLimits, QaPair};
@@ -127,9 +127,6 @@ pub async fn synthesize_chunk(
                 sentence_tasks = tasks;
             }
             Err(error) => synthesis.failures.push((sentence.index, error)),
-        }
-        if fact_first {
-            sentence_tasks.push((TaskKind::Passage, passage_task(sentence)));
         }
         if chunk.options.cloze_tasks {
             let cloze = cloze_tasks(&sentence.text, tuning.cloze_per_sentence);
@@ -284,11 +281,38 @@ fn previous_sentence(text: &str) -> &str {
     last
 }
 
-/// A fact-first answer: the fact, then the sentence that states it. Recalling the sentence
-/// is what a small model does best from a question worded unlike the training ones (it is
-/// continuing text it was trained on), and the reader gets the evidence with the answer.
-fn with_evidence(fact: &str, sentence: &str) -> String {
-    format!("{fact}. {}", sentence.trim())
+/// A fact-first answer: the fact, then the part of the sentence that states it. Recalling
+/// the document's words is what a small model does best from a question worded unlike the
+/// training ones (it is continuing text it was trained on), and the reader gets the evidence
+/// with the answer.
+fn with_evidence(span: &FactSpan, sentence: &str) -> String {
+    format!("{}. {}", span.text(sentence), evidence(span, sentence))
+}
+
+/// Sentences up to this many words are evidence whole; longer ones give the clause of the fact.
+const WHOLE_SENTENCE_WORDS: usize = 20;
+
+/// The clause around a span (between commas, semicolons and colons), with the clause before it
+/// when it is too short to say what it is about; the whole sentence when it is short. Long
+/// sentences would make every training example long, and a CPU step costs time per token.
+fn evidence<'a>(span: &FactSpan, sentence: &'a str) -> &'a str {
+    let sentence = sentence.trim_end();
+    if sentence.split_whitespace().count() <= WHOLE_SENTENCE_WORDS {
+        return sentence.trim();
+    }
+    let is_boundary = |c: char| matches!(c, ',' | ';' | ':');
+    let end = sentence[span.end..]
+        .find(is_boundary)
+        .map_or(sentence.len(), |offset| span.end + offset);
+    let mut start = sentence[..span.start]
+        .rfind(is_boundary)
+        .map_or(0, |offset| offset + 1);
+    if start > 0 && sentence[start..end].split_whitespace().count() < 6 {
+        start = sentence[..start - 1]
+            .rfind(is_boundary)
+            .map_or(0, |offset| offset + 1);
+    }
+    sentence[start..end].trim()
 }
 
 struct SentenceTasks {
@@ -297,8 +321,9 @@ struct SentenceTasks {
 }
 
 /// The fact-first recipe for one sentence: per fact span, the generator's questions for it
-/// (kept when they fit the sentence) and the templated ones; a recall task per name. A
-/// sentence without fact spans gets the free recipe.
+/// (kept when they fit the sentence) and the templated ones; a recall task per name; the
+/// sentence as the continuation of the one before. A sentence without fact spans gets only
+/// the last: what a weak generator writes freely about it is mostly invented.
 async fn synthesize_facts(
     generator: &dyn QaGenerator,
     chunk: &SynthChunk,
@@ -307,7 +332,10 @@ async fn synthesize_facts(
 ) -> Result<SentenceTasks, GeneratorError> {
     let mut spans = fact_spans(&sentence.text);
     if spans.is_empty() {
-        return synthesize_sentence(generator, chunk, sentence, tuning).await;
+        return Ok(SentenceTasks {
+            tasks: vec![(TaskKind::Passage, passage_task(sentence))],
+            dropped: DropCounts::default(),
+        });
     }
     spans.sort_by_key(|span| span.kind);
     spans.truncate(tuning.max_facts_per_sentence);
@@ -376,7 +404,7 @@ async fn synthesize_facts(
                     kept += 1;
                     let pair = QaPair {
                         question: pair.question,
-                        answer: with_evidence(&answer, &sentence.text),
+                        answer: with_evidence(span, &sentence.text),
                     };
                     keep(TaskKind::FactQa, pair, &mut tasks);
                 }
@@ -391,7 +419,7 @@ async fn synthesize_facts(
         for templated in templated_questions(&sentence.text, span) {
             let pair = QaPair {
                 question: templated.question,
-                answer: with_evidence(&templated.answer, &sentence.text),
+                answer: with_evidence(span, &sentence.text),
             };
             keep(TaskKind::FactTemplate, pair, &mut tasks);
         }
@@ -406,6 +434,7 @@ async fn synthesize_facts(
         };
         keep(TaskKind::Recall, pair, &mut tasks);
     }
+    keep(TaskKind::Passage, passage_task(sentence), &mut tasks);
     metrics::QA_PAIRS_PER_SENTENCE.observe(tasks.len() as f64);
     Ok(SentenceTasks { tasks, dropped })
 }
@@ -524,6 +553,27 @@ mod tests {
         let long = format!("Start. {}end.", "word ".repeat(60));
         let last = previous_sentence(&long);
         assert!(last.len() <= 200 && last.starts_with("word") && last.ends_with("end."));
+    }
+
+    #[test]
+    fn evidence_is_the_clause_of_a_long_sentence_and_a_short_sentence_whole() {
+        let long = "It was commissioned in 1761 by the wool merchant Aldous van der Brekke, who \
+                    had grown tired of paying the inland millers of Tressock to grind his \
+                    tenants' grain.";
+        let spans = fact_spans(long);
+        let year = spans.iter().find(|s| s.text(long) == "1761").unwrap();
+        assert_eq!(
+            with_evidence(year, long),
+            "1761. It was commissioned in 1761 by the wool merchant Aldous van der Brekke"
+        );
+        let place = spans.iter().find(|s| s.text(long) == "Tressock").unwrap();
+        assert_eq!(
+            evidence(place, long),
+            "who had grown tired of paying the inland millers of Tressock to grind his tenants' \
+             grain."
+        );
+        let short = "The wheel carried 48 paddles.";
+        assert_eq!(evidence(&fact_spans(short)[0], short), short);
     }
 
     #[test]
