@@ -196,6 +196,59 @@ async fn lift_document(
     Ok((Some(Arc::new(engine.load_adapter(&job.files)?)), status))
 }
 
+/// The answers of the three settings to one document's questions, and its LIFT job.
+struct SettingAnswers {
+    base: Vec<String>,
+    in_context: Vec<String>,
+    /// Whether document and question fit the model's context (else `in_context` is empty).
+    context_fits: bool,
+    lifted: Vec<String>,
+    status: proto::JobStatus,
+}
+
+/// Asks `questions` of the base model without and with the document in its prompt, then LIFTs
+/// the document and asks the adapted model without it.
+async fn answer_in_three_settings(
+    engine: &Arc<Engine>,
+    store: &Store,
+    addr: std::net::SocketAddr,
+    args: &LiftArgs,
+    title: &str,
+    text: &str,
+    questions: &[String],
+) -> anyhow::Result<SettingAnswers> {
+    let base = ask::answer(engine.clone(), None, title, questions, ANSWER_TOKENS).await?;
+    let context_fits = fits_context(engine, count_tokens(engine, text));
+    let in_context = if context_fits {
+        let prompts = questions.iter().map(|q| context_prompt(text, q)).collect();
+        ask::answer_prompts(engine.clone(), None, prompts, ANSWER_TOKENS).await?
+    } else {
+        vec![String::new(); questions.len()]
+    };
+    let (adapter, status) =
+        lift_document(addr, store, engine, lift_request(args, title, text)).await?;
+    let lifted = match adapter {
+        Some(adapter) => {
+            ask::answer(
+                engine.clone(),
+                Some(adapter),
+                title,
+                questions,
+                ANSWER_TOKENS,
+            )
+            .await?
+        }
+        None => vec![String::new(); questions.len()],
+    };
+    Ok(SettingAnswers {
+        base,
+        in_context,
+        context_fits,
+        lifted,
+        status,
+    })
+}
+
 fn job_summary(status: &proto::JobStatus) -> serde_json::Value {
     json!({
         "job_id": status.job_id,
@@ -482,44 +535,22 @@ async fn squad(config: Config, args: SquadArgs) -> anyhow::Result<()> {
             );
             let questions: Vec<String> =
                 group.questions.iter().map(|q| q.question.clone()).collect();
-            let base = ask::answer(
-                engine.clone(),
-                None,
-                &group.title,
-                &questions,
-                ANSWER_TOKENS,
-            )
-            .await?;
-            let fits = fits_context(&engine, count_tokens(&engine, &group.context));
-            let in_context = if fits {
-                let prompts = questions
-                    .iter()
-                    .map(|q| context_prompt(&group.context, q))
-                    .collect();
-                ask::answer_prompts(engine.clone(), None, prompts, ANSWER_TOKENS).await?
-            } else {
-                vec![String::new(); questions.len()]
-            };
-            let (adapter, status) = lift_document(
-                addr,
-                &store,
+            let SettingAnswers {
+                base,
+                in_context,
+                context_fits: fits,
+                lifted,
+                status,
+            } = answer_in_three_settings(
                 &engine,
-                lift_request(&args.lift, &group.title, &group.context),
+                &store,
+                addr,
+                &args.lift,
+                &group.title,
+                &group.context,
+                &questions,
             )
             .await?;
-            let lifted = match adapter {
-                Some(adapter) => {
-                    ask::answer(
-                        engine.clone(),
-                        Some(adapter),
-                        &group.title,
-                        &questions,
-                        ANSWER_TOKENS,
-                    )
-                    .await?
-                }
-                None => vec![String::new(); questions.len()],
-            };
             for (i, question) in group.questions.iter().enumerate() {
                 answers.push(json!({
                     "group": group.title,
@@ -605,10 +636,7 @@ fn gap_closed(scores: &[SquadScore]) -> Option<f64> {
 /// One document of the fact dev set: its questions answered by the three settings.
 struct FactAnswers {
     document: FactDocument,
-    base: Vec<String>,
-    in_context: Vec<String>,
-    context_fits: bool,
-    lifted: Vec<String>,
+    settings: SettingAnswers,
     job: serde_json::Value,
 }
 
@@ -622,9 +650,9 @@ impl FactAnswers {
             )
         };
         [
-            score("base", &self.base),
-            score("base+context", &self.in_context),
-            score("lift", &self.lifted),
+            score("base", &self.settings.base),
+            score("base+context", &self.settings.in_context),
+            score("lift", &self.settings.lifted),
         ]
     }
 
@@ -635,16 +663,22 @@ impl FactAnswers {
             .iter()
             .enumerate()
             .map(|(i, question)| {
+                let SettingAnswers {
+                    base,
+                    in_context,
+                    lifted,
+                    ..
+                } = &self.settings;
                 json!({
                     "question": question.question,
                     "key_fact": question.key_fact,
                     "reworded": question.reworded,
-                    "base": self.base[i],
-                    "base_hit": question.is_answered_by(&self.base[i]),
-                    "base+context": self.in_context[i],
-                    "base+context_hit": question.is_answered_by(&self.in_context[i]),
-                    "lift": self.lifted[i],
-                    "lift_hit": question.is_answered_by(&self.lifted[i]),
+                    "base": base[i],
+                    "base_hit": question.is_answered_by(&base[i]),
+                    "base+context": in_context[i],
+                    "base+context_hit": question.is_answered_by(&in_context[i]),
+                    "lift": lifted[i],
+                    "lift_hit": question.is_answered_by(&lifted[i]),
                 })
             })
             .collect();
@@ -653,7 +687,7 @@ impl FactAnswers {
             "title": self.document.title,
             "genre": self.document.genre,
             "words": self.document.words(),
-            "context_fits": self.context_fits,
+            "context_fits": self.settings.context_fits,
             "scores": self.scores(),
             "job": self.job,
             "questions": questions,
@@ -699,51 +733,20 @@ async fn facts(config: Config, args: FactsArgs) -> anyhow::Result<()> {
                 .iter()
                 .map(|q| q.question.clone())
                 .collect();
-            let base = ask::answer(
-                engine.clone(),
-                None,
-                &document.title,
-                &questions,
-                ANSWER_TOKENS,
-            )
-            .await?;
-            let context_fits = fits_context(&engine, count_tokens(&engine, &document.text));
-            let in_context = if context_fits {
-                let prompts = questions
-                    .iter()
-                    .map(|q| context_prompt(&document.text, q))
-                    .collect();
-                ask::answer_prompts(engine.clone(), None, prompts, ANSWER_TOKENS).await?
-            } else {
-                vec![String::new(); questions.len()]
-            };
-            let (adapter, status) = lift_document(
-                addr,
-                &store,
+            let settings = answer_in_three_settings(
                 &engine,
-                lift_request(&args.lift, &document.title, &document.text),
+                &store,
+                addr,
+                &args.lift,
+                &document.title,
+                &document.text,
+                &questions,
             )
             .await?;
-            let lifted = match adapter {
-                Some(adapter) => {
-                    ask::answer(
-                        engine.clone(),
-                        Some(adapter),
-                        &document.title,
-                        &questions,
-                        ANSWER_TOKENS,
-                    )
-                    .await?
-                }
-                None => vec![String::new(); questions.len()],
-            };
             let answers = FactAnswers {
                 document,
-                base,
-                in_context,
-                context_fits,
-                lifted,
-                job: job_summary(&status),
+                job: job_summary(&settings.status),
+                settings,
             };
             let [_, _, lift] = answers.scores();
             eprintln!(
@@ -768,9 +771,9 @@ async fn facts(config: Config, args: FactsArgs) -> anyhow::Result<()> {
         .map(|(setting, name)| {
             let answers = results.iter().flat_map(|r| {
                 let answers = match setting {
-                    0 => &r.base,
-                    1 => &r.in_context,
-                    _ => &r.lifted,
+                    0 => &r.settings.base,
+                    1 => &r.settings.in_context,
+                    _ => &r.settings.lifted,
                 };
                 r.document
                     .questions

@@ -141,8 +141,7 @@ impl<'a> SentenceSource<'a> {
 impl SentenceSource<'_> {
     /// Whether a question fits its sentence: every number and capitalised word it has occurs
     /// in the sentence, its left context or the document title, at least one of its content
-    /// words (other than the answer's) is in the sentence itself, and it does not contain its
-    /// answer.
+    /// words is in the sentence itself or the title, and it does not contain its answer.
     pub fn check_question(
         &self,
         question: &str,
@@ -153,7 +152,6 @@ impl SentenceSource<'_> {
             .with_context
             .get_or_init(|| SourceWords::new(self.sentence, self.left_context));
         let title_words = SourceWords::new(title, "");
-        let answer_words = SourceWords::new(answer, "");
         let question_key = normalise(question);
         let answer_key = normalise(answer);
         if !answer_key.is_empty() && contains_phrase(&question_key, &answer_key) {
@@ -180,8 +178,7 @@ impl SentenceSource<'_> {
                         }
                         if is_content_word(&word)
                             && !QUESTION_WORDS.contains(&word.as_str())
-                            && !answer_words.has_word(&word)
-                            && self.sentence_only.has_word(&word)
+                            && (self.sentence_only.has_word(&word) || title_words.has_word(&word))
                         {
                             on_topic = true;
                         }

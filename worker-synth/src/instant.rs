@@ -14,14 +14,42 @@ pub const INSTANT_GENERATOR_URL: &str = "instant:";
 #[derive(Debug, Default, Clone, Copy)]
 pub struct InstantGenerator;
 
+/// As many as `SynthesisOptions::qa_per_sentence` may ask for.
+const ORDINALS: [&str; 20] = [
+    "first",
+    "second",
+    "third",
+    "fourth",
+    "fifth",
+    "sixth",
+    "seventh",
+    "eighth",
+    "ninth",
+    "tenth",
+    "eleventh",
+    "twelfth",
+    "thirteenth",
+    "fourteenth",
+    "fifteenth",
+    "sixteenth",
+    "seventeenth",
+    "eighteenth",
+    "nineteenth",
+    "twentieth",
+];
+
 #[async_trait]
 impl QaGenerator for InstantGenerator {
     async fn generate(&self, request: &QaRequest) -> Result<Vec<RawReply>, GeneratorError> {
         let answer: String = request.sentence.chars().take(280).collect();
-        let pairs: Vec<_> = (1..=request.pairs_wanted.max(1))
-            .map(|n| {
+        // Ordinals in words: a number in a question must occur in the document.
+        let pairs: Vec<_> = ORDINALS
+            .iter()
+            .cycle()
+            .take(request.pairs_wanted.max(1) as usize)
+            .map(|ordinal| {
                 serde_json::json!({
-                    "question": format!("What does statement {n} of \"{}\" say?", request.title),
+                    "question": format!("What does the {ordinal} statement of \"{}\" say?", request.title),
                     "answer": answer,
                 })
             })

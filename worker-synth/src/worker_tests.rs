@@ -47,10 +47,18 @@ fn scripted(
     })
 }
 
-/// A grounded pair about the sentence: the answer is the sentence itself.
+/// A grounded pair about the sentence: the answer is the sentence itself, the question names
+/// its longest word.
 fn good_reply(request: &QaRequest) -> Result<Vec<RawReply>, GeneratorError> {
+    let topic = request
+        .sentence
+        .split_whitespace()
+        .max_by_key(|word| word.len())
+        .unwrap_or_default()
+        .trim_matches(|c: char| !c.is_alphanumeric())
+        .to_lowercase();
     let pairs = serde_json::json!({"pairs": [
-        {"question": format!("What does the text say about {}?", request.seed), "answer": request.sentence},
+        {"question": format!("What does the text say about the {topic}?"), "answer": request.sentence},
     ]});
     Ok(vec![RawReply {
         text: pairs.to_string(),
