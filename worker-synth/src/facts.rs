@@ -178,7 +178,7 @@ fn date_spans(words: &[Word<'_>]) -> Vec<FactSpan> {
                 first = index - 1;
             }
             while last + 1 < words.len()
-                && last + 1 <= index + 2
+                && last < index + 2
                 && is_day_or_year(&words[last + 1])
                 && (last == index || !words[last].ends_clause || is_year(&words[last + 1]))
             {

@@ -265,10 +265,8 @@ fn passage_task(sentence: &SentenceUnit) -> QaPair {
 fn previous_sentence(text: &str) -> &str {
     const PREVIOUS_SENTENCE_CHARS: usize = 200;
     let text = text.trim_end();
-    let body = text.trim_end_matches(|c: char| matches!(c, '.' | '!' | '?' | '"' | ')'));
-    let start = body
-        .rfind(|c: char| matches!(c, '.' | '!' | '?' | '\n'))
-        .map_or(0, |end| end + 1);
+    let body = text.trim_end_matches(['.', '!', '?', '"', ')']);
+    let start = body.rfind(['.', '!', '?', '\n']).map_or(0, |end| end + 1);
     let mut last = text[start..].trim_start();
     if last.len() > PREVIOUS_SENTENCE_CHARS {
         let mut cut = last.len() - PREVIOUS_SENTENCE_CHARS;

@@ -86,7 +86,7 @@ fn preceding_word(sentence: &str, span: &FactSpan) -> Option<String> {
 fn as_question(text: &str) -> String {
     let body = text
         .trim()
-        .trim_end_matches(|c: char| matches!(c, '.' | '!' | ';' | ':' | ',' | '?'))
+        .trim_end_matches(['.', '!', ';', ':', ',', '?'])
         .trim_end();
     format!("{body}?")
 }
