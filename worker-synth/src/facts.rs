@@ -307,10 +307,12 @@ fn number_spans(sentence: &str, words: &[Word<'_>]) -> Vec<FactSpan> {
         }
         let mut end = words[last].end;
         let mut kind = FactKind::Number;
+        // A version ("4.2.1") counts nothing: the word after it is not its unit.
+        let is_version = word.text.matches('.').count() > 1;
         if sentence[end..].starts_with('%') {
             end += 1;
             kind = FactKind::Quantity;
-        } else if !words[last].ends_clause && last + 1 < words.len() {
+        } else if !is_version && !words[last].ends_clause && last + 1 < words.len() {
             let unit = &words[last + 1];
             let lower = unit.lower();
             let usable = !NOT_UNITS.contains(&lower.as_str())
@@ -447,8 +449,10 @@ const PLACE_PREPOSITIONS: &[&str] = &[
 ];
 
 fn is_name_word(word: &Word<'_>) -> bool {
+    // "Jan" may be a month or a name; only whole month names are never names here.
+    let full_month = MONTHS[..12].contains(&word.lower().as_str());
     word.is_capitalised()
-        && !is_month(word)
+        && !full_month
         && !WEEKDAYS.contains(&word.lower().as_str())
         && !is_number_word(word)
         && !word.has_digit()

@@ -459,12 +459,11 @@ async fn synthesize_sentence(
         model: Some(options.generator_model.clone()).filter(|model| !model.is_empty()),
         answer: None,
     };
+    // Only answers are checked here: the question check of the fact-first recipe drops most of
+    // what SmolLM2 writes behind `lift serve`, and a strong generator needs it less.
     let grounded = |pair: &QaPair| -> Result<(), String> {
         source
             .check(&pair.answer, tuning.grounding)
-            .map_err(|reason| reason.to_string())?;
-        source
-            .check_question(&pair.question, &pair.answer, &chunk.title)
             .map_err(|reason| reason.to_string())
     };
     for round in 0..tuning.rounds_per_sentence.max(1) {
