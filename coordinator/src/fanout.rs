@@ -30,11 +30,12 @@ fn encode<T: serde::Serialize>(what: &str, value: &T) -> Result<Vec<u8>, LiftErr
         .map_err(|e| LiftError::Internal(format!("failed to encode {what}: {e}")))
 }
 
-/// Publishes each chunk with a confirm. Safe to call again for the same chunks: duplicates
-/// cost a repeated synthesis whose create-only task file write is a no-op.
+/// Publishes each chunk with a confirm, taking chunks from `chunks` only as publishing
+/// proceeds (a few at a time). Safe to call again for the same chunks: duplicates cost a
+/// repeated synthesis whose create-only task file write is a no-op.
 pub(crate) async fn publish_chunks(
     broker: &dyn Broker,
-    chunks: Vec<SynthChunk>,
+    chunks: impl Iterator<Item = SynthChunk>,
     trace: &Headers,
 ) -> Result<(), LiftError> {
     futures::stream::iter(chunks)
@@ -82,6 +83,7 @@ pub(crate) fn train_assignment(job: &JobId, spec: &JobSpec, status: &JobStatus) 
         options: spec.training.clone(),
         chunk_count: status.chunks_total,
         expected_tasks: u64::from(status.sentences_total) * tasks_per_sentence,
+        generation: status.trainer_generation,
     }
 }
 
@@ -106,6 +108,25 @@ pub(crate) async fn publish_train_assignment(
                 assignment.job_id
             ))
         })
+}
+
+/// Hands the job to the next claim generation: one past the newest claim (the lost or
+/// released run's), noted in `status` so that run's late events change nothing; then
+/// publishes the assignment. The caller persists `status`.
+pub(crate) async fn reassign_train(
+    store: &Store,
+    broker: &dyn Broker,
+    job: &JobId,
+    status: &mut JobStatus,
+) -> Result<(), LiftError> {
+    let claims = store.list(&layout::claims_prefix(job)).await?;
+    let after_newest_claim = claims
+        .iter()
+        .filter_map(|key| layout::chunk_index_of(key))
+        .max()
+        .map_or(0, |newest| newest + 1);
+    status.reassign_trainer(after_newest_claim, now_ms());
+    republish_train_assignment(store, broker, job, status).await
 }
 
 /// Re-reads the spec to publish the train assignment again (failover, release, recovery).

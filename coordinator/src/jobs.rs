@@ -26,6 +26,9 @@ pub(crate) struct Context {
     pub default_base_model: String,
     pub failed_share_threshold: f64,
     pub trainer_lease: std::time::Duration,
+    /// Set when the gRPC server starts its graceful shutdown: open `WatchJob` streams end
+    /// then, or the server would wait for them forever.
+    pub draining: watch::Sender<bool>,
 }
 
 /// One cached job. `record` is the authoritative in-memory status (changes are serialized by

@@ -1,6 +1,13 @@
 //! Trainer watchdog. A trainer acks its assignment once it has claimed the job, so if it dies
-//! the broker has nothing to redeliver; the coordinator notices the silent heartbeat and puts
-//! the assignment back on `lift.train`, where another trainer resumes from the checkpoint.
+//! the broker has nothing to redeliver; the coordinator notices and hands the job to the next
+//! claim generation, whose trainer resumes from the checkpoint.
+//!
+//! Liveness is judged on this process's clock alone: a claim whose heartbeat record has not
+//! changed for a lease is lost, whatever the times written in it say (a trainer's clock may
+//! be off by more than a lease). A claim is watched from the moment it exists, so a trainer
+//! that dies between claiming and reporting its start is noticed too. A lost run whose
+//! adapter is committed is not reassigned: the job succeeded, and its report may simply never
+//! have arrived.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,16 +16,23 @@ use std::time::{Duration, Instant};
 use lift_shared::ids::JobId;
 use lift_shared::messages::now_ms;
 use lift_shared::state::JobStatus;
-use lift_shared::store::{layout, Heartbeat};
+use lift_shared::store::{layout, AdapterCommit, Heartbeat};
 use tokio::sync::watch;
 
 use crate::fanout;
-use crate::jobs::{stopped, Context};
+use crate::jobs::{persist, stopped, Context, JobEntry};
+
+/// What the watchdog last saw of a job's trainer, and since when (on this clock).
+struct Observed {
+    claim: u32,
+    heartbeat: Option<(i64, u64)>,
+    since: Instant,
+}
 
 pub(crate) async fn run_lease_watchdog(ctx: Arc<Context>, shutdown: watch::Receiver<bool>) {
     let mut stop = std::pin::pin!(stopped(shutdown));
     let lease = ctx.trainer_lease;
-    let mut last_republished: HashMap<JobId, Instant> = HashMap::new();
+    let mut observed: HashMap<JobId, Observed> = HashMap::new();
     // Checking three times per lease bounds how late a lost trainer is noticed.
     let mut timer = tokio::time::interval((lease / 3).max(Duration::from_millis(100)));
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -31,58 +45,116 @@ pub(crate) async fn run_lease_watchdog(ctx: Arc<Context>, shutdown: watch::Recei
         for entry in ctx.jobs.all() {
             let status = entry.watchers.borrow().clone();
             if status.state.is_terminal() || !status.chunks_published {
-                last_republished.remove(&status.job_id);
+                observed.remove(&status.job_id);
                 continue;
             }
-            if last_republished
-                .get(&status.job_id)
-                .is_some_and(|at| at.elapsed() < lease)
-            {
+            if !trainer_lost(&ctx, &status, &mut observed).await {
                 continue;
             }
-            if !trainer_lost(&ctx, &status, now_ms()).await {
-                continue;
-            }
-            tracing::warn!(job_id = %status.job_id, trainer = ?status.trainer, "trainer lease expired; reassigning job");
-            match fanout::republish_train_assignment(
-                &ctx.store,
-                ctx.broker.as_ref(),
-                &status.job_id,
-                &status,
-            )
-            .await
-            {
-                Ok(()) => {
-                    last_republished.insert(status.job_id.clone(), Instant::now());
-                }
+            match ctx.store.adapter_commit(&status.job_id).await {
+                Ok(Some(commit)) => finish_committed(&ctx, &entry, &commit).await,
+                Ok(None) => reassign(&ctx, &entry).await,
                 Err(error) => {
-                    tracing::warn!(job_id = %status.job_id, %error, "failed to reassign job");
+                    tracing::warn!(job_id = %status.job_id, %error, "failed to read the adapter commit");
                 }
             }
+            // The next generation gets a whole lease from now.
+            observed.remove(&status.job_id);
         }
-        last_republished.retain(|job, _| ctx.jobs.cached(job).is_some());
+        observed.retain(|job, _| ctx.jobs.cached(job).is_some());
     }
 }
 
-/// Whether the trainer holding the job stopped heartbeating. Only jobs a trainer reported
-/// starting are checked: an assignment still waiting in the queue is the broker's to keep.
-async fn trainer_lost(ctx: &Context, status: &JobStatus, now_ms: i64) -> bool {
-    let Some(started_at_ms) = status.trainer_started_at_ms else {
+/// Whether the newest claim's trainer stopped heartbeating for a lease. A job with no claim,
+/// or whose newest assignment is not claimed yet, waits in the queue: the broker keeps it.
+async fn trainer_lost(
+    ctx: &Context,
+    status: &JobStatus,
+    observed: &mut HashMap<JobId, Observed>,
+) -> bool {
+    let job = &status.job_id;
+    // An unreadable store says nothing about the trainer; do not reassign on it.
+    let claims = match ctx.store.list(&layout::claims_prefix(job)).await {
+        Ok(claims) => claims,
+        Err(error) => {
+            tracing::warn!(job_id = %job, %error, "failed to list claims");
+            return false;
+        }
+    };
+    let newest = claims
+        .iter()
+        .filter_map(|key| layout::chunk_index_of(key))
+        .max();
+    let Some(claim) = newest.filter(|claim| *claim >= status.trainer_generation) else {
+        observed.remove(job);
         return false;
     };
-    let lease_ms = ctx.trainer_lease.as_millis() as i64;
-    let heartbeat: Option<Heartbeat> =
-        match ctx.store.get_json(&layout::heartbeat(&status.job_id)).await {
-            Ok(heartbeat) => heartbeat,
-            Err(error) => {
-                // An unreadable store says nothing about the trainer; do not reassign on it.
-                tracing::warn!(job_id = %status.job_id, %error, "failed to read trainer heartbeat");
-                return false;
-            }
-        };
-    match heartbeat {
-        // A heartbeat older than the current trainer's start belongs to an earlier one.
-        Some(beat) if beat.at_ms >= started_at_ms => now_ms - beat.at_ms > lease_ms,
-        _ => now_ms - started_at_ms > 2 * lease_ms,
+    let heartbeat = match ctx
+        .store
+        .get_json::<Heartbeat>(&layout::heartbeat(job))
+        .await
+    {
+        // A heartbeat of another generation says nothing about this claim's trainer.
+        Ok(beat) => beat
+            .filter(|beat| beat.generation == claim)
+            .map(|beat| (beat.at_ms, beat.step)),
+        Err(error) => {
+            tracing::warn!(job_id = %job, %error, "failed to read trainer heartbeat");
+            return false;
+        }
+    };
+    match observed.get(job) {
+        Some(seen) if seen.claim == claim && seen.heartbeat == heartbeat => {
+            seen.since.elapsed() > ctx.trainer_lease
+        }
+        _ => {
+            observed.insert(
+                job.clone(),
+                Observed {
+                    claim,
+                    heartbeat,
+                    since: Instant::now(),
+                },
+            );
+            false
+        }
     }
+}
+
+/// The run that committed the adapter ended without its report reaching us: publish its
+/// adapter if it did not get to, and record the job as succeeded.
+async fn finish_committed(ctx: &Context, entry: &JobEntry, commit: &AdapterCommit) {
+    let mut record = entry.record.lock().await;
+    let job = record.job_id.clone();
+    if let Err(error) = ctx.store.publish_committed_adapter(&job, commit).await {
+        tracing::warn!(job_id = %job, %error, "failed to publish the committed adapter");
+        return;
+    }
+    let adapter_uri = ctx.store.adapter_uri(&job);
+    if !record.apply_adapter_commit(commit, adapter_uri, now_ms()) {
+        return;
+    }
+    tracing::info!(job_id = %job, generation = commit.generation, "the adapter is committed; job succeeded");
+    if let Err(error) = persist(&ctx.store, &mut record).await {
+        tracing::warn!(job_id = %job, %error, "failed to store job record");
+    }
+    entry.publish(&record);
+}
+
+async fn reassign(ctx: &Context, entry: &JobEntry) {
+    let mut record = entry.record.lock().await;
+    let job = record.job_id.clone();
+    let mut next = record.clone();
+    if let Err(error) =
+        fanout::reassign_train(&ctx.store, ctx.broker.as_ref(), &job, &mut next).await
+    {
+        tracing::warn!(job_id = %job, %error, "failed to reassign job");
+        return;
+    }
+    tracing::warn!(job_id = %job, trainer = ?record.trainer, generation = next.trainer_generation, "trainer lease expired; job reassigned");
+    *record = next;
+    if let Err(error) = persist(&ctx.store, &mut record).await {
+        tracing::warn!(job_id = %job, %error, "failed to store job record");
+    }
+    entry.publish(&record);
 }

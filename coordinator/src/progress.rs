@@ -206,18 +206,22 @@ async fn apply_event(
         settle(delivery, true).await;
         return;
     }
-    entry.publish(&record);
     if let ProgressEvent::TrainingReleased { .. } = event {
-        // The trainer stopped after a checkpoint; the next one resumes from it.
+        // The trainer stopped after a checkpoint; the next one resumes from it. The record
+        // takes the new generation only once the assignment is out: a requeued event of the
+        // old generation would be ignored.
+        let mut reassigned = record.clone();
         if let Err(error) =
-            fanout::republish_train_assignment(&ctx.store, ctx.broker.as_ref(), &job, &record).await
+            fanout::reassign_train(&ctx.store, ctx.broker.as_ref(), &job, &mut reassigned).await
         {
             tracing::warn!(job_id = %job, %error, "failed to republish released job; requeueing");
             drop(record);
             settle(delivery, false).await;
             return;
         }
+        *record = reassigned;
     }
+    entry.publish(&record);
     let Some(new_state) = outcome.transition else {
         pending.dirty.insert(job.clone());
         pending.deliveries.push((job, delivery));

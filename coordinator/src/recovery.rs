@@ -5,11 +5,12 @@ use std::collections::HashSet;
 
 use lift_shared::error::LiftError;
 use lift_shared::ids::JobId;
-use lift_shared::messages::{now_ms, ProgressEvent, SynthChunk, Task};
+use lift_shared::messages::{now_ms, ProgressEvent, Task};
+use lift_shared::spec::{JobSpec, Limits};
 use lift_shared::state::{JobState, JobStatus};
 use lift_shared::store::{layout, FailedChunkMarker};
 
-use crate::chunk::plan_chunks;
+use crate::chunk::{plan_chunks, ChunkPlan};
 use crate::fanout;
 use crate::jobs::{persist, Context};
 
@@ -18,8 +19,16 @@ use crate::jobs::{persist, Context};
 pub(crate) async fn recover_jobs(ctx: &Context) -> Result<usize, LiftError> {
     let mut recovered = 0;
     for job in ctx.store.list_job_ids().await? {
-        let Some(status) = ctx.store.read_latest_status(&job).await? else {
-            continue;
+        let status = match ctx.store.read_latest_status(&job).await {
+            Ok(Some(status)) => status,
+            Ok(None) => continue,
+            // One damaged job must not keep every other job from being served: it is left
+            // as it is for an operator, and the coordinator starts.
+            Err(LiftError::Internal(reason)) => {
+                tracing::error!(job_id = %job, %reason, "job record unreadable; job quarantined (not recovered)");
+                continue;
+            }
+            Err(error) => return Err(error),
         };
         if status.state.is_terminal() {
             continue;
@@ -36,9 +45,19 @@ async fn recover_job(ctx: &Context, status: JobStatus) -> Result<(), LiftError> 
     let job = status.job_id.clone();
     let entry = ctx.jobs.insert(status);
     let mut record = entry.record.lock().await;
+    if let Some(commit) = ctx.store.adapter_commit(&job).await? {
+        // Its report was lost with the previous process.
+        ctx.store.publish_committed_adapter(&job, &commit).await?;
+        let adapter_uri = ctx.store.adapter_uri(&job);
+        if record.apply_adapter_commit(&commit, adapter_uri, now_ms()) {
+            persist(&ctx.store, &mut record).await?;
+        }
+        entry.publish(&record);
+        return Ok(());
+    }
     let resolved = resolved_chunks(ctx, &job).await?;
-    let planned = plan_job_chunks(ctx, &job).await?;
-    let reconciled = reconcile_with_store(ctx, &mut record, &resolved, &planned).await?;
+    let (spec, plan) = plan_job_chunks(ctx, &job).await?;
+    let reconciled = reconcile_with_store(ctx, &mut record, &resolved, &plan).await?;
     if record.state == JobState::Failed {
         let reason = record.error.clone().unwrap_or_default();
         fanout::write_cancel_marker(&ctx.store, &job, &reason).await?;
@@ -48,12 +67,20 @@ async fn recover_job(ctx: &Context, status: JobStatus) -> Result<(), LiftError> 
     // queued when the previous process ended.
     let republish = !record.chunks_published || !ctx.broker.is_durable();
     if republish && !record.state.is_terminal() {
-        let missing: Vec<_> = planned
-            .into_iter()
-            .filter(|chunk| !resolved.contains(&chunk.chunk_index))
-            .collect();
-        tracing::info!(job_id = %job, chunks = missing.len(), "republishing unfinished chunks");
-        fanout::republish_train_assignment(&ctx.store, ctx.broker.as_ref(), &job, &record).await?;
+        let missing = plan
+            .chunks(&job, &spec)
+            .filter(|chunk| !resolved.contains(&chunk.chunk_index));
+        tracing::info!(job_id = %job, chunks = plan.chunk_count as usize - resolved.len(), "republishing unfinished chunks");
+        if ctx.broker.is_durable() {
+            // The assignment may be in the queue already; a duplicate of its generation is
+            // dropped by the trainers.
+            fanout::republish_train_assignment(&ctx.store, ctx.broker.as_ref(), &job, &record)
+                .await?;
+        } else {
+            // The previous process's trainer went with it: hand the job to the next generation
+            // at once instead of waiting a lease for its heartbeat to go stale.
+            fanout::reassign_train(&ctx.store, ctx.broker.as_ref(), &job, &mut record).await?;
+        }
         fanout::publish_chunks(ctx.broker.as_ref(), missing, &record.trace).await?;
     }
     if republish || reconciled {
@@ -65,13 +92,22 @@ async fn recover_job(ctx: &Context, status: JobStatus) -> Result<(), LiftError> 
 }
 
 /// The job's chunks as submission planned them: splitting the stored spec is deterministic.
-async fn plan_job_chunks(ctx: &Context, job: &JobId) -> Result<Vec<SynthChunk>, LiftError> {
+/// A job accepted under looser limits than today's is still planned (it was accepted).
+async fn plan_job_chunks(ctx: &Context, job: &JobId) -> Result<(JobSpec, ChunkPlan), LiftError> {
     let spec = fanout::read_spec(&ctx.store, job).await?;
     let split = ctx.split.clone();
-    let job = job.clone();
-    tokio::task::spawn_blocking(move || plan_chunks(&job, &spec, &split))
-        .await
-        .map_err(|e| LiftError::Internal(format!("sentence splitting panicked: {e}")))
+    let limits = Limits {
+        max_sentences: usize::MAX,
+        max_chunk_bytes: usize::MAX,
+        max_planned_bytes: usize::MAX,
+        ..ctx.limits.clone()
+    };
+    tokio::task::spawn_blocking(move || {
+        let plan = plan_chunks(&spec, &split, &limits);
+        plan.map(|plan| (spec, plan))
+    })
+    .await
+    .map_err(|e| LiftError::Internal(format!("sentence splitting panicked: {e}")))?
 }
 
 /// Chunks that have a task file or a failed marker.
@@ -91,7 +127,7 @@ async fn reconcile_with_store(
     ctx: &Context,
     record: &mut JobStatus,
     resolved: &HashSet<u32>,
-    planned: &[SynthChunk],
+    plan: &ChunkPlan,
 ) -> Result<bool, LiftError> {
     let job = record.job_id.clone();
     let mut changed = false;
@@ -105,10 +141,7 @@ async fn reconcile_with_store(
         let event = match ctx.store.get(&layout::tasks(&job, chunk)).await? {
             Some(tasks) => {
                 let task_count = Task::count_in_file(&tasks);
-                let sentences = planned
-                    .iter()
-                    .find(|c| c.chunk_index == chunk)
-                    .map_or(0, |c| c.sentences.len() as u32);
+                let sentences = plan.sentences_in(chunk);
                 ProgressEvent::ChunkSynthesized {
                     job_id: job.clone(),
                     chunk_index: chunk,

@@ -73,7 +73,9 @@ impl Coordinator {
             default_base_model: options.default_base_model,
             failed_share_threshold: options.failed_share_threshold,
             trainer_lease: options.trainer_lease,
+            draining: watch::channel(false).0,
         });
+        ctx.store.verify_create_only().await?;
         let recovered = recovery::recover_jobs(&ctx).await?;
         tracing::info!(recovered, store = ctx.store.url(), "coordinator started");
         let (shutdown, _) = watch::channel(false);
@@ -175,7 +177,10 @@ pub async fn serve_grpc_on(
         .add_service(coordinator.service(security))
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener),
-            shutdown,
+            async {
+                shutdown.await;
+                coordinator.ctx.draining.send_replace(true);
+            },
         )
         .await
         .map_err(|e| LiftError::Unavailable(format!("grpc server failed: {e}")))

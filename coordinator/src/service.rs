@@ -162,27 +162,26 @@ impl LiftServiceImpl {
         spec: JobSpec,
     ) -> Result<JobStatus, LiftError> {
         let split = self.ctx.split.clone();
+        let limits = self.ctx.limits.clone();
         // Splitting megabytes of text is CPU work; keep it off the async workers.
-        let (spec, chunks) = tokio::task::spawn_blocking({
-            let job = job.clone();
-            move || {
-                let chunks = plan_chunks(&job, &spec, &split);
-                (spec, chunks)
-            }
+        let (spec, plan) = tokio::task::spawn_blocking(move || {
+            let plan = plan_chunks(&spec, &split, &limits);
+            (spec, plan)
         })
         .await
         .map_err(|e| LiftError::Internal(format!("sentence splitting panicked: {e}")))?;
-        if chunks.is_empty() {
+        let plan = plan?;
+        if plan.chunk_count == 0 {
             return Err(LiftError::InvalidArgument(
                 "documents contain no sentences".to_string(),
             ));
         }
-        let sentences: usize = chunks.iter().map(|c| c.sentences.len()).sum();
+        let sentences = plan.sentence_count;
         let mut status = JobStatus::new(
             job.clone(),
             spec.base_model.clone(),
-            sentences as u32,
-            chunks.len() as u32,
+            sentences,
+            plan.chunk_count,
             spec.training.epochs,
             self.ctx.failed_share_threshold,
             now_ms(),
@@ -191,13 +190,18 @@ impl LiftServiceImpl {
         status.trace = lift_shared::telemetry::trace_headers();
         self.store_new_job(&job, &spec, &status).await?;
         let entry = self.ctx.jobs.insert(status.clone());
-        tracing::info!(job_id = %job, sentences, chunks = chunks.len(), "job submitted");
+        tracing::info!(job_id = %job, sentences, chunks = plan.chunk_count, planned_bytes = plan.planned_bytes, "job submitted");
 
         // The trainer goes first: it loads the base model while the first chunks synthesize.
         let assignment = fanout::train_assignment(&job, &spec, &status);
         fanout::publish_train_assignment(self.ctx.broker.as_ref(), &assignment, &status.trace)
             .await?;
-        fanout::publish_chunks(self.ctx.broker.as_ref(), chunks, &status.trace).await?;
+        fanout::publish_chunks(
+            self.ctx.broker.as_ref(),
+            plan.chunks(&job, &spec),
+            &status.trace,
+        )
+        .await?;
 
         let mut record = entry.record.lock().await;
         record.chunks_published = true;
@@ -370,22 +374,31 @@ impl LiftService for LiftServiceImpl {
             .entry(&tenant_of(&request), &request.get_ref().job_id)
             .await?;
         let receiver = entry.watchers.subscribe();
-        // State: the receiver, and whether the last status sent was terminal. The first poll
-        // sends the current status; later ones wait for a change.
+        let draining = self.ctx.draining.subscribe();
+        // State: the receivers, and whether the last status sent was terminal. The first poll
+        // sends the current status; later ones wait for a change or for the server to drain.
         let stream = futures::stream::unfold(
-            (receiver, true, false),
-            |(mut receiver, first, finished)| async move {
+            (receiver, draining, true, false),
+            |(mut receiver, draining, first, finished)| async move {
                 if finished {
                     return None;
                 }
-                if !first && receiver.changed().await.is_err() {
-                    return None;
+                if !first {
+                    tokio::select! {
+                        changed = receiver.changed() => changed.ok()?,
+                        () = crate::jobs::stopped(draining.clone()) => {
+                            let status = Status::unavailable(
+                                "the coordinator is shutting down; watch the job again",
+                            );
+                            return Some((Err(status), (receiver, draining, false, true)));
+                        }
+                    }
                 }
                 let status = receiver.borrow_and_update().clone();
                 let terminal = status.state.is_terminal();
                 Some((
                     Ok(proto::JobStatus::from(&status)),
-                    (receiver, false, terminal),
+                    (receiver, draining, false, terminal),
                 ))
             },
         );

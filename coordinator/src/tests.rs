@@ -236,6 +236,7 @@ async fn training_finished_succeeds_and_ends_the_watch_stream() {
         &h,
         &ProgressEvent::TrainingStep {
             job_id: job.clone(),
+            generation: 0,
             epoch: 1,
             step: 3,
             loss: 1.25,
@@ -248,6 +249,7 @@ async fn training_finished_succeeds_and_ends_the_watch_stream() {
         &h,
         &ProgressEvent::TrainingFinished {
             job_id: job.clone(),
+            generation: 0,
             adapter_uri: layout::adapter_dir(&job),
             steps: 9,
             final_loss: 0.5,
@@ -486,53 +488,70 @@ async fn list_jobs_pages_newest_first() {
     assert!(second_page.next_page_token.is_empty());
 }
 
-#[tokio::test]
-async fn silent_trainer_loses_its_job_to_a_new_assignment() {
-    let h = start().await;
-    let (job, _) = submit(&h, 6).await;
-    assert_eq!(drain(&h.broker, queues::TRAIN).await.len(), 1);
-    send_event(
-        &h,
-        &ProgressEvent::TrainingStarted {
-            job_id: job.clone(),
-            trainer: "gpu-0".into(),
-            resumed_from_step: 0,
-            at_ms: now_ms(),
-        },
-    )
-    .await;
-    wait_for(&h, &job, |s| s.trainer == "gpu-0").await;
-    // No heartbeat ever arrives: after twice the lease the job is reassigned.
-    let mut train = h.broker.consume(queues::TRAIN, 1).await.unwrap();
-    let reassigned = tokio::time::timeout(Duration::from_secs(5), train.next())
+async fn claim(h: &Harness, job: &JobId, generation: u32, trainer: &str) {
+    let claim = lift_shared::store::Claim {
+        trainer: trainer.into(),
+        at_ms: now_ms(),
+    };
+    assert!(h
+        .store
+        .put_json_create(&layout::claim(job, generation), &claim)
         .await
-        .expect("reassignment within 5 s")
-        .unwrap()
+        .unwrap());
+}
+
+async fn next_assignment(h: &Harness) -> Option<TrainAssignment> {
+    let mut train = h.broker.consume(queues::TRAIN, 1).await.unwrap();
+    let delivery = tokio::time::timeout(Duration::from_secs(5), train.next())
+        .await
+        .ok()??
         .unwrap();
-    let assignment: TrainAssignment = serde_json::from_slice(reassigned.payload()).unwrap();
-    assert_eq!(assignment.job_id, job);
+    let assignment = serde_json::from_slice(delivery.payload()).unwrap();
+    delivery.ack().await.unwrap();
+    Some(assignment)
 }
 
 #[tokio::test]
-async fn healthy_trainer_keeps_its_job() {
+async fn a_claim_without_heartbeat_goes_to_the_next_generation_and_the_old_one_is_ignored() {
     let h = start().await;
     let (job, _) = submit(&h, 6).await;
-    drain(&h.broker, queues::TRAIN).await;
+    assert_eq!(drain(&h.broker, queues::TRAIN).await.len(), 1);
+    // The trainer claimed the job and died before it reported starting.
+    claim(&h, &job, 0, "gpu-0").await;
+    let assignment = next_assignment(&h).await.expect("reassignment within 5 s");
+    assert_eq!(
+        (assignment.job_id.clone(), assignment.generation),
+        (job.clone(), 1)
+    );
+    // Nothing the superseded run says changes the job.
     send_event(
         &h,
-        &ProgressEvent::TrainingStarted {
+        &ProgressEvent::TrainingFailed {
             job_id: job.clone(),
-            trainer: "gpu-0".into(),
-            resumed_from_step: 0,
+            generation: 0,
+            reason: "woke up late".into(),
             at_ms: now_ms(),
         },
     )
     .await;
-    wait_for(&h, &job, |s| s.trainer == "gpu-0").await;
-    for step in 0..8 {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stored = h.store.read_latest_status(&job).await.unwrap().unwrap();
+    assert_eq!(stored.trainer_generation, 1);
+    assert!(!stored.state.is_terminal(), "{:?}", stored.state);
+}
+
+#[tokio::test]
+async fn a_healthy_trainer_keeps_its_job_whatever_its_clock_says() {
+    let h = start().await;
+    let (job, _) = submit(&h, 6).await;
+    drain(&h.broker, queues::TRAIN).await;
+    claim(&h, &job, 0, "gpu-0").await;
+    for step in 0..10 {
+        // An hour behind: only the heartbeat changing matters.
         let beat = lift_shared::store::Heartbeat {
             trainer: "gpu-0".into(),
-            at_ms: now_ms(),
+            generation: 0,
+            at_ms: now_ms() - 3_600_000,
             step,
         };
         h.store
@@ -541,6 +560,44 @@ async fn healthy_trainer_keeps_its_job() {
             .unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert_eq!(h.broker.queue_depth(queues::TRAIN).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_silent_trainer_whose_adapter_is_committed_succeeds_the_job() {
+    let h = start().await;
+    let (job, _) = submit(&h, 6).await;
+    drain(&h.broker, queues::TRAIN).await;
+    claim(&h, &job, 0, "gpu-0").await;
+    // The run committed its adapter and then lost its broker connection for good.
+    let commit = lift_shared::store::AdapterCommit {
+        generation: 0,
+        trainer: "gpu-0".into(),
+        steps: 9,
+        final_loss: 0.25,
+        at_ms: now_ms(),
+    };
+    for (key, bytes) in [
+        (layout::staged_adapter_weights(&job, 0), "weights"),
+        (layout::staged_adapter_config(&job, 0), "{}"),
+    ] {
+        h.store.put_overwrite(&key, bytes).await.unwrap();
+    }
+    assert!(h
+        .store
+        .put_json_create(&layout::adapter_commit(&job), &commit)
+        .await
+        .unwrap());
+    wait_for_stored(&h, &job, |s| s.state == JobState::Succeeded).await;
+    assert_eq!(
+        h.store
+            .get(&layout::adapter_config(&job))
+            .await
+            .unwrap()
+            .unwrap(),
+        "{}".as_bytes(),
+        "the committed adapter was published"
+    );
     assert_eq!(h.broker.queue_depth(queues::TRAIN).await.unwrap(), 0);
 }
 

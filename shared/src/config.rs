@@ -37,7 +37,8 @@ pub struct Config {
     pub failed_share_threshold: f64,
     /// `LIFT_DELIVERY_LIMIT`: deliveries of a message before it is dead-lettered.
     pub delivery_limit: u32,
-    /// `LIFT_TRAINER_LEASE_SECS`: a trainer whose heartbeat is older than this lost its job.
+    /// `LIFT_TRAINER_LEASE_SECS`: a trainer whose heartbeat has not changed for this long (as
+    /// the coordinator sees it) lost its job.
     pub trainer_lease_secs: u64,
     /// `LIFT_SYNTH_CONCURRENCY`: chunks a synth worker processes at once.
     pub synth_concurrency: u32,

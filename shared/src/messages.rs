@@ -36,6 +36,12 @@ pub struct TrainAssignment {
     pub chunk_count: u32,
     /// Sentences times QA per sentence: sizes the learning-rate schedule before all tasks exist.
     pub expected_tasks: u64,
+    /// The claim generation this assignment lets a trainer create: 0 at first, one past the
+    /// newest claim when the coordinator reassigns the job. A trainer that finds a claim of
+    /// this generation or a newer one drops the assignment, so a duplicate or stale copy
+    /// never takes the job from a live owner.
+    #[serde(default)]
+    pub generation: u32,
 }
 
 /// `lift.events`: what workers report to the coordinator.
@@ -65,12 +71,18 @@ pub enum ProgressEvent {
     },
     TrainingStarted {
         job_id: JobId,
+        /// Claim generation of the run that reports it (see `TrainAssignment::generation`).
+        #[serde(default)]
+        generation: u32,
         trainer: String,
         resumed_from_step: u64,
         at_ms: i64,
     },
     TrainingStep {
         job_id: JobId,
+        /// Claim generation of the run that reports it (see `TrainAssignment::generation`).
+        #[serde(default)]
+        generation: u32,
         epoch: u32,
         step: u64,
         loss: f32,
@@ -79,6 +91,9 @@ pub enum ProgressEvent {
     },
     Checkpointed {
         job_id: JobId,
+        /// Claim generation of the run that reports it (see `TrainAssignment::generation`).
+        #[serde(default)]
+        generation: u32,
         epoch: u32,
         step: u64,
         bytes: u64,
@@ -86,6 +101,9 @@ pub enum ProgressEvent {
     },
     TrainingFinished {
         job_id: JobId,
+        /// Claim generation of the run that reports it (see `TrainAssignment::generation`).
+        #[serde(default)]
+        generation: u32,
         adapter_uri: String,
         steps: u64,
         final_loss: f32,
@@ -93,18 +111,37 @@ pub enum ProgressEvent {
     },
     TrainingFailed {
         job_id: JobId,
+        /// Claim generation of the run that reports it (see `TrainAssignment::generation`).
+        #[serde(default)]
+        generation: u32,
         reason: String,
         at_ms: i64,
     },
     /// The trainer stopped on shutdown after a checkpoint; the job goes back to the queue.
     TrainingReleased {
         job_id: JobId,
+        /// Claim generation of the run that reports it (see `TrainAssignment::generation`).
+        #[serde(default)]
+        generation: u32,
         step: u64,
         at_ms: i64,
     },
 }
 
 impl ProgressEvent {
+    /// The claim generation of a trainer's event; `None` for synthesis events.
+    pub fn trainer_generation(&self) -> Option<u32> {
+        match self {
+            Self::ChunkSynthesized { .. } | Self::ChunkFailed { .. } => None,
+            Self::TrainingStarted { generation, .. }
+            | Self::TrainingStep { generation, .. }
+            | Self::Checkpointed { generation, .. }
+            | Self::TrainingFinished { generation, .. }
+            | Self::TrainingFailed { generation, .. }
+            | Self::TrainingReleased { generation, .. } => Some(*generation),
+        }
+    }
+
     pub fn job_id(&self) -> &JobId {
         match self {
             Self::ChunkSynthesized { job_id, .. }

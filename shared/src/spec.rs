@@ -157,6 +157,12 @@ pub struct Limits {
     pub max_documents: usize,
     pub max_document_bytes: usize,
     pub max_title_chars: usize,
+    /// What a job may expand to once split (`coordinator/src/chunk.rs`): sentences, bytes of
+    /// one chunk message (RabbitMQ refuses messages over 16 MiB by default), and bytes of
+    /// sentence text plus left context over all chunks.
+    pub max_sentences: usize,
+    pub max_chunk_bytes: usize,
+    pub max_planned_bytes: usize,
 }
 
 impl Default for Limits {
@@ -166,6 +172,9 @@ impl Default for Limits {
             max_documents: 64,
             max_document_bytes: 10 * 1024 * 1024,
             max_title_chars: 512,
+            max_sentences: 100_000,
+            max_chunk_bytes: 4 * 1024 * 1024,
+            max_planned_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -419,6 +428,7 @@ mod tests {
             max_document_bytes: 10,
             max_title_chars: 3,
             max_request_bytes: 1000,
+            ..Limits::default()
         };
         let mut job = spec();
         job.documents = vec![];

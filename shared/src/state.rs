@@ -134,6 +134,11 @@ pub struct JobStatus {
     /// When the current trainer reported `TrainingStarted`; the lease watchdog measures a
     /// missing heartbeat from here.
     pub trainer_started_at_ms: Option<i64>,
+    /// The claim generation the job listens to: the newest one assigned or started. Events
+    /// of older generations change nothing, so a trainer that lost its claim without
+    /// noticing (paused past its lease) cannot move the job.
+    #[serde(default)]
+    pub trainer_generation: u32,
     pub adapter_uri: Option<String>,
     pub error: Option<String>,
     pub trainer: Option<String>,
@@ -193,6 +198,7 @@ impl JobStatus {
             first_step_at_ms: None,
             last_chunk_at_ms: None,
             trainer_started_at_ms: None,
+            trainer_generation: 0,
             adapter_uri: None,
             error: None,
             trainer: None,
@@ -201,6 +207,33 @@ impl JobStatus {
             seq: 0,
             counted_chunks: ChunkSet::default(),
         }
+    }
+
+    /// The job was handed to claim generation `generation` (its trainer was lost or released
+    /// it): from now on only that generation's events count.
+    pub fn reassign_trainer(&mut self, generation: u32, at_ms: i64) {
+        self.trainer_generation = self.trainer_generation.max(generation);
+        self.trainer = None;
+        self.trainer_started_at_ms = None;
+        self.touch(at_ms);
+    }
+
+    /// The adapter commit exists: the job succeeded, whichever run committed it and whether
+    /// or not its `TrainingFinished` arrived. Returns whether the state changed.
+    pub fn apply_adapter_commit(
+        &mut self,
+        commit: &crate::store::AdapterCommit,
+        adapter_uri: String,
+        now_ms: i64,
+    ) -> bool {
+        if self.state.is_terminal() {
+            return false;
+        }
+        self.adapter_uri = Some(adapter_uri);
+        self.step = self.step.max(commit.steps);
+        self.epoch = self.epoch.max(self.epochs_total);
+        self.last_loss = Some(commit.final_loss);
+        self.transition(JobState::Succeeded, now_ms)
     }
 
     pub fn chunks_resolved(&self) -> u32 {
@@ -227,6 +260,12 @@ impl JobStatus {
     /// Folds one progress event into the record. Pure and idempotent; see the module docs.
     pub fn apply(&mut self, event: &ProgressEvent, failed_share_threshold: f64) -> ApplyOutcome {
         if self.state.is_terminal() || event.job_id() != &self.job_id {
+            return ApplyOutcome::default();
+        }
+        if event
+            .trainer_generation()
+            .is_some_and(|generation| generation < self.trainer_generation)
+        {
             return ApplyOutcome::default();
         }
         let before = self.state;
@@ -274,7 +313,13 @@ impl JobStatus {
                 self.touch(*at_ms);
                 true
             }
-            ProgressEvent::TrainingStarted { trainer, at_ms, .. } => {
+            ProgressEvent::TrainingStarted {
+                trainer,
+                generation,
+                at_ms,
+                ..
+            } => {
+                self.trainer_generation = *generation;
                 self.trainer = Some(trainer.clone());
                 self.trainer_started_at_ms = Some(*at_ms);
                 self.transition(JobState::Running, *at_ms);
@@ -423,6 +468,7 @@ mod tests {
     fn step(step: u64, loss: f32) -> ProgressEvent {
         ProgressEvent::TrainingStep {
             job_id: job(),
+            generation: 0,
             epoch: 1,
             step,
             loss,
@@ -524,6 +570,7 @@ mod tests {
         record.apply(
             &ProgressEvent::TrainingStarted {
                 job_id: job(),
+                generation: 0,
                 trainer: "gpu-0".into(),
                 resumed_from_step: 0,
                 at_ms: 1_100,
@@ -534,6 +581,7 @@ mod tests {
         let outcome = record.apply(
             &ProgressEvent::TrainingFinished {
                 job_id: job(),
+                generation: 0,
                 adapter_uri: "jobs/job-1/adapter".into(),
                 steps: 12,
                 final_loss: 0.3,
@@ -553,6 +601,7 @@ mod tests {
         let outcome = record.apply(
             &ProgressEvent::TrainingFailed {
                 job_id: job(),
+                generation: 0,
                 reason: "out of memory".into(),
                 at_ms: 5_000,
             },
@@ -563,6 +612,56 @@ mod tests {
             record.error.as_deref(),
             Some("training failed: out of memory")
         );
+    }
+
+    #[test]
+    fn a_superseded_generation_changes_nothing() {
+        let mut record = status(1);
+        let failed = |generation| ProgressEvent::TrainingFailed {
+            job_id: job(),
+            generation,
+            reason: "late".into(),
+            at_ms: 5_000,
+        };
+        record.reassign_trainer(1, 4_000);
+        assert_eq!(record.trainer_generation, 1);
+        assert!(!record.apply(&failed(0), 0.5).changed);
+        assert_eq!(record.state, JobState::Queued);
+        let started = ProgressEvent::TrainingStarted {
+            job_id: job(),
+            generation: 2,
+            trainer: "gpu-2".into(),
+            resumed_from_step: 0,
+            at_ms: 4_500,
+        };
+        assert!(record.apply(&started, 0.5).changed);
+        assert_eq!(record.trainer_generation, 2);
+        assert!(!record.apply(&failed(1), 0.5).changed);
+        assert_eq!(
+            record.apply(&failed(2), 0.5).transition,
+            Some(JobState::Failed)
+        );
+    }
+
+    #[test]
+    fn a_commit_succeeds_the_job_whoever_made_it() {
+        let mut record = status(1);
+        record.reassign_trainer(3, 4_000);
+        let commit = crate::store::AdapterCommit {
+            generation: 2,
+            trainer: "gpu-2".into(),
+            steps: 40,
+            final_loss: 0.2,
+            at_ms: 5_000,
+        };
+        assert!(record.apply_adapter_commit(
+            &commit,
+            "file:///s/jobs/job-1/adapter/".into(),
+            6_000
+        ));
+        assert_eq!(record.state, JobState::Succeeded);
+        assert_eq!(record.step, 40);
+        assert!(!record.apply_adapter_commit(&commit, String::new(), 7_000));
     }
 
     #[test]

@@ -67,17 +67,37 @@ pub mod layout {
     pub fn checkpoints_prefix(job: &JobId) -> String {
         format!("jobs/{job}/checkpoints/")
     }
-    pub fn checkpoint_dir(job: &JobId, step: u64) -> String {
-        format!("jobs/{job}/checkpoints/{step:010}/")
+    /// A checkpoint lives under its step and the claim generation that wrote it, so two
+    /// trainers that both believe they own the job never mix their files.
+    pub fn checkpoint_dir(job: &JobId, step: u64, generation: u32) -> String {
+        format!("jobs/{job}/checkpoints/{step:010}-{generation:06}/")
     }
-    pub fn checkpoint_adapter(job: &JobId, step: u64) -> String {
-        format!("jobs/{job}/checkpoints/{step:010}/adapter_model.safetensors")
+    pub fn checkpoint_adapter(job: &JobId, step: u64, generation: u32) -> String {
+        format!(
+            "{}adapter_model.safetensors",
+            checkpoint_dir(job, step, generation)
+        )
     }
-    pub fn checkpoint_optimizer(job: &JobId, step: u64) -> String {
-        format!("jobs/{job}/checkpoints/{step:010}/optimizer.safetensors")
+    pub fn checkpoint_optimizer(job: &JobId, step: u64, generation: u32) -> String {
+        format!(
+            "{}optimizer.safetensors",
+            checkpoint_dir(job, step, generation)
+        )
     }
-    pub fn checkpoint_manifest(job: &JobId, step: u64) -> String {
-        format!("jobs/{job}/checkpoints/{step:010}/manifest.json")
+    pub fn checkpoint_manifest(job: &JobId, step: u64, generation: u32) -> String {
+        format!("{}manifest.json", checkpoint_dir(job, step, generation))
+    }
+    /// The final adapter as one claim generation wrote it, before (and whether or not) it won
+    /// the commit.
+    pub fn staged_adapter_weights(job: &JobId, generation: u32) -> String {
+        format!("jobs/{job}/staged/{generation:06}/adapter_model.safetensors")
+    }
+    pub fn staged_adapter_config(job: &JobId, generation: u32) -> String {
+        format!("jobs/{job}/staged/{generation:06}/adapter_config.json")
+    }
+    /// Create-only: names the generation whose staged adapter is the job's adapter.
+    pub fn adapter_commit(job: &JobId) -> String {
+        format!("jobs/{job}/adapter-commit.json")
     }
     pub fn adapter_dir(job: &JobId) -> String {
         format!("jobs/{job}/adapter/")
@@ -101,8 +121,31 @@ pub mod layout {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Heartbeat {
     pub trainer: String,
+    /// The claim generation of the trainer that wrote it.
+    #[serde(default)]
+    pub generation: u32,
     pub at_ms: i64,
     pub step: u64,
+}
+
+/// `jobs/<id>/claims/<generation>.json`, create-only: the trainer holding that generation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Claim {
+    pub trainer: String,
+    pub at_ms: i64,
+}
+
+/// `jobs/<id>/adapter-commit.json`, create-only: the one training run whose adapter is the
+/// job's. Written after that run staged its adapter and before the adapter is published
+/// under `adapter/`, so the published adapter can never change once it exists, and a run
+/// that lost its claim unnoticed cannot replace it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdapterCommit {
+    pub generation: u32,
+    pub trainer: String,
+    pub steps: u64,
+    pub final_loss: f32,
+    pub at_ms: i64,
 }
 
 /// `jobs/<id>/cancel.json`: workers stop working on a job once it exists.
@@ -236,6 +279,28 @@ impl Store {
 
     pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
         &self.inner
+    }
+
+    /// Checks that the store refuses a second create-only write of one key. Claims, task
+    /// files, commits and request ids all rest on it, and an S3-compatible server that ignores
+    /// `If-None-Match: *` overwrites silently; such a store is refused at start.
+    pub async fn verify_create_only(&self) -> Result<(), LiftError> {
+        let key = format!("probes/create-only-{}.json", uuid::Uuid::now_v7());
+        let first = self.put_create(&key, "first").await?;
+        let second = self.put_create(&key, "second").await?;
+        let kept = self.get(&key).await?;
+        if let Err(error) = self.delete(&key).await {
+            tracing::debug!(%key, %error, "failed to delete the create-only probe");
+        }
+        if first && !second && kept.as_deref() == Some(b"first".as_slice()) {
+            return Ok(());
+        }
+        Err(LiftError::FailedPrecondition(format!(
+            "the object store at {} does not honour create-only writes (a second write of {key} \
+             was accepted): lift needs conditional puts (S3 If-None-Match); use a store that \
+             supports them",
+            self.url
+        )))
     }
 
     /// Writes `key` only if it does not exist yet; returns whether this call created it.
@@ -402,6 +467,75 @@ impl Store {
         };
         self.get_json(latest).await
     }
+
+    /// Stages a training run's final adapter under its claim generation and commits it as the
+    /// job's adapter unless another run committed first; then publishes whichever commit
+    /// holds under `adapter/`. Returns that commit: a caller whose generation differs lost.
+    pub async fn commit_adapter(
+        &self,
+        job: &JobId,
+        commit: &AdapterCommit,
+        weights: Bytes,
+        config: Bytes,
+    ) -> Result<AdapterCommit, LiftError> {
+        let generation = commit.generation;
+        self.put_multipart(&layout::staged_adapter_weights(job, generation), weights)
+            .await?;
+        self.put_overwrite(&layout::staged_adapter_config(job, generation), config)
+            .await?;
+        let holding = if self
+            .put_json_create(&layout::adapter_commit(job), commit)
+            .await?
+        {
+            commit.clone()
+        } else {
+            self.adapter_commit(job).await?.ok_or_else(|| {
+                LiftError::Internal(format!("job {job}: the adapter commit vanished"))
+            })?
+        };
+        self.publish_committed_adapter(job, &holding).await?;
+        Ok(holding)
+    }
+
+    /// Where the job's published adapter lives, as users address it.
+    pub fn adapter_uri(&self, job: &JobId) -> String {
+        format!(
+            "{}/{}",
+            self.url().trim_end_matches('/'),
+            layout::adapter_dir(job)
+        )
+    }
+
+    pub async fn adapter_commit(&self, job: &JobId) -> Result<Option<AdapterCommit>, LiftError> {
+        self.get_json(&layout::adapter_commit(job)).await
+    }
+
+    /// Copies the committed run's staged adapter to `adapter/`, configuration last (readers
+    /// take its presence to mean the adapter is whole). Whoever finds a commit whose adapter
+    /// is not published yet (its trainer died in between) may call this: every copy is of
+    /// the same bytes.
+    pub async fn publish_committed_adapter(
+        &self,
+        job: &JobId,
+        commit: &AdapterCommit,
+    ) -> Result<(), LiftError> {
+        if self.exists(&layout::adapter_config(job)).await? {
+            return Ok(());
+        }
+        let staged = |key: String| async move {
+            self.get(&key).await?.ok_or_else(|| {
+                LiftError::Internal(format!(
+                    "job {job}: committed adapter file {key} is missing"
+                ))
+            })
+        };
+        let weights = staged(layout::staged_adapter_weights(job, commit.generation)).await?;
+        let config = staged(layout::staged_adapter_config(job, commit.generation)).await?;
+        self.put_multipart(&layout::adapter_weights(job), weights)
+            .await?;
+        self.put_overwrite(&layout::adapter_config(job), config)
+            .await
+    }
 }
 
 fn to_json<T: Serialize>(key: &str, value: &T) -> Result<Vec<u8>, LiftError> {
@@ -438,8 +572,16 @@ mod tests {
         assert_eq!(layout::claim(&id, 2), "jobs/job-1/claims/000002.json");
         assert_eq!(layout::heartbeat(&id), "jobs/job-1/heartbeat.json");
         assert_eq!(
-            layout::checkpoint_manifest(&id, 40),
-            "jobs/job-1/checkpoints/0000000040/manifest.json"
+            layout::checkpoint_manifest(&id, 40, 2),
+            "jobs/job-1/checkpoints/0000000040-000002/manifest.json"
+        );
+        assert_eq!(
+            layout::staged_adapter_config(&id, 2),
+            "jobs/job-1/staged/000002/adapter_config.json"
+        );
+        assert_eq!(
+            layout::adapter_commit(&id),
+            "jobs/job-1/adapter-commit.json"
         );
         assert_eq!(
             layout::adapter_config(&id),
@@ -541,5 +683,122 @@ mod tests {
         let ids = store.list_job_ids().await.unwrap();
         let names: Vec<&str> = ids.iter().map(JobId::as_str).collect();
         assert_eq!(names, vec!["a-job", "b-job"]);
+    }
+
+    /// An S3-compatible server that ignores `If-None-Match: *`: every write overwrites.
+    #[derive(Debug, Default)]
+    struct IgnoresCreateOnly(InMemory);
+
+    impl std::fmt::Display for IgnoresCreateOnly {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "IgnoresCreateOnly")
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for IgnoresCreateOnly {
+        async fn put_opts(
+            &self,
+            location: &Path,
+            payload: PutPayload,
+            mut opts: PutOptions,
+        ) -> object_store::Result<object_store::PutResult> {
+            opts.mode = PutMode::Overwrite;
+            self.0.put_opts(location, payload, opts).await
+        }
+        async fn put_multipart_opts(
+            &self,
+            location: &Path,
+            opts: object_store::PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+            self.0.put_multipart_opts(location, opts).await
+        }
+        async fn get_opts(
+            &self,
+            location: &Path,
+            options: object_store::GetOptions,
+        ) -> object_store::Result<object_store::GetResult> {
+            self.0.get_opts(location, options).await
+        }
+        fn delete_stream(
+            &self,
+            locations: futures::stream::BoxStream<'static, object_store::Result<Path>>,
+        ) -> futures::stream::BoxStream<'static, object_store::Result<Path>> {
+            self.0.delete_stream(locations)
+        }
+        fn list(
+            &self,
+            prefix: Option<&Path>,
+        ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>>
+        {
+            self.0.list(prefix)
+        }
+        async fn list_with_delimiter(
+            &self,
+            prefix: Option<&Path>,
+        ) -> object_store::Result<object_store::ListResult> {
+            self.0.list_with_delimiter(prefix).await
+        }
+        async fn copy_opts(
+            &self,
+            from: &Path,
+            to: &Path,
+            options: object_store::CopyOptions,
+        ) -> object_store::Result<()> {
+            self.0.copy_opts(from, to, options).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_store_that_ignores_create_only_writes_is_refused() {
+        let honest = Store::open("memory://").unwrap();
+        honest.verify_create_only().await.unwrap();
+        assert!(honest.list("probes/").await.unwrap().is_empty());
+        let lax = Store::from_object_store(Arc::new(IgnoresCreateOnly::default()), "s3://lax");
+        match lax.verify_create_only().await {
+            Err(LiftError::FailedPrecondition(message)) => {
+                assert!(message.contains("create-only"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_first_commit_holds_and_is_published() {
+        let store = Store::open("memory://").unwrap();
+        let id = job();
+        let commit = |generation| AdapterCommit {
+            generation,
+            trainer: format!("t{generation}"),
+            steps: 10,
+            final_loss: 0.5,
+            at_ms: 1,
+        };
+        let won = store
+            .commit_adapter(&id, &commit(1), "w1".into(), "c1".into())
+            .await
+            .unwrap();
+        assert_eq!(won.generation, 1);
+        let lost = store
+            .commit_adapter(&id, &commit(0), "w0".into(), "c0".into())
+            .await
+            .unwrap();
+        assert_eq!(lost.generation, 1, "a later commit loses");
+        assert_eq!(
+            store
+                .get(&layout::adapter_weights(&id))
+                .await
+                .unwrap()
+                .unwrap(),
+            "w1".as_bytes()
+        );
+        assert_eq!(
+            store
+                .get(&layout::adapter_config(&id))
+                .await
+                .unwrap()
+                .unwrap(),
+            "c1".as_bytes()
+        );
     }
 }

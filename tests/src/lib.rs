@@ -83,6 +83,16 @@ impl LiftProcess {
         let _ = self.child.wait();
     }
 
+    /// Sends `signal` (a name `kill` knows: STOP, CONT, ...).
+    pub fn signal(&self, signal: &str) {
+        let sent = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "kill -{signal} failed");
+    }
+
     /// SIGTERM, then wait for a graceful exit.
     pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let _ = Command::new("kill")

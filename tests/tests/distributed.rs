@@ -125,6 +125,96 @@ async fn a_killed_trainer_is_replaced_by_one_that_resumes_from_the_checkpoint() 
     );
 }
 
+async fn claims(cluster: &Cluster, job: &str) -> Vec<String> {
+    let job = lift_shared::ids::JobId::parse(job).unwrap();
+    cluster
+        .store()
+        .list(&layout::claims_prefix(&job))
+        .await
+        .unwrap()
+}
+
+async fn adapter_digest(cluster: &Cluster, job: &str) -> String {
+    use sha2::Digest;
+    let job = lift_shared::ids::JobId::parse(job).unwrap();
+    let weights = cluster
+        .store()
+        .get(&layout::adapter_weights(&job))
+        .await
+        .unwrap()
+        .expect("the adapter is published");
+    format!("{:x}", sha2::Sha256::digest(&weights))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trainer_paused_past_its_lease_cannot_change_the_job_once_another_took_it() {
+    let mut cluster = Cluster::with_lift_serve().await;
+    cluster.start_all().await;
+    let job = cluster
+        .submit("Vellmar Island", &made_up_document(8), 3)
+        .await;
+    cluster.wait_until(&job, JOB_TIMEOUT, |s| s.step >= 2).await;
+    cluster.trainers[0].signal("STOP");
+    cluster.start_trainer();
+    // The watchdog hands the job to generation 1 a lease later; the new trainer claims it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while claims(&cluster, &job).await.len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no second claim\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    cluster.trainers[0].signal("CONT");
+    let status = cluster.wait_for_terminal(&job, JOB_TIMEOUT).await;
+    assert!(succeeded(&status), "{status:?}\n{}", cluster.logs());
+    let digest = adapter_digest(&cluster, &job).await;
+    let commit = cluster
+        .store()
+        .adapter_commit(&lift_shared::ids::JobId::parse(&job).unwrap())
+        .await
+        .unwrap()
+        .expect("committed");
+    assert_eq!(commit.generation, 1, "the new owner committed");
+    // Whatever the woken trainer still does, the job and its adapter stay as they are.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(adapter_digest(&cluster, &job).await, digest);
+    let after = cluster.status(&job).await.expect("status");
+    assert_eq!((after.state, after.step), (status.state, status.step));
+    let first = cluster.trainers[0].log_text();
+    assert!(
+        first.contains("newer claim owns the job") || first.contains("LostClaim"),
+        "the paused trainer stopped on its lost claim:\n{first}"
+    );
+    assert!(claims(&cluster, &job).await.len() == 2, "one takeover only");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trainer_killed_right_after_claiming_does_not_strand_the_job() {
+    let mut cluster = Cluster::with_lift_serve().await;
+    cluster.start_all().await;
+    let job = cluster
+        .submit("Vellmar Island", &made_up_document(4), 1)
+        .await;
+    // Killed as soon as the claim exists: before it reports starting, often before its first
+    // heartbeat.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while claims(&cluster, &job).await.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no claim\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cluster.trainers[0].kill_hard();
+    cluster.start_trainer();
+    let status = cluster.wait_for_terminal(&job, JOB_TIMEOUT).await;
+    assert!(succeeded(&status), "{status:?}\n{}", cluster.logs());
+    assert_eq!(claims(&cluster, &job).await.len(), 2);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restarted_coordinator_rebuilds_state_and_the_job_completes() {
     let mut cluster = Cluster::with_lift_serve().await;
@@ -359,4 +449,59 @@ async fn bad_input_at_the_edge_is_refused_and_loses_nothing() {
             "{queue}: malformed messages went to its dead-letter queue ({dead})"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn amplifying_input_is_refused_and_an_open_watch_does_not_hold_the_coordinator() {
+    let mut cluster = Cluster::with_generator("http://127.0.0.1:9/v1".into());
+    cluster.start_coordinator().await;
+    let mut client = cluster.client().await;
+    // Within the document size limit, but millions of two-byte sentences, each of which
+    // would carry 16 KB of the text before it.
+    let error = client
+        .submit_job(proto::SubmitJobRequest {
+            documents: vec![proto::Document {
+                title: "Lines".into(),
+                text: "A\n".repeat(3_000_000),
+            }],
+            synthesis: Some(proto::SynthesisOptions {
+                left_context_chars: Some(16_384),
+                chunk_sentences: 256,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), tonic::Code::InvalidArgument, "{error:?}");
+    assert!(error.message().starts_with("documents:"), "{error:?}");
+
+    // No workers: the job waits, and a client watches it.
+    let job = cluster
+        .submit("Vellmar Island", &made_up_document(4), 1)
+        .await;
+    let mut watch = client
+        .watch_job(proto::WatchJobRequest { job_id: job })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(watch.message().await.unwrap().is_some());
+    let started = std::time::Instant::now();
+    let exit = cluster
+        .coordinator
+        .as_mut()
+        .unwrap()
+        .terminate(Duration::from_secs(5));
+    assert!(
+        exit.is_some(),
+        "the coordinator did not exit within 5 s of SIGTERM with a WatchJob open\n{}",
+        cluster.logs()
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let ended = watch.message().await;
+    assert!(
+        matches!(&ended, Err(status) if status.code() == tonic::Code::Unavailable)
+            || matches!(ended, Ok(None)),
+        "{ended:?}"
+    );
 }

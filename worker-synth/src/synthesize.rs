@@ -279,12 +279,40 @@ fn previous_sentence(text: &str) -> &str {
     last
 }
 
-/// A fact-first answer: the fact, then the part of the sentence that states it. Recalling
-/// the document's words is what a small model does best from a question worded unlike the
-/// training ones (it is continuing text it was trained on), and the reader gets the evidence
-/// with the answer.
-fn with_evidence(span: &FactSpan, sentence: &str) -> String {
-    format!("{}. {}", span.text(sentence), evidence(span, sentence))
+/// A fact-first answer: the part of the sentence that states the fact, in the document's
+/// words. Recalling trained text is what a small model does best from a question worded
+/// unlike the training ones: the question's words lead to the sentence and the fact comes
+/// with it. Answers that start with the bare fact made the model pick a value before it
+/// recalled anything (on the dev set it then named the right kind of fact from another
+/// sentence); every answer of the recipe being document text keeps one answer style.
+///
+/// Under a Markdown heading the answer starts with it: in a changelog, a manual or minutes the
+/// heading holds facts the sentence relies on ("## 4.2.1" for "Fixed a crash when ..."), and a
+/// question names the sentence's content to ask for them.
+fn evidence_answer(span: &FactSpan, sentence: &str, heading: Option<&str>) -> String {
+    // A list item's marker is layout, not content.
+    let evidence = evidence(span, sentence)
+        .trim_start_matches(['-', '*', '•'])
+        .trim_start();
+    match heading {
+        Some(heading) => format!("{heading}: {evidence}"),
+        None => evidence.to_string(),
+    }
+}
+
+/// The nearest Markdown heading (`#` line) before a sentence, within its left context; none
+/// for a sentence that is a heading itself.
+fn section_heading<'a>(sentence: &SentenceUnit, left_context: &'a str) -> Option<&'a str> {
+    const MAX_HEADING_CHARS: usize = 120;
+    if sentence.text.trim_start().starts_with('#') {
+        return None;
+    }
+    let line = left_context
+        .lines()
+        .rev()
+        .find(|line| line.trim_start().starts_with('#'))?;
+    let heading = line.trim().trim_start_matches('#').trim();
+    (!heading.is_empty() && heading.chars().count() <= MAX_HEADING_CHARS).then_some(heading)
 }
 
 /// Sentences up to this many words are evidence whole; longer ones give the clause of the fact.
@@ -340,6 +368,7 @@ async fn synthesize_facts(
     spans.sort_by_key(|span| span.start);
 
     let options = &chunk.options;
+    let heading = section_heading(sentence, &sentence.left_context);
     let source = SentenceSource::new(&sentence.text, &sentence.left_context);
     let requests: Vec<QaRequest> = spans
         .iter()
@@ -402,7 +431,7 @@ async fn synthesize_facts(
                     kept += 1;
                     let pair = QaPair {
                         question: pair.question,
-                        answer: with_evidence(span, &sentence.text),
+                        answer: evidence_answer(span, &sentence.text, heading),
                     };
                     keep(TaskKind::FactQa, pair, &mut tasks);
                 }
@@ -417,7 +446,7 @@ async fn synthesize_facts(
         for templated in templated_questions(&sentence.text, span) {
             let pair = QaPair {
                 question: templated.question,
-                answer: with_evidence(span, &sentence.text),
+                answer: evidence_answer(span, &sentence.text, heading),
             };
             keep(TaskKind::FactTemplate, pair, &mut tasks);
         }
@@ -560,17 +589,40 @@ mod tests {
         let spans = fact_spans(long);
         let year = spans.iter().find(|s| s.text(long) == "1761").unwrap();
         assert_eq!(
-            with_evidence(year, long),
-            "1761. It was commissioned in 1761 by the wool merchant Aldous van der Brekke"
+            evidence_answer(year, long, None),
+            "It was commissioned in 1761 by the wool merchant Aldous van der Brekke"
         );
         let place = spans.iter().find(|s| s.text(long) == "Tressock").unwrap();
         assert_eq!(
-            evidence(place, long),
+            evidence_answer(place, long, None),
             "who had grown tired of paying the inland millers of Tressock to grind his tenants' \
              grain."
         );
         let short = "The wheel carried 48 paddles.";
         assert_eq!(evidence(&fact_spans(short)[0], short), short);
+    }
+
+    #[test]
+    fn an_answer_under_a_markdown_heading_starts_with_it() {
+        let unit = |text: &str, left_context: &str| SentenceUnit {
+            index: 3,
+            document: 0,
+            left_context: left_context.into(),
+            text: text.into(),
+        };
+        let before = "Intro.\n\n## 4.2.1 - 18 June 2024\n\nFixed\n- Fixed the progress bar.\n";
+        let bullet = unit("- Fixed a crash with 65,535 files.", before);
+        let heading = section_heading(&bullet, &bullet.left_context);
+        assert_eq!(heading, Some("4.2.1 - 18 June 2024"));
+        let span = &fact_spans(&bullet.text)[0];
+        assert_eq!(
+            evidence_answer(span, &bullet.text, heading),
+            "4.2.1 - 18 June 2024: Fixed a crash with 65,535 files."
+        );
+        let title = unit("## 4.2.0 - 2 May 2024", before);
+        assert_eq!(section_heading(&title, &title.left_context), None);
+        let plain = unit("It burned in 1851.", "The mill was built in 1761.");
+        assert_eq!(section_heading(&plain, &plain.left_context), None);
     }
 
     #[test]

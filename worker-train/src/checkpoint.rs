@@ -1,7 +1,8 @@
-//! Checkpoints: adapter + optimizer state + cursor under `checkpoints/<step>/`, the small
-//! manifest written last (create-only), so a manifest always points at complete files.
+//! Checkpoints: adapter + optimizer state + cursor under `checkpoints/<step>-<generation>/`,
+//! the small manifest written last (create-only), so a manifest always points at complete
+//! files, and two runs that both believe they own the job never write one checkpoint.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use lift_engine::PeftFiles;
@@ -30,6 +31,9 @@ pub struct Checkpoint {
     pub trainer: String,
     pub at_ms: i64,
     pub adapter_config: String,
+    /// Claim generation of the run that wrote it (part of its keys).
+    #[serde(default)]
+    pub generation: u32,
 }
 
 impl Checkpoint {
@@ -45,23 +49,26 @@ impl Checkpoint {
         let bytes = (adapter.safetensors.len() + optimizer.len()) as u64;
         store
             .put_multipart(
-                &layout::checkpoint_adapter(job, self.step),
+                &layout::checkpoint_adapter(job, self.step, self.generation),
                 Bytes::from(adapter.safetensors.clone()),
             )
             .await?;
         store
             .put_multipart(
-                &layout::checkpoint_optimizer(job, self.step),
+                &layout::checkpoint_optimizer(job, self.step, self.generation),
                 Bytes::from(optimizer),
             )
             .await?;
         let manifest = serde_json::to_vec(self).map_err(|e| TrainError::Checkpoint {
-            key: layout::checkpoint_manifest(job, self.step),
+            key: layout::checkpoint_manifest(job, self.step, self.generation),
             reason: e.to_string(),
         })?;
-        // A second save of the same step (a resumed trainer repeating it) keeps the first.
+        // A second save of the same step by the same run (after a retry) keeps the first.
         store
-            .put_create(&layout::checkpoint_manifest(job, self.step), manifest)
+            .put_create(
+                &layout::checkpoint_manifest(job, self.step, self.generation),
+                manifest,
+            )
             .await?;
         Ok(bytes)
     }
@@ -89,11 +96,19 @@ impl Checkpoint {
             .await?
             .ok_or_else(|| unreadable("manifest vanished".into()))?;
         let adapter = store
-            .get(&layout::checkpoint_adapter(job, checkpoint.step))
+            .get(&layout::checkpoint_adapter(
+                job,
+                checkpoint.step,
+                checkpoint.generation,
+            ))
             .await?
             .ok_or_else(|| unreadable("adapter file is missing".into()))?;
         let optimizer = store
-            .get(&layout::checkpoint_optimizer(job, checkpoint.step))
+            .get(&layout::checkpoint_optimizer(
+                job,
+                checkpoint.step,
+                checkpoint.generation,
+            ))
             .await?
             .ok_or_else(|| unreadable("optimizer file is missing".into()))?;
         let files = PeftFiles {
@@ -102,4 +117,33 @@ impl Checkpoint {
         };
         Ok(Some((checkpoint, files, optimizer)))
     }
+}
+
+/// Deletes every checkpoint older than the newest `keep` complete ones (a manifest marks a
+/// complete one). Newer directories without a manifest are being written and stay. Returns
+/// the files deleted.
+pub async fn prune_checkpoints(
+    store: &Store,
+    job: &JobId,
+    keep: usize,
+) -> Result<usize, TrainError> {
+    let keys = store.list(&layout::checkpoints_prefix(job)).await?;
+    let directory = |key: &str| {
+        key.rsplit_once('/')
+            .map_or(String::new(), |(dir, _)| dir.to_string())
+    };
+    let complete: BTreeSet<String> = keys
+        .iter()
+        .filter(|k| k.ends_with("manifest.json"))
+        .map(|k| directory(k))
+        .collect();
+    let Some(oldest_kept) = complete.iter().rev().nth(keep.max(1) - 1) else {
+        return Ok(0);
+    };
+    let mut deleted = 0;
+    for key in keys.iter().filter(|k| directory(k) < *oldest_kept) {
+        store.delete(key).await?;
+        deleted += 1;
+    }
+    Ok(deleted)
 }

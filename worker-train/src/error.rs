@@ -15,4 +15,7 @@ pub enum TrainError {
     NoTasks,
     #[error("training thread failed: {0}")]
     Thread(String),
+    /// A newer claim generation owns the job; the run stops without writing or reporting.
+    #[error("claim generation {0} was superseded")]
+    ClaimLost(u32),
 }

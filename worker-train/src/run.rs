@@ -12,14 +12,14 @@ use lift_shared::broker::{queues, Broker, Headers};
 use lift_shared::ids::JobId;
 use lift_shared::messages::{now_ms, ProgressEvent, Task, TrainAssignment};
 use lift_shared::spec::Schedule;
-use lift_shared::store::{layout, Store};
+use lift_shared::store::{layout, AdapterCommit, Store};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::checkpoint::{Checkpoint, Cursor};
+use crate::checkpoint::{prune_checkpoints, Checkpoint, Cursor};
 use crate::error::TrainError;
 use crate::prompt::qa_prompt;
 
@@ -112,9 +112,20 @@ impl JobRun {
 
     /// Runs the job to its end or to an interruption. Blocking.
     pub fn run(self) -> Result<RunOutcome, TrainError> {
+        match self.run_owned() {
+            Err(TrainError::ClaimLost(generation)) => {
+                info!(job_id = %self.job(), generation, "a newer claim owns the job; this run stops");
+                Ok(RunOutcome::LostClaim)
+            }
+            other => other,
+        }
+    }
+
+    fn run_owned(&self) -> Result<RunOutcome, TrainError> {
         let mut state = self.start()?;
         self.publish(ProgressEvent::TrainingStarted {
             job_id: self.job().clone(),
+            generation: self.claim_generation,
             trainer: self.trainer_id.clone(),
             resumed_from_step: state.trainer.steps_done(),
             at_ms: now_ms(),
@@ -151,6 +162,7 @@ impl JobRun {
                 let step = state.trainer.steps_done();
                 self.publish(ProgressEvent::TrainingReleased {
                     job_id: self.job().clone(),
+                    generation: self.claim_generation,
                     step,
                     at_ms: now_ms(),
                 })?;
@@ -222,15 +234,29 @@ impl JobRun {
         if self.block(self.store.exists(&layout::cancel(self.job())))? {
             return Ok(Some(Interrupt::Cancelled));
         }
+        if !self.still_owner()? {
+            return Ok(Some(Interrupt::LostClaim));
+        }
+        Ok(None)
+    }
+
+    /// Whether this run's claim is still the newest. Checked before every write a
+    /// superseded run could spoil, and every `ownership_check_interval` while training.
+    fn ensure_owner(&self) -> Result<(), TrainError> {
+        if self.still_owner()? {
+            Ok(())
+        } else {
+            Err(TrainError::ClaimLost(self.claim_generation))
+        }
+    }
+
+    fn still_owner(&self) -> Result<bool, TrainError> {
         let claims = self.block(self.store.list(&layout::claims_prefix(self.job())))?;
         let newest = claims
             .iter()
             .filter_map(|k| layout::chunk_index_of(k))
             .max();
-        if newest.is_some_and(|g| g != self.claim_generation) {
-            return Ok(Some(Interrupt::LostClaim));
-        }
-        Ok(None)
+        Ok(newest == Some(self.claim_generation))
     }
 
     fn read_tasks(&self, chunk: u32) -> Result<Vec<Task>, TrainError> {
@@ -270,6 +296,7 @@ impl JobRun {
         self.current_step.store(step, Ordering::Relaxed);
         self.publish(ProgressEvent::TrainingStep {
             job_id: self.job().clone(),
+            generation: self.claim_generation,
             epoch: state.cursor.epoch,
             step,
             loss: stats.loss,
@@ -409,6 +436,7 @@ impl JobRun {
     }
 
     fn checkpoint(&self, state: &mut State) -> Result<(), TrainError> {
+        self.ensure_owner()?;
         let started = Instant::now();
         let adapter = state.trainer.adapter().to_peft_files()?;
         let checkpoint = Checkpoint {
@@ -418,11 +446,17 @@ impl JobRun {
             trainer: self.trainer_id.clone(),
             at_ms: now_ms(),
             adapter_config: String::from_utf8_lossy(&adapter.config_json).into_owned(),
+            generation: self.claim_generation,
         };
         let optimizer = state.trainer.optimizer_state()?;
         let serialized_ms = started.elapsed().as_millis() as u64;
         let bytes = self.block(checkpoint.save(&self.store, self.job(), &adapter, optimizer))?;
         state.steps_since_checkpoint = 0;
+        // Only the newest checkpoint is ever resumed from; one more is kept in case it is
+        // being read by a trainer that is taking over.
+        if let Err(error) = self.block(prune_checkpoints(&self.store, self.job(), 2)) {
+            warn!(job_id = %self.job(), %error, "failed to prune old checkpoints");
+        }
         let seconds = started.elapsed().as_secs_f64();
         metrics::CHECKPOINT_BYTES.inc_by(bytes);
         metrics::CHECKPOINT_SECONDS.observe(seconds);
@@ -430,6 +464,7 @@ impl JobRun {
         // After the last epoch the cursor points one past it; report the epoch trained.
         self.publish(ProgressEvent::Checkpointed {
             job_id: self.job().clone(),
+            generation: self.claim_generation,
             epoch: state.cursor.epoch.min(state.epochs),
             step: checkpoint.step,
             bytes,
@@ -437,33 +472,43 @@ impl JobRun {
         })
     }
 
+    /// Commits the adapter (see `Store::commit_adapter`) and reports it. A run whose claim
+    /// was superseded, or that loses the commit to another run, reports nothing.
     fn finish(&self, state: &State) -> Result<RunOutcome, TrainError> {
+        self.ensure_owner()?;
         let files = state.trainer.adapter().to_peft_files()?;
         let job = self.job();
-        self.block(async {
-            self.store
-                .put_multipart(
-                    &layout::adapter_weights(job),
-                    files.safetensors.clone().into(),
-                )
-                .await?;
-            self.store
-                .put_overwrite(&layout::adapter_config(job), files.config_json.clone())
-                .await
-        })?;
-        let adapter_uri = format!(
-            "{}/{}",
-            self.store.url().trim_end_matches('/'),
-            layout::adapter_dir(job)
-        );
         let steps = state.trainer.steps_done();
-        self.publish(ProgressEvent::TrainingFinished {
+        let commit = AdapterCommit {
+            generation: self.claim_generation,
+            trainer: self.trainer_id.clone(),
+            steps,
+            final_loss: state.last_loss,
+            at_ms: now_ms(),
+        };
+        let holding = self.block(self.store.commit_adapter(
+            job,
+            &commit,
+            files.safetensors.into(),
+            files.config_json.into(),
+        ))?;
+        if holding.generation != self.claim_generation {
+            return Err(TrainError::ClaimLost(self.claim_generation));
+        }
+        let adapter_uri = self.store.adapter_uri(job);
+        let finished = ProgressEvent::TrainingFinished {
             job_id: job.clone(),
+            generation: self.claim_generation,
             adapter_uri: adapter_uri.clone(),
             steps,
             final_loss: state.last_loss,
             at_ms: now_ms(),
-        })?;
+        };
+        // The commit is the truth: the coordinator finds it when this run's heartbeat stops,
+        // so a broker that is down now costs a lease, not the job.
+        if let Err(error) = self.publish(finished) {
+            warn!(job_id = %job, %error, "could not report the committed adapter; the coordinator will find the commit");
+        }
         Ok(RunOutcome::Finished {
             adapter_uri,
             steps,

@@ -75,6 +75,7 @@ impl Fixture {
                 },
                 chunk_count,
                 expected_tasks: u64::from(chunk_count) * 3,
+                generation: 0,
             },
             trainer_id: "test-trainer".into(),
             claim_generation: 0,
@@ -87,6 +88,19 @@ impl Fixture {
             shutdown,
             current_step: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// Claims `generation` for `trainer`, as the consume loop does before a run.
+    async fn claim(&self, generation: u32, trainer: &str) {
+        let claim = lift_shared::store::Claim {
+            trainer: trainer.into(),
+            at_ms: 0,
+        };
+        assert!(self
+            .store
+            .put_json_create(&layout::claim(&self.job, generation), &claim)
+            .await
+            .unwrap());
     }
 
     async fn put_tasks(&self, chunk: u32, n: u32) {
@@ -125,12 +139,7 @@ fn steps(events: &[ProgressEvent], epoch_wanted: u32) -> Vec<u64> {
 #[tokio::test(flavor = "multi_thread")]
 async fn first_epoch_trains_chunks_as_they_arrive_then_replays_the_cache() {
     let f = Fixture::new();
-    let claim =
-        serde_json::to_vec(&serde_json::json!({"trainer": "test-trainer", "at_ms": 0})).unwrap();
-    f.store
-        .put_create(&layout::claim(&f.job, 0), claim)
-        .await
-        .unwrap();
+    f.claim(0, "test-trainer").await;
     f.put_tasks(0, 4).await;
     let run = f.run(3, 2, 100, CancellationToken::new());
     let handle = tokio::task::spawn_blocking(move || run.run());
@@ -175,6 +184,7 @@ async fn first_epoch_trains_chunks_as_they_arrive_then_replays_the_cache() {
 #[tokio::test(flavor = "multi_thread")]
 async fn train_after_synthesis_waits_for_every_chunk_before_the_first_step() {
     let f = Fixture::new();
+    f.claim(0, "test-trainer").await;
     f.put_tasks(0, 4).await;
     let mut run = f.run(2, 1, 100, CancellationToken::new());
     run.assignment.options.train_after_synthesis = true;
@@ -194,6 +204,7 @@ async fn train_after_synthesis_waits_for_every_chunk_before_the_first_step() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_released_job_resumes_from_its_checkpoint_without_repeating_steps() {
     let f = Fixture::new();
+    f.claim(0, "test-trainer").await;
     for chunk in 0..4 {
         f.put_tasks(chunk, 4).await;
     }
@@ -214,7 +225,10 @@ async fn a_released_job_resumes_from_its_checkpoint_without_repeating_steps() {
     };
     assert!(released_at >= 3);
 
-    let resumed = f.run(4, 1, 1, CancellationToken::new());
+    // The coordinator hands a released job to the next generation.
+    f.claim(1, "next-trainer").await;
+    let mut resumed = f.run(4, 1, 1, CancellationToken::new());
+    resumed.claim_generation = 1;
     let RunOutcome::Finished { steps: total, .. } =
         tokio::task::spawn_blocking(move || resumed.run())
             .await
@@ -240,18 +254,117 @@ async fn a_released_job_resumes_from_its_checkpoint_without_repeating_steps() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_trainer_stops_when_a_newer_claim_takes_its_job() {
     let f = Fixture::new();
+    f.claim(0, "test-trainer").await;
     f.put_tasks(0, 2).await;
     let run = f.run(2, 1, 100, CancellationToken::new());
-    let claim = serde_json::to_vec(&serde_json::json!({"trainer": "other", "at_ms": 0})).unwrap();
-    f.store
-        .put_create(&layout::claim(&f.job, 1), claim)
-        .await
-        .unwrap();
+    f.claim(1, "other").await;
     let outcome = tokio::task::spawn_blocking(move || run.run())
         .await
         .unwrap()
         .unwrap();
     assert_eq!(outcome, RunOutcome::LostClaim);
+    assert!(
+        f.store
+            .list(&layout::checkpoints_prefix(&f.job))
+            .await
+            .unwrap()
+            .is_empty()
+            && f.store.adapter_commit(&f.job).await.unwrap().is_none(),
+        "a superseded run writes nothing"
+    );
+    let reported: Vec<_> = f.events().await;
+    assert!(
+        reported.iter().all(|e| e.trainer_generation() == Some(0)),
+        "every event names the run's generation: {reported:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_that_loses_the_commit_leaves_the_committed_adapter_as_it_is() {
+    let f = Fixture::new();
+    f.claim(0, "test-trainer").await;
+    f.put_tasks(0, 2).await;
+    let first = f.run(1, 1, 100, CancellationToken::new());
+    let outcome = tokio::task::spawn_blocking(move || first.run())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(outcome, RunOutcome::Finished { .. }),
+        "{outcome:?}"
+    );
+    let committed = f.store.get(&layout::adapter_weights(&f.job)).await.unwrap();
+    // A run of a later generation (its assignment raced the first one's finish) trains
+    // other weights from scratch and tries to commit them.
+    for key in f
+        .store
+        .list(&layout::checkpoints_prefix(&f.job))
+        .await
+        .unwrap()
+    {
+        f.store.delete(&key).await.unwrap();
+    }
+    f.claim(1, "late-trainer").await;
+    let mut late = f.run(1, 1, 100, CancellationToken::new());
+    late.claim_generation = 1;
+    late.assignment.options.seed = 7;
+    let outcome = tokio::task::spawn_blocking(move || late.run())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(outcome, RunOutcome::LostClaim);
+    assert_eq!(
+        f.store.get(&layout::adapter_weights(&f.job)).await.unwrap(),
+        committed,
+        "the published adapter never changes after the commit"
+    );
+    assert_eq!(
+        f.store
+            .adapter_commit(&f.job)
+            .await
+            .unwrap()
+            .unwrap()
+            .generation,
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_the_newest_checkpoints_are_kept() {
+    let f = Fixture::new();
+    f.claim(0, "test-trainer").await;
+    f.put_tasks(0, 8).await;
+    let run = f.run(1, 1, 1, CancellationToken::new());
+    tokio::task::spawn_blocking(move || run.run())
+        .await
+        .unwrap()
+        .unwrap();
+    let keys = f
+        .store
+        .list(&layout::checkpoints_prefix(&f.job))
+        .await
+        .unwrap();
+    let manifests: Vec<_> = keys
+        .iter()
+        .filter(|k| k.ends_with("manifest.json"))
+        .collect();
+    assert_eq!(manifests.len(), 2, "{keys:?}");
+    assert_eq!(keys.len(), 6, "three files per kept checkpoint: {keys:?}");
+    let (latest, _, _) = Checkpoint::load_latest(&f.store, &f.job)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(latest.step, 4);
+}
+
+#[tokio::test]
+async fn a_claim_is_taken_once_and_never_behind_a_newer_one() {
+    let f = Fixture::new();
+    let claim = |generation| crate::worker::claim(&f.store, &f.job, "t", generation);
+    assert_eq!(claim(0).await.unwrap(), Some(0));
+    assert_eq!(claim(0).await.unwrap(), None, "a duplicate assignment");
+    assert_eq!(claim(2).await.unwrap(), Some(2), "a reassignment");
+    assert_eq!(claim(1).await.unwrap(), None, "a stale assignment");
 }
 
 #[tokio::test]

@@ -4,14 +4,12 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use lift_engine::Engine;
 use lift_shared::broker::{queues, Broker, Delivery, Headers};
 use lift_shared::messages::{now_ms, ProgressEvent, TrainAssignment};
-use lift_shared::store::{layout, Heartbeat, Store};
-use serde::{Deserialize, Serialize};
+use lift_shared::store::{layout, Claim, Heartbeat, Store};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -30,15 +28,13 @@ pub struct TrainWorkerConfig {
     pub exit_when_idle: Option<Duration>,
 }
 
-/// `jobs/<id>/claims/<generation>.json`: the newest generation owns the job.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Claim {
-    trainer: String,
-    at_ms: i64,
-}
+/// How long an idle trainer waits before asking `lift.train` again.
+const IDLE_POLL: Duration = Duration::from_millis(500);
 
-/// Consumes `lift.train` until `shutdown`; a job in progress at shutdown is checkpointed and
-/// handed back to the queue.
+/// Takes assignments from `lift.train` one at a time until `shutdown`; a job in progress at
+/// shutdown is checkpointed and handed back to the queue. It asks for the next assignment
+/// only when idle (no subscription): a subscribed trainer would keep the next assignment in
+/// its buffer for a whole training run, away from idle trainers.
 pub async fn run_train_worker(
     broker: Arc<dyn Broker>,
     store: Store,
@@ -46,29 +42,40 @@ pub async fn run_train_worker(
     config: TrainWorkerConfig,
     shutdown: CancellationToken,
 ) -> Result<(), TrainError> {
-    let mut deliveries = broker.consume(queues::TRAIN, 1).await?;
-    info!(trainer = %config.trainer_id, "train worker consuming {}", queues::TRAIN);
+    info!(trainer = %config.trainer_id, "train worker taking assignments from {}", queues::TRAIN);
+    let mut idle_since = Instant::now();
     loop {
-        let idle_limit = async {
-            match config.exit_when_idle {
-                Some(idle) => tokio::time::sleep(idle).await,
-                None => std::future::pending().await,
-            }
-        };
-        let delivery = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            () = idle_limit => {
-                info!(trainer = %config.trainer_id, "no training job for {:?}; exiting", config.exit_when_idle.unwrap_or_default());
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        if let Some(idle) = config.exit_when_idle {
+            if idle_since.elapsed() >= idle {
+                info!(trainer = %config.trainer_id, "no training job for {idle:?}; exiting");
                 return Ok(());
             }
-            next = deliveries.next() => match next {
-                Some(Ok(delivery)) => delivery,
-                Some(Err(error)) => {
-                    warn!(%error, "train queue delivery error");
-                    continue;
+        }
+        let fetched = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            fetched = broker.fetch(queues::TRAIN) => fetched,
+        };
+        let delivery = match fetched {
+            Ok(Some(delivery)) => delivery,
+            Ok(None) => {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(IDLE_POLL) => {}
                 }
-                None => return Ok(()),
-            },
+                continue;
+            }
+            Err(lift_shared::broker::BrokerError::Closed) => return Ok(()),
+            Err(error) => {
+                warn!(%error, "could not take from the train queue");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(IDLE_POLL) => {}
+                }
+                continue;
+            }
         };
         let assignment = match serde_json::from_slice::<TrainAssignment>(delivery.payload()) {
             Ok(assignment) => assignment,
@@ -87,6 +94,7 @@ pub async fn run_train_worker(
         {
             error!(%error, "training run failed");
         }
+        idle_since = Instant::now();
     }
 }
 
@@ -100,36 +108,19 @@ async fn handle_assignment(
     delivery: Box<dyn Delivery>,
 ) -> Result<(), TrainError> {
     let job = assignment.job_id.clone();
-    let finished = store.exists(&layout::adapter_config(&job)).await?;
-    let cancelled = store.exists(&layout::cancel(&job)).await?;
-    if finished || cancelled {
-        info!(job_id = %job, finished, cancelled, "skipping assignment of a job that is over");
-        delivery.ack().await?;
-        return Ok(());
-    }
-    if !serves_model(engine, &assignment.base_model) {
-        // A trainer holds one base model in memory; a job for another one cannot run here.
-        warn!(job_id = %job, wanted = %assignment.base_model, serving = %engine.model_id(), "job needs another base model");
-        publish_event(
-            broker,
-            ProgressEvent::TrainingFailed {
-                job_id: job.clone(),
-                reason: format!(
-                    "no trainer serves base model {:?} (this trainer serves {})",
-                    assignment.base_model,
-                    engine.model_id()
-                ),
-                at_ms: now_ms(),
-            },
-        )
-        .await?;
-        delivery.ack().await?;
-        return Ok(());
-    }
-    let Some(generation) = claim(store, &job, &config.trainer_id).await? else {
-        info!(job_id = %job, "another trainer claimed the job first");
-        delivery.ack().await?;
-        return Ok(());
+    // Until the claim, a failure puts the assignment back (an unsettled delivery would hold
+    // this trainer's only prefetch slot until the broker's consumer timeout).
+    let generation = match take_assignment(broker, store, engine, config, &assignment).await {
+        Ok(Some(generation)) => generation,
+        Ok(None) => {
+            delivery.ack().await?;
+            return Ok(());
+        }
+        Err(error) => {
+            warn!(job_id = %job, %error, "could not take the assignment; requeueing it");
+            delivery.nack_requeue().await?;
+            return Err(error);
+        }
     };
     let trace = lift_shared::telemetry::trace_context_of(delivery.headers());
     delivery.ack().await?;
@@ -140,7 +131,12 @@ async fn handle_assignment(
     let heartbeat = tokio::spawn(heartbeat_loop(
         store.clone(),
         job.clone(),
-        config.trainer_id.clone(),
+        Heartbeat {
+            trainer: config.trainer_id.clone(),
+            generation,
+            at_ms: now_ms(),
+            step: 0,
+        },
         config.lease / 3,
         current_step.clone(),
         heartbeat_stop.clone(),
@@ -161,7 +157,9 @@ async fn handle_assignment(
     lift_shared::telemetry::continue_trace(&span, &trace);
     let result = tokio::task::spawn_blocking(move || span.in_scope(|| run.run()))
         .await
-        .map_err(|e| TrainError::Thread(e.to_string()))?;
+        .unwrap_or_else(|panic| Err(TrainError::Thread(panic.to_string())));
+    // Whatever happened, this trainer no longer works on the job: a beating heart would keep
+    // the lease alive for nobody.
     heartbeat_stop.cancel();
     let _ = heartbeat.await;
     match result {
@@ -174,6 +172,7 @@ async fn handle_assignment(
                 broker,
                 ProgressEvent::TrainingFailed {
                     job_id: job.clone(),
+                    generation,
                     reason: error.to_string(),
                     at_ms: now_ms(),
                 },
@@ -182,6 +181,67 @@ async fn handle_assignment(
             Err(error)
         }
     }
+}
+
+/// Everything before training starts: skip a job that is over, refuse a model this trainer
+/// does not hold, claim the assignment's generation. Returns the generation claimed, or
+/// `None` when the assignment is to be dropped.
+async fn take_assignment(
+    broker: &Arc<dyn Broker>,
+    store: &Store,
+    engine: &Arc<Engine>,
+    config: &TrainWorkerConfig,
+    assignment: &TrainAssignment,
+) -> Result<Option<u32>, TrainError> {
+    let job = &assignment.job_id;
+    if let Some(commit) = store.adapter_commit(job).await? {
+        // Its trainer may have died between the commit and publishing the adapter, or its
+        // report may have been ignored (it was reassigned while finishing): this assignment's
+        // generation is the one the coordinator listens to, so it reports the job done.
+        store.publish_committed_adapter(job, &commit).await?;
+        info!(job_id = %job, committed_by = commit.generation, "the job's adapter is committed; reporting it");
+        publish_event(
+            broker,
+            ProgressEvent::TrainingFinished {
+                job_id: job.clone(),
+                generation: assignment.generation,
+                adapter_uri: store.adapter_uri(job),
+                steps: commit.steps,
+                final_loss: commit.final_loss,
+                at_ms: now_ms(),
+            },
+        )
+        .await?;
+        return Ok(None);
+    }
+    if store.exists(&layout::cancel(job)).await? {
+        info!(job_id = %job, "skipping assignment of a cancelled job");
+        return Ok(None);
+    }
+    if !serves_model(engine, &assignment.base_model) {
+        // A trainer holds one base model in memory; a job for another one cannot run here.
+        warn!(job_id = %job, wanted = %assignment.base_model, serving = %engine.model_id(), "job needs another base model");
+        publish_event(
+            broker,
+            ProgressEvent::TrainingFailed {
+                job_id: job.clone(),
+                generation: assignment.generation,
+                reason: format!(
+                    "no trainer serves base model {:?} (this trainer serves {})",
+                    assignment.base_model,
+                    engine.model_id()
+                ),
+                at_ms: now_ms(),
+            },
+        )
+        .await?;
+        return Ok(None);
+    }
+    let claimed = claim(store, job, &config.trainer_id, assignment.generation).await?;
+    if claimed.is_none() {
+        info!(job_id = %job, generation = assignment.generation, "the assignment's generation is claimed already (a duplicate or stale assignment); dropping it");
+    }
+    Ok(claimed)
 }
 
 async fn publish_event(broker: &Arc<dyn Broker>, event: ProgressEvent) -> Result<(), TrainError> {
@@ -199,43 +259,43 @@ fn serves_model(engine: &Engine, reference: &str) -> bool {
             .is_ok_and(|m| m.model_id() == engine.model_id())
 }
 
-/// Creates the next claim generation; None when another trainer created it first.
-async fn claim(
+/// Creates claim `generation` unless it or a newer one exists (then `None`): only the
+/// assignment the coordinator made last can take the job, and only once.
+pub(crate) async fn claim(
     store: &Store,
     job: &lift_shared::ids::JobId,
     trainer: &str,
+    generation: u32,
 ) -> Result<Option<u32>, TrainError> {
     let claims = store.list(&layout::claims_prefix(job)).await?;
-    let next = claims
+    let newest = claims
         .iter()
         .filter_map(|k| layout::chunk_index_of(k))
-        .max()
-        .map_or(0, |g| g + 1);
-    let record = serde_json::to_vec(&Claim {
+        .max();
+    if newest.is_some_and(|newest| newest >= generation) {
+        return Ok(None);
+    }
+    let record = Claim {
         trainer: trainer.to_string(),
         at_ms: now_ms(),
-    })
-    .expect("claims serialize");
+    };
     Ok(store
-        .put_create(&layout::claim(job, next), record)
+        .put_json_create(&layout::claim(job, generation), &record)
         .await?
-        .then_some(next))
+        .then_some(generation))
 }
 
 async fn heartbeat_loop(
     store: Store,
     job: lift_shared::ids::JobId,
-    trainer: String,
+    mut beat: Heartbeat,
     every: Duration,
     step: Arc<AtomicU64>,
     stop: CancellationToken,
 ) {
     loop {
-        let beat = Heartbeat {
-            trainer: trainer.clone(),
-            at_ms: now_ms(),
-            step: step.load(Ordering::Relaxed),
-        };
+        beat.at_ms = now_ms();
+        beat.step = step.load(Ordering::Relaxed);
         if let Err(error) = store
             .put_json_overwrite(&layout::heartbeat(&job), &beat)
             .await

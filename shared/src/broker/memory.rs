@@ -171,6 +171,29 @@ impl Broker for InProcessBroker {
         Ok(Box::pin(stream))
     }
 
+    async fn fetch(&self, queue: &str) -> Result<Option<Box<dyn Delivery>>, BrokerError> {
+        if self.is_closed() {
+            return Err(BrokerError::Closed);
+        }
+        let Some(message) = self.inner.pop(queue) else {
+            return Ok(None);
+        };
+        // A consumer of its own, with one slot: settling or dropping the delivery ends it.
+        let consumer = Arc::new(Consumer {
+            inner: self.inner.clone(),
+            queue: queue.to_string(),
+            outstanding: Mutex::new(HashMap::new()),
+            next_tag: AtomicU64::new(0),
+            permits: Arc::new(Semaphore::new(1)),
+        });
+        let permit = consumer
+            .permits
+            .clone()
+            .try_acquire_owned()
+            .expect("a new consumer has a free slot");
+        Ok(Some(Box::new(consumer.deliver(message, permit))))
+    }
+
     async fn queue_depth(&self, queue: &str) -> Result<u64, BrokerError> {
         let queues = self.inner.lock_queues();
         Ok(queues.get(queue).map_or(0, |q| q.ready.len() as u64))
@@ -203,7 +226,7 @@ impl Consumer {
             _ = closed.wait_for(|closed| *closed) => return None,
         };
         let arrived = self.inner.arrived_signal(&self.queue);
-        let mut message = loop {
+        let message = loop {
             if *closed.borrow() {
                 return None;
             }
@@ -219,6 +242,15 @@ impl Consumer {
                 _ = closed.wait_for(|closed| *closed) => return None,
             }
         };
+        Some(self.deliver(message, permit))
+    }
+
+    /// Hands out `message`, remembered until it is settled.
+    fn deliver(
+        self: &Arc<Self>,
+        mut message: Message,
+        permit: OwnedSemaphorePermit,
+    ) -> InProcessDelivery {
         message.deliveries += 1;
         let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
         let delivery = InProcessDelivery {
@@ -230,7 +262,7 @@ impl Consumer {
             permit: Some(permit),
         };
         self.lock_outstanding().insert(tag, message);
-        Some(delivery)
+        delivery
     }
 
     fn settle(&self, tag: u64, outcome: Outcome) -> Result<(), BrokerError> {
@@ -503,5 +535,27 @@ mod tests {
             Err(BrokerError::Closed)
         ));
         assert!(!broker.is_durable());
+    }
+
+    #[tokio::test]
+    async fn fetch_takes_one_message_and_an_unsettled_one_comes_back() {
+        let broker = InProcessBroker::default();
+        assert!(broker.fetch(Q).await.unwrap().is_none());
+        publish(&broker, "first").await;
+        publish(&broker, "second").await;
+        let first = broker.fetch(Q).await.unwrap().unwrap();
+        assert_eq!(first.payload(), b"first");
+        drop(first);
+        let again = broker.fetch(Q).await.unwrap().unwrap();
+        assert_eq!(
+            (again.payload(), again.redelivery_count()),
+            (&b"first"[..], 1)
+        );
+        again.ack().await.unwrap();
+        let second = broker.fetch(Q).await.unwrap().unwrap();
+        assert_eq!(second.payload(), b"second");
+        second.ack().await.unwrap();
+        assert!(broker.fetch(Q).await.unwrap().is_none());
+        assert_eq!(broker.queue_depth(Q).await.unwrap(), 0);
     }
 }

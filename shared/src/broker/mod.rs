@@ -73,6 +73,10 @@ pub trait Broker: Send + Sync + 'static {
     /// Consumes a queue with at most `prefetch` unacked deliveries in flight. The stream
     /// survives reconnects (the implementation re-consumes); it ends only on shutdown.
     async fn consume(&self, queue: &str, prefetch: u16) -> Result<DeliveryStream, BrokerError>;
+    /// Takes one ready message, if any, without subscribing. For a consumer that works on
+    /// one long job at a time: a subscription would keep the next message in its prefetch
+    /// buffer, away from idle consumers, for as long as the current job runs.
+    async fn fetch(&self, queue: &str) -> Result<Option<Box<dyn Delivery>>, BrokerError>;
     /// Number of messages ready in a queue (for autoscaling and benchmarks).
     async fn queue_depth(&self, queue: &str) -> Result<u64, BrokerError>;
     /// Whether queued messages survive a restart of the process. The coordinator republishes

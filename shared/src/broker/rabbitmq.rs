@@ -22,9 +22,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-    BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
+    BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{
@@ -114,6 +114,8 @@ struct Shared {
     connection: Mutex<Option<Arc<Connection>>>,
     /// A confirm-mode channel shared by all publishes; replaced when found dead.
     publish_channel: Mutex<Option<Channel>>,
+    /// The channel `fetch` pulls messages on (their acks go back on it); replaced when dead.
+    fetch_channel: Mutex<Option<Channel>>,
     /// Queues whose topology this process declared (declarations are durable).
     declared_queues: StdMutex<HashSet<String>>,
     shutdown: watch::Sender<bool>,
@@ -147,6 +149,7 @@ impl RabbitBroker {
             options,
             connection: Mutex::new(None),
             publish_channel: Mutex::new(None),
+            fetch_channel: Mutex::new(None),
             declared_queues: StdMutex::new(HashSet::new()),
             shutdown,
             consumer_supervisors: StdMutex::new(Vec::new()),
@@ -175,8 +178,10 @@ impl RabbitBroker {
                 tracing::warn!(%error, "rabbitmq consumer supervisor panicked");
             }
         }
-        if let Some(channel) = self.shared.publish_channel.lock().await.take() {
-            close_channel_quietly(&channel).await;
+        for channel in [&self.shared.publish_channel, &self.shared.fetch_channel] {
+            if let Some(channel) = channel.lock().await.take() {
+                close_channel_quietly(&channel).await;
+            }
         }
         if let Some(connection) = self.shared.connection.lock().await.take() {
             if connection.status().connected() {
@@ -233,6 +238,16 @@ impl Broker for RabbitBroker {
             Some((Ok(delivery), receiver))
         });
         Ok(Box::pin(stream))
+    }
+
+    async fn fetch(&self, queue: &str) -> Result<Option<Box<dyn Delivery>>, BrokerError> {
+        let shared = &self.shared;
+        let what = format!("failed to fetch from {queue}");
+        let delivery = shared
+            .with_retry(&what, || shared.fetch_once(queue))
+            .await?;
+        Ok(delivery
+            .map(|delivery| Box::new(RabbitDelivery::new(queue, delivery)) as Box<dyn Delivery>))
     }
 
     /// Ready messages in `queue`; 0 for a queue that was never declared.
@@ -345,6 +360,31 @@ impl Shared {
             .await?;
         *current = Some(channel.clone());
         Ok(channel)
+    }
+
+    async fn fetch_once(
+        &self,
+        queue: &str,
+    ) -> Result<Option<lapin::message::Delivery>, AttemptError> {
+        let mut current = self.fetch_channel.lock().await;
+        let channel = match current.as_ref().filter(|c| c.status().connected()) {
+            Some(channel) => channel.clone(),
+            None => {
+                *current = None;
+                let channel = self.connection().await?.create_channel().await?;
+                *current = Some(channel.clone());
+                channel
+            }
+        };
+        self.declare_topology(&channel, queue).await?;
+        let options = BasicGetOptions { no_ack: false };
+        match channel.basic_get(queue.into(), options).await {
+            Ok(message) => Ok(message.map(|message| message.delivery)),
+            Err(error) => {
+                *current = None;
+                Err(error.into())
+            }
+        }
     }
 
     async fn publish_once(
@@ -1016,6 +1056,44 @@ mod tests {
         assert_no_delivery(&mut stream).await;
         drop(stream);
         wait_for_depth(&broker, &queue, 0).await;
+        cleanup(broker, &queue).await;
+    }
+
+    #[tokio::test]
+    async fn fetch_takes_one_message_without_subscribing() {
+        let _shared = FORCED_CLOSE.read().await;
+        let broker = test_broker(DEFAULT_DELIVERY_LIMIT).await;
+        let queue = unique_queue("fetch");
+        assert!(broker.fetch(&queue).await.expect("fetch").is_none());
+        for payload in [&b"job 1"[..], b"job 2"] {
+            broker
+                .publish(&queue, payload, Headers::new())
+                .await
+                .expect("publish");
+        }
+        wait_for_depth(&broker, &queue, 2).await;
+        let first = broker
+            .fetch(&queue)
+            .await
+            .expect("fetch")
+            .expect("a message");
+        assert_eq!(first.payload(), b"job 1");
+        // The second stays ready for other consumers while the first is held.
+        wait_for_depth(&broker, &queue, 1).await;
+        first.nack_requeue().await.expect("nack");
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            let delivery = broker
+                .fetch(&queue)
+                .await
+                .expect("fetch")
+                .expect("a message");
+            seen.push((delivery.payload().to_vec(), delivery.redelivery_count()));
+            delivery.ack().await.expect("ack");
+        }
+        seen.sort();
+        assert_eq!(seen, vec![(b"job 1".to_vec(), 1), (b"job 2".to_vec(), 0)]);
+        assert!(broker.fetch(&queue).await.expect("fetch").is_none());
         cleanup(broker, &queue).await;
     }
 
