@@ -119,11 +119,9 @@ pub(crate) async fn reassign_train(
     job: &JobId,
     status: &mut JobStatus,
 ) -> Result<(), LiftError> {
-    let claims = store.list(&layout::claims_prefix(job)).await?;
-    let after_newest_claim = claims
-        .iter()
-        .filter_map(|key| layout::chunk_index_of(key))
-        .max()
+    let after_newest_claim = store
+        .newest_claim(job)
+        .await?
         .map_or(0, |newest| newest + 1);
     status.reassign_trainer(after_newest_claim, now_ms());
     republish_train_assignment(store, broker, job, status).await

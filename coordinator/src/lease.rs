@@ -74,17 +74,13 @@ async fn trainer_lost(
 ) -> bool {
     let job = &status.job_id;
     // An unreadable store says nothing about the trainer; do not reassign on it.
-    let claims = match ctx.store.list(&layout::claims_prefix(job)).await {
-        Ok(claims) => claims,
+    let newest = match ctx.store.newest_claim(job).await {
+        Ok(newest) => newest,
         Err(error) => {
             tracing::warn!(job_id = %job, %error, "failed to list claims");
             return false;
         }
     };
-    let newest = claims
-        .iter()
-        .filter_map(|key| layout::chunk_index_of(key))
-        .max();
     let Some(claim) = newest.filter(|claim| *claim >= status.trainer_generation) else {
         observed.remove(job);
         return false;

@@ -497,6 +497,16 @@ impl Store {
         Ok(holding)
     }
 
+    /// The newest claim generation of a job's training, `None` before the first claim. The
+    /// newest one owns the job.
+    pub async fn newest_claim(&self, job: &JobId) -> Result<Option<u32>, LiftError> {
+        let claims = self.list(&layout::claims_prefix(job)).await?;
+        Ok(claims
+            .iter()
+            .filter_map(|key| layout::chunk_index_of(key))
+            .max())
+    }
+
     /// Where the job's published adapter lives, as users address it.
     pub fn adapter_uri(&self, job: &JobId) -> String {
         format!(

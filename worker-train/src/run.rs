@@ -251,11 +251,7 @@ impl JobRun {
     }
 
     fn still_owner(&self) -> Result<bool, TrainError> {
-        let claims = self.block(self.store.list(&layout::claims_prefix(self.job())))?;
-        let newest = claims
-            .iter()
-            .filter_map(|k| layout::chunk_index_of(k))
-            .max();
+        let newest = self.block(self.store.newest_claim(self.job()))?;
         Ok(newest == Some(self.claim_generation))
     }
 

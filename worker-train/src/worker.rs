@@ -267,11 +267,7 @@ pub(crate) async fn claim(
     trainer: &str,
     generation: u32,
 ) -> Result<Option<u32>, TrainError> {
-    let claims = store.list(&layout::claims_prefix(job)).await?;
-    let newest = claims
-        .iter()
-        .filter_map(|k| layout::chunk_index_of(k))
-        .max();
+    let newest = store.newest_claim(job).await?;
     if newest.is_some_and(|newest| newest >= generation) {
         return Ok(None);
     }
