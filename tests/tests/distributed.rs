@@ -20,13 +20,18 @@ fn succeeded(status: &proto::JobStatus) -> bool {
     status.state == JobState::Succeeded as i32
 }
 
-async fn task_files(cluster: &Cluster, job: &str) -> Vec<String> {
+/// The store keys of `job` under the prefix `layout` gives.
+async fn keys(
+    cluster: &Cluster,
+    job: &str,
+    prefix: fn(&lift_shared::ids::JobId) -> String,
+) -> Vec<String> {
     let job = lift_shared::ids::JobId::parse(job).unwrap();
-    cluster
-        .store()
-        .list(&layout::tasks_prefix(&job))
-        .await
-        .unwrap()
+    cluster.store().list(&prefix(&job)).await.unwrap()
+}
+
+async fn task_files(cluster: &Cluster, job: &str) -> Vec<String> {
+    keys(cluster, job, layout::tasks_prefix).await
 }
 
 /// Steps an uninterrupted run takes: every task trained once per epoch.
@@ -126,12 +131,7 @@ async fn a_killed_trainer_is_replaced_by_one_that_resumes_from_the_checkpoint() 
 }
 
 async fn claims(cluster: &Cluster, job: &str) -> Vec<String> {
-    let job = lift_shared::ids::JobId::parse(job).unwrap();
-    cluster
-        .store()
-        .list(&layout::claims_prefix(&job))
-        .await
-        .unwrap()
+    keys(cluster, job, layout::claims_prefix).await
 }
 
 async fn adapter_digest(cluster: &Cluster, job: &str) -> String {
