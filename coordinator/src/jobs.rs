@@ -113,6 +113,26 @@ pub(crate) async fn persist(store: &Store, status: &mut JobStatus) -> Result<(),
     Ok(())
 }
 
+/// The job's adapter is committed: publishes it if its trainer did not get to, records the
+/// job as succeeded and stores the record. Used where a commit's report may have been lost
+/// (the lease watchdog, recovery).
+pub(crate) async fn apply_adapter_commit(
+    store: &Store,
+    entry: &JobEntry,
+    record: &mut JobStatus,
+    commit: &lift_shared::store::AdapterCommit,
+) -> Result<(), LiftError> {
+    let job = record.job_id.clone();
+    store.publish_committed_adapter(&job, commit).await?;
+    let adapter_uri = store.adapter_uri(&job);
+    if record.apply_adapter_commit(commit, adapter_uri, lift_shared::messages::now_ms()) {
+        tracing::info!(job_id = %job, generation = commit.generation, "the adapter is committed; job succeeded");
+        persist(store, record).await?;
+    }
+    entry.publish(record);
+    Ok(())
+}
+
 /// Resolves once the coordinator is told to stop (or its handle is gone).
 pub(crate) async fn stopped(mut shutdown: watch::Receiver<bool>) {
     // The guard `wait_for` returns is not `Send`; drop it here, inside this future.

@@ -14,13 +14,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lift_shared::ids::JobId;
-use lift_shared::messages::now_ms;
 use lift_shared::state::JobStatus;
 use lift_shared::store::{layout, AdapterCommit, Heartbeat};
 use tokio::sync::watch;
 
 use crate::fanout;
-use crate::jobs::{persist, stopped, Context, JobEntry};
+use crate::jobs::{apply_adapter_commit, persist, stopped, Context, JobEntry};
 
 /// What the watchdog last saw of a job's trainer, and since when (on this clock).
 struct Observed {
@@ -117,24 +116,12 @@ async fn trainer_lost(
     }
 }
 
-/// The run that committed the adapter ended without its report reaching us: publish its
-/// adapter if it did not get to, and record the job as succeeded.
+/// The run that committed the adapter ended without its report reaching us.
 async fn finish_committed(ctx: &Context, entry: &JobEntry, commit: &AdapterCommit) {
     let mut record = entry.record.lock().await;
-    let job = record.job_id.clone();
-    if let Err(error) = ctx.store.publish_committed_adapter(&job, commit).await {
-        tracing::warn!(job_id = %job, %error, "failed to publish the committed adapter");
-        return;
+    if let Err(error) = apply_adapter_commit(&ctx.store, entry, &mut record, commit).await {
+        tracing::warn!(job_id = %record.job_id, %error, "failed to record the adapter commit");
     }
-    let adapter_uri = ctx.store.adapter_uri(&job);
-    if !record.apply_adapter_commit(commit, adapter_uri, now_ms()) {
-        return;
-    }
-    tracing::info!(job_id = %job, generation = commit.generation, "the adapter is committed; job succeeded");
-    if let Err(error) = persist(&ctx.store, &mut record).await {
-        tracing::warn!(job_id = %job, %error, "failed to store job record");
-    }
-    entry.publish(&record);
 }
 
 async fn reassign(ctx: &Context, entry: &JobEntry) {

@@ -12,7 +12,7 @@ use lift_shared::store::{layout, FailedChunkMarker};
 
 use crate::chunk::{plan_chunks, ChunkPlan};
 use crate::fanout;
-use crate::jobs::{persist, Context};
+use crate::jobs::{apply_adapter_commit, persist, Context};
 
 /// Loads every unfinished job and repairs it; returns how many jobs were recovered. A job
 /// that cannot be repaired now is logged and left to the next start.
@@ -47,13 +47,7 @@ async fn recover_job(ctx: &Context, status: JobStatus) -> Result<(), LiftError> 
     let mut record = entry.record.lock().await;
     if let Some(commit) = ctx.store.adapter_commit(&job).await? {
         // Its report was lost with the previous process.
-        ctx.store.publish_committed_adapter(&job, &commit).await?;
-        let adapter_uri = ctx.store.adapter_uri(&job);
-        if record.apply_adapter_commit(&commit, adapter_uri, now_ms()) {
-            persist(&ctx.store, &mut record).await?;
-        }
-        entry.publish(&record);
-        return Ok(());
+        return apply_adapter_commit(&ctx.store, &entry, &mut record, &commit).await;
     }
     let resolved = resolved_chunks(ctx, &job).await?;
     let (spec, plan) = plan_job_chunks(ctx, &job).await?;

@@ -131,9 +131,6 @@ pub struct JobStatus {
     /// When the last chunk was synthesized; earlier than `finished_at_ms` by the training that
     /// overlapped synthesis, which is how tests prove the pipeline.
     pub last_chunk_at_ms: Option<i64>,
-    /// When the current trainer reported `TrainingStarted`; the lease watchdog measures a
-    /// missing heartbeat from here.
-    pub trainer_started_at_ms: Option<i64>,
     /// The claim generation the job listens to: the newest one assigned or started. Events
     /// of older generations change nothing, so a trainer that lost its claim without
     /// noticing (paused past its lease) cannot move the job.
@@ -197,7 +194,6 @@ impl JobStatus {
             finished_at_ms: None,
             first_step_at_ms: None,
             last_chunk_at_ms: None,
-            trainer_started_at_ms: None,
             trainer_generation: 0,
             adapter_uri: None,
             error: None,
@@ -214,7 +210,6 @@ impl JobStatus {
     pub fn reassign_trainer(&mut self, generation: u32, at_ms: i64) {
         self.trainer_generation = self.trainer_generation.max(generation);
         self.trainer = None;
-        self.trainer_started_at_ms = None;
         self.touch(at_ms);
     }
 
@@ -321,7 +316,6 @@ impl JobStatus {
             } => {
                 self.trainer_generation = *generation;
                 self.trainer = Some(trainer.clone());
-                self.trainer_started_at_ms = Some(*at_ms);
                 self.transition(JobState::Running, *at_ms);
                 self.touch(*at_ms);
                 true
@@ -379,7 +373,6 @@ impl JobStatus {
             }
             ProgressEvent::TrainingReleased { at_ms, .. } => {
                 self.trainer = None;
-                self.trainer_started_at_ms = None;
                 self.touch(*at_ms);
                 true
             }
