@@ -1,9 +1,12 @@
 //! Serving an axum app over TLS (rustls): `axum::serve` speaks plain TCP only, so this accept
 //! loop does the handshake per connection and hands the stream to hyper (HTTP/1.1 or HTTP/2,
-//! by ALPN). On shutdown it stops accepting and lets open connections finish their requests.
+//! by ALPN). On shutdown it stops accepting and lets open connections finish their requests,
+//! for a bounded time. A handshake has a deadline too: a socket that never sends its hello
+//! would otherwise hold a task forever, and the drain at shutdown with it.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -11,6 +14,11 @@ use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
+
+/// How long a client has to complete the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long open connections get to finish their requests once shutdown begins.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves `app` on `listener` with `tls` until `shutdown`, then waits for open connections.
 pub async fn serve_tls(
@@ -39,12 +47,21 @@ pub async fn serve_tls(
         };
         let (acceptor, app, mut closed) = (acceptor.clone(), app.clone(), closed.clone());
         connections.spawn(async move {
-            let stream = match acceptor.accept(stream).await {
-                Ok(stream) => stream,
-                Err(error) => {
-                    tracing::debug!(%peer, %error, "TLS handshake failed");
-                    return;
-                }
+            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+            let stream = tokio::select! {
+                handshake = handshake => match handshake {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(error)) => {
+                        tracing::debug!(%peer, %error, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                },
+                // Shutting down: a connection still in its handshake has no request to finish.
+                _ = closed.changed() => return,
             };
             let builder = auto::Builder::new(TokioExecutor::new());
             let connection = builder.serve_connection_with_upgrades(
@@ -66,6 +83,16 @@ pub async fn serve_tls(
         });
     }
     closing.send_replace(true);
-    while connections.join_next().await.is_some() {}
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            open = connections.len(),
+            "connections still open {DRAIN_TIMEOUT:?} after shutdown began; closing them"
+        );
+        connections.abort_all();
+    }
     Ok(())
 }

@@ -28,6 +28,7 @@ pub async fn connect_broker(config: &Config, name: &str) -> anyhow::Result<Arc<d
     }
     let mut options = RabbitBrokerOptions::new(config.amqp_url.clone());
     options.delivery_limit = config.delivery_limit;
+    options.retry_timeout = std::time::Duration::from_secs(config.broker_retry_secs);
     options.connection_name = name.to_string();
     let broker = RabbitBroker::connect(options)
         .await

@@ -36,6 +36,10 @@ pub(crate) struct Context {
 pub(crate) struct JobEntry {
     pub record: tokio::sync::Mutex<JobStatus>,
     pub watchers: watch::Sender<JobStatus>,
+    /// Held while the job's work is being published (at submit, or again by the lease
+    /// watchdog for a job accepted while the broker was unreachable), so two publishers never
+    /// race on one job.
+    pub publishing: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl JobEntry {
@@ -43,6 +47,7 @@ impl JobEntry {
         Self {
             watchers: watch::channel(status.clone()).0,
             record: tokio::sync::Mutex::new(status),
+            publishing: Arc::default(),
         }
     }
 
@@ -69,6 +74,23 @@ impl JobRegistry {
             .entry(status.job_id.clone())
             .or_insert_with(|| Arc::new(JobEntry::new(status)))
             .clone()
+    }
+
+    /// Caches a new job with its publishing lock already held by the caller, so nothing else
+    /// publishes its work in between.
+    pub fn insert_new(
+        &self,
+        status: JobStatus,
+    ) -> (Arc<JobEntry>, tokio::sync::OwnedMutexGuard<()>) {
+        let entry = Arc::new(JobEntry::new(status));
+        let publishing = entry
+            .publishing
+            .clone()
+            .try_lock_owned()
+            .expect("a new entry's lock is free");
+        self.lock()
+            .insert(entry.watchers.borrow().job_id.clone(), entry.clone());
+        (entry, publishing)
     }
 
     pub fn cached(&self, job: &JobId) -> Option<Arc<JobEntry>> {

@@ -8,6 +8,8 @@
 //! that dies between claiming and reporting its start is noticed too. A lost run whose
 //! adapter is committed is not reassigned: the job succeeded, and its report may simply never
 //! have arrived.
+//!
+//! The same pass publishes jobs that were accepted while the broker was unreachable.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,8 +20,8 @@ use lift_shared::state::JobStatus;
 use lift_shared::store::{layout, AdapterCommit, Heartbeat};
 use tokio::sync::watch;
 
-use crate::fanout;
 use crate::jobs::{apply_adapter_commit, persist, stopped, Context, JobEntry};
+use crate::{fanout, recovery};
 
 /// What the watchdog last saw of a job's trainer, and since when (on this clock).
 struct Observed {
@@ -45,6 +47,9 @@ pub(crate) async fn run_lease_watchdog(ctx: Arc<Context>, shutdown: watch::Recei
             let status = entry.watchers.borrow().clone();
             if status.state.is_terminal() || !status.chunks_published {
                 observed.remove(&status.job_id);
+                if !status.state.is_terminal() {
+                    publish_later(&ctx, &entry);
+                }
                 continue;
             }
             if !trainer_lost(&ctx, &status, &mut observed).await {
@@ -62,6 +67,22 @@ pub(crate) async fn run_lease_watchdog(ctx: Arc<Context>, shutdown: watch::Recei
         }
         observed.retain(|job, _| ctx.jobs.cached(job).is_some());
     }
+}
+
+/// A job accepted but not published (the broker was down at submit): publishes it in a task
+/// of its own, since an attempt can retry for a minute; the job's publishing lock keeps
+/// attempts from overlapping each other or the submit.
+fn publish_later(ctx: &Arc<Context>, entry: &Arc<JobEntry>) {
+    if entry.publishing.try_lock().is_err() {
+        return;
+    }
+    let (ctx, entry) = (ctx.clone(), entry.clone());
+    tokio::spawn(async move {
+        if let Err(error) = recovery::publish_accepted(&ctx, &entry).await {
+            let job = entry.watchers.borrow().job_id.clone();
+            tracing::warn!(job_id = %job, %error, "failed to publish an accepted job; retrying");
+        }
+    });
 }
 
 /// Whether the newest claim's trainer stopped heartbeating for a lease. A job with no claim,

@@ -1,5 +1,7 @@
 //! Start-up recovery: rebuilds the job cache from the store and finishes what a crashed
-//! coordinator left undone (chunks never published, task files whose events were lost).
+//! coordinator left undone (chunks never published, task files whose events were lost). At
+//! run time, [`publish_accepted`] finishes the same for a job accepted while the broker was
+//! unreachable.
 
 use std::collections::HashSet;
 
@@ -12,7 +14,7 @@ use lift_shared::store::{layout, FailedChunkMarker};
 
 use crate::chunk::{plan_chunks, ChunkPlan};
 use crate::fanout;
-use crate::jobs::{apply_adapter_commit, persist, Context};
+use crate::jobs::{apply_adapter_commit, persist, Context, JobEntry};
 
 /// Loads every unfinished job and repairs it; returns how many jobs were recovered. A job
 /// that cannot be repaired now is logged and left to the next start.
@@ -82,6 +84,35 @@ async fn recover_job(ctx: &Context, status: JobStatus) -> Result<(), LiftError> 
         persist(&ctx.store, &mut record).await?;
     }
     entry.publish(&record);
+    Ok(())
+}
+
+/// Publishes the work of a job that was stored but whose publishing failed (the broker was
+/// down longer than a publish retries): its train assignment (a duplicate of its generation is
+/// dropped by the trainers) and every chunk with no task file or failed marker yet. Called by
+/// the lease watchdog until it succeeds; each attempt retries for the broker's retry timeout,
+/// which spaces the attempts.
+pub(crate) async fn publish_accepted(ctx: &Context, entry: &JobEntry) -> Result<(), LiftError> {
+    let Ok(_publishing) = entry.publishing.try_lock() else {
+        return Ok(()); // someone is publishing it right now
+    };
+    let status = entry.record.lock().await.clone();
+    if status.chunks_published || status.state.is_terminal() {
+        return Ok(());
+    }
+    let job = status.job_id.clone();
+    let resolved = resolved_chunks(ctx, &job).await?;
+    let (spec, plan) = plan_job_chunks(ctx, &job).await?;
+    fanout::republish_train_assignment(&ctx.store, ctx.broker.as_ref(), &job, &status).await?;
+    let missing = plan
+        .chunks(&job, &spec)
+        .filter(|chunk| !resolved.contains(&chunk.chunk_index));
+    fanout::publish_chunks(ctx.broker.as_ref(), missing, &status.trace).await?;
+    let mut record = entry.record.lock().await;
+    record.chunks_published = true;
+    persist(&ctx.store, &mut record).await?;
+    entry.publish(&record);
+    tracing::info!(job_id = %job, "published a job accepted while the broker was unreachable");
     Ok(())
 }
 

@@ -189,19 +189,27 @@ impl LiftServiceImpl {
         status.tenant = tenant.name().to_string();
         status.trace = lift_shared::telemetry::trace_headers();
         self.store_new_job(&job, &spec, &status).await?;
-        let entry = self.ctx.jobs.insert(status.clone());
+        // Accepted from here on: if publishing fails, the lease watchdog publishes it later.
+        let (entry, _publishing) = self.ctx.jobs.insert_new(status.clone());
         tracing::info!(job_id = %job, sentences, chunks = plan.chunk_count, planned_bytes = plan.planned_bytes, "job submitted");
 
         // The trainer goes first: it loads the base model while the first chunks synthesize.
         let assignment = fanout::train_assignment(&job, &spec, &status);
-        fanout::publish_train_assignment(self.ctx.broker.as_ref(), &assignment, &status.trace)
-            .await?;
-        fanout::publish_chunks(
-            self.ctx.broker.as_ref(),
-            plan.chunks(&job, &spec),
-            &status.trace,
-        )
-        .await?;
+        let published = async {
+            fanout::publish_train_assignment(self.ctx.broker.as_ref(), &assignment, &status.trace)
+                .await?;
+            fanout::publish_chunks(
+                self.ctx.broker.as_ref(),
+                plan.chunks(&job, &spec),
+                &status.trace,
+            )
+            .await
+        };
+        published.await.map_err(|error| {
+            LiftError::Unavailable(format!(
+                "job {job} is accepted but not yet queued ({error}); it is queued once the broker is back (a retry with the same request id returns it)"
+            ))
+        })?;
 
         let mut record = entry.record.lock().await;
         record.chunks_published = true;

@@ -763,3 +763,98 @@ async fn a_submit_whose_client_hangs_up_still_creates_and_publishes_the_job() {
     assert_eq!(stored.chunks_total, 3);
     assert!(drain(&h.broker, queues::SYNTH).await.is_empty());
 }
+
+/// The in-process broker, except that publishing fails while `down` is set: an outage longer
+/// than a publish retries.
+#[derive(Clone, Default)]
+struct OutageBroker {
+    inner: InProcessBroker,
+    down: Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[async_trait::async_trait]
+impl Broker for OutageBroker {
+    async fn publish(
+        &self,
+        queue: &str,
+        payload: &[u8],
+        headers: Headers,
+    ) -> Result<(), lift_shared::broker::BrokerError> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(lift_shared::broker::BrokerError::Unavailable(
+                "broker down (test)".into(),
+            ));
+        }
+        self.inner.publish(queue, payload, headers).await
+    }
+
+    async fn consume(
+        &self,
+        queue: &str,
+        prefetch: u16,
+    ) -> Result<lift_shared::broker::DeliveryStream, lift_shared::broker::BrokerError> {
+        self.inner.consume(queue, prefetch).await
+    }
+
+    async fn fetch(
+        &self,
+        queue: &str,
+    ) -> Result<Option<Box<dyn lift_shared::broker::Delivery>>, lift_shared::broker::BrokerError>
+    {
+        self.inner.fetch(queue).await
+    }
+
+    async fn queue_depth(&self, queue: &str) -> Result<u64, lift_shared::broker::BrokerError> {
+        self.inner.queue_depth(queue).await
+    }
+}
+
+#[tokio::test]
+async fn a_job_accepted_while_the_broker_is_down_is_queued_once_it_is_back() {
+    let broker = OutageBroker::default();
+    broker.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    let store = Store::open("memory://").unwrap();
+    let coordinator = Coordinator::start(
+        options(),
+        store.clone(),
+        Arc::new(broker.clone()),
+        Arc::new(AcceptAnyModel),
+    )
+    .await
+    .unwrap();
+    let service = LiftServiceImpl::new(coordinator.ctx.clone());
+    let request = proto::SubmitJobRequest {
+        request_id: "outage".into(),
+        ..submit_request(2)
+    };
+    let refused = service
+        .submit_job(Request::new(request.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable);
+    assert!(refused.message().contains("accepted"), "{refused:?}");
+    assert!(drain(&broker.inner, queues::SYNTH).await.is_empty());
+
+    broker
+        .down
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let retried = service
+        .submit_job(Request::new(request))
+        .await
+        .unwrap()
+        .into_inner();
+    let job = JobId::parse(&retried.job_id).unwrap();
+    let mut published = false;
+    for _ in 0..100 {
+        let stored = store.read_latest_status(&job).await.unwrap().unwrap();
+        if stored.chunks_published {
+            published = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(published, "the watchdog queued the accepted job");
+    assert_eq!(drain(&broker.inner, queues::SYNTH).await.len(), 3);
+    assert_eq!(drain(&broker.inner, queues::TRAIN).await.len(), 1);
+    assert_eq!(store.list_job_ids().await.unwrap().len(), 1);
+}

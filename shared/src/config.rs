@@ -37,6 +37,10 @@ pub struct Config {
     pub failed_share_threshold: f64,
     /// `LIFT_DELIVERY_LIMIT`: deliveries of a message before it is dead-lettered.
     pub delivery_limit: u32,
+    /// `LIFT_BROKER_RETRY_SECS`: how long a RabbitMQ operation keeps retrying before it fails
+    /// (a submit then answers UNAVAILABLE; what was accepted is published once the broker is
+    /// back).
+    pub broker_retry_secs: u64,
     /// `LIFT_TRAINER_LEASE_SECS`: a trainer whose heartbeat has not changed for this long (as
     /// the coordinator sees it) lost its job.
     pub trainer_lease_secs: u64,
@@ -75,6 +79,7 @@ impl Default for Config {
             max_document_bytes: Limits::default().max_document_bytes as u64,
             failed_share_threshold: 0.5,
             delivery_limit: 5,
+            broker_retry_secs: 60,
             trainer_lease_secs: 15,
             synth_concurrency: 4,
             metrics_addr: String::new(),
@@ -165,6 +170,9 @@ impl Config {
         if let Some(raw) = env("LIFT_DELIVERY_LIMIT") {
             self.delivery_limit = parse_env("LIFT_DELIVERY_LIMIT", &raw)?;
         }
+        if let Some(raw) = env("LIFT_BROKER_RETRY_SECS") {
+            self.broker_retry_secs = parse_env("LIFT_BROKER_RETRY_SECS", &raw)?;
+        }
         if let Some(raw) = env("LIFT_TRAINER_LEASE_SECS") {
             self.trainer_lease_secs = parse_env("LIFT_TRAINER_LEASE_SECS", &raw)?;
         }
@@ -193,6 +201,11 @@ impl Config {
         if self.delivery_limit == 0 {
             return Err(invalid_config(
                 "delivery_limit must be at least 1".to_string(),
+            ));
+        }
+        if self.broker_retry_secs == 0 {
+            return Err(invalid_config(
+                "broker_retry_secs must be at least 1".to_string(),
             ));
         }
         if self.trainer_lease_secs == 0 {

@@ -505,3 +505,53 @@ async fn amplifying_input_is_refused_and_an_open_watch_does_not_hold_the_coordin
         "{ended:?}"
     );
 }
+
+/// Peak memory the coordinator may reach while it plans and publishes the largest job the
+/// limits allow (it holds sentence offsets, not chunks: `coordinator/src/chunk.rs`).
+const COORDINATOR_PEAK_RSS_BOUND: u64 = 256 * 1024 * 1024;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_maximal_job_is_published_in_bounded_memory_and_a_restart_with_it_comes_up() {
+    let mut cluster = Cluster::with_generator("http://127.0.0.1:9/v1".into());
+    cluster.start_coordinator().await;
+    let mut client = cluster.client().await;
+    // Just under the sentence limit (100,000), each sentence carrying 2 KB of left context:
+    // about 200 MB of chunk messages planned, under the 256 MiB planned-bytes limit.
+    let job = client
+        .submit_job(proto::SubmitJobRequest {
+            documents: vec![proto::Document {
+                title: "Lines".into(),
+                text: "Ab\n".repeat(99_000),
+            }],
+            synthesis: Some(proto::SynthesisOptions {
+                left_context_chars: Some(2_048),
+                chunk_sentences: 64,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("a job within the limits is accepted")
+        .into_inner()
+        .job_id;
+    let coordinator = cluster.coordinator.as_mut().unwrap();
+    let peak = coordinator.peak_rss_bytes();
+    eprintln!("coordinator peak RSS after publishing a maximal job: {peak} bytes");
+    assert!(
+        peak < COORDINATOR_PEAK_RSS_BOUND,
+        "coordinator peak RSS {peak} bytes"
+    );
+
+    // Killed with the job unfinished, it comes back, re-plans the job and serves it.
+    coordinator.kill_hard();
+    cluster.start_coordinator().await;
+    let status = cluster.status(&job).await.expect("the job after a restart");
+    assert_eq!(status.sentences_total, 99_000);
+    assert_eq!(status.state, JobState::Queued as i32, "{status:?}");
+    let peak = cluster.coordinator.as_ref().unwrap().peak_rss_bytes();
+    eprintln!("coordinator peak RSS after recovering it: {peak} bytes");
+    assert!(
+        peak < COORDINATOR_PEAK_RSS_BOUND,
+        "after restart: {peak} bytes"
+    );
+}

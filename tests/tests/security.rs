@@ -264,7 +264,7 @@ async fn mutual_tls_lets_in_only_clients_with_a_certificate_of_the_ca() {
     // `lift serve` with the same settings wants a client certificate too.
     let serve_port = free_port();
     let serve_addr = format!("127.0.0.1:{serve_port}");
-    let _serve = cluster.spawn("serve", &["serve", "--addr", serve_addr.as_str()]);
+    let mut serve = cluster.spawn("serve", &["serve", "--addr", serve_addr.as_str()]);
     wait_for_port(serve_port, Duration::from_secs(180)).await;
     let ca = reqwest::Certificate::from_pem(&std::fs::read(&pki.ca).unwrap()).unwrap();
     let models = format!("https://localhost:{serve_port}/v1/models");
@@ -295,4 +295,16 @@ async fn mutual_tls_lets_in_only_clients_with_a_certificate_of_the_ca() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
+
+    // A socket that never starts its handshake does not keep `lift serve` from exiting.
+    let _silent = std::net::TcpStream::connect(&serve_addr).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let started = std::time::Instant::now();
+    let exit = serve.terminate(Duration::from_secs(5));
+    assert!(
+        exit.is_some(),
+        "lift serve did not exit within 5 s of SIGTERM with a silent TLS socket open\n{}",
+        serve.log_text()
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
 }

@@ -101,13 +101,19 @@ impl JobRun {
         Handle::current().block_on(future)
     }
 
-    fn publish(&self, event: ProgressEvent) -> Result<(), TrainError> {
+    /// Reports progress to the coordinator. A report the broker does not take (it was down
+    /// for longer than a publish retries) is logged and the run goes on: the store holds the
+    /// truth (claim, heartbeat, checkpoints, the adapter commit), and the coordinator's lease
+    /// watchdog acts on it when reports stop.
+    fn report(&self, event: ProgressEvent) {
         let payload = serde_json::to_vec(&event).expect("events serialize");
-        self.block(
+        let published = self.block(
             self.broker
                 .publish(queues::EVENTS, &payload, Headers::new()),
-        )?;
-        Ok(())
+        );
+        if let Err(error) = published {
+            warn!(job_id = %self.job(), %error, "could not report progress; training goes on");
+        }
     }
 
     /// Runs the job to its end or to an interruption. Blocking.
@@ -123,13 +129,13 @@ impl JobRun {
 
     fn run_owned(&self) -> Result<RunOutcome, TrainError> {
         let mut state = self.start()?;
-        self.publish(ProgressEvent::TrainingStarted {
+        self.report(ProgressEvent::TrainingStarted {
             job_id: self.job().clone(),
             generation: self.claim_generation,
             trainer: self.trainer_id.clone(),
             resumed_from_step: state.trainer.steps_done(),
             at_ms: now_ms(),
-        })?;
+        });
         let outcome = (|| -> Result<Option<Interrupt>, TrainError> {
             if state.cursor.epoch <= 1 {
                 state.cursor.epoch = 1;
@@ -160,13 +166,14 @@ impl JobRun {
             Some(Interrupt::Shutdown) => {
                 self.checkpoint(&mut state)?;
                 let step = state.trainer.steps_done();
-                self.publish(ProgressEvent::TrainingReleased {
+                // The coordinator puts the job back on the train queue when it sees this (or a
+                // lease after the heartbeat stops, if the report is lost).
+                self.report(ProgressEvent::TrainingReleased {
                     job_id: self.job().clone(),
                     generation: self.claim_generation,
                     step,
                     at_ms: now_ms(),
-                })?;
-                // The coordinator puts the job back on the train queue when it sees this.
+                });
                 Ok(RunOutcome::Released { step })
             }
         }
@@ -290,7 +297,7 @@ impl JobRun {
         state.steps_since_checkpoint += 1;
         let step = state.trainer.steps_done();
         self.current_step.store(step, Ordering::Relaxed);
-        self.publish(ProgressEvent::TrainingStep {
+        self.report(ProgressEvent::TrainingStep {
             job_id: self.job().clone(),
             generation: self.claim_generation,
             epoch: state.cursor.epoch,
@@ -298,7 +305,7 @@ impl JobRun {
             loss: stats.loss,
             tokens: stats.tokens as u64,
             at_ms: now_ms(),
-        })?;
+        });
         Ok(())
     }
 
@@ -458,14 +465,15 @@ impl JobRun {
         metrics::CHECKPOINT_SECONDS.observe(seconds);
         info!(job_id = %self.job(), step = checkpoint.step, bytes, seconds, serialized_ms, "checkpoint written");
         // After the last epoch the cursor points one past it; report the epoch trained.
-        self.publish(ProgressEvent::Checkpointed {
+        self.report(ProgressEvent::Checkpointed {
             job_id: self.job().clone(),
             generation: self.claim_generation,
             epoch: state.cursor.epoch.min(state.epochs),
             step: checkpoint.step,
             bytes,
             at_ms: now_ms(),
-        })
+        });
+        Ok(())
     }
 
     /// Commits the adapter (see `Store::commit_adapter`) and reports it. A run whose claim
@@ -502,9 +510,7 @@ impl JobRun {
         };
         // The commit is the truth: the coordinator finds it when this run's heartbeat stops,
         // so a broker that is down now costs a lease, not the job.
-        if let Err(error) = self.publish(finished) {
-            warn!(job_id = %job, %error, "could not report the committed adapter; the coordinator will find the commit");
-        }
+        self.report(finished);
         Ok(RunOutcome::Finished {
             adapter_uri,
             steps,

@@ -53,7 +53,7 @@ const AMQP_NOT_FOUND: u16 = 404;
 pub struct RabbitBrokerOptions {
     /// AMQP URL, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f` (env `LIFT_AMQP_URL`).
     pub url: String,
-    /// `x-delivery-limit` of every queue this broker declares (env `LIFT_AMQP_DELIVERY_LIMIT`).
+    /// `x-delivery-limit` of every queue this broker declares (`LIFT_DELIVERY_LIMIT`).
     /// Changing it for an existing queue is refused by RabbitMQ (inequivalent argument).
     pub delivery_limit: u32,
     /// Name shown by `rabbitmqctl list_connections client_properties`.
@@ -84,21 +84,6 @@ impl RabbitBrokerOptions {
             attempt_timeout: Duration::from_secs(15),
             consumer_check_interval: Duration::from_secs(30),
         }
-    }
-
-    /// Options from `LIFT_AMQP_URL` (required) and `LIFT_AMQP_DELIVERY_LIMIT` (optional).
-    pub fn from_env() -> Result<Self, BrokerError> {
-        let url = std::env::var("LIFT_AMQP_URL")
-            .map_err(|_| BrokerError::Unavailable("LIFT_AMQP_URL is not set".to_owned()))?;
-        let mut options = Self::new(url);
-        if let Ok(limit) = std::env::var("LIFT_AMQP_DELIVERY_LIMIT") {
-            options.delivery_limit = limit.parse().map_err(|_| {
-                BrokerError::Unavailable(format!(
-                    "LIFT_AMQP_DELIVERY_LIMIT is not a positive integer: {limit}"
-                ))
-            })?;
-        }
-        Ok(options)
     }
 }
 

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# The fact evaluation (`lift eval facts`) on the GPU machine: every document in its own process,
+# side by side, for one or more variants of the job options; one merged report per variant.
+# On 2 CPU cores one variant of the dev set takes hours; on the H200 all of them take minutes,
+# which is what makes choosing defaults by measurement possible.
+#
+# Run from the repository root ON the GPU machine:
+#   scripts/eval-facts-gpu.sh OUT_DIR SET 'name[:lift options]'...
+#   e.g. scripts/eval-facts-gpu.sh "$OUT" eval/facts/dev default 'epochs6:--epochs 6'
+# About 20 processes fit the H200 (each took up to 6 GB of GPU memory on the dev set);
+# 40 ran it out of memory.
+# Writes OUT_DIR/facts-<set>-<name>.json (the documents' reports merged) and prints one JSON
+# line per variant. Needs gpu-bin/lift (a `--features cuda` release build, docs/benchmarks.md)
+# and the default model under $LIFT_MODEL_DIR. Each process is stopped after
+# $LIFT_EVAL_TIMEOUT_S seconds (default 540), so a device call returns what finished.
+set -euo pipefail
+out=${1:?usage: scripts/eval-facts-gpu.sh OUT_DIR SET name[:options]...}
+set_dir=${2:?usage: scripts/eval-facts-gpu.sh OUT_DIR SET name[:options]...}
+shift 2
+lift=${LIFT_BIN:-gpu-bin/lift}
+timeout_s=${LIFT_EVAL_TIMEOUT_S:-540}
+export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}
+export LIFT_SYNTH_CONCURRENCY=${LIFT_SYNTH_CONCURRENCY:-32}
+work=$(mktemp -d)
+set_name=$(basename "$set_dir")
+
+for variant in "$@"; do
+  name=${variant%%:*}
+  options=""
+  [[ $variant == *:* ]] && options=${variant#*:}
+  for doc in "$set_dir"/*.toml; do
+    doc_name=$(basename "$doc" .toml)
+    dir="$work/$name/$doc_name"
+    mkdir -p "$dir"
+    # shellcheck disable=SC2086 # the options are words on purpose
+    timeout "$timeout_s" "$lift" eval facts --set "$set_dir" --only "$doc_name" --out "$dir" $options \
+      >"$dir/stdout" 2>"$dir/stderr" &
+  done
+done
+wait || true
+
+for variant in "$@"; do
+  name=${variant%%:*}
+  options=""
+  [[ $variant == *:* ]] && options=${variant#*:}
+  python3 - "$work/$name" "$out/facts-$set_name-$name.json" "$name" "$options" <<'PY'
+import glob, json, os, sys
+work, target, name, options = sys.argv[1:]
+documents, failed = [], []
+for path in sorted(glob.glob(os.path.join(work, "*"))):
+    try:
+        report = json.load(open(os.path.join(path, "report.json")))
+        documents.extend(report["documents"])
+    except (OSError, ValueError, KeyError):
+        tail = open(os.path.join(path, "stderr")).read()[-600:]
+        failed.append({"document": os.path.basename(path), "stderr": tail})
+overall = {}
+for setting in ("base", "base+context", "lift"):
+    scores = [s for d in documents for s in d["scores"] if s["setting"] == setting]
+    answered = sum(s["answered"] for s in scores)
+    questions = sum(s["questions"] for s in scores)
+    overall[setting] = {
+        "answered": answered,
+        "questions": questions,
+        "rate": round(answered / questions, 3) if questions else None,
+        "reworded_answered": sum(s["reworded_answered"] for s in scores),
+        "reworded_questions": sum(s["reworded_questions"] for s in scores),
+    }
+per_document = [
+    {
+        "document": os.path.basename(d["file"]),
+        **{s["setting"]: s["answered"] for s in d["scores"]},
+        "tasks": d["job"].get("tasks"),
+        "steps": d["job"].get("steps"),
+        "final_loss": d["job"].get("final_loss"),
+        "job_s": d["job"].get("seconds"),
+    }
+    for d in documents
+]
+summary = {"variant": name, "options": options, "overall": overall,
+           "documents": per_document, "failed": failed}
+json.dump({**summary, "reports": documents}, open(target, "w"), indent=1)
+print(json.dumps(summary))
+PY
+done
