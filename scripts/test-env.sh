@@ -33,6 +33,12 @@ lift_ensure_rabbitmq() {
         echo "test-env: rabbitmq answers on 127.0.0.1:5672"
         return 0
     fi
+    # A node that runs with its application stopped (a broker-outage test killed before it
+    # could start it again) answers neither status nor AMQP, but start_app: try that first.
+    if lift_rabbitmqctl start_app >/dev/null 2>&1 && lift_rabbitmq_answers; then
+        echo "test-env: rabbitmq application started again; answers on 127.0.0.1:5672"
+        return 0
+    fi
     if ! command -v rabbitmq-server >/dev/null && [[ ! -x /usr/sbin/rabbitmq-server ]]; then
         if [[ "$(id -u)" -ne 0 ]] || ! command -v apt-get >/dev/null; then
             lift_env_fail "rabbitmq-server is not installed and cannot be installed here (needs root on Debian/Ubuntu); install it or point LIFT_TEST_AMQP_URL at a broker"
