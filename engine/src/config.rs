@@ -152,6 +152,10 @@ pub(crate) struct HfConfig {
     max_position_embeddings: usize,
     #[serde(default)]
     tie_word_embeddings: bool,
+    /// Only plain RoPE is implemented; any scaling (`llama3`, `linear`, `dynamic`, `yarn`, ...)
+    /// is refused rather than loaded with wrong positions.
+    #[serde(default)]
+    rope_scaling: Option<serde_json::Value>,
 }
 
 fn default_rope_theta() -> f64 {
@@ -172,6 +176,14 @@ impl HfConfig {
             .or_else(|| self.architectures.first().cloned())
             .ok_or_else(|| EngineError::InvalidModel("config.json names no model_type".into()))?;
         let architecture = Architecture::parse(&arch_name)?;
+        if let Some(scaling) = self.rope_scaling.as_ref().filter(|s| !s.is_null()) {
+            let kind = scaling
+                .get("rope_type")
+                .or_else(|| scaling.get("type"))
+                .and_then(|kind| kind.as_str())
+                .unwrap_or("unnamed");
+            return Err(unsupported_rope_scaling(kind));
+        }
         if self.num_attention_heads == 0
             || !self.hidden_size.is_multiple_of(self.num_attention_heads)
         {
@@ -196,5 +208,50 @@ impl HfConfig {
             max_position_embeddings: self.max_position_embeddings,
             tie_word_embeddings: self.tie_word_embeddings,
         })
+    }
+}
+
+/// The refusal for a model whose positions need a RoPE scaling lift does not implement.
+pub(crate) fn unsupported_rope_scaling(kind: &str) -> EngineError {
+    EngineError::InvalidModel(format!(
+        "the model asks for RoPE scaling `{kind}`, which lift does not implement (plain RoPE only); loading it anyway would give every position past the original context wrong angles"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HfConfig;
+
+    fn config(rope_scaling: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({
+            "model_type": "llama",
+            "vocab_size": 64,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "rope_scaling": rope_scaling,
+        })
+    }
+
+    fn load(json: serde_json::Value) -> Result<super::ModelConfig, String> {
+        let hf: HfConfig = serde_json::from_value(json).unwrap();
+        hf.into_model_config().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn rope_scaling_is_refused_with_its_kind_and_absent_or_null_scaling_loads() {
+        let llama3 = serde_json::json!({
+            "rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192,
+        });
+        let error = load(config(llama3)).unwrap_err();
+        assert!(error.contains("RoPE scaling `llama3`"), "{error}");
+        let error = load(config(serde_json::json!({"type": "linear", "factor": 2.0}))).unwrap_err();
+        assert!(error.contains("`linear`"), "{error}");
+        assert!(load(config(serde_json::Value::Null)).is_ok());
+        let mut plain = config(serde_json::Value::Null);
+        plain.as_object_mut().unwrap().remove("rope_scaling");
+        assert_eq!(load(plain).unwrap().num_layers, 2);
     }
 }

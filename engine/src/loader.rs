@@ -274,6 +274,20 @@ pub fn read_gguf_header<R: std::io::Read + std::io::Seek>(
             .collect::<Result<Vec<_>>>()?,
         None => Vec::new(),
     };
+    // llama.cpp writes `<arch>.rope.scaling.type` (none, linear, yarn, ...) and, for Llama 3.1's
+    // scaling, a `rope_freqs.weight` tensor.
+    let scaling = md
+        .get(&format!("{arch_name}.rope.scaling.type"))
+        .and_then(|v| v.to_string().ok())
+        .filter(|kind| kind.as_str() != "none");
+    if let Some(kind) = scaling {
+        return Err(crate::config::unsupported_rope_scaling(kind));
+    }
+    if content.tensor_infos.contains_key("rope_freqs.weight") {
+        return Err(crate::config::unsupported_rope_scaling(
+            "llama3 (rope_freqs)",
+        ));
+    }
     let hidden = num("embedding_length")?;
     let heads = num("attention.head_count")?;
     let config = ModelConfig {
