@@ -73,12 +73,12 @@ pub(crate) async fn run_lease_watchdog(ctx: Arc<Context>, shutdown: watch::Recei
 /// of its own, since an attempt can retry for a minute; the job's publishing lock keeps
 /// attempts from overlapping each other or the submit.
 fn publish_later(ctx: &Arc<Context>, entry: &Arc<JobEntry>) {
-    if entry.publishing.try_lock().is_err() {
-        return;
-    }
+    let Ok(publishing) = entry.publishing.clone().try_lock_owned() else {
+        return; // the submit or an earlier attempt is publishing it
+    };
     let (ctx, entry) = (ctx.clone(), entry.clone());
     tokio::spawn(async move {
-        if let Err(error) = recovery::publish_accepted(&ctx, &entry).await {
+        if let Err(error) = recovery::publish_accepted(&ctx, &entry, publishing).await {
             let job = entry.watchers.borrow().job_id.clone();
             tracing::warn!(job_id = %job, %error, "failed to publish an accepted job; retrying");
         }

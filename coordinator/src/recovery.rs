@@ -90,12 +90,13 @@ async fn recover_job(ctx: &Context, status: JobStatus) -> Result<(), LiftError> 
 /// Publishes the work of a job that was stored but whose publishing failed (the broker was
 /// down longer than a publish retries): its train assignment (a duplicate of its generation is
 /// dropped by the trainers) and every chunk with no task file or failed marker yet. Called by
-/// the lease watchdog until it succeeds; each attempt retries for the broker's retry timeout,
-/// which spaces the attempts.
-pub(crate) async fn publish_accepted(ctx: &Context, entry: &JobEntry) -> Result<(), LiftError> {
-    let Ok(_publishing) = entry.publishing.try_lock() else {
-        return Ok(()); // someone is publishing it right now
-    };
+/// the lease watchdog until it succeeds, holding the job's publishing lock (`_publishing`);
+/// each attempt retries for the broker's retry timeout, which spaces the attempts.
+pub(crate) async fn publish_accepted(
+    ctx: &Context,
+    entry: &JobEntry,
+    _publishing: tokio::sync::OwnedMutexGuard<()>,
+) -> Result<(), LiftError> {
     let status = entry.record.lock().await.clone();
     if status.chunks_published || status.state.is_terminal() {
         return Ok(());

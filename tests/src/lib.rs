@@ -408,7 +408,17 @@ impl Cluster {
 
     pub async fn submit(&self, title: &str, text: &str, epochs: u32) -> String {
         let mut client = self.client().await;
-        let request = proto::SubmitJobRequest {
+        client
+            .submit_job(Self::job_request(title, text, epochs))
+            .await
+            .expect("submit")
+            .into_inner()
+            .job_id
+    }
+
+    /// The tests' job: one chunk per sentence, a small adapter, exactly `epochs` epochs.
+    pub fn job_request(title: &str, text: &str, epochs: u32) -> proto::SubmitJobRequest {
+        proto::SubmitJobRequest {
             documents: vec![proto::Document {
                 title: title.into(),
                 text: text.into(),
@@ -428,13 +438,7 @@ impl Cluster {
                 min_steps: Some(0),
                 ..Default::default()
             }),
-        };
-        client
-            .submit_job(request)
-            .await
-            .expect("submit")
-            .into_inner()
-            .job_id
+        }
     }
 
     pub async fn status(&self, job_id: &str) -> Option<proto::JobStatus> {

@@ -31,24 +31,8 @@ impl Drop for BrokerStopped {
 
 fn request(request_id: &str) -> proto::SubmitJobRequest {
     proto::SubmitJobRequest {
-        documents: vec![proto::Document {
-            title: "Vellmar Island".into(),
-            text: made_up_document(10),
-        }],
-        base_model: String::new(),
         request_id: request_id.into(),
-        synthesis: Some(proto::SynthesisOptions {
-            chunk_sentences: 1,
-            ..Default::default()
-        }),
-        training: Some(proto::TrainingOptions {
-            rank: 4,
-            epochs: 3,
-            batch_size: 2,
-            learning_rate: 1e-3,
-            min_steps: Some(0),
-            ..Default::default()
-        }),
+        ..Cluster::job_request("Vellmar Island", &made_up_document(10), 3)
     }
 }
 

@@ -451,6 +451,26 @@ async fn bad_input_at_the_edge_is_refused_and_loses_nothing() {
     }
 }
 
+/// A document of short lines with the splitting options that decide what it expands to.
+fn lines_request(
+    text: String,
+    left_context_chars: u32,
+    chunk_sentences: u32,
+) -> proto::SubmitJobRequest {
+    proto::SubmitJobRequest {
+        documents: vec![proto::Document {
+            title: "Lines".into(),
+            text,
+        }],
+        synthesis: Some(proto::SynthesisOptions {
+            left_context_chars: Some(left_context_chars),
+            chunk_sentences,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn amplifying_input_is_refused_and_an_open_watch_does_not_hold_the_coordinator() {
     let mut cluster = Cluster::with_generator("http://127.0.0.1:9/v1".into());
@@ -459,18 +479,7 @@ async fn amplifying_input_is_refused_and_an_open_watch_does_not_hold_the_coordin
     // Within the document size limit, but millions of two-byte sentences, each of which
     // would carry 16 KB of the text before it.
     let error = client
-        .submit_job(proto::SubmitJobRequest {
-            documents: vec![proto::Document {
-                title: "Lines".into(),
-                text: "A\n".repeat(3_000_000),
-            }],
-            synthesis: Some(proto::SynthesisOptions {
-                left_context_chars: Some(16_384),
-                chunk_sentences: 256,
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
+        .submit_job(lines_request("A\n".repeat(3_000_000), 16_384, 256))
         .await
         .unwrap_err();
     assert_eq!(error.code(), tonic::Code::InvalidArgument, "{error:?}");
@@ -518,18 +527,7 @@ async fn a_maximal_job_is_published_in_bounded_memory_and_a_restart_with_it_come
     // Just under the sentence limit (100,000), each sentence carrying 2 KB of left context:
     // about 200 MB of chunk messages planned, under the 256 MiB planned-bytes limit.
     let job = client
-        .submit_job(proto::SubmitJobRequest {
-            documents: vec![proto::Document {
-                title: "Lines".into(),
-                text: "Ab\n".repeat(99_000),
-            }],
-            synthesis: Some(proto::SynthesisOptions {
-                left_context_chars: Some(2_048),
-                chunk_sentences: 64,
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
+        .submit_job(lines_request("Ab\n".repeat(99_000), 2_048, 64))
         .await
         .expect("a job within the limits is accepted")
         .into_inner()
