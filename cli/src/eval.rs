@@ -499,6 +499,7 @@ fn lift_config(args: &LiftArgs) -> serde_json::Value {
         "rank": job.rank,
         "batch_size": job.batch_size,
         "cloze": job.cloze,
+        "restatements": job.restatements,
         "seed": job.seed,
     })
 }

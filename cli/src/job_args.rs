@@ -54,6 +54,10 @@ pub struct JobOptions {
     /// Also train on rule-based cloze tasks.
     #[arg(long)]
     pub cloze: bool,
+    /// Fact-first: rewordings of each sentence asked of the generator, each turned into more
+    /// questions per fact when it keeps the facts verbatim (0 turns them off).
+    #[arg(long, default_value_t = SYNTHESIS.restatements, value_parser = clap::value_parser!(u32).range(0..=8))]
+    pub restatements: u32,
     /// Epochs over the task cache (more for a small document, see --min-steps).
     #[arg(long, default_value_t = TRAINING.epochs, value_parser = clap::value_parser!(u32).range(1..))]
     pub epochs: u32,
@@ -153,6 +157,7 @@ impl JobOptions {
                 temperature: Some(self.temperature),
                 seed: self.seed,
                 cloze_tasks: self.cloze,
+                restatements: Some(self.restatements),
                 recipe: match self.recipe {
                     RecipeArg::Auto => proto::QuestionRecipe::Unspecified,
                     RecipeArg::FreeQa => proto::QuestionRecipe::FreeQa,

@@ -52,6 +52,7 @@ fn synthesis_from_proto(options: proto::SynthesisOptions) -> Result<SynthesisOpt
         temperature: options.temperature.unwrap_or(defaults.temperature),
         seed: options.seed,
         cloze_tasks: options.cloze_tasks,
+        restatements: options.restatements.unwrap_or(defaults.restatements),
         recipe: match proto::QuestionRecipe::try_from(options.recipe) {
             Ok(proto::QuestionRecipe::FreeQa) => QuestionRecipe::FreeQa,
             Ok(proto::QuestionRecipe::FactFirst) => QuestionRecipe::FactFirst,
@@ -126,6 +127,7 @@ impl From<&JobSpec> for proto::SubmitJobRequest {
                 temperature: Some(synthesis.temperature),
                 seed: synthesis.seed,
                 cloze_tasks: synthesis.cloze_tasks,
+                restatements: Some(synthesis.restatements),
                 recipe: match synthesis.recipe {
                     QuestionRecipe::Auto => proto::QuestionRecipe::Unspecified,
                     QuestionRecipe::FreeQa => proto::QuestionRecipe::FreeQa,
@@ -290,6 +292,7 @@ mod tests {
         spec.training.schedule = Schedule::Cosine;
         spec.training.warmup_steps = 10;
         spec.synthesis.temperature = 0.0;
+        spec.synthesis.restatements = 3;
         let back = spec_from_submit(proto::SubmitJobRequest::from(&spec), "other").unwrap();
         assert_eq!(back, spec);
     }

@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use lift_engine::{ChatMessage, Engine, GenerationOutput, GenerationRequest, SamplingParams};
 use tokio::sync::oneshot;
 
-use crate::generator::{GeneratorError, QaGenerator, QaRequest, RawReply};
-use crate::prompt::{builtin_answer_first_user, builtin_fewshot_user};
+use crate::generator::{GeneratorError, QaGenerator, QaRequest, RawReply, RestateRequest};
+use crate::prompt::{builtin_answer_first_user, builtin_fewshot_user, restate_user};
 
 /// The reply starts here; the model only continues it.
 const PREFILL: &str = "Question:";
@@ -31,6 +31,11 @@ pub struct BuiltinConfig {
     pub answer_first_max_tokens: usize,
     /// Used when a request's temperature is not a usable number.
     pub default_temperature: f32,
+    /// Rewordings need variety: at a question's low temperature most samples copy the
+    /// sentence.
+    pub restate_temperature: f32,
+    /// A rewording is about as long as its sentence (at most 2x is used).
+    pub restate_max_tokens: usize,
     /// Most sequences generated together: requests that wait at the same time (sentences of
     /// a chunk, chunks in parallel) share one engine batch, and the engine computes their
     /// common few-shot prefix once.
@@ -46,6 +51,8 @@ impl Default for BuiltinConfig {
             answer_first_samples: 2,
             answer_first_max_tokens: 40,
             default_temperature: 0.2,
+            restate_temperature: 0.7,
+            restate_max_tokens: 96,
             max_batch_rows: 48,
         }
     }
@@ -139,27 +146,70 @@ impl QaGenerator for BuiltinGenerator {
     }
 
     async fn generate(&self, request: &QaRequest) -> Result<Vec<RawReply>, GeneratorError> {
-        let requests = self.batch(request)?;
+        let outputs = self.run(self.batch(request)?).await?;
         // An answer-first reply is a question only: the given answer completes the pair.
         let answer_line = request
             .answer
             .as_ref()
             .map(|answer| format!("\nAnswer: {answer}"))
             .unwrap_or_default();
-        let (reply, outputs) = oneshot::channel();
-        self.queue
-            .send(Pending { requests, reply })
-            .map_err(|_| GeneratorError::Engine("the generator thread stopped".to_string()))?;
-        let outputs = outputs
-            .await
-            .map_err(|_| GeneratorError::Engine("the generator thread stopped".to_string()))?
-            .map_err(GeneratorError::Engine)?;
         Ok(outputs
             .into_iter()
             .map(|output| RawReply {
                 text: format!("{PREFILL}{}{answer_line}", output.text),
             })
             .collect())
+    }
+
+    async fn restate(&self, request: &RestateRequest) -> Result<Vec<RawReply>, GeneratorError> {
+        if request.samples == 0 {
+            return Ok(Vec::new());
+        }
+        let outputs = self.run(self.restate_batch(request)?).await?;
+        Ok(outputs
+            .into_iter()
+            .map(|output| RawReply { text: output.text })
+            .collect())
+    }
+}
+
+impl BuiltinGenerator {
+    /// One sample per wanted rewording, zero-shot: the few-shot examples leaked into SmolLM2's
+    /// rewordings (names of the examples in every reply), a plain instruction did not.
+    fn restate_batch(
+        &self,
+        request: &RestateRequest,
+    ) -> Result<Vec<GenerationRequest>, GeneratorError> {
+        let user = restate_user(&request.sentence)?;
+        let samples = request.samples.min(self.config.max_samples.max(1));
+        Ok((0..u64::from(samples))
+            .map(|sample| GenerationRequest {
+                messages: vec![ChatMessage::new("user", user.clone())],
+                prefill: String::new(),
+                params: SamplingParams {
+                    max_tokens: self.config.restate_max_tokens,
+                    temperature: f64::from(self.config.restate_temperature),
+                    stop: vec!["\n".to_string()],
+                    seed: request.seed.wrapping_add(sample),
+                    ..SamplingParams::default()
+                },
+            })
+            .collect())
+    }
+
+    /// Hands a batch to the engine thread and waits for its outputs.
+    async fn run(
+        &self,
+        requests: Vec<GenerationRequest>,
+    ) -> Result<Vec<GenerationOutput>, GeneratorError> {
+        let (reply, outputs) = oneshot::channel();
+        self.queue
+            .send(Pending { requests, reply })
+            .map_err(|_| GeneratorError::Engine("the generator thread stopped".to_string()))?;
+        outputs
+            .await
+            .map_err(|_| GeneratorError::Engine("the generator thread stopped".to_string()))?
+            .map_err(GeneratorError::Engine)
     }
 }
 
@@ -255,6 +305,29 @@ mod tests {
         assert_eq!(generator().batch(&request(3, 0.0)).unwrap().len(), 1);
         let fallback = generator().batch(&request(1, f32::NAN)).unwrap();
         assert!((fallback[0].params.temperature - 0.2).abs() < 1e-6);
+    }
+
+    #[tokio::test]
+    async fn rewordings_are_sampled_one_per_wanted_without_prefill() {
+        let request = RestateRequest {
+            sentence: "The tower was completed in 1889.".to_string(),
+            samples: 3,
+            seed: 5,
+            model: None,
+        };
+        let batch = generator().restate_batch(&request).unwrap();
+        assert_eq!(batch.len(), 3);
+        assert!(batch.iter().all(|sample| sample.prefill.is_empty()));
+        assert!((batch[0].params.temperature - 0.7).abs() < 1e-6);
+        assert!(batch[0].messages[0]
+            .content
+            .ends_with("The tower was completed in 1889."));
+        assert_eq!(generator().restate(&request).await.unwrap().len(), 3);
+        let none = RestateRequest {
+            samples: 0,
+            ..request
+        };
+        assert!(generator().restate(&none).await.unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -23,6 +23,17 @@ pub struct QaRequest {
     pub answer: Option<String>,
 }
 
+/// One sentence to reword (fact-first recipe, see `restate`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RestateRequest {
+    pub sentence: String,
+    /// Rewordings wanted; each is one sample.
+    pub samples: u32,
+    pub seed: u64,
+    /// As in `QaRequest`.
+    pub model: Option<String>,
+}
+
 /// One reply of the generator, exactly as written: validation happens in `parse`, because no
 /// backend guarantees its output format (see "OpenAI-compatible is not uniform").
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +73,10 @@ impl GeneratorError {
 #[async_trait]
 pub trait QaGenerator: Send + Sync {
     async fn generate(&self, request: &QaRequest) -> Result<Vec<RawReply>, GeneratorError>;
+
+    /// Rewordings of a sentence, one reply each, unchecked: `restate::restated_questions`
+    /// decides what is usable.
+    async fn restate(&self, request: &RestateRequest) -> Result<Vec<RawReply>, GeneratorError>;
 
     /// Whether jobs that leave the question recipe to the worker get the fact-first recipe:
     /// true for weak generators (the built-in engine), whose free pairs are often wrong.

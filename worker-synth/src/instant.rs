@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 
-use crate::generator::{GeneratorError, QaGenerator, QaRequest, RawReply};
+use crate::generator::{GeneratorError, QaGenerator, QaRequest, RawReply, RestateRequest};
 
 /// The value of `LIFT_GENERATOR_URL` that selects [`InstantGenerator`].
 pub const INSTANT_GENERATOR_URL: &str = "instant:";
@@ -56,6 +56,11 @@ impl QaGenerator for InstantGenerator {
             .collect();
         let text = serde_json::json!({ "pairs": pairs }).to_string();
         Ok(vec![RawReply { text }])
+    }
+
+    /// No rewordings: the sentence's own questions are all the message layer needs.
+    async fn restate(&self, _: &RestateRequest) -> Result<Vec<RawReply>, GeneratorError> {
+        Ok(Vec::new())
     }
 }
 

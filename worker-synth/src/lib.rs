@@ -12,12 +12,13 @@ pub mod instant;
 pub mod openai;
 pub mod parse;
 pub mod prompt;
+pub mod restate;
 pub mod synthesize;
 pub mod templates;
 pub mod worker;
 
 pub use builtin::{BuiltinConfig, BuiltinGenerator};
-pub use generator::{GeneratorError, QaGenerator, QaRequest, RawReply};
+pub use generator::{GeneratorError, QaGenerator, QaRequest, RawReply, RestateRequest};
 pub use instant::{InstantGenerator, INSTANT_GENERATOR_URL};
 pub use openai::{OpenAiGenerator, OpenAiOptions, ResponseFormat};
 pub use prompt::{qa_pairs_count, qa_pairs_schema};

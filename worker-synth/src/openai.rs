@@ -13,8 +13,8 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::Semaphore;
 
-use crate::generator::{GeneratorError, QaGenerator, QaRequest, RawReply};
-use crate::prompt::{json_messages, qa_pairs_schema};
+use crate::generator::{GeneratorError, QaGenerator, QaRequest, RawReply, RestateRequest};
+use crate::prompt::{json_messages, qa_pairs_schema, restate_user};
 
 #[derive(Clone, PartialEq)]
 pub struct OpenAiOptions {
@@ -279,12 +279,53 @@ impl QaGenerator for OpenAiGenerator {
             {"role": "system", "content": system},
             {"role": "user", "content": user},
         ]);
+        let text = self
+            .complete(|format| (self.request_body(request, &messages, format), format))
+            .await?;
+        Ok(vec![RawReply { text }])
+    }
+
+    /// One plain-text completion per wanted rewording, at a temperature that gives variety.
+    async fn restate(&self, request: &RestateRequest) -> Result<Vec<RawReply>, GeneratorError> {
+        let messages = json!([{"role": "user", "content": restate_user(&request.sentence)?}]);
+        let completions = (0..u64::from(request.samples)).map(|sample| {
+            let body = json!({
+                "model": request.model.as_deref().unwrap_or(&self.config.model),
+                "messages": messages,
+                "temperature": RESTATE_TEMPERATURE,
+                "seed": request.seed.wrapping_add(sample),
+                "max_tokens": self.config.max_tokens,
+                "n": 1,
+            });
+            async move {
+                self.complete(|_| (body.clone(), ResponseFormat::Unconstrained))
+                    .await
+                    .map(|text| RawReply { text })
+            }
+        });
+        futures::future::join_all(completions)
+            .await
+            .into_iter()
+            .collect()
+    }
+}
+
+/// Rewordings need variety; at a question's low temperature most copy the sentence.
+const RESTATE_TEMPERATURE: f32 = 0.7;
+
+impl OpenAiGenerator {
+    /// One completion, retried with backoff while the failure is transient; `body` builds the
+    /// request for a `response_format` and says which one it used, so a rejected format
+    /// steps down and the request goes again.
+    async fn complete(
+        &self,
+        body: impl Fn(ResponseFormat) -> (serde_json::Value, ResponseFormat),
+    ) -> Result<String, GeneratorError> {
         let mut failed_attempts = 0;
         loop {
-            let format = self.response_format();
-            let body = self.request_body(request, &messages, format);
+            let (body, format) = body(self.response_format());
             match self.attempt(&body, format).await {
-                Ok(text) => return Ok(vec![RawReply { text }]),
+                Ok(text) => return Ok(text),
                 // Bounded: there are only two levels to step down through.
                 Err(AttemptError::FormatRejected) => self.step_down_from(format),
                 Err(AttemptError::Final(error)) => return Err(error),
@@ -504,6 +545,33 @@ mod tests {
         with_model.model = Some("other-model".to_string());
         generator.generate(&with_model).await.unwrap();
         assert_eq!(seen.lock().unwrap()[0]["model"], "other-model");
+    }
+
+    #[tokio::test]
+    async fn rewordings_are_plain_completions_one_per_sample() {
+        let (url, seen) = start_server(|index, _| completion(&format!("Reworded {index}."))).await;
+        let generator = OpenAiGenerator::new(fast_config(url)).unwrap();
+        let request = RestateRequest {
+            sentence: "The tower was completed in 1889.".to_string(),
+            samples: 2,
+            seed: 7,
+            model: None,
+        };
+        let mut replies = texts(generator.restate(&request).await.unwrap());
+        replies.sort();
+        assert_eq!(replies, ["Reworded 0.", "Reworded 1."]);
+        let seen = seen.lock().unwrap();
+        assert!(seen.iter().all(|body| format_type(body).is_none()));
+        let mut seeds: Vec<u64> = seen
+            .iter()
+            .map(|body| body["seed"].as_u64().unwrap())
+            .collect();
+        seeds.sort();
+        assert_eq!(seeds, [7, 8]);
+        assert!(seen[0]["messages"][0]["content"]
+            .as_str()
+            .unwrap()
+            .ends_with("The tower was completed in 1889."));
     }
 
     #[tokio::test]

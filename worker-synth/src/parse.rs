@@ -43,6 +43,8 @@ pub struct DropCounts {
     pub duplicate: u32,
     /// Answers the grounding check found unsupported by the source text (see `ground`).
     pub ungrounded: u32,
+    /// Rewordings of a sentence that invent or lose its facts (see `restate`).
+    pub unusable_rewording: u32,
 }
 
 impl DropCounts {
@@ -53,6 +55,7 @@ impl DropCounts {
             + self.answer_too_long
             + self.duplicate
             + self.ungrounded
+            + self.unusable_rewording
     }
 
     /// `malformed 3, not a question 1`, naming only what occurred (`nothing` if none).
@@ -64,6 +67,7 @@ impl DropCounts {
             ("answer too long", self.answer_too_long),
             ("duplicate", self.duplicate),
             ("ungrounded", self.ungrounded),
+            ("unusable rewording", self.unusable_rewording),
         ];
         let parts: Vec<String> = counts
             .iter()
@@ -84,6 +88,7 @@ impl DropCounts {
         self.answer_too_long += other.answer_too_long;
         self.duplicate += other.duplicate;
         self.ungrounded += other.ungrounded;
+        self.unusable_rewording += other.unusable_rewording;
     }
 }
 

@@ -12,6 +12,7 @@ const BUILTIN_FEWSHOT: &str = "builtin_fewshot.j2";
 const BUILTIN_ANSWER_FIRST: &str = "builtin_answer_first.j2";
 const JSON_SYSTEM: &str = "json_system.j2";
 const JSON_USER: &str = "json_user.j2";
+const RESTATE: &str = "restate.j2";
 
 static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
     let mut env = Environment::new();
@@ -28,6 +29,7 @@ static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
         ),
         (JSON_SYSTEM, include_str!("../prompts/json_system.j2")),
         (JSON_USER, include_str!("../prompts/json_user.j2")),
+        (RESTATE, include_str!("../prompts/restate.j2")),
     ] {
         // The sources are compiled in; `every_template_renders` proves they parse.
         env.add_template(name, source)
@@ -84,6 +86,12 @@ pub(crate) fn builtin_answer_first_user(
     )
 }
 
+/// The user message asking for a rewording of a sentence, for every backend; the reply is
+/// the rewording alone.
+pub(crate) fn restate_user(sentence: &str) -> Result<String, GeneratorError> {
+    render(RESTATE, context! { sentence => sentence.trim() })
+}
+
 /// The system and user messages for an HTTP generator asked for JSON pairs.
 pub(crate) fn json_messages(request: &QaRequest) -> Result<(String, String), GeneratorError> {
     let system = render(JSON_SYSTEM, context! {})?;
@@ -132,6 +140,11 @@ mod tests {
         assert!(fewshot.matches("Question:").count() == 2);
         let answer_first = builtin_answer_first_user("Paris is in France.", "France").unwrap();
         assert!(answer_first.ends_with("Sentence: Paris is in France.\nAnswer: France"));
+        let restate = restate_user(" Paris is in France. ").unwrap();
+        assert!(
+            restate.ends_with("numbers:\n\nParis is in France."),
+            "{restate}"
+        );
         let (system, user) = json_messages(&request(3, "The tower stands in Paris.")).unwrap();
         assert!(system.contains(r#"{"pairs": [{"question": "...", "answer": "..."}]}"#));
         assert!(user.starts_with("Document: \"Eiffel Tower\""));

@@ -13,9 +13,10 @@ use lift_shared::spec::QuestionRecipe;
 
 use crate::cloze::cloze_tasks;
 use crate::facts::{fact_spans, FactKind, FactSpan};
-use crate::generator::{GeneratorError, QaGenerator, QaRequest};
+use crate::generator::{GeneratorError, QaGenerator, QaRequest, RestateRequest};
 use crate::ground::{GroundingPolicy, SentenceSource};
 use crate::parse::{DropCounts, PairCollector, ParseLimits, QaPair};
+use crate::restate::restated_questions;
 use crate::templates::{asks_for_kind, templated_questions};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -170,6 +171,8 @@ enum TaskKind {
     FactQa,
     /// A templated question for a fact span.
     FactTemplate,
+    /// A templated question on a rewording of the sentence the generator wrote.
+    Restated,
     /// "What does the document say about X?" answered by the whole sentence.
     Recall,
     /// The sentence as what follows the one before it: the document itself, as LIFT trains on
@@ -184,6 +187,7 @@ impl TaskKind {
             Self::Qa => "qa",
             Self::FactQa => "fact_qa",
             Self::FactTemplate => "fact_template",
+            Self::Restated => "restated",
             Self::Recall => "recall",
             Self::Passage => "passage",
             Self::Cloze => "cloze",
@@ -326,17 +330,28 @@ fn evidence<'a>(span: &FactSpan, sentence: &'a str) -> &'a str {
     if sentence.split_whitespace().count() <= WHOLE_SENTENCE_WORDS {
         return sentence.trim();
     }
-    let is_boundary = |c: char| matches!(c, ',' | ';' | ':');
-    let end = sentence[span.end..]
-        .find(is_boundary)
-        .map_or(sentence.len(), |offset| span.end + offset);
-    let mut start = sentence[..span.start]
-        .rfind(is_boundary)
-        .map_or(0, |offset| offset + 1);
+    // Punctuation followed by a space: the comma of "186,000" does not end a clause.
+    let boundaries: Vec<usize> = sentence
+        .char_indices()
+        .zip(sentence.chars().skip(1))
+        .filter(|((_, c), next)| matches!(c, ',' | ';' | ':') && next.is_whitespace())
+        .map(|((index, _), _)| index)
+        .collect();
+    let end = boundaries
+        .iter()
+        .copied()
+        .find(|&boundary| boundary >= span.end)
+        .unwrap_or(sentence.len());
+    let boundary_before = |position: usize| {
+        boundaries
+            .iter()
+            .rev()
+            .find(|&&boundary| boundary < position)
+            .map_or(0, |boundary| boundary + 1)
+    };
+    let mut start = boundary_before(span.start);
     if start > 0 && sentence[start..end].split_whitespace().count() < 6 {
-        start = sentence[..start - 1]
-            .rfind(is_boundary)
-            .map_or(0, |offset| offset + 1);
+        start = boundary_before(start - 1);
     }
     sentence[start..end].trim()
 }
@@ -384,16 +399,33 @@ async fn synthesize_facts(
             answer: Some(span.text(&sentence.text).to_string()),
         })
         .collect();
-    let replies = join_all(requests.iter().map(|request| async move {
-        let timer = metrics::GENERATOR_REQUEST_SECONDS.start_timer();
-        let generated = generator.generate(request).await;
-        timer.observe_duration();
-        if generated.is_err() {
-            metrics::GENERATOR_ERRORS.inc();
+    let restate = RestateRequest {
+        sentence: sentence.text.clone(),
+        samples: options.restatements,
+        seed: sentence_seed(options.seed, sentence.index, spans.len() as u32),
+        model: Some(options.generator_model.clone()).filter(|model| !model.is_empty()),
+    };
+    let (replies, restated) = futures::join!(
+        join_all(requests.iter().map(|request| async move {
+            let timer = metrics::GENERATOR_REQUEST_SECONDS.start_timer();
+            let generated = generator.generate(request).await;
+            timer.observe_duration();
+            if generated.is_err() {
+                metrics::GENERATOR_ERRORS.inc();
+            }
+            generated
+        })),
+        async {
+            if restate.samples == 0 {
+                return Ok(Vec::new());
+            }
+            let restated = generator.restate(&restate).await;
+            if restated.is_err() {
+                metrics::GENERATOR_ERRORS.inc();
+            }
+            restated
         }
-        generated
-    }))
-    .await;
+    );
 
     let mut tasks: Vec<(TaskKind, QaPair)> = Vec::new();
     let mut dropped = DropCounts::default();
@@ -449,6 +481,32 @@ async fn synthesize_facts(
                 answer: evidence_answer(span, &sentence.text, heading),
             };
             keep(TaskKind::FactTemplate, pair, &mut tasks);
+        }
+    }
+    let restatements = match restated {
+        Ok(restatements) => restatements,
+        Err(error) if error.is_transient() => return Err(error),
+        // The sentence's own questions stand without them.
+        Err(error) => {
+            tracing::debug!(job_id = %chunk.job_id, sentence = sentence.index, %error, "no rewording of the sentence");
+            Vec::new()
+        }
+    };
+    for restatement in &restatements {
+        match restated_questions(&sentence.text, &spans, &restatement.text) {
+            Ok(questions) => {
+                for (fact, templated) in questions {
+                    let pair = QaPair {
+                        question: templated.question,
+                        answer: evidence_answer(&spans[fact], &sentence.text, heading),
+                    };
+                    keep(TaskKind::Restated, pair, &mut tasks);
+                }
+            }
+            Err(reason) => {
+                tracing::debug!(job_id = %chunk.job_id, sentence = sentence.index, restatement = %restatement.text, %reason, "dropped rewording");
+                dropped.unusable_rewording += 1;
+            }
         }
     }
     for span in spans.iter().filter(|span| span.kind == FactKind::Name) {
@@ -600,6 +658,13 @@ mod tests {
         );
         let short = "The wheel carried 48 paddles.";
         assert_eq!(evidence(&fact_spans(short)[0], short), short);
+        let thousands = "The Trust raised 186,000 pounds over twelve years, much of it through \
+                         an annual Tide Fair held on the first Saturday of August each year.";
+        let amount = &fact_spans(thousands)[0];
+        assert_eq!(
+            evidence(amount, thousands),
+            "The Trust raised 186,000 pounds over twelve years"
+        );
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub fn templated_questions(sentence: &str, span: &FactSpan) -> Vec<TemplatedQues
     let answer = span.text(sentence).to_string();
     let mut questions = Vec::new();
     let mut push = |question: Option<String>| {
-        if let Some(question) = question {
+        if let Some(question) = question.filter(|question| says_what_it_asks_about(question)) {
             if !questions
                 .iter()
                 .any(|q: &TemplatedQuestion| q.question == question)
@@ -42,6 +42,41 @@ pub fn templated_questions(sentence: &str, span: &FactSpan) -> Vec<TemplatedQues
     push(in_place_question(sentence, span));
     push(fronted_question(sentence, span));
     questions
+}
+
+/// Words of the question phrases this module writes: they say what kind of fact is asked
+/// for, not what about.
+const QUESTION_PHRASE_WORDS: &[&str] = &[
+    "what",
+    "who",
+    "whom",
+    "when",
+    "where",
+    "which",
+    "how",
+    "many",
+    "much",
+    "year",
+    "date",
+    "number",
+    "code",
+    "place",
+    "percentage",
+    "money",
+];
+
+/// Whether a question names at least two content words besides its question phrase: a
+/// clause cut short ("During the what?", "In what year?") fits every fact of its kind and
+/// teaches the model to answer any of them with this one.
+fn says_what_it_asks_about(question: &str) -> bool {
+    words(question)
+        .iter()
+        .map(|word| word.text.to_lowercase())
+        .filter(|word| {
+            !QUESTION_PHRASE_WORDS.contains(&word.as_str()) && crate::ground::is_content_word(word)
+        })
+        .count()
+        >= 2
 }
 
 /// What stands for the span in a question, by its kind and what precedes it.
@@ -280,6 +315,19 @@ mod tests {
         assert!(asks_for_kind("Where was the mill built?", place));
         assert!(asks_for_kind("Who built the mill?", person));
         assert!(!asks_for_kind("In what year was the mill built?", person));
+    }
+
+    #[test]
+    fn questions_cut_short_by_a_clause_are_not_asked() {
+        let all = questions("In 1761, it was commissioned by Aldous Brekke.");
+        assert!(all.iter().all(|(q, _)| q != "In what year?"), "{all:?}");
+        assert!(all.contains(&pair(
+            "In 1761, it was commissioned by whom?",
+            "Aldous Brekke"
+        )));
+        assert!(questions("During the Second World War, it was a store.")
+            .iter()
+            .all(|(q, _)| q != "During the what?"));
     }
 
     #[test]

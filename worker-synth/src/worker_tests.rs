@@ -16,7 +16,7 @@ use lift_shared::store::{layout, CancelMarker, FailedChunkMarker, Store};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::generator::{GeneratorError, QaGenerator, QaRequest, RawReply};
+use crate::generator::{GeneratorError, QaGenerator, QaRequest, RawReply, RestateRequest};
 use crate::worker::{run_synth_worker, SynthWorkerConfig, SynthWorkerError};
 
 type Script = Box<dyn Fn(&QaRequest, usize) -> Result<Vec<RawReply>, GeneratorError> + Send + Sync>;
@@ -34,6 +34,10 @@ impl QaGenerator for ScriptedGenerator {
         let call = self.calls.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(self.delay).await;
         (self.script)(request, call)
+    }
+
+    async fn restate(&self, _: &RestateRequest) -> Result<Vec<RawReply>, GeneratorError> {
+        Ok(Vec::new())
     }
 }
 
