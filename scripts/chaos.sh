@@ -10,6 +10,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/test-env.sh
-source scripts/test-env.sh
+source scripts/test-env.sh >&2
 cargo build --quiet -p lift-cli -p lift-tests --bin lift --bin chaos
 "${CARGO_TARGET_DIR:-target}/debug/chaos" "$@"

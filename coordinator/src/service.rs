@@ -109,10 +109,12 @@ impl LiftServiceImpl {
             },
         };
         match self.create_job(job.clone(), &tenant, spec).await {
-            Err(LiftError::AlreadyExists(_)) => self
-                .existing_job(&job)
-                .await?
-                .ok_or_else(|| LiftError::Internal(format!("job {job} exists but has no status"))),
+            Err(LiftError::AlreadyExists(_)) => self.existing_job(&job).await?.ok_or_else(|| {
+                LiftError::FailedPrecondition(format!(
+                    "this request id was first used for job {job} with other options, which \
+                         was never created; submit with a new request id"
+                ))
+            }),
             created => created,
         }
     }
@@ -225,17 +227,25 @@ impl LiftServiceImpl {
         spec: &JobSpec,
         status: &JobStatus,
     ) -> Result<(), LiftError> {
-        let created = self
-            .ctx
-            .store
-            .put_json_create(&layout::spec(job), spec)
-            .await?;
-        if !created {
-            return Err(LiftError::AlreadyExists(format!(
-                "job {job} already exists"
-            )));
+        let store = &self.ctx.store;
+        let already_exists = || LiftError::AlreadyExists(format!("job {job} already exists"));
+        if !store.put_json_create(&layout::spec(job), spec).await? {
+            // An earlier attempt with this request id wrote the spec and stopped before the
+            // first record (a crash): the same job is finished here. Another spec under this
+            // id is another job's.
+            let stored: Option<JobSpec> = store.get_json(&layout::spec(job)).await?;
+            if stored.as_ref() != Some(spec) {
+                return Err(already_exists());
+            }
         }
-        self.ctx.store.write_status(status).await?;
+        // Create-only, so of two attempts racing to finish one job exactly one goes on to
+        // queue it; the other answers with the winner's status.
+        if !store
+            .put_json_create(&layout::state(job, status.seq), status)
+            .await?
+        {
+            return Err(already_exists());
+        }
         Ok(())
     }
 

@@ -726,6 +726,69 @@ async fn a_request_id_reserved_by_a_crashed_submit_creates_the_reserved_job() {
 }
 
 #[tokio::test]
+async fn a_submit_that_crashed_after_writing_the_spec_is_finished_by_its_retry() {
+    let h = start().await;
+    // What a coordinator that died between the job's spec and its first record leaves
+    // (found by scripts/chaos.sh: every retry answered INTERNAL "exists but has no status").
+    use sha2::Digest;
+    let reserved = JobId::new();
+    let key = layout::submit_request(&hex::encode(sha2::Sha256::digest("crashed")));
+    let record = lift_shared::store::SubmitRequestRecord {
+        request_id: "crashed".into(),
+        job_id: reserved.clone(),
+        at_ms: now_ms(),
+    };
+    h.store.put_json_create(&key, &record).await.unwrap();
+    let request = proto::SubmitJobRequest {
+        request_id: "crashed".into(),
+        ..submit_request(2)
+    };
+    let spec = lift_shared::proto_convert::spec_from_submit(
+        request.clone(),
+        &h.coordinator.ctx.default_base_model,
+    )
+    .unwrap();
+    h.store
+        .put_json_create(&layout::spec(&reserved), &spec)
+        .await
+        .unwrap();
+
+    let response = h
+        .service
+        .submit_job(Request::new(request.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(response.job_id, reserved.to_string());
+    assert_eq!(get(&h, &reserved).await.chunks_total, 3);
+    assert_eq!(drain(&h.broker, queues::SYNTH).await.len(), 3);
+
+    // A spec of other options under a reserved id is another job's: refused, not mixed in.
+    let other = JobId::new();
+    let key = layout::submit_request(&hex::encode(sha2::Sha256::digest("other")));
+    let record = lift_shared::store::SubmitRequestRecord {
+        request_id: "other".into(),
+        job_id: other.clone(),
+        at_ms: now_ms(),
+    };
+    h.store.put_json_create(&key, &record).await.unwrap();
+    h.store
+        .put_json_create(&layout::spec(&other), &spec)
+        .await
+        .unwrap();
+    let error = h
+        .service
+        .submit_job(Request::new(proto::SubmitJobRequest {
+            request_id: "other".into(),
+            ..submit_request(3)
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::FailedPrecondition, "{error:?}");
+    assert!(error.message().contains("new request id"), "{error:?}");
+}
+
+#[tokio::test]
 async fn a_submit_whose_client_hangs_up_still_creates_and_publishes_the_job() {
     let h = start().await;
     let request = proto::SubmitJobRequest {

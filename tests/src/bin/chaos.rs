@@ -186,28 +186,42 @@ async fn inject(fleet: &mut Fleet, rng: &mut StdRng, lease: Duration) -> String 
     }
 }
 
-/// Submits one job until the coordinator accepts it; the request id makes retries safe.
-async fn submit(grpc_port: u16, index: usize, seed: u64, rng_sentences: usize) -> String {
+/// How long one submit is retried before the run reports it as refused.
+const SUBMIT_GIVE_UP: Duration = Duration::from_secs(240);
+
+/// Submits one job until the coordinator accepts it (the request id makes retries safe), or
+/// gives up after `SUBMIT_GIVE_UP` with the last error.
+async fn submit(
+    grpc_port: u16,
+    index: usize,
+    seed: u64,
+    sentences: usize,
+) -> Result<String, String> {
     let mut request = Cluster::job_request(
         &format!("Chaos document {index}"),
-        &made_up_document(rng_sentences),
+        &made_up_document(sentences),
         1,
     );
     request.request_id = format!("chaos-{seed}-{index}");
-    loop {
-        if let Ok(mut client) = lift_shared::proto::lift_service_client::LiftServiceClient::connect(
-            format!("http://127.0.0.1:{grpc_port}"),
-        )
+    let started = Instant::now();
+    let mut last_error = String::new();
+    while started.elapsed() < SUBMIT_GIVE_UP {
+        match lift_shared::proto::lift_service_client::LiftServiceClient::connect(format!(
+            "http://127.0.0.1:{grpc_port}"
+        ))
         .await
         {
             // An error, "accepted but not yet queued" included, is retried as is: the same
             // request id returns the job the first attempt created.
-            if let Ok(response) = client.submit_job(request.clone()).await {
-                return response.into_inner().job_id;
-            }
+            Ok(mut client) => match client.submit_job(request.clone()).await {
+                Ok(response) => return Ok(response.into_inner().job_id),
+                Err(status) => last_error = format!("{:?}: {}", status.code(), status.message()),
+            },
+            Err(error) => last_error = error.to_string(),
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    Err(format!("{}: {last_error}", request.request_id))
 }
 
 async fn job_status(grpc_port: u16, job_id: &str) -> Option<proto::JobStatus> {
@@ -288,11 +302,15 @@ async fn main() {
     let seed = args.seed;
     let submitter = tokio::spawn(async move {
         let mut ids = Vec::new();
+        let mut refused = Vec::new();
         for (index, count) in sentences.into_iter().enumerate() {
-            ids.push(submit(grpc_port, index, seed, count).await);
+            match submit(grpc_port, index, seed, count).await {
+                Ok(id) => ids.push(id),
+                Err(error) => refused.push(error),
+            }
             tokio::time::sleep(Duration::from_millis(700)).await;
         }
-        ids
+        (ids, refused)
     });
 
     // Watches for each job's first Succeeded, to compare its adapter's digest at the end.
@@ -330,7 +348,7 @@ async fn main() {
         faults.push(json!({"at_s": (at_s * 10.0).round() / 10.0, "fault": what}));
     }
     fleet.restore().await;
-    let ids = submitter.await.expect("the submitter does not panic");
+    let (ids, refused) = submitter.await.expect("the submitter does not panic");
     ids_tx.send(ids.clone()).expect("the watcher listens");
     let faults_ended_s = started.elapsed().as_secs_f64();
 
@@ -431,6 +449,7 @@ async fn main() {
         "faults": faults,
         "faults_ended_s": faults_ended_s.round(),
         "finished_s": started.elapsed().as_secs_f64().round(),
+        "submits_refused": refused,
         "jobs_listed_by_coordinator": listed,
         "duplicated_jobs": listed.map(|listed| listed.saturating_sub(ids.len())),
         "summary": summary,
