@@ -698,19 +698,25 @@ async fn a_repeated_request_id_returns_the_first_job() {
     );
 }
 
+/// The reservation a submit with `request_id` writes first (open tenant), for a new job id.
+async fn reserve(h: &Harness, request_id: &str) -> JobId {
+    use sha2::Digest;
+    let job = JobId::new();
+    let key = layout::submit_request(&hex::encode(sha2::Sha256::digest(request_id)));
+    let record = lift_shared::store::SubmitRequestRecord {
+        request_id: request_id.into(),
+        job_id: job.clone(),
+        at_ms: now_ms(),
+    };
+    h.store.put_json_create(&key, &record).await.unwrap();
+    job
+}
+
 #[tokio::test]
 async fn a_request_id_reserved_by_a_crashed_submit_creates_the_reserved_job() {
     let h = start().await;
     // What a coordinator that died between reserving the id and creating the job leaves.
-    use sha2::Digest;
-    let reserved = JobId::new();
-    let key = layout::submit_request(&hex::encode(sha2::Sha256::digest("retry-me")));
-    let record = lift_shared::store::SubmitRequestRecord {
-        request_id: "retry-me".into(),
-        job_id: reserved.clone(),
-        at_ms: now_ms(),
-    };
-    h.store.put_json_create(&key, &record).await.unwrap();
+    let reserved = reserve(&h, "retry-me").await;
 
     let response = h
         .service
@@ -730,15 +736,7 @@ async fn a_submit_that_crashed_after_writing_the_spec_is_finished_by_its_retry()
     let h = start().await;
     // What a coordinator that died between the job's spec and its first record leaves
     // (found by scripts/chaos.sh: every retry answered INTERNAL "exists but has no status").
-    use sha2::Digest;
-    let reserved = JobId::new();
-    let key = layout::submit_request(&hex::encode(sha2::Sha256::digest("crashed")));
-    let record = lift_shared::store::SubmitRequestRecord {
-        request_id: "crashed".into(),
-        job_id: reserved.clone(),
-        at_ms: now_ms(),
-    };
-    h.store.put_json_create(&key, &record).await.unwrap();
+    let reserved = reserve(&h, "crashed").await;
     let request = proto::SubmitJobRequest {
         request_id: "crashed".into(),
         ..submit_request(2)
@@ -764,14 +762,7 @@ async fn a_submit_that_crashed_after_writing_the_spec_is_finished_by_its_retry()
     assert_eq!(drain(&h.broker, queues::SYNTH).await.len(), 3);
 
     // A spec of other options under a reserved id is another job's: refused, not mixed in.
-    let other = JobId::new();
-    let key = layout::submit_request(&hex::encode(sha2::Sha256::digest("other")));
-    let record = lift_shared::store::SubmitRequestRecord {
-        request_id: "other".into(),
-        job_id: other.clone(),
-        at_ms: now_ms(),
-    };
-    h.store.put_json_create(&key, &record).await.unwrap();
+    let other = reserve(&h, "other").await;
     h.store
         .put_json_create(&layout::spec(&other), &spec)
         .await

@@ -195,6 +195,20 @@ pub async fn wait_for_terminal(port: u16, job_id: &str, timeout: Duration) -> pr
     panic!("job {job_id} not terminal after {timeout:?}; last status: {last:?}");
 }
 
+/// A job's status from the coordinator on `grpc_port`; `None` while it cannot answer.
+pub async fn job_status(grpc_port: u16, job_id: &str) -> Option<proto::JobStatus> {
+    let mut client = LiftServiceClient::connect(format!("http://127.0.0.1:{grpc_port}"))
+        .await
+        .ok()?;
+    client
+        .get_job(proto::GetJobRequest {
+            job_id: job_id.into(),
+        })
+        .await
+        .ok()
+        .map(|r| r.into_inner())
+}
+
 /// A short document with made-up facts, `sentences` sentences long.
 pub fn made_up_document(sentences: usize) -> String {
     const FACTS: [&str; 12] = [
@@ -442,16 +456,7 @@ impl Cluster {
     }
 
     pub async fn status(&self, job_id: &str) -> Option<proto::JobStatus> {
-        let mut client = LiftServiceClient::connect(format!("http://127.0.0.1:{}", self.grpc_port))
-            .await
-            .ok()?;
-        client
-            .get_job(proto::GetJobRequest {
-                job_id: job_id.into(),
-            })
-            .await
-            .ok()
-            .map(|r| r.into_inner())
+        job_status(self.grpc_port, job_id).await
     }
 
     /// Waits until `check` holds for the job's status.

@@ -17,7 +17,7 @@ use clap::Parser;
 use lift_shared::ids::JobId;
 use lift_shared::proto::{self, JobState};
 use lift_shared::store::{layout, Store};
-use lift_tests::{made_up_document, rabbitmqctl, wait_for_port, Cluster, LiftProcess};
+use lift_tests::{job_status, made_up_document, rabbitmqctl, wait_for_port, Cluster, LiftProcess};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -123,6 +123,20 @@ impl Fleet {
         }
     }
 
+    /// kill -9, and a new process in the slot `seconds` later.
+    async fn kill_for(&mut self, slot: usize, seconds: u64) {
+        self.kill(slot);
+        tokio::time::sleep(Duration::from_secs(seconds)).await;
+        self.start(slot).await;
+    }
+
+    /// SIGSTOP for `pause`, then SIGCONT.
+    async fn pause_for(&mut self, slot: usize, pause: Duration) {
+        self.pause(slot);
+        tokio::time::sleep(pause).await;
+        self.resume_all();
+    }
+
     fn slots_of(&self, role: Role) -> Vec<usize> {
         (0..self.slots.len())
             .filter(|&slot| self.slots[slot].0 == role)
@@ -141,39 +155,29 @@ async fn inject(fleet: &mut Fleet, rng: &mut StdRng, lease: Duration) -> String 
     match rng.random_range(0..7) {
         0 | 1 => {
             let slot = pick(rng, fleet.slots_of(Role::Trainer));
-            fleet.kill(slot);
-            tokio::time::sleep(Duration::from_secs(pause_secs)).await;
-            fleet.start(slot).await;
+            fleet.kill_for(slot, pause_secs).await;
             format!("kill -9 trainer slot {slot}, restarted after {pause_secs} s")
         }
         2 => {
             let slot = pick(rng, fleet.slots_of(Role::Trainer));
             // Past its lease, so another trainer may take the job over meanwhile.
             let stop = lease * 2 + Duration::from_secs(pause_secs);
-            fleet.pause(slot);
-            tokio::time::sleep(stop).await;
-            fleet.resume_all();
+            fleet.pause_for(slot, stop).await;
             format!("SIGSTOP trainer slot {slot} for {} s", stop.as_secs())
         }
         3 => {
             let slot = pick(rng, fleet.slots_of(Role::Synth));
-            fleet.kill(slot);
-            tokio::time::sleep(Duration::from_secs(pause_secs)).await;
-            fleet.start(slot).await;
+            fleet.kill_for(slot, pause_secs).await;
             format!("kill -9 synthesis worker slot {slot}, restarted after {pause_secs} s")
         }
         4 => {
             let slot = pick(rng, fleet.slots_of(Role::Synth));
-            fleet.pause(slot);
-            tokio::time::sleep(Duration::from_secs(pause_secs)).await;
-            fleet.resume_all();
+            fleet.pause_for(slot, Duration::from_secs(pause_secs)).await;
             format!("SIGSTOP synthesis worker slot {slot} for {pause_secs} s")
         }
         5 => {
             let slot = fleet.slots_of(Role::Coordinator)[0];
-            fleet.kill(slot);
-            tokio::time::sleep(Duration::from_secs(pause_secs)).await;
-            fleet.start(slot).await;
+            fleet.kill_for(slot, pause_secs).await;
             format!("kill -9 coordinator, restarted after {pause_secs} s")
         }
         _ => {
@@ -222,21 +226,6 @@ async fn submit(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     Err(format!("{}: {last_error}", request.request_id))
-}
-
-async fn job_status(grpc_port: u16, job_id: &str) -> Option<proto::JobStatus> {
-    let mut client = lift_shared::proto::lift_service_client::LiftServiceClient::connect(format!(
-        "http://127.0.0.1:{grpc_port}"
-    ))
-    .await
-    .ok()?;
-    client
-        .get_job(proto::GetJobRequest {
-            job_id: job_id.to_string(),
-        })
-        .await
-        .ok()
-        .map(|response| response.into_inner())
 }
 
 fn is_terminal(status: &proto::JobStatus) -> bool {
