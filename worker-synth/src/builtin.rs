@@ -10,7 +10,9 @@ use async_trait::async_trait;
 use lift_engine::{ChatMessage, Engine, GenerationOutput, GenerationRequest, SamplingParams};
 use tokio::sync::oneshot;
 
-use crate::generator::{GeneratorError, QaGenerator, QaRequest, RawReply, RestateRequest};
+use crate::generator::{
+    GeneratorError, QaGenerator, QaRequest, RawReply, RestateRequest, RESTATE_TEMPERATURE,
+};
 use crate::prompt::{builtin_answer_first_user, builtin_fewshot_user, restate_user};
 
 /// The reply starts here; the model only continues it.
@@ -31,8 +33,7 @@ pub struct BuiltinConfig {
     pub answer_first_max_tokens: usize,
     /// Used when a request's temperature is not a usable number.
     pub default_temperature: f32,
-    /// Rewordings need variety: at a question's low temperature most samples copy the
-    /// sentence.
+    /// Rewordings need variety (`RESTATE_TEMPERATURE`).
     pub restate_temperature: f32,
     /// A rewording is about as long as its sentence (at most 2x is used).
     pub restate_max_tokens: usize,
@@ -51,7 +52,7 @@ impl Default for BuiltinConfig {
             answer_first_samples: 2,
             answer_first_max_tokens: 40,
             default_temperature: 0.2,
-            restate_temperature: 0.7,
+            restate_temperature: RESTATE_TEMPERATURE,
             restate_max_tokens: 96,
             max_batch_rows: 48,
         }

@@ -23,6 +23,10 @@ pub struct QaRequest {
     pub answer: Option<String>,
 }
 
+/// Sampling temperature of rewordings, for every backend: at a question's low temperature
+/// most samples copy the sentence.
+pub const RESTATE_TEMPERATURE: f32 = 0.7;
+
 /// One sentence to reword (fact-first recipe, see `restate`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RestateRequest {

@@ -13,7 +13,9 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::Semaphore;
 
-use crate::generator::{GeneratorError, QaGenerator, QaRequest, RawReply, RestateRequest};
+use crate::generator::{
+    GeneratorError, QaGenerator, QaRequest, RawReply, RestateRequest, RESTATE_TEMPERATURE,
+};
 use crate::prompt::{json_messages, qa_pairs_schema, restate_user};
 
 #[derive(Clone, PartialEq)]
@@ -309,9 +311,6 @@ impl QaGenerator for OpenAiGenerator {
             .collect()
     }
 }
-
-/// Rewordings need variety; at a question's low temperature most copy the sentence.
-const RESTATE_TEMPERATURE: f32 = 0.7;
 
 impl OpenAiGenerator {
     /// One completion, retried with backoff while the failure is transient; `body` builds the

@@ -406,24 +406,16 @@ async fn synthesize_facts(
         model: Some(options.generator_model.clone()).filter(|model| !model.is_empty()),
     };
     let (replies, restated) = futures::join!(
-        join_all(requests.iter().map(|request| async move {
-            let timer = metrics::GENERATOR_REQUEST_SECONDS.start_timer();
-            let generated = generator.generate(request).await;
-            timer.observe_duration();
-            if generated.is_err() {
-                metrics::GENERATOR_ERRORS.inc();
-            }
-            generated
-        })),
+        join_all(
+            requests
+                .iter()
+                .map(|request| metered(generator.generate(request)))
+        ),
         async {
             if restate.samples == 0 {
                 return Ok(Vec::new());
             }
-            let restated = generator.restate(&restate).await;
-            if restated.is_err() {
-                metrics::GENERATOR_ERRORS.inc();
-            }
-            restated
+            metered(generator.restate(&restate)).await
         }
     );
 
@@ -524,6 +516,19 @@ async fn synthesize_facts(
     Ok(SentenceTasks { tasks, dropped })
 }
 
+/// A generator call, timed and its failure counted.
+async fn metered<T>(
+    call: impl std::future::Future<Output = Result<T, GeneratorError>>,
+) -> Result<T, GeneratorError> {
+    let timer = metrics::GENERATOR_REQUEST_SECONDS.start_timer();
+    let result = call.await;
+    timer.observe_duration();
+    if result.is_err() {
+        metrics::GENERATOR_ERRORS.inc();
+    }
+    result
+}
+
 /// The free recipe for one sentence: the generator writes whole pairs, rounds of samples
 /// until enough are grounded.
 async fn synthesize_sentence(
@@ -555,13 +560,7 @@ async fn synthesize_sentence(
     };
     for round in 0..tuning.rounds_per_sentence.max(1) {
         request.seed = sentence_seed(options.seed, sentence.index, round);
-        let timer = metrics::GENERATOR_REQUEST_SECONDS.start_timer();
-        let generated = generator.generate(&request).await;
-        timer.observe_duration();
-        if generated.is_err() {
-            metrics::GENERATOR_ERRORS.inc();
-        }
-        match generated {
+        match metered(generator.generate(&request)).await {
             Ok(replies) => replies.iter().for_each(|reply| collector.add_reply(reply)),
             Err(error) if round == 0 => return Err(error),
             // Later rounds only top up; what the first round gave is kept.
