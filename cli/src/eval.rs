@@ -500,6 +500,7 @@ fn lift_config(args: &LiftArgs) -> serde_json::Value {
         "batch_size": job.batch_size,
         "cloze": job.cloze,
         "restatements": job.restatements,
+        "key_phrases": job.key_phrases,
         "seed": job.seed,
     })
 }

@@ -12,11 +12,10 @@ use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
+use lift_shared::tls::HANDSHAKE_TIMEOUT;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-/// How long a client has to complete the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long open connections get to finish their requests once shutdown begins.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 

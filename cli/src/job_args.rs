@@ -58,6 +58,10 @@ pub struct JobOptions {
     /// questions per fact when it keeps the facts verbatim (0 turns them off).
     #[arg(long, default_value_t = SYNTHESIS.restatements, value_parser = clap::value_parser!(u32).range(0..=8))]
     pub restatements: u32,
+    /// Fact-first: key phrases per sentence, each the key of a recall question and of a
+    /// question for each fact (0 turns them off).
+    #[arg(long, default_value_t = SYNTHESIS.key_phrases, value_parser = clap::value_parser!(u32).range(0..=4))]
+    pub key_phrases: u32,
     /// Epochs over the task cache (more for a small document, see --min-steps).
     #[arg(long, default_value_t = TRAINING.epochs, value_parser = clap::value_parser!(u32).range(1..))]
     pub epochs: u32,
@@ -158,6 +162,7 @@ impl JobOptions {
                 seed: self.seed,
                 cloze_tasks: self.cloze,
                 restatements: Some(self.restatements),
+                key_phrases: Some(self.key_phrases),
                 recipe: match self.recipe {
                     RecipeArg::Auto => proto::QuestionRecipe::Unspecified,
                     RecipeArg::FreeQa => proto::QuestionRecipe::FreeQa,

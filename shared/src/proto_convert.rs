@@ -53,6 +53,7 @@ fn synthesis_from_proto(options: proto::SynthesisOptions) -> Result<SynthesisOpt
         seed: options.seed,
         cloze_tasks: options.cloze_tasks,
         restatements: options.restatements.unwrap_or(defaults.restatements),
+        key_phrases: options.key_phrases.unwrap_or(defaults.key_phrases),
         recipe: match proto::QuestionRecipe::try_from(options.recipe) {
             Ok(proto::QuestionRecipe::FreeQa) => QuestionRecipe::FreeQa,
             Ok(proto::QuestionRecipe::FactFirst) => QuestionRecipe::FactFirst,
@@ -128,6 +129,7 @@ impl From<&JobSpec> for proto::SubmitJobRequest {
                 seed: synthesis.seed,
                 cloze_tasks: synthesis.cloze_tasks,
                 restatements: Some(synthesis.restatements),
+                key_phrases: Some(synthesis.key_phrases),
                 recipe: match synthesis.recipe {
                     QuestionRecipe::Auto => proto::QuestionRecipe::Unspecified,
                     QuestionRecipe::FreeQa => proto::QuestionRecipe::FreeQa,
@@ -293,6 +295,7 @@ mod tests {
         spec.training.warmup_steps = 10;
         spec.synthesis.temperature = 0.0;
         spec.synthesis.restatements = 3;
+        spec.synthesis.key_phrases = 4;
         let back = spec_from_submit(proto::SubmitJobRequest::from(&spec), "other").unwrap();
         assert_eq!(back, spec);
     }

@@ -4,9 +4,15 @@
 //! client certificate. rustls with the ring provider throughout.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::config::Config;
 use crate::error::LiftError;
+
+/// How long a client has to complete the TLS handshake, on the gRPC API and `lift serve`
+/// alike: a socket that never sends its hello would otherwise hold its connection (and, on
+/// shutdown, the process) for ever.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Makes ring the process's rustls provider. Some libraries build their TLS configuration
 /// from the process default (tonic's server does), and with two providers compiled in (ring,
@@ -56,8 +62,9 @@ impl ServerTls {
     pub fn tonic(&self) -> tonic::transport::ServerTlsConfig {
         use tonic::transport::{Certificate, Identity, ServerTlsConfig};
         install_crypto_provider();
-        let config =
-            ServerTlsConfig::new().identity(Identity::from_pem(&self.cert_pem, &self.key_pem));
+        let config = ServerTlsConfig::new()
+            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+            .timeout(HANDSHAKE_TIMEOUT);
         match &self.client_ca_pem {
             Some(ca) => config.client_ca_root(Certificate::from_pem(ca)),
             None => config,

@@ -52,9 +52,20 @@ pub struct LiftProcess {
 
 impl LiftProcess {
     pub fn spawn(name: &str, args: &[&str], env: &[(&str, String)], log_dir: &Path) -> Self {
+        Self::spawn_program(&lift_binary(), name, args, env, log_dir)
+    }
+
+    /// Another program than `lift` (a test binary of this crate), run the same way.
+    pub fn spawn_program(
+        program: &Path,
+        name: &str,
+        args: &[&str],
+        env: &[(&str, String)],
+        log_dir: &Path,
+    ) -> Self {
         let log = log_dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log).expect("create process log");
-        let mut command = Command::new(lift_binary());
+        let mut command = Command::new(program);
         command
             .args(args)
             .env("RUST_LOG", "info")
@@ -65,7 +76,7 @@ impl LiftProcess {
         }
         let child = command
             .spawn()
-            .unwrap_or_else(|e| panic!("spawn lift {name}: {e}"));
+            .unwrap_or_else(|e| panic!("spawn {} {name}: {e}", program.display()));
         Self {
             name: name.to_string(),
             child,
@@ -390,6 +401,14 @@ impl Cluster {
         self.spawned += 1;
         let name = format!("{name}-{}", self.spawned);
         LiftProcess::spawn(&name, args, &self.env(), self.dir.path())
+    }
+
+    /// A trainer built from another program (a test binary with an injected fault).
+    pub fn start_trainer_program(&mut self, program: &Path) {
+        self.spawned += 1;
+        let name = format!("trainer-{}", self.spawned);
+        let process = LiftProcess::spawn_program(program, &name, &[], &self.env(), self.dir.path());
+        self.trainers.push(process);
     }
 
     pub async fn start_coordinator(&mut self) {

@@ -216,6 +216,127 @@ async fn a_trainer_killed_right_after_claiming_does_not_strand_the_job() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_trainer_whose_training_thread_panics_fails_the_job_with_the_reason() {
+    let mut cluster = Cluster::with_lift_serve().await;
+    cluster.start_coordinator().await;
+    cluster.start_synth_worker();
+    cluster.start_trainer_program(std::path::Path::new(env!(
+        "CARGO_BIN_EXE_panicking_trainer"
+    )));
+    let job = cluster
+        .submit("Vellmar Island", &made_up_document(4), 1)
+        .await;
+    let status = cluster.wait_for_terminal(&job, JOB_TIMEOUT).await;
+    assert_eq!(
+        status.state,
+        JobState::Failed as i32,
+        "{status:?}\n{}",
+        cluster.logs()
+    );
+    assert!(
+        status.error.contains("injected fault"),
+        "the reason names the panic: {status:?}"
+    );
+    // The trainer stopped beating for the job (the lease is 4 s, a beat every third of it)
+    // and lives on for the next one.
+    let heartbeat = layout::heartbeat(&lift_shared::ids::JobId::parse(&job).unwrap());
+    let beat = cluster.store().get(&heartbeat).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(cluster.store().get(&heartbeat).await.unwrap(), beat);
+    assert!(
+        cluster.trainers[0]
+            .wait_exit(Duration::from_secs(1))
+            .is_none(),
+        "the trainer exited\n{}",
+        cluster.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreadable_job_record_is_quarantined_and_the_coordinator_serves_the_rest() {
+    let mut cluster = Cluster::with_generator("instant:".into());
+    let damaged = lift_shared::ids::JobId::parse("damaged-job").unwrap();
+    cluster
+        .store()
+        .put_overwrite(&layout::state(&damaged, 0), b"{\"state\": tru".to_vec())
+        .await
+        .unwrap();
+    cluster.start_all().await;
+    let job = cluster
+        .submit("Vellmar Island", &made_up_document(3), 1)
+        .await;
+    let status = cluster.wait_for_terminal(&job, JOB_TIMEOUT).await;
+    assert!(succeeded(&status), "{status:?}\n{}", cluster.logs());
+    let coordinator_log = cluster.coordinator.as_ref().unwrap().log_text();
+    assert!(
+        coordinator_log.contains("damaged-job") && coordinator_log.contains("quarantined"),
+        "{coordinator_log}"
+    );
+}
+
+/// An S3 endpoint that forwards every request to moto without its `If-None-Match` header: a
+/// server that speaks S3 but ignores create-only writes, as some S3-compatible stores do.
+async fn s3_ignoring_create_only() -> String {
+    let upstream = std::env::var("LIFT_TEST_S3_ENDPOINT").expect("LIFT_TEST_S3_ENDPOINT");
+    let client = reqwest::Client::new();
+    let forward = move |request: axum::extract::Request| {
+        let (client, upstream) = (client.clone(), upstream.clone());
+        async move {
+            let (parts, body) = request.into_parts();
+            let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+            let mut headers = parts.headers;
+            for dropped in ["if-none-match", "host"] {
+                headers.remove(dropped);
+            }
+            let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            let response = client
+                .request(parts.method, format!("{upstream}{path}"))
+                .headers(headers)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            let mut headers = response.headers().clone();
+            for dropped in ["transfer-encoding", "connection"] {
+                headers.remove(dropped);
+            }
+            let mut reply = axum::response::Response::new(axum::body::Body::from(
+                response.bytes().await.unwrap(),
+            ));
+            *reply.status_mut() = status;
+            *reply.headers_mut() = headers;
+            reply
+        }
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, Router::new().fallback(forward))
+            .await
+            .unwrap()
+    });
+    format!("http://{address}")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_that_ignores_create_only_writes_is_refused_at_start() {
+    let mut cluster = Cluster::with_generator("instant:".into());
+    cluster
+        .extra_env
+        .push(("AWS_ENDPOINT_URL", s3_ignoring_create_only().await));
+    let mut coordinator = cluster.spawn("coordinator", &["coordinator"]);
+    let exit = coordinator.wait_exit(Duration::from_secs(60));
+    let log = coordinator.log_text();
+    assert!(
+        exit.is_some_and(|status| !status.success()),
+        "the coordinator ran on a store without create-only writes\n{log}"
+    );
+    // The probe's writes went through the proxy: it is the second write that was accepted.
+    assert!(log.contains("does not honour create-only writes"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_restarted_coordinator_rebuilds_state_and_the_job_completes() {
     let mut cluster = Cluster::with_lift_serve().await;
     cluster.start_all().await;

@@ -307,4 +307,33 @@ async fn mutual_tls_lets_in_only_clients_with_a_certificate_of_the_ca() {
         serve.log_text()
     );
     assert!(started.elapsed() < Duration::from_secs(5));
+
+    // The coordinator's gRPC server closes a socket that never starts its handshake, and one
+    // does not keep it from exiting either.
+    let grpc_addr = format!("127.0.0.1:{}", cluster.grpc_port);
+    let mut silent = std::net::TcpStream::connect(&grpc_addr).unwrap();
+    silent
+        .set_read_timeout(Some(lift_shared::tls::HANDSHAKE_TIMEOUT * 2))
+        .unwrap();
+    let opened = std::time::Instant::now();
+    let read = std::io::Read::read(&mut silent, &mut [0u8; 64]);
+    assert!(
+        matches!(read, Ok(0))
+            || read
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "the silent socket was not closed: {read:?}"
+    );
+    assert!(opened.elapsed() < lift_shared::tls::HANDSHAKE_TIMEOUT * 2);
+    let _silent = std::net::TcpStream::connect(&grpc_addr).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let coordinator = cluster.coordinator.as_mut().unwrap();
+    let started = std::time::Instant::now();
+    let exit = coordinator.terminate(Duration::from_secs(5));
+    assert!(
+        exit.is_some(),
+        "the coordinator did not exit within 5 s of SIGTERM with a silent TLS socket open\n{}",
+        coordinator.log_text()
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
 }

@@ -9,6 +9,7 @@ pub mod facts;
 pub mod generator;
 pub mod ground;
 pub mod instant;
+pub mod keys;
 pub mod openai;
 pub mod parse;
 pub mod prompt;

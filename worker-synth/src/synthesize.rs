@@ -15,9 +15,10 @@ use crate::cloze::cloze_tasks;
 use crate::facts::{fact_spans, FactKind, FactSpan};
 use crate::generator::{GeneratorError, QaGenerator, QaRequest, RestateRequest};
 use crate::ground::{GroundingPolicy, SentenceSource};
+use crate::keys::key_phrases;
 use crate::parse::{DropCounts, PairCollector, ParseLimits, QaPair};
 use crate::restate::restated_questions;
-use crate::templates::{asks_for_kind, templated_questions};
+use crate::templates::{asks_for_kind, keyed_question, templated_questions};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SynthesisTuning {
@@ -173,6 +174,8 @@ enum TaskKind {
     FactTemplate,
     /// A templated question on a rewording of the sentence the generator wrote.
     Restated,
+    /// A fact asked for by one key phrase of its sentence alone.
+    Keyed,
     /// "What does the document say about X?" answered by the whole sentence.
     Recall,
     /// The sentence as what follows the one before it: the document itself, as LIFT trains on
@@ -188,6 +191,7 @@ impl TaskKind {
             Self::FactQa => "fact_qa",
             Self::FactTemplate => "fact_template",
             Self::Restated => "restated",
+            Self::Keyed => "keyed",
             Self::Recall => "recall",
             Self::Passage => "passage",
             Self::Cloze => "cloze",
@@ -362,8 +366,8 @@ struct SentenceTasks {
 }
 
 /// The fact-first recipe for one sentence: per fact span, the generator's questions for it
-/// (kept when they fit the sentence) and the templated ones; a recall task per name; the
-/// sentence as the continuation of the one before. A sentence without fact spans gets only
+/// (kept when they fit the sentence), the templated ones and one keyed by a key phrase; a
+/// recall task per name and per key phrase; the sentence as the continuation of the one before. A sentence without fact spans gets only
 /// the last: what a weak generator writes freely about it is mostly invented.
 async fn synthesize_facts(
     generator: &dyn QaGenerator,
@@ -501,12 +505,35 @@ async fn synthesize_facts(
             }
         }
     }
-    for span in spans.iter().filter(|span| span.kind == FactKind::Name) {
+    let keys = key_phrases(
+        &sentence.text,
+        &sentence.left_context,
+        // All of them: a value past `max_facts_per_sentence` is still no key.
+        &fact_spans(&sentence.text),
+        options.key_phrases as usize,
+    );
+    for (fact, span) in spans.iter().enumerate() {
+        // One key per fact, taken in turn, so a sentence's facts are asked by different keys
+        // and the tasks grow with the keys, not with keys x facts.
+        let key = (0..keys.len())
+            .map(|turn| keys[(fact + turn) % keys.len()])
+            .find(|key| !key.overlaps(span.start, span.end));
+        if let Some(key) = key {
+            let keyed = keyed_question(&sentence.text, span, key.text(&sentence.text));
+            let pair = QaPair {
+                question: keyed.question,
+                answer: evidence_answer(span, &sentence.text, heading),
+            };
+            keep(TaskKind::Keyed, pair, &mut tasks);
+        }
+    }
+    let names = spans
+        .iter()
+        .filter(|span| span.kind == FactKind::Name)
+        .map(|span| span.text(&sentence.text));
+    for subject in names.chain(keys.iter().map(|key| key.text(&sentence.text))) {
         let pair = QaPair {
-            question: format!(
-                "What does the text say about {}?",
-                span.text(&sentence.text)
-            ),
+            question: format!("What does the text say about {subject}?"),
             answer: sentence.text.trim().to_string(),
         };
         keep(TaskKind::Recall, pair, &mut tasks);
@@ -624,6 +651,62 @@ fn sentence_seed(job_seed: u64, sentence_index: u32, round: u32) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn each_fact_is_asked_by_a_key_phrase_that_also_recalls_the_sentence() {
+        let sentence = "A solar-powered water pump was installed in 2016 by Ada Brell.";
+        let chunk = SynthChunk {
+            job_id: lift_shared::ids::JobId::parse("j").unwrap(),
+            chunk_index: 0,
+            title: "Veskar Hut".into(),
+            sentences: vec![SentenceUnit {
+                index: 0,
+                document: 0,
+                left_context: "The hut has a water supply.".into(),
+                text: sentence.into(),
+            }],
+            options: lift_shared::spec::SynthesisOptions {
+                recipe: QuestionRecipe::FactFirst,
+                key_phrases: 2,
+                ..Default::default()
+            },
+        };
+        let tuning = SynthesisTuning::default();
+        let questions = |synthesis: &ChunkSynthesis, kind: TaskKind| -> Vec<String> {
+            synthesis
+                .tasks
+                .iter()
+                .filter(|task| task.kind == kind.name())
+                .map(|task| format!("{} -> {}", task.question, task.answer))
+                .collect()
+        };
+        let synthesis = synthesize_chunk(&crate::instant::InstantGenerator, &chunk, &tuning).await;
+        // Keys, most distinctive first: "solar-powered water pump" (two words the text before
+        // lacks), "Ada Brell"; each fact takes the next key that is not itself.
+        assert_eq!(
+            questions(&synthesis, TaskKind::Keyed),
+            vec![
+                format!("What year does the text give for solar-powered water pump? -> {sentence}"),
+                format!(
+                    "Which name does the text give for solar-powered water pump? -> {sentence}"
+                ),
+            ]
+        );
+        assert_eq!(
+            questions(&synthesis, TaskKind::Recall),
+            vec![
+                format!("What does the text say about Ada Brell? -> {sentence}"),
+                format!("What does the text say about solar-powered water pump? -> {sentence}"),
+            ]
+        );
+
+        let mut without = chunk.clone();
+        without.options.key_phrases = 0;
+        let synthesis =
+            synthesize_chunk(&crate::instant::InstantGenerator, &without, &tuning).await;
+        assert!(questions(&synthesis, TaskKind::Keyed).is_empty());
+        assert_eq!(questions(&synthesis, TaskKind::Recall).len(), 1);
+    }
 
     #[test]
     fn the_previous_sentence_is_the_last_one_of_the_left_context() {

@@ -44,6 +44,26 @@ pub fn templated_questions(sentence: &str, span: &FactSpan) -> Vec<TemplatedQues
     questions
 }
 
+/// "What year does the text give for the solar-powered water pump?": the fact asked for by
+/// one key phrase of its sentence alone (`keys.rs`), so a question that shares only that
+/// phrase with the sentence still leads to it.
+pub fn keyed_question(sentence: &str, span: &FactSpan, key: &str) -> TemplatedQuestion {
+    let phrase = match span.kind {
+        FactKind::Name if span.is_place => "which place".to_string(),
+        // Person or thing: "which name" asks for either.
+        FactKind::Name => "which name".to_string(),
+        FactKind::Quoted => "what term".to_string(),
+        _ => question_phrase(sentence, span, false),
+    };
+    TemplatedQuestion {
+        question: format!(
+            "{} does the text give for {key}?",
+            capitalise_first(&phrase)
+        ),
+        answer: span.text(sentence).to_string(),
+    }
+}
+
 /// Words of the question phrases this module writes: they say what kind of fact is asked
 /// for, not what about.
 const QUESTION_PHRASE_WORDS: &[&str] = &[
@@ -335,5 +355,28 @@ mod tests {
         let all = questions("Tomas Brell arrived on 4 June 1889.");
         assert!(all.iter().all(|(q, _)| !q.starts_with("When")));
         assert!(all.contains(&pair("Tomas Brell arrived on what date?", "4 June 1889")));
+    }
+
+    #[test]
+    fn a_keyed_question_names_the_kind_of_fact_and_the_key_alone() {
+        let sentence = "A solar-powered water pump was installed in 2016 by Ada Brell in Kessock.";
+        let spans = fact_spans(sentence);
+        let asked: Vec<String> = spans
+            .iter()
+            .map(|span| keyed_question(sentence, span, "water pump").question)
+            .collect();
+        assert_eq!(
+            asked,
+            vec![
+                "What year does the text give for water pump?",
+                "Which name does the text give for water pump?",
+                "Which place does the text give for water pump?",
+            ]
+        );
+        let metres = fact_spans("The tower stands 42 metres high.");
+        assert_eq!(
+            keyed_question("The tower stands 42 metres high.", &metres[0], "tower").question,
+            "How many metres does the text give for tower?"
+        );
     }
 }
