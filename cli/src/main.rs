@@ -1,6 +1,7 @@
 //! `lift`: the one binary. Embedded mode (`lift run`) runs coordinator, synthesis and training
 //! in one process; the distributed roles run as separate processes over RabbitMQ and S3.
 
+mod adapter;
 mod ask;
 mod batch;
 mod bench;
@@ -61,6 +62,9 @@ enum Command {
     Cancel(client_commands::CancelArgs),
     /// Ask a job's adapted model a question, with no document in the prompt.
     Ask(client_commands::AskArgs),
+    /// A job's adapter outside lift (a PEFT directory for transformers and vLLM).
+    #[command(subcommand)]
+    Adapter(adapter::AdapterCommand),
     /// OpenAI-compatible HTTP server on the engine; `model` = a job id uses its adapter.
     Serve(serve::ServeArgs),
     /// Manage the model cache.
@@ -160,6 +164,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Jobs(args) => client_commands::jobs(config, args).await,
         Command::Cancel(args) => client_commands::cancel(config, args).await,
         Command::Ask(args) => client_commands::ask(config, args).await,
+        Command::Adapter(command) => adapter::run(config, command).await,
         Command::Serve(args) => serve::run(config, args).await,
         Command::Model(ModelCommand::Fetch) => {
             let path =

@@ -82,7 +82,7 @@ async fn embedded_job_through_lift_serve_pipelines_and_writes_a_peft_adapter() {
     .map(String::from)
     .to_vec();
     let (ok, log) = tokio::task::spawn_blocking({
-        let dir = dir.path().to_path_buf();
+        let (dir, env) = (dir.path().to_path_buf(), env.clone());
         move || run_lift(&dir, "run", &args, &env, Duration::from_secs(900))
     })
     .await
@@ -122,6 +122,28 @@ async fn embedded_job_through_lift_serve_pipelines_and_writes_a_peft_adapter() {
     assert!(
         names.contains(&"base_model.model.model.layers.29.mlp.down_proj.lora_B.weight".to_string())
     );
+
+    // `lift adapter export` writes the same two files into a directory of their own, and
+    // never over an adapter already there.
+    let exported = dir.path().join("exported");
+    let export = ["adapter", "export", job, exported.to_str().unwrap()];
+    let (ok, log) = run_lift(dir.path(), "export", &export, &env, Duration::from_secs(60));
+    assert!(ok, "lift adapter export failed:\n{log}");
+    for file in ["adapter_model.safetensors", "adapter_config.json"] {
+        assert_eq!(
+            std::fs::read(exported.join(file)).unwrap(),
+            std::fs::read(adapter_dir.join(file)).unwrap(),
+            "{file}"
+        );
+    }
+    let (ok, log) = run_lift(
+        dir.path(),
+        "export-again",
+        &export,
+        &env,
+        Duration::from_secs(60),
+    );
+    assert!(!ok && log.contains("is not overwritten"), "{log}");
 }
 
 /// An OpenAI-compatible server that always answers with `content`.

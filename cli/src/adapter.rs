@@ -1,0 +1,58 @@
+//! `lift adapter export`: a job's adapter as a PEFT directory on local disk, from any store,
+//! for `PeftModel.from_pretrained(model, DIR)` and `vllm serve --lora-modules name=DIR`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use lift_engine::lora::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
+use lift_shared::config::Config;
+
+use crate::ask::load_job_adapter;
+use crate::infra;
+
+#[derive(Subcommand)]
+pub enum AdapterCommand {
+    /// Write a job's adapter (adapter_model.safetensors, adapter_config.json) into a
+    /// directory, from the store `LIFT_STORE_URL` names.
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The job whose adapter to export; it must have succeeded.
+    pub job_id: String,
+    /// Created if missing; files already in it are never overwritten.
+    pub dir: PathBuf,
+}
+
+pub async fn run(config: Config, command: AdapterCommand) -> anyhow::Result<ExitCode> {
+    let AdapterCommand::Export(args) = command;
+    let store = infra::open_store(&config)?;
+    let adapter = load_job_adapter(&store, &args.job_id).await?;
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("cannot create the directory {}", args.dir.display()))?;
+    for (name, bytes) in [
+        (ADAPTER_WEIGHTS_FILE, &adapter.files.safetensors),
+        (ADAPTER_CONFIG_FILE, &adapter.files.config_json),
+    ] {
+        let path = args.dir.join(name);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .with_context(|| {
+                format!(
+                    "cannot create {} (an adapter already there is not overwritten; choose an \
+                     empty directory)",
+                    path.display()
+                )
+            })?;
+        file.write_all(bytes)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    println!("{}", args.dir.display());
+    Ok(ExitCode::SUCCESS)
+}
