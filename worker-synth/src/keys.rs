@@ -1,5 +1,5 @@
 //! Key phrases of a sentence: the runs of content words a reader would use to point at it
-//! ("the solar-powered water pump", "the 1851 storm"). A question worded unlike the training
+//! ("the solar-powered water pump", "the diesel generator"). A question worded unlike the training
 //! ones still shares a phrase or two with its sentence; questions keyed by each phrase alone
 //! teach the model to find the sentence from any of them, not only from the whole wording
 //! the templates copy (see "Questions keyed by a phrase" in docs/results.md).
@@ -30,8 +30,8 @@ const MAX_KEY_WORDS: usize = 4;
 
 /// Content words that point at nothing in particular.
 const VAGUE_WORDS: &[&str] = &[
-    "also", "each", "every", "first", "last", "many", "much", "new", "now", "old", "same",
-    "several", "still", "total", "two", "three", "made", "later", "around", "per", "cent",
+    "also", "first", "last", "many", "much", "new", "now", "old", "same", "several", "still",
+    "total", "two", "three", "made", "later", "cent",
 ];
 
 /// Prepositions and quantifiers that end a phrase; the shared stop words do not list them.
@@ -45,8 +45,9 @@ const PHRASE_BREAKS: &[&str] = &[
 /// The sentence's key phrases, most distinctive first: runs of content words, split at stop
 /// words, prepositions, punctuation, values (numbers, dates, amounts and codes are what
 /// questions ask for, not what they name) and after a name, whose next lowercase word is left
-/// out ("Veskar Hut stands" gives "Veskar Hut"); without a lone verb form ("installed", "replacing"). Ranked by
-/// how many of their words the left context does not have, then by length. At most `limit`.
+/// out ("Veskar Hut stands" gives "Veskar Hut"); a lone verb form ("installed", "replacing")
+/// is no key. Ranked by how many of their words the left context does not have, then by
+/// length. At most `limit`.
 pub fn key_phrases(
     sentence: &str,
     left_context: &str,
