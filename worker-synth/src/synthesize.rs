@@ -176,7 +176,8 @@ enum TaskKind {
     Restated,
     /// A fact asked for by one key phrase of its sentence alone.
     Keyed,
-    /// "What does the document say about X?" answered by the whole sentence.
+    /// "What does the text say about X?" (X a name or a key phrase) answered by the whole
+    /// sentence.
     Recall,
     /// The sentence as what follows the one before it: the document itself, as LIFT trains on
     /// its segments besides the questions.
@@ -367,8 +368,9 @@ struct SentenceTasks {
 
 /// The fact-first recipe for one sentence: per fact span, the generator's questions for it
 /// (kept when they fit the sentence), the templated ones and one keyed by a key phrase; a
-/// recall task per name and per key phrase; the sentence as the continuation of the one before. A sentence without fact spans gets only
-/// the last: what a weak generator writes freely about it is mostly invented.
+/// recall task per name and per key phrase; the sentence as the continuation of the one
+/// before. A sentence without fact spans gets only the last: what a weak generator writes
+/// freely about it is mostly invented.
 async fn synthesize_facts(
     generator: &dyn QaGenerator,
     chunk: &SynthChunk,
