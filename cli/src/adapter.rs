@@ -32,24 +32,32 @@ pub async fn run(config: Config, command: AdapterCommand) -> anyhow::Result<Exit
     let AdapterCommand::Export(args) = command;
     let store = infra::open_store(&config)?;
     let adapter = load_job_adapter(&store, &args.job_id).await?;
+    let files = [
+        (
+            args.dir.join(ADAPTER_WEIGHTS_FILE),
+            &adapter.files.safetensors,
+        ),
+        (
+            args.dir.join(ADAPTER_CONFIG_FILE),
+            &adapter.files.config_json,
+        ),
+    ];
+    // Checked for both before either is written, so a refusal leaves the directory as it was.
+    if let Some((existing, _)) = files.iter().find(|(path, _)| path.exists()) {
+        anyhow::bail!(
+            "{} exists (an adapter already there is not overwritten; choose an empty directory)",
+            existing.display()
+        );
+    }
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("cannot create the directory {}", args.dir.display()))?;
-    for (name, bytes) in [
-        (ADAPTER_WEIGHTS_FILE, &adapter.files.safetensors),
-        (ADAPTER_CONFIG_FILE, &adapter.files.config_json),
-    ] {
-        let path = args.dir.join(name);
+    for (path, bytes) in files {
+        // create_new: a file that appeared since the check is not overwritten either.
         let mut file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&path)
-            .with_context(|| {
-                format!(
-                    "cannot create {} (an adapter already there is not overwritten; choose an \
-                     empty directory)",
-                    path.display()
-                )
-            })?;
+            .with_context(|| format!("cannot create {} (it is not overwritten)", path.display()))?;
         file.write_all(bytes)
             .with_context(|| format!("cannot write {}", path.display()))?;
     }

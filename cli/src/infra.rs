@@ -26,11 +26,7 @@ pub async fn connect_broker(config: &Config, name: &str) -> anyhow::Result<Arc<d
     if config.amqp_url.is_empty() {
         return Ok(Arc::new(InProcessBroker::new(config.delivery_limit)));
     }
-    let mut options = RabbitBrokerOptions::new(config.amqp_url.clone());
-    options.delivery_limit = config.delivery_limit;
-    options.retry_timeout = std::time::Duration::from_secs(config.broker_retry_secs);
-    options.connection_name = name.to_string();
-    let broker = RabbitBroker::connect(options)
+    let broker = RabbitBroker::connect(RabbitBrokerOptions::from_config(config, name))
         .await
         .context("cannot connect to RabbitMQ (LIFT_AMQP_URL)")?;
     Ok(Arc::new(broker))

@@ -503,6 +503,12 @@ mod tests {
             "synthesis.restatements is 9; it must be in 0..=8"
         );
         job = spec();
+        job.synthesis.key_phrases = 5;
+        assert_eq!(
+            message(job.validate(&limits)),
+            "synthesis.key_phrases is 5; it must be in 0..=4"
+        );
+        job = spec();
         job.synthesis.temperature = 2.5;
         assert!(message(job.validate(&limits)).contains("synthesis.temperature"));
         job = spec();

@@ -398,16 +398,19 @@ impl Cluster {
     }
 
     pub fn spawn(&mut self, name: &str, args: &[&str]) -> LiftProcess {
+        self.spawn_program(&lift_binary(), name, args)
+    }
+
+    /// Another program than `lift` (a test binary of this crate) in the cluster's environment.
+    pub fn spawn_program(&mut self, program: &Path, name: &str, args: &[&str]) -> LiftProcess {
         self.spawned += 1;
         let name = format!("{name}-{}", self.spawned);
-        LiftProcess::spawn(&name, args, &self.env(), self.dir.path())
+        LiftProcess::spawn_program(program, &name, args, &self.env(), self.dir.path())
     }
 
     /// A trainer built from another program (a test binary with an injected fault).
     pub fn start_trainer_program(&mut self, program: &Path) {
-        self.spawned += 1;
-        let name = format!("trainer-{}", self.spawned);
-        let process = LiftProcess::spawn_program(program, &name, &[], &self.env(), self.dir.path());
+        let process = self.spawn_program(program, "trainer", &[]);
         self.trainers.push(process);
     }
 

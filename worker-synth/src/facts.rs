@@ -33,6 +33,11 @@ impl FactSpan {
     pub fn text<'a>(&self, sentence: &'a str) -> &'a str {
         &sentence[self.start..self.end]
     }
+
+    /// Whether the byte range `start..end` shares a byte with the span.
+    pub fn overlaps(&self, start: usize, end: usize) -> bool {
+        self.start < end && start < self.end
+    }
 }
 
 /// The fact spans of a sentence, in sentence order, none overlapping; where candidates
@@ -50,7 +55,7 @@ pub fn fact_spans(sentence: &str) -> Vec<FactSpan> {
     for span in candidates {
         let overlaps = chosen
             .iter()
-            .any(|kept| span.start < kept.end && kept.start < span.end);
+            .any(|kept| kept.overlaps(span.start, span.end));
         if !overlaps {
             chosen.push(span);
         }

@@ -18,10 +18,6 @@ impl KeyPhrase {
     pub fn text<'a>(&self, sentence: &'a str) -> &'a str {
         &sentence[self.start..self.end]
     }
-
-    pub fn overlaps(&self, start: usize, end: usize) -> bool {
-        self.start < end && start < self.end
-    }
 }
 
 /// Words of a key phrase at most: a longer run is a clause, and its last words (the head of a
@@ -64,8 +60,7 @@ pub fn key_phrases(
     let within = |word: &Word<'_>, names: bool| {
         facts.iter().any(|fact| {
             matches!(fact.kind, FactKind::Name | FactKind::Quoted) == names
-                && word.start < fact.end
-                && fact.start < word.end
+                && fact.overlaps(word.start, word.end)
         })
     };
     let is_value = |word: &Word<'_>| within(word, false);

@@ -384,11 +384,18 @@ async fn synthesize_facts(
             dropped: DropCounts::default(),
         });
     }
+    let options = &chunk.options;
+    // From every span: a value past `max_facts_per_sentence` is still no key.
+    let keys = key_phrases(
+        &sentence.text,
+        &sentence.left_context,
+        &spans,
+        options.key_phrases as usize,
+    );
     spans.sort_by_key(|span| span.kind);
     spans.truncate(tuning.max_facts_per_sentence);
     spans.sort_by_key(|span| span.start);
 
-    let options = &chunk.options;
     let heading = section_heading(sentence, &sentence.left_context);
     let source = SentenceSource::new(&sentence.text, &sentence.left_context);
     let requests: Vec<QaRequest> = spans
@@ -507,19 +514,12 @@ async fn synthesize_facts(
             }
         }
     }
-    let keys = key_phrases(
-        &sentence.text,
-        &sentence.left_context,
-        // All of them: a value past `max_facts_per_sentence` is still no key.
-        &fact_spans(&sentence.text),
-        options.key_phrases as usize,
-    );
     for (fact, span) in spans.iter().enumerate() {
         // One key per fact, taken in turn, so a sentence's facts are asked by different keys
         // and the tasks grow with the keys, not with keys x facts.
         let key = (0..keys.len())
             .map(|turn| keys[(fact + turn) % keys.len()])
-            .find(|key| !key.overlaps(span.start, span.end));
+            .find(|key| !span.overlaps(key.start, key.end));
         if let Some(key) = key {
             let keyed = keyed_question(&sentence.text, span, key.text(&sentence.text));
             let pair = QaPair {

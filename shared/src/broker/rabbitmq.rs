@@ -85,6 +85,17 @@ impl RabbitBrokerOptions {
             consumer_check_interval: Duration::from_secs(30),
         }
     }
+
+    /// The options a `lift` process uses: URL, delivery limit and retry time from its
+    /// configuration, `connection_name` to tell its connections apart.
+    pub fn from_config(config: &crate::config::Config, connection_name: &str) -> Self {
+        Self {
+            delivery_limit: config.delivery_limit,
+            retry_timeout: Duration::from_secs(config.broker_retry_secs),
+            connection_name: connection_name.to_string(),
+            ..Self::new(config.amqp_url.clone())
+        }
+    }
 }
 
 /// The RabbitMQ broker. Dropping it (or calling [`RabbitBroker::shutdown`]) ends every

@@ -50,9 +50,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let config = Config::load(None)?;
     let store = Store::open(&config.store_url)?;
-    let mut options = RabbitBrokerOptions::new(config.amqp_url.clone());
-    options.delivery_limit = config.delivery_limit;
-    options.connection_name = "panicking-trainer".to_string();
+    let options = RabbitBrokerOptions::from_config(&config, "panicking-trainer");
     let broker = Arc::new(PanicsAtFirstStep(RabbitBroker::connect(options).await?));
     let source = ModelSource::parse(&config.model)?;
     let engine = Arc::new(
