@@ -12,7 +12,7 @@ use clap::{Args, Subcommand};
 use lift_engine::{Engine, LoraAdapter};
 use lift_eval::facts::{load_fact_documents, FactDocument, FactScore};
 use lift_eval::haystack::{build_haystack, load_essays};
-use lift_eval::metrics::{contains_key_facts, exact_match, token_f1};
+use lift_eval::metrics::{contains_answer, contains_key_facts, exact_match, token_f1};
 use lift_eval::plot::{facts_bars, niah_heatmap, squad_bars};
 use lift_eval::report::{NiahCell, SquadScore};
 use lift_eval::squad::{load_squad, Grouping, SquadOptions};
@@ -32,6 +32,16 @@ pub enum EvalCommand {
     Squad(SquadArgs),
     /// The key-fact dev set (eval/facts): fictional documents, questions on their facts.
     Facts(FactsArgs),
+    /// Merge reports of `lift eval niah` or `lift eval squad` that ran side by side (e.g. one
+    /// process per cell or group on a GPU machine) into one report, scores and plots.
+    Merge {
+        /// Directory for the merged report.json and its plots.
+        #[arg(long)]
+        out: PathBuf,
+        /// The reports to merge, all of one kind.
+        #[arg(required = true)]
+        reports: Vec<PathBuf>,
+    },
     /// Draw a report's plots again (next to its report.json).
     Plot {
         /// A report.json written by `lift eval niah` or `lift eval squad`.
@@ -117,6 +127,10 @@ pub struct SquadArgs {
     /// Questions asked per group, at most.
     #[arg(long, default_value_t = 10)]
     pub questions_per_group: usize,
+    /// Groups to pass over before the first one evaluated, so that processes running side by
+    /// side can each take their own groups (merged with `lift eval merge`).
+    #[arg(long, default_value_t = 0)]
+    pub skip_groups: usize,
     #[command(flatten)]
     pub lift: LiftArgs,
 }
@@ -130,6 +144,7 @@ pub async fn run(config: Config, command: EvalCommand) -> anyhow::Result<std::pr
         EvalCommand::Niah(args) => niah(config, args).await?,
         EvalCommand::Squad(args) => squad(config, args).await?,
         EvalCommand::Facts(args) => facts(config, args).await?,
+        EvalCommand::Merge { out, reports } => merge_reports(&out, &reports)?,
         EvalCommand::Plot { report } => plot_report(&report)?,
     }
     Ok(std::process::ExitCode::SUCCESS)
@@ -393,21 +408,7 @@ async fn niah(config: Config, args: NiahArgs) -> anyhow::Result<()> {
     })
     .await?;
 
-    let summary: Vec<_> = ["base", "base+context", "lift"]
-        .iter()
-        .map(|setting| {
-            let scored: Vec<&NiahCell> = cells.iter().filter(|c| c.setting == *setting && c.fits_context).collect();
-            let hits = scored.iter().filter(|c| c.key_facts_hit).count();
-            json!({
-                "setting": setting,
-                "cells": scored.len(),
-                "key_facts_hit": hits,
-                "hit_share": if scored.is_empty() { 0.0 } else { hits as f64 / scored.len() as f64 },
-                "mean_f1": if scored.is_empty() { 0.0 } else { scored.iter().map(|c| c.f1).sum::<f64>() / scored.len() as f64 },
-            })
-        })
-        .collect();
-    draw_niah(&cells, &args.lift.out)?;
+    let summary = niah_summary(&cells);
     let report = json!({
         "eval": "niah",
         "config": {
@@ -424,12 +425,119 @@ async fn niah(config: Config, args: NiahArgs) -> anyhow::Result<()> {
         "jobs": jobs,
         "seconds": started.elapsed().as_secs_f64(),
     });
-    let path = write_report(&args.lift.out, &report)?;
+    let path = write_report_and_plots(&args.lift.out, &report)?;
     println!(
         "{}",
         serde_json::to_string(&json!({ "report": path, "summary": report["summary"] }))?
     );
     Ok(())
+}
+
+/// Key-fact hits and mean F1 of each setting over the cells it could run.
+fn niah_summary(cells: &[NiahCell]) -> Vec<serde_json::Value> {
+    ["base", "base+context", "lift"]
+        .iter()
+        .map(|setting| {
+            let scored: Vec<&NiahCell> = cells
+                .iter()
+                .filter(|c| c.setting == *setting && c.fits_context)
+                .collect();
+            let hits = scored.iter().filter(|c| c.key_facts_hit).count();
+            let share = |total: f64| {
+                if scored.is_empty() {
+                    0.0
+                } else {
+                    total / scored.len() as f64
+                }
+            };
+            json!({
+                "setting": setting,
+                "cells": scored.len(),
+                "key_facts_hit": hits,
+                "hit_share": share(hits as f64),
+                "mean_f1": share(scored.iter().map(|c| c.f1).sum::<f64>()),
+            })
+        })
+        .collect()
+}
+
+/// One report from several of one kind: their cells (NIAH) or answers (SQuAD) and jobs
+/// together, the scores computed again over all of them, the plots drawn again.
+fn merge_reports(out: &Path, paths: &[PathBuf]) -> anyhow::Result<()> {
+    let mut reports = Vec::new();
+    for path in paths {
+        let text =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let report: serde_json::Value = serde_json::from_slice(&text)
+            .with_context(|| format!("{} is not JSON", path.display()))?;
+        reports.push(report);
+    }
+    let kind = reports[0]["eval"].as_str().unwrap_or_default().to_string();
+    anyhow::ensure!(
+        kind == "niah" || kind == "squad",
+        "{} is not a report of `lift eval niah` or `lift eval squad`",
+        paths[0].display()
+    );
+    if let Some((path, _)) = paths
+        .iter()
+        .zip(&reports)
+        .find(|(_, report)| report["eval"] != kind.as_str())
+    {
+        anyhow::bail!(
+            "{} is not a {kind} report like {}",
+            path.display(),
+            paths[0].display()
+        );
+    }
+    let gather = |field: &str| -> Vec<serde_json::Value> {
+        reports
+            .iter()
+            .flat_map(|r| r[field].as_array().cloned().unwrap_or_default())
+            .collect()
+    };
+    let jobs = gather("jobs");
+    let mut report = json!({
+        "eval": kind,
+        "config": reports[0]["config"],
+        "merged_from": paths,
+        "jobs": jobs,
+        // The processes ran side by side: the merged run took as long as the longest.
+        "seconds": reports.iter().filter_map(|r| r["seconds"].as_f64()).fold(0.0, f64::max),
+    });
+    if kind == "niah" {
+        let cells: Vec<NiahCell> = serde_json::from_value(gather("cells").into())
+            .context("a NIAH report has malformed cells")?;
+        report["summary"] = json!(niah_summary(&cells));
+        report["cells"] = json!(cells);
+    } else {
+        let answers = gather("answers");
+        let scores = squad_scores(&answers);
+        report["gap_closed"] = json!(gap_closed(&scores));
+        report["scores"] = json!(scores);
+        report["answers"] = json!(answers);
+    }
+    let path = write_report_and_plots(out, &report)?;
+    let scores = if kind == "niah" { "summary" } else { "scores" };
+    println!(
+        "{}",
+        serde_json::to_string(&json!({
+            "report": path,
+            "reports": paths.len(),
+            "jobs": report["jobs"].as_array().map_or(0, Vec::len),
+            scores: report[scores],
+            "gap_closed": report.get("gap_closed"),
+        }))?
+    );
+    Ok(())
+}
+
+/// Writes the report, then draws its plots next to it: a run whose plots cannot be drawn
+/// (no font on a bare GPU machine) keeps its report.
+fn write_report_and_plots(out: &Path, report: &serde_json::Value) -> anyhow::Result<PathBuf> {
+    let path = write_report(out, report)?;
+    plot_report(&path)
+        .with_context(|| format!("{} is written, its plots are not", path.display()))?;
+    Ok(path)
 }
 
 /// Where the plots of a report go: next to it.
@@ -516,14 +624,21 @@ async fn squad(config: Config, args: SquadArgs) -> anyhow::Result<()> {
         None => Grouping::Article,
     };
     let squad_path = data_dir(&args.lift).join("squad.json");
-    let groups = load_squad(
+    let mut groups = load_squad(
         &squad_path,
         &SquadOptions {
             grouping,
-            limit_groups: Some(args.groups),
+            limit_groups: Some(args.skip_groups + args.groups),
             limit_questions_per_group: Some(args.questions_per_group),
         },
     )?;
+    groups.drain(..args.skip_groups.min(groups.len()));
+    anyhow::ensure!(
+        !groups.is_empty(),
+        "--skip-groups {} passes over every group of {}",
+        args.skip_groups,
+        squad_path.display()
+    );
     let started = Instant::now();
     let args = &args;
     let (answers, jobs) = with_lift(&config, &args.lift, |engine, store, addr| async move {
@@ -573,17 +688,14 @@ async fn squad(config: Config, args: SquadArgs) -> anyhow::Result<()> {
     })
     .await?;
 
-    let scores: Vec<SquadScore> = ["base", "base+context", "lift"]
-        .iter()
-        .map(|setting| squad_score(&answers, setting))
-        .collect();
-    squad_bars(&scores, &args.lift.out.join("squad.png"))?;
+    let scores = squad_scores(&answers);
     let report = json!({
         "eval": "squad",
         "config": {
             "groups": args.groups,
             "paragraphs_per_group": args.paragraphs_per_group,
             "questions_per_group": args.questions_per_group,
+            "skip_groups": args.skip_groups,
             "data": squad_path,
             "lift": lift_config(&args.lift),
         },
@@ -593,7 +705,7 @@ async fn squad(config: Config, args: SquadArgs) -> anyhow::Result<()> {
         "jobs": jobs,
         "seconds": started.elapsed().as_secs_f64(),
     });
-    let path = write_report(&args.lift.out, &report)?;
+    let path = write_report_and_plots(&args.lift.out, &report)?;
     println!(
         "{}",
         serde_json::to_string(
@@ -601,6 +713,13 @@ async fn squad(config: Config, args: SquadArgs) -> anyhow::Result<()> {
         )?
     );
     Ok(())
+}
+
+fn squad_scores(answers: &[serde_json::Value]) -> Vec<SquadScore> {
+    ["base", "base+context", "lift"]
+        .iter()
+        .map(|setting| squad_score(answers, setting))
+        .collect()
 }
 
 fn squad_score(answers: &[serde_json::Value], setting: &str) -> SquadScore {
@@ -624,6 +743,11 @@ fn squad_score(answers: &[serde_json::Value], setting: &str) -> SquadScore {
         setting: setting.to_string(),
         exact_match: scored.iter().map(|(p, g)| exact_match(p, g)).sum::<f64>() / n,
         f1: scored.iter().map(|(p, g)| token_f1(p, g)).sum::<f64>() / n,
+        contains_answer: scored
+            .iter()
+            .map(|(p, g)| contains_answer(p, g))
+            .sum::<f64>()
+            / n,
         questions: scored.len(),
     }
 }
@@ -785,14 +909,6 @@ async fn facts(config: Config, args: FactsArgs) -> anyhow::Result<()> {
             FactScore::of(name, answers)
         })
         .collect();
-    let mut groups: Vec<String> = results.iter().map(|r| r.document.genre.clone()).collect();
-    let mut rates: Vec<[f64; 3]> = results
-        .iter()
-        .map(|r| r.scores().map(|score| score.rate))
-        .collect();
-    groups.push("overall".to_string());
-    rates.push([overall[0].rate, overall[1].rate, overall[2].rate]);
-    facts_bars(&groups, &rates, &args.lift.out.join("facts.png"))?;
     let job_seconds: Vec<f64> = results
         .iter()
         .filter_map(|r| r.job["seconds"].as_f64())
@@ -811,7 +927,7 @@ async fn facts(config: Config, args: FactsArgs) -> anyhow::Result<()> {
         "documents": results.iter().map(FactAnswers::to_json).collect::<Vec<_>>(),
         "seconds": started.elapsed().as_secs_f64(),
     });
-    let path = write_report(&args.lift.out, &report)?;
+    let path = write_report_and_plots(&args.lift.out, &report)?;
     let per_document: Vec<_> = results
         .iter()
         .map(|r| {
@@ -841,4 +957,93 @@ async fn facts(config: Config, args: FactsArgs) -> anyhow::Result<()> {
         }))?
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, report: serde_json::Value) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, serde_json::to_vec(&report).unwrap()).unwrap();
+        path
+    }
+
+    fn squad_answer(gold: &str, lift: &str) -> serde_json::Value {
+        json!({
+            "gold": [gold], "base": "no idea", "base+context": gold,
+            "context_fits": true, "lift": lift,
+        })
+    }
+
+    #[test]
+    fn merged_squad_reports_are_scored_over_all_their_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = write(
+            dir.path(),
+            "a.json",
+            json!({ "eval": "squad", "config": {}, "seconds": 5.0, "jobs": [{"job_id": "a"}],
+                    "answers": [squad_answer("911", "In 911.")] }),
+        );
+        let second = write(
+            dir.path(),
+            "b.json",
+            json!({ "eval": "squad", "config": {}, "seconds": 7.0, "jobs": [{"job_id": "b"}],
+                    "answers": [squad_answer("Rollo", "Charles"), squad_answer("Rouen", "Rouen")] }),
+        );
+        let out = dir.path().join("merged");
+        merge_reports(&out, &[first, second]).unwrap();
+        let merged: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+        assert_eq!(merged["jobs"].as_array().unwrap().len(), 2);
+        assert_eq!(merged["seconds"], 7.0);
+        let lift = &merged["scores"][2];
+        assert_eq!(lift["setting"], "lift");
+        assert_eq!(lift["questions"], 3);
+        assert!((lift["contains_answer"].as_f64().unwrap() - 2.0 / 3.0).abs() < 1e-9);
+        assert!((lift["exact_match"].as_f64().unwrap() - 1.0 / 3.0).abs() < 1e-9);
+        // Base scores 0 and the context 1 everywhere, so the gap closed is LIFT's F1.
+        assert_eq!(merged["gap_closed"], lift["f1"]);
+        assert!(out.join("squad.png").exists());
+    }
+
+    #[test]
+    fn merged_niah_reports_keep_every_cell_and_reports_of_another_kind_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let cell = |length: usize, hit: bool| NiahCell {
+            setting: "lift".into(),
+            length_tokens: length,
+            depth_percent: 50,
+            answer: String::new(),
+            key_facts_hit: hit,
+            f1: if hit { 1.0 } else { 0.0 },
+            fits_context: true,
+        };
+        let niah = |name: &str, cells: Vec<NiahCell>| {
+            write(
+                dir.path(),
+                name,
+                json!({ "eval": "niah", "config": {}, "jobs": [], "cells": cells }),
+            )
+        };
+        let first = niah("a.json", vec![cell(1024, true)]);
+        let second = niah("b.json", vec![cell(2048, false)]);
+        let out = dir.path().join("merged");
+        merge_reports(&out, &[first.clone(), second]).unwrap();
+        let merged: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+        assert_eq!(merged["cells"].as_array().unwrap().len(), 2);
+        assert_eq!(merged["summary"][2]["key_facts_hit"], 1);
+        assert_eq!(merged["summary"][2]["hit_share"], 0.5);
+
+        let squad = write(
+            dir.path(),
+            "s.json",
+            json!({ "eval": "squad", "answers": [] }),
+        );
+        let error = merge_reports(&out, &[first, squad])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("is not a niah report"), "{error}");
+    }
 }

@@ -111,6 +111,15 @@ pub fn contains_key_facts(prediction: &str, key_facts: &[String]) -> bool {
     })
 }
 
+/// 1 when one gold answer occurs in the prediction as a run of whole normalised tokens, else 0:
+/// a sentence that states the answer counts, one that only shares words with it does not.
+pub fn contains_answer(prediction: &str, golds: &[String]) -> f64 {
+    let hit = golds
+        .iter()
+        .any(|gold| contains_key_facts(prediction, std::slice::from_ref(gold)));
+    f64::from(u8::from(hit))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,5 +206,20 @@ mod tests {
         ));
         assert!(!contains_key_facts("sandwiches at Dolores Parking", &facts));
         assert!(!contains_key_facts("anything", &golds(&[""])));
+    }
+
+    #[test]
+    fn an_answer_is_contained_when_one_gold_answer_is_a_run_of_its_words() {
+        let gold = golds(&["King Charles III", "Charles III"]);
+        assert_eq!(
+            contains_answer(
+                "The treaty was signed by King Charles III of West Francia.",
+                &gold
+            ),
+            1.0
+        );
+        assert_eq!(contains_answer("Charles the Simple signed it.", &gold), 0.0);
+        assert_eq!(contains_answer("In 9110.", &golds(&["911"])), 0.0);
+        assert_eq!(contains_answer("anything", &[]), 0.0);
     }
 }

@@ -160,6 +160,11 @@ pub fn squad_bars(scores: &[SquadScore], path: &Path) -> Result<(), EvalError> {
                 RGBColor(230, 150, 60),
                 scores.iter().map(|s| s.f1).collect(),
             ),
+            (
+                "contains a gold answer",
+                RGBColor(120, 180, 100),
+                scores.iter().map(|s| s.contains_answer).collect(),
+            ),
         ],
         path,
     )
@@ -322,18 +327,21 @@ mod tests {
                 setting: "base".into(),
                 exact_match: 0.02,
                 f1: 0.08,
+                contains_answer: 0.05,
                 questions: 20,
             },
             SquadScore {
                 setting: "base+context".into(),
                 exact_match: 0.3,
                 f1: 0.45,
+                contains_answer: 0.6,
                 questions: 20,
             },
             SquadScore {
                 setting: "lift".into(),
                 exact_match: 0.1,
                 f1: 0.2,
+                contains_answer: 0.3,
                 questions: 20,
             },
         ];

@@ -22,5 +22,10 @@ pub struct SquadScore {
     pub setting: String,
     pub exact_match: f64,
     pub f1: f64,
+    /// Share of answers that contain a gold answer as whole normalised tokens: this model
+    /// answers in sentences, which exact match scores 0 and F1 only in part (SEAL grades
+    /// answers with a judge model for the same reason). Absent from reports before 2026-12-02.
+    #[serde(default)]
+    pub contains_answer: f64,
     pub questions: usize,
 }

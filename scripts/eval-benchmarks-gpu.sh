@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The benchmark evaluations of issue 13's acceptance on the GPU machine, every cell or group in
+# a process of its own, side by side, then one merged report each (`lift eval merge`):
+#   niah   NIAH at 1K and 2K tokens x depths 0, 50, 100 (6 processes)
+#   squad  SQuAD v2.0 dev, 6 groups of 2 paragraphs, 5 questions each (6 processes)
+#   seal   SEAL's single-passage protocol: 20 single paragraphs, all their answerable
+#          questions asked with no passage (4 processes of 5 passages)
+# On 2 CPU cores these take many hours; on the H200 one call of a few minutes.
+#
+# Run from the repository root ON the GPU machine:
+#   scripts/eval-benchmarks-gpu.sh OUT_DIR [lift options]...
+# Writes OUT_DIR/{niah,squad,seal}/report.json and plots; prints one JSON line per benchmark.
+# Needs $LIFT_BIN (default gpu-bin/lift, a `--features cuda` release build, docs/benchmarks.md),
+# the default model under $LIFT_MODEL_DIR and the evaluation data under $LIFT_EVAL_DATA_DIR
+# (scripts/fetch-eval-data.sh). Each process is stopped after $LIFT_EVAL_TIMEOUT_S seconds
+# (default 540); NIAH keeps the cells a stopped process finished, SQuAD groups do not.
+set -euo pipefail
+out=${1:?usage: scripts/eval-benchmarks-gpu.sh OUT_DIR [lift options]...}
+shift
+lift=${LIFT_BIN:-gpu-bin/lift}
+timeout_s=${LIFT_EVAL_TIMEOUT_S:-540}
+export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}
+export LIFT_SYNTH_CONCURRENCY=${LIFT_SYNTH_CONCURRENCY:-32}
+work=$(mktemp -d)
+
+run() {
+  local dir=$work/$1
+  shift
+  mkdir -p "$dir"
+  timeout "$timeout_s" "$lift" eval "$@" --out "$dir" >"$dir/stdout" 2>"$dir/stderr" &
+}
+
+for length in 1024 2048; do
+  for depth in 0 50 100; do
+    run "niah/$length-$depth" niah --lengths "$length" --depths "$depth" "$@"
+  done
+done
+for group in 0 1 2 3 4 5; do
+  run "squad/$group" squad --groups 1 --skip-groups "$group" --paragraphs-per-group 2 \
+    --questions-per-group 5 "$@"
+done
+for part in 0 1 2 3; do
+  run "seal/$part" squad --groups 5 --skip-groups $((part * 5)) --paragraphs-per-group 1 \
+    --questions-per-group 100 "$@"
+done
+wait || true
+
+for benchmark in niah squad seal; do
+  reports=("$work/$benchmark"/*/report.json)
+  if [[ ! -e ${reports[0]} ]]; then
+    echo "{\"benchmark\": \"$benchmark\", \"error\": \"no process finished\"}"
+    tail -n 5 "$work/$benchmark"/*/stderr >&2 || true
+    continue
+  fi
+  # A merge whose plots cannot be drawn (no DejaVu font on the machine) still writes the report.
+  "$lift" eval merge --out "$out/$benchmark" "${reports[@]}" || echo "$benchmark: see the error above" >&2
+  for dir in "$work/$benchmark"/*/; do
+    [[ -e $dir/report.json ]] || { echo "$benchmark: $(basename "$dir") did not finish:" >&2; tail -n 5 "$dir/stderr" >&2; }
+  done
+done
