@@ -66,6 +66,11 @@ pub struct TrainerOptions {
     /// On a GPU, replay each batch shape's step as one CUDA graph from its second occurrence
     /// on (the step is launch-bound at LIFT's batch sizes). Ignored on CPU.
     pub cuda_graphs: bool,
+    /// On a CPU, a step's examples go through forward and backward this many at a time and
+    /// their gradients are summed before the one update: the same step, with the activation
+    /// memory of a smaller batch (a laptop's RAM is the limit there, not the matmul width).
+    /// Ignored on a GPU, where a step is one captured graph.
+    pub cpu_micro_batch: usize,
 }
 
 impl Default for TrainerOptions {
@@ -80,6 +85,7 @@ impl Default for TrainerOptions {
             max_grad_norm: 1.0,
             max_seq_len: 512,
             cuda_graphs: true,
+            cpu_micro_batch: 2,
         }
     }
 }
@@ -257,8 +263,56 @@ impl SftTrainer {
 
     /// One optimizer step on `examples`.
     pub fn step(&mut self, examples: &[SftExample]) -> Result<StepStats> {
-        let batch = self.batch(examples)?;
-        self.step_batch(&batch)
+        let micro = self.options.cpu_micro_batch.max(1);
+        if !self.engine.device().is_cpu() || examples.len() <= micro {
+            let batch = self.batch(examples)?;
+            return self.step_batch(&batch);
+        }
+        let batches = examples
+            .chunks(micro)
+            .map(|chunk| self.batch(chunk))
+            .collect::<Result<Vec<_>>>()?;
+        self.step_micro_batches(&batches)
+    }
+
+    /// One optimizer step over several batches: the gradient of the mean loss over all their
+    /// answer tokens, each batch's loss weighted by its share of those tokens.
+    fn step_micro_batches(&mut self, batches: &[SftBatch]) -> Result<StepStats> {
+        let lr = self
+            .options
+            .schedule
+            .learning_rate(self.options.learning_rate, self.step);
+        self.optimizer
+            .prepare_step(lr, self.step + 1, &self.options)?;
+        let answer_tokens: usize = batches.iter().map(|b| b.answer_tokens).sum();
+        let (mut loss_sum, mut grad_sum) = (None::<Tensor>, None::<Tensor>);
+        for batch in batches {
+            let weight = batch.answer_tokens as f64 / answer_tokens as f64;
+            let loss = (self.loss(batch)? * weight)?;
+            let grad = self.optimizer.gradient(&loss)?;
+            let loss = loss.detach();
+            loss_sum = Some(match loss_sum {
+                Some(sum) => (sum + loss)?,
+                None => loss,
+            });
+            grad_sum = Some(match grad_sum {
+                Some(sum) => (sum + grad)?,
+                None => grad,
+            });
+        }
+        let (loss, grad) = loss_sum
+            .zip(grad_sum)
+            .ok_or_else(|| EngineError::InvalidRequest("empty training batch".into()))?;
+        self.optimizer.update(&loss, grad, &self.options)?;
+        self.step += 1;
+        let (loss, grad_norm) = self.optimizer.last_loss_and_grad_norm()?;
+        Ok(StepStats {
+            loss,
+            answer_tokens,
+            tokens: batches.iter().map(|b| b.inputs.elem_count()).sum(),
+            learning_rate: lr,
+            grad_norm,
+        })
     }
 
     /// One optimizer step on an already encoded batch.
@@ -415,21 +469,35 @@ impl FlatAdamW {
 
     /// Backward from `loss`, then the update; device work only.
     fn apply(&self, loss: &Tensor, o: &TrainerOptions) -> candle_core::Result<()> {
-        self.loss.set(&loss.detach().to_dtype(DType::F32)?)?;
+        let grad = self.gradient(loss)?;
+        self.update(loss, grad, o)
+    }
+
+    /// The variables' gradients of `loss`, as one flat buffer.
+    fn gradient(&self, loss: &Tensor) -> candle_core::Result<Tensor> {
         let grads = loss.backward()?;
-        let flat = |pick: &dyn Fn(&Var) -> candle_core::Result<Tensor>| {
-            let parts = self
-                .vars
-                .iter()
-                .map(|(_, var)| pick(var)?.flatten_all())
-                .collect::<candle_core::Result<Vec<_>>>()?;
-            Tensor::cat(&parts, 0)
-        };
-        let grad = flat(&|var| match grads.get(var.as_tensor()) {
+        self.flat(&|var| match grads.get(var.as_tensor()) {
             Some(g) => Ok(g.clone()),
             None => var.zeros_like(),
-        })?;
-        drop(grads);
+        })
+    }
+
+    /// All variables, each picked by `pick`, flattened into one buffer.
+    fn flat(
+        &self,
+        pick: &dyn Fn(&Var) -> candle_core::Result<Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        let parts = self
+            .vars
+            .iter()
+            .map(|(_, var)| pick(var)?.flatten_all())
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Tensor::cat(&parts, 0)
+    }
+
+    /// Clipping and the AdamW update from the flat gradient of `loss`, which is recorded.
+    fn update(&self, loss: &Tensor, grad: Tensor, o: &TrainerOptions) -> candle_core::Result<()> {
+        self.loss.set(&loss.detach().to_dtype(DType::F32)?)?;
         let norm = grad.sqr()?.sum_all()?.sqrt()?;
         self.grad_norm.set(&norm)?;
         let grad = if o.max_grad_norm > 0.0 {
@@ -448,7 +516,7 @@ impl FlatAdamW {
         let m_hat = m.broadcast_mul(&scalar(1)?)?;
         let v_hat = v.broadcast_mul(&scalar(2)?)?;
         let mut update = (m_hat / (v_hat.sqrt()? + o.eps)?)?;
-        let theta = flat(&|var| Ok(var.as_tensor().clone()))?;
+        let theta = self.flat(&|var| Ok(var.as_tensor().clone()))?;
         if o.weight_decay > 0.0 {
             update = (update + (&theta * o.weight_decay)?)?;
         }
@@ -494,6 +562,56 @@ mod tests {
     use super::{SftExample, SftTrainer, TrainerOptions};
     use crate::lora::LoraConfig;
     use crate::testing::{max_abs_diff, tiny_engine};
+
+    /// A step taken one example at a time (gradients summed, each weighted by its answer
+    /// tokens) is the step of the whole batch: same loss, gradient norm and variables.
+    #[test]
+    fn a_step_in_micro_batches_is_the_step_of_the_whole_batch() {
+        let engine = Arc::new(tiny_engine(5));
+        let config = LoraConfig::new(4, 8.0, &[]).unwrap();
+        let trainer_with = |micro: usize| {
+            let options = TrainerOptions {
+                learning_rate: 1e-2,
+                cpu_micro_batch: micro,
+                ..TrainerOptions::default()
+            };
+            let adapter = engine.new_adapter(config.clone(), 7).unwrap();
+            SftTrainer::new(engine.clone(), adapter, options).unwrap()
+        };
+        let (mut whole, mut micro) = (trainer_with(8), trainer_with(1));
+        let examples = [
+            SftExample {
+                prompt: "Where is the lamp?".into(),
+                answer: "On the shelf by the door.".into(),
+            },
+            SftExample {
+                prompt: "Who lit it?".into(),
+                answer: "Odalys.".into(),
+            },
+            SftExample {
+                prompt: "When was the record lantern made, and by whom?".into(),
+                answer: "In 1934.".into(),
+            },
+        ];
+        for _ in 0..2 {
+            let a = whole.step(&examples).unwrap();
+            let b = micro.step(&examples).unwrap();
+            assert!((a.loss - b.loss).abs() < 1e-5, "{} vs {}", a.loss, b.loss);
+            assert!((a.grad_norm - b.grad_norm).abs() < 1e-4 * a.grad_norm.max(1.0));
+            assert_eq!(a.answer_tokens, b.answer_tokens);
+            // Each micro-batch is padded to its own longest example only.
+            assert!(b.tokens < a.tokens);
+        }
+        for ((name, a), (_, b)) in whole
+            .adapter()
+            .named_vars()
+            .iter()
+            .zip(micro.adapter().named_vars().iter())
+        {
+            let diff = max_abs_diff(a.as_tensor(), b.as_tensor());
+            assert!(diff < 1e-5, "{name} differs by {diff}");
+        }
+    }
 
     /// The flat, device-scalar AdamW against AdamW written per variable the textbook way,
     /// with clipping and weight decay both active.
