@@ -278,12 +278,7 @@ impl SftTrainer {
     /// One optimizer step over several batches: the gradient of the mean loss over all their
     /// answer tokens, each batch's loss weighted by its share of those tokens.
     fn step_micro_batches(&mut self, batches: &[SftBatch]) -> Result<StepStats> {
-        let lr = self
-            .options
-            .schedule
-            .learning_rate(self.options.learning_rate, self.step);
-        self.optimizer
-            .prepare_step(lr, self.step + 1, &self.options)?;
+        let lr = self.begin_step()?;
         let answer_tokens: usize = batches.iter().map(|b| b.answer_tokens).sum();
         let (mut loss_sum, mut grad_sum) = (None::<Tensor>, None::<Tensor>);
         for batch in batches {
@@ -304,12 +299,29 @@ impl SftTrainer {
             .zip(grad_sum)
             .ok_or_else(|| EngineError::InvalidRequest("empty training batch".into()))?;
         self.optimizer.update(&loss, grad, &self.options)?;
+        let tokens = batches.iter().map(|b| b.inputs.elem_count()).sum();
+        self.end_step(lr, answer_tokens, tokens)
+    }
+
+    /// The learning rate of the coming step, uploaded with its bias corrections.
+    fn begin_step(&mut self) -> Result<f64> {
+        let lr = self
+            .options
+            .schedule
+            .learning_rate(self.options.learning_rate, self.step);
+        self.optimizer
+            .prepare_step(lr, self.step + 1, &self.options)?;
+        Ok(lr)
+    }
+
+    /// Counts the step taken and reads its loss and gradient norm back.
+    fn end_step(&mut self, lr: f64, answer_tokens: usize, tokens: usize) -> Result<StepStats> {
         self.step += 1;
         let (loss, grad_norm) = self.optimizer.last_loss_and_grad_norm()?;
         Ok(StepStats {
             loss,
             answer_tokens,
-            tokens: batches.iter().map(|b| b.inputs.elem_count()).sum(),
+            tokens,
             learning_rate: lr,
             grad_norm,
         })
@@ -317,12 +329,7 @@ impl SftTrainer {
 
     /// One optimizer step on an already encoded batch.
     pub fn step_batch(&mut self, batch: &SftBatch) -> Result<StepStats> {
-        let lr = self
-            .options
-            .schedule
-            .learning_rate(self.options.learning_rate, self.step);
-        self.optimizer
-            .prepare_step(lr, self.step + 1, &self.options)?;
+        let lr = self.begin_step()?;
         let shape = batch.inputs.dims2()?;
         self.prepare_attention_inputs(shape)?;
         let inputs = &self.attention_inputs[&shape];
@@ -337,15 +344,7 @@ impl SftTrainer {
         }
         #[cfg(not(feature = "cuda"))]
         step(batch)?;
-        self.step += 1;
-        let (loss, grad_norm) = self.optimizer.last_loss_and_grad_norm()?;
-        Ok(StepStats {
-            loss,
-            answer_tokens: batch.answer_tokens,
-            tokens: batch.inputs.elem_count(),
-            learning_rate: lr,
-            grad_norm,
-        })
+        self.end_step(lr, batch.answer_tokens, batch.inputs.elem_count())
     }
 
     /// AdamW moments as safetensors (`<var>.exp_avg`, `<var>.exp_avg_sq`) for checkpoints.
