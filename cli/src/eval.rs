@@ -464,14 +464,10 @@ fn niah_summary(cells: &[NiahCell]) -> Vec<serde_json::Value> {
 /// One report from several of one kind: their cells (NIAH) or answers (SQuAD) and jobs
 /// together, the scores computed again over all of them, the plots drawn again.
 fn merge_reports(out: &Path, paths: &[PathBuf]) -> anyhow::Result<()> {
-    let mut reports = Vec::new();
-    for path in paths {
-        let text =
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let report: serde_json::Value = serde_json::from_slice(&text)
-            .with_context(|| format!("{} is not JSON", path.display()))?;
-        reports.push(report);
-    }
+    let reports = paths
+        .iter()
+        .map(|path| read_report(path))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let kind = reports[0]["eval"].as_str().unwrap_or_default().to_string();
     anyhow::ensure!(
         kind == "niah" || kind == "squad",
@@ -535,7 +531,7 @@ fn merge_reports(out: &Path, paths: &[PathBuf]) -> anyhow::Result<()> {
 /// (no font on a bare GPU machine) keeps its report.
 fn write_report_and_plots(out: &Path, report: &serde_json::Value) -> anyhow::Result<PathBuf> {
     let path = write_report(out, report)?;
-    plot_report(&path)
+    draw_plots(report, &path)
         .with_context(|| format!("{} is written, its plots are not", path.display()))?;
     Ok(path)
 }
@@ -553,10 +549,17 @@ fn draw_niah(cells: &[NiahCell], out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn plot_report(path: &Path) -> anyhow::Result<()> {
+fn read_report(path: &Path) -> anyhow::Result<serde_json::Value> {
     let text = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let report: serde_json::Value =
-        serde_json::from_slice(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    serde_json::from_slice(&text).with_context(|| format!("{} is not JSON", path.display()))
+}
+
+fn plot_report(path: &Path) -> anyhow::Result<()> {
+    draw_plots(&read_report(path)?, path)
+}
+
+/// Draws the plots of `report`, stored at `path`, next to it.
+fn draw_plots(report: &serde_json::Value, path: &Path) -> anyhow::Result<()> {
     match report["eval"].as_str() {
         Some("niah") => {
             let cells: Vec<NiahCell> = serde_json::from_value(report["cells"].clone())

@@ -280,20 +280,17 @@ impl SftTrainer {
     fn step_micro_batches(&mut self, batches: &[SftBatch]) -> Result<StepStats> {
         let lr = self.begin_step()?;
         let answer_tokens: usize = batches.iter().map(|b| b.answer_tokens).sum();
-        let (mut loss_sum, mut grad_sum) = (None::<Tensor>, None::<Tensor>);
+        let add = |sum: Option<Tensor>, term: Tensor| match sum {
+            Some(sum) => sum + term,
+            None => Ok(term),
+        };
+        let (mut loss_sum, mut grad_sum) = (None, None);
         for batch in batches {
             let weight = batch.answer_tokens as f64 / answer_tokens as f64;
             let loss = (self.loss(batch)? * weight)?;
             let grad = self.optimizer.gradient(&loss)?;
-            let loss = loss.detach();
-            loss_sum = Some(match loss_sum {
-                Some(sum) => (sum + loss)?,
-                None => loss,
-            });
-            grad_sum = Some(match grad_sum {
-                Some(sum) => (sum + grad)?,
-                None => grad,
-            });
+            loss_sum = Some(add(loss_sum, loss.detach())?);
+            grad_sum = Some(add(grad_sum, grad)?);
         }
         let (loss, grad) = loss_sum
             .zip(grad_sum)
