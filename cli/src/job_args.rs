@@ -77,6 +77,8 @@ pub struct JobOptions {
     pub alpha: Option<f32>,
     #[arg(long, default_value_t = TRAINING.learning_rate)]
     pub learning_rate: f64,
+    /// Learning-rate schedule; `cosine` keeps the base rate while synthesis runs and decays
+    /// to zero over the epochs trained from the task cache.
     #[arg(long, value_enum, default_value_t = ScheduleArg::Constant)]
     pub schedule: ScheduleArg,
     #[arg(long, default_value_t = TRAINING.warmup_steps)]

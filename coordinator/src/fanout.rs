@@ -75,14 +75,11 @@ async fn publish_chunk_with_confirm(
 }
 
 pub(crate) fn train_assignment(job: &JobId, spec: &JobSpec, status: &JobStatus) -> TrainAssignment {
-    let tasks_per_sentence =
-        u64::from(spec.synthesis.qa_per_sentence) + u64::from(spec.synthesis.cloze_tasks);
     TrainAssignment {
         job_id: job.clone(),
         base_model: spec.base_model.clone(),
         options: spec.training.clone(),
         chunk_count: status.chunks_total,
-        expected_tasks: u64::from(status.sentences_total) * tasks_per_sentence,
         generation: status.trainer_generation,
     }
 }

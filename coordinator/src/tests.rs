@@ -241,6 +241,7 @@ async fn training_finished_succeeds_and_ends_the_watch_stream() {
             step: 3,
             loss: 1.25,
             tokens: 512,
+            learning_rate: 1e-3,
             at_ms: now_ms(),
         },
     )

@@ -1,7 +1,7 @@
 //! The loaded base model with its tokenizer: what generation and training run on.
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use candle_core::{DType, Device};
 
@@ -93,6 +93,12 @@ pub struct Engine {
     pub tokenizer: ChatTokenizer,
     model_id: String,
     json_vocab: OnceLock<JsonVocab>,
+    /// Turns on the device's one stream (`gpu.rs`). While a training step is captured into a
+    /// CUDA graph, every kernel any thread launches on that stream is recorded into the graph
+    /// (and replayed at each later step, reading buffers long freed), and a copy back to the
+    /// host breaks the capture. Generation and training hold a shared turn; a capture holds
+    /// the stream alone.
+    stream_turns: RwLock<()>,
 }
 
 impl Engine {
@@ -116,6 +122,7 @@ impl Engine {
             tokenizer,
             model_id,
             json_vocab: OnceLock::new(),
+            stream_turns: RwLock::new(()),
         }
     }
 
@@ -132,11 +139,28 @@ impl Engine {
     }
 
     pub fn new_adapter(&self, config: LoraConfig, seed: u64) -> Result<LoraAdapter> {
+        let _turn = self.shared_stream_turn();
         LoraAdapter::new(self.config(), config, &self.model_id, seed, self.device())
     }
 
     pub fn load_adapter(&self, files: &PeftFiles) -> Result<LoraAdapter> {
+        let _turn = self.shared_stream_turn();
         LoraAdapter::from_peft_files(files, self.config(), self.device())
+    }
+
+    /// Held while launching work on the device's stream that may overlap another thread's.
+    pub(crate) fn shared_stream_turn(&self) -> RwLockReadGuard<'_, ()> {
+        self.stream_turns
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Held while capturing a CUDA graph: no other thread launches work meanwhile.
+    #[cfg(feature = "cuda")]
+    pub(crate) fn exclusive_stream_turn(&self) -> RwLockWriteGuard<'_, ()> {
+        self.stream_turns
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(crate) fn json_vocab(&self) -> Result<&JsonVocab> {

@@ -200,6 +200,7 @@ impl Engine {
         if requests.is_empty() {
             return Ok(Vec::new());
         }
+        let _turn = self.shared_stream_turn();
         let prompts = requests
             .iter()
             .map(|r| self.encode_prompt(r))

@@ -13,6 +13,7 @@ use candle_core::{CudaDevice, Result, Var};
 use tracing::warn;
 
 use crate::train::SftBatch;
+use crate::Engine;
 
 /// After this many failed captures of one shape, its steps stay eager.
 const CAPTURE_ATTEMPTS: u32 = 2;
@@ -73,11 +74,18 @@ impl StepGraphs {
     }
 
     /// Runs `step` on `batch` once, eagerly or as a graph. `step` must do device work only
-    /// and free everything it allocates before it returns.
-    pub fn run(&mut self, batch: &SftBatch, step: &dyn Fn(&SftBatch) -> Result<()>) -> Result<()> {
+    /// and free everything it allocates before it returns. A capture takes `engine`'s stream
+    /// alone, so that no other thread's work (a generator's) is recorded into the graph.
+    pub fn run(
+        &mut self,
+        engine: &Engine,
+        batch: &SftBatch,
+        step: &dyn Fn(&SftBatch) -> Result<()>,
+    ) -> Result<()> {
         let (b, t) = batch.inputs.dims2()?;
         let key = (b, t, batch.answer_tokens);
         self.clock += 1;
+        let shared_turn = engine.shared_stream_turn();
         let failed_captures = match self.shapes.get_mut(&key) {
             Some(ShapeState::Captured(captured)) => {
                 captured.last_used = self.clock;
@@ -94,6 +102,8 @@ impl StepGraphs {
             }
         };
         self.evict_beyond(MAX_GRAPHS - 1);
+        drop(shared_turn);
+        let _exclusive_turn = engine.exclusive_stream_turn();
         match self.capture(batch, step) {
             Ok(captured) => {
                 captured.graph.launch().map_err(candle_core::Error::wrap)?;

@@ -241,15 +241,30 @@ mod tests {
     }
 
     #[test]
-    fn cosine_schedule_warms_up_then_decays_to_zero() {
+    fn cosine_schedule_warms_up_holds_then_decays_to_zero() {
         let s = LrSchedule::Cosine {
             warmup_steps: 10,
+            decay_from: 10,
             total_steps: 110,
         };
         assert!((s.learning_rate(1.0, 0) - 0.1).abs() < 1e-12);
         assert!((s.learning_rate(1.0, 9) - 1.0).abs() < 1e-12);
         assert!((s.learning_rate(1.0, 60) - 0.5).abs() < 1e-9);
         assert!(s.learning_rate(1.0, 110).abs() < 1e-12);
+        let held = LrSchedule::Cosine {
+            warmup_steps: 0,
+            decay_from: 40,
+            total_steps: 140,
+        };
+        assert_eq!(held.learning_rate(1.0, 39), 1.0);
+        assert!((held.learning_rate(1.0, 90) - 0.5).abs() < 1e-9);
+        assert!(held.learning_rate(1.0, 140).abs() < 1e-12);
+        let unplanned = LrSchedule::Cosine {
+            warmup_steps: 0,
+            decay_from: u64::MAX,
+            total_steps: 0,
+        };
+        assert_eq!(unplanned.learning_rate(1.0, 1_000_000), 1.0);
         assert_eq!(LrSchedule::Constant.learning_rate(0.3, 1000), 0.3);
     }
 

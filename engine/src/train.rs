@@ -25,9 +25,12 @@ pub struct SftExample {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub enum LrSchedule {
     Constant,
-    /// Linear warm-up then cosine decay to zero at `total_steps`.
+    /// Linear warm-up, the base rate until `decay_from`, then cosine decay to zero at
+    /// `total_steps`. A job's total is known only once synthesis ends, so it decays over the
+    /// epochs trained from the task cache (`decay_from` is `u64::MAX` until then).
     Cosine {
         warmup_steps: u64,
+        decay_from: u64,
         total_steps: u64,
     },
 }
@@ -38,20 +41,24 @@ impl LrSchedule {
             Self::Constant => base,
             Self::Cosine {
                 warmup_steps,
+                decay_from,
                 total_steps,
             } => {
                 if step < warmup_steps {
                     return base * (step + 1) as f64 / warmup_steps as f64;
                 }
-                let span = total_steps.saturating_sub(warmup_steps).max(1) as f64;
-                let progress = ((step - warmup_steps) as f64 / span).min(1.0);
+                let decay_from = decay_from.max(warmup_steps);
+                if step < decay_from {
+                    return base;
+                }
+                let span = total_steps.saturating_sub(decay_from).max(1) as f64;
+                let progress = ((step - decay_from) as f64 / span).min(1.0);
                 base * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
             }
         }
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
 pub struct TrainerOptions {
     pub learning_rate: f64,
     pub schedule: LrSchedule,
@@ -158,6 +165,12 @@ impl SftTrainer {
 
     pub fn steps_done(&self) -> u64 {
         self.step
+    }
+
+    /// Replaces the learning-rate schedule from the next step on (a job plans its decay once
+    /// it knows how many steps it trains).
+    pub fn set_schedule(&mut self, schedule: LrSchedule) {
+        self.options.schedule = schedule;
     }
 
     pub fn encode(&self, example: &SftExample) -> Result<EncodedExample> {
@@ -336,7 +349,7 @@ impl SftTrainer {
         };
         #[cfg(feature = "cuda")]
         match self.graphs.as_mut() {
-            Some(graphs) => graphs.run(batch, &step)?,
+            Some(graphs) => graphs.run(&self.engine, batch, &step)?,
             None => step(batch)?,
         }
         #[cfg(not(feature = "cuda"))]

@@ -34,8 +34,6 @@ pub struct TrainAssignment {
     pub base_model: String,
     pub options: TrainingOptions,
     pub chunk_count: u32,
-    /// Sentences times QA per sentence: sizes the learning-rate schedule before all tasks exist.
-    pub expected_tasks: u64,
     /// The claim generation this assignment lets a trainer create: 0 at first, one past the
     /// newest claim when the coordinator reassigns the job. A trainer that finds a claim of
     /// this generation or a newer one drops the assignment, so a duplicate or stale copy
@@ -87,6 +85,9 @@ pub enum ProgressEvent {
         step: u64,
         loss: f32,
         tokens: u64,
+        /// The step's learning rate (0 from a trainer older than this field).
+        #[serde(default)]
+        learning_rate: f64,
         at_ms: i64,
     },
     Checkpointed {

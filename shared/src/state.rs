@@ -466,6 +466,7 @@ mod tests {
             step,
             loss,
             tokens: 100,
+            learning_rate: 1e-3,
             at_ms: 3_000 + step as i64,
         }
     }

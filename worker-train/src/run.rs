@@ -143,10 +143,10 @@ impl JobRun {
                 if let Some(interrupt) = self.train_first_epoch(&mut state)? {
                     return Ok(Some(interrupt));
                 }
-                state.epochs = self.planned_epochs()?;
+                self.plan_epochs(&mut state)?;
                 self.end_epoch(&mut state)?;
             } else {
-                state.epochs = self.planned_epochs()?;
+                self.plan_epochs(&mut state)?;
             }
             while state.cursor.epoch <= state.epochs {
                 let _epoch =
@@ -181,19 +181,10 @@ impl JobRun {
 
     fn start(&self) -> Result<State, TrainError> {
         let options = &self.assignment.options;
-        let batch = options.batch_size.max(1) as u64;
-        let epochs = options.epochs.max(1) as u64;
-        let total_steps = self.assignment.expected_tasks.div_ceil(batch).max(1) * epochs;
-        let schedule = match options.schedule {
-            Schedule::Constant => LrSchedule::Constant,
-            Schedule::Cosine => LrSchedule::Cosine {
-                warmup_steps: options.warmup_steps as u64,
-                total_steps,
-            },
-        };
         let trainer_options = TrainerOptions {
             learning_rate: options.learning_rate,
-            schedule,
+            // The decay is planned once the task cache is complete (`plan_epochs`).
+            schedule: self.schedule(u64::MAX, u64::MAX),
             max_grad_norm: options.max_grad_norm,
             max_seq_len: self.options.max_seq_len,
             ..TrainerOptions::default()
@@ -304,6 +295,7 @@ impl JobRun {
             step,
             loss: stats.loss,
             tokens: stats.tokens as u64,
+            learning_rate: stats.learning_rate,
             at_ms: now_ms(),
         });
         Ok(())
@@ -415,8 +407,9 @@ impl JobRun {
         Ok(None)
     }
 
-    /// The epochs to train, from the size of the whole task cache (known after epoch 1).
-    fn planned_epochs(&self) -> Result<u32, TrainError> {
+    /// The epochs to train, from the size of the whole task cache (known after epoch 1), and
+    /// the learning-rate decay over the steps left.
+    fn plan_epochs(&self, state: &mut State) -> Result<(), TrainError> {
         let options = &self.assignment.options;
         let mut tasks = 0u64;
         for key in self.block(self.store.list(&layout::tasks_prefix(self.job())))? {
@@ -424,12 +417,44 @@ impl JobRun {
                 tasks += Task::count_in_file(&bytes) as u64;
             }
         }
-        let steps_per_epoch = tasks.div_ceil(u64::from(options.batch_size.max(1)));
+        let batch_size = u64::from(options.batch_size.max(1));
+        let steps_per_epoch = tasks.div_ceil(batch_size);
         let epochs = options.epochs_for(steps_per_epoch);
         if epochs > options.epochs {
             info!(job_id = %self.job(), tasks, steps_per_epoch, epochs, min_steps = options.min_steps, "small task cache: training extra epochs");
         }
-        Ok(epochs)
+        state.epochs = epochs;
+        // Called at the end of epoch 1 (the cursor still on it) or on resuming a later epoch
+        // at `position`.
+        let cursor = &state.cursor;
+        let steps_left = if cursor.epoch <= 1 {
+            u64::from(epochs.saturating_sub(1)) * steps_per_epoch
+        } else {
+            let left_in_epoch =
+                steps_per_epoch.saturating_sub(cursor.position.div_ceil(batch_size));
+            u64::from(epochs.saturating_sub(cursor.epoch)) * steps_per_epoch + left_in_epoch
+        };
+        let total_steps = state.trainer.steps_done() + steps_left;
+        let decay_from =
+            total_steps.saturating_sub(u64::from(epochs.saturating_sub(1)) * steps_per_epoch);
+        state
+            .trainer
+            .set_schedule(self.schedule(decay_from, total_steps));
+        Ok(())
+    }
+
+    /// The job's learning-rate schedule; a cosine decays over the epochs trained from the
+    /// task cache, from `decay_from` to zero at `total_steps`.
+    fn schedule(&self, decay_from: u64, total_steps: u64) -> LrSchedule {
+        let options = &self.assignment.options;
+        match options.schedule {
+            Schedule::Constant => LrSchedule::Constant,
+            Schedule::Cosine => LrSchedule::Cosine {
+                warmup_steps: u64::from(options.warmup_steps),
+                decay_from,
+                total_steps,
+            },
+        }
     }
 
     fn end_epoch(&self, state: &mut State) -> Result<(), TrainError> {

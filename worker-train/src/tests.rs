@@ -74,7 +74,6 @@ impl Fixture {
                     ..TrainingOptions::default()
                 },
                 chunk_count,
-                expected_tasks: u64::from(chunk_count) * 3,
                 generation: 0,
             },
             trainer_id: "test-trainer".into(),
@@ -179,6 +178,43 @@ async fn first_epoch_trains_chunks_as_they_arrive_then_replays_the_cache() {
         .unwrap();
     assert_eq!(checkpoint.cursor.epoch1_trained.get(&0), Some(&4));
     assert_eq!(checkpoint.cursor.epoch1_trained.get(&1), Some(&3));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cosine_schedule_holds_through_synthesis_and_decays_over_the_cached_epochs() {
+    let f = Fixture::new();
+    f.claim(0, "test-trainer").await;
+    f.put_tasks(0, 4).await;
+    f.put_tasks(1, 4).await;
+    let mut run = f.run(2, 3, 100, CancellationToken::new());
+    run.assignment.options.schedule = lift_shared::spec::Schedule::Cosine;
+    run.assignment.options.learning_rate = 1e-3;
+    let RunOutcome::Finished { steps: total, .. } = tokio::task::spawn_blocking(move || run.run())
+        .await
+        .unwrap()
+        .unwrap()
+    else {
+        panic!("expected the run to finish")
+    };
+    // 8 tasks, batch 2: 4 steps per epoch; epoch 1 at the base rate, then a cosine over the
+    // 8 steps of epochs 2 and 3, ending near zero.
+    assert_eq!(total, 12);
+    let rates: Vec<f64> = f
+        .events()
+        .await
+        .iter()
+        .filter_map(|e| match e {
+            ProgressEvent::TrainingStep { learning_rate, .. } => Some(*learning_rate),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rates.len(), 12);
+    assert!(
+        rates[..5].iter().all(|&lr| (lr - 1e-3).abs() < 1e-12),
+        "{rates:?}"
+    );
+    assert!(rates[5..].windows(2).all(|w| w[1] < w[0]), "{rates:?}");
+    assert!(rates[11] < 0.05e-3, "{rates:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
