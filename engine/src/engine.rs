@@ -1,7 +1,7 @@
 //! The loaded base model with its tokenizer: what generation and training run on.
 
 use std::path::{Path, PathBuf};
-use std::sync::{OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{OnceLock, PoisonError, RwLock, RwLockReadGuard};
 
 use candle_core::{DType, Device};
 
@@ -157,7 +157,7 @@ impl Engine {
 
     /// Held while capturing a CUDA graph: no other thread launches work meanwhile.
     #[cfg(feature = "cuda")]
-    pub(crate) fn exclusive_stream_turn(&self) -> RwLockWriteGuard<'_, ()> {
+    pub(crate) fn exclusive_stream_turn(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
         self.stream_turns
             .write()
             .unwrap_or_else(PoisonError::into_inner)
