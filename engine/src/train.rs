@@ -59,6 +59,7 @@ impl LrSchedule {
     }
 }
 
+#[derive(Debug, Clone, PartialEq)]
 pub struct TrainerOptions {
     pub learning_rate: f64,
     pub schedule: LrSchedule,
