@@ -107,15 +107,19 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// mimalloc gives freed memory back to the OS after 10 ms (100 ms for arenas) by default: a
-/// training step frees its activations and the next one, seconds later, faults every page
-/// back in, and the kernel zeroes each one (a third of a CPU step was page zeroing). Kept a
-/// second (ten for arenas), a step reuses what the previous one freed; an idle process still
-/// shrinks.
+/// training step frees its activations and the next one faults every page back in, and the
+/// kernel zeroes each one. With a 1 s delay that still cost 40 % of a CPU training step
+/// (`lift bench train`, release, 2026-12-03: 5.9 s a step, 3.9 s with 10 s, 3.6 s never
+/// purging). Kept 10 s (100 s for arenas), steps reuse what the previous ones freed and an
+/// idle process still shrinks. `MIMALLOC_PURGE_DELAY` in the environment overrides it.
 fn keep_freed_memory_between_steps() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+        return;
+    }
     // SAFETY: sets one of mimalloc's runtime options; it is read on each purge decision.
     #[allow(unsafe_code)]
     unsafe {
-        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 1000);
+        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 10_000);
     }
 }
 
