@@ -416,3 +416,46 @@ fn the_gguf_header_alone_gives_the_shape_and_a_cut_file_is_corrupt_not_a_panic()
         );
     }
 }
+
+/// With SmolLM2's tokenizer the extra weight lands on the tokens of the value a question
+/// asks for (a year split into digits included), not on the words copied from the question.
+#[test]
+fn the_value_a_question_asks_for_gets_the_extra_loss_weight() {
+    let engine = engine();
+    let adapter = engine
+        .new_adapter(LoraConfig::new(4, 8.0, &[]).unwrap(), 1)
+        .unwrap();
+    let options = TrainerOptions {
+        novel_token_weight: 3,
+        ..TrainerOptions::default()
+    };
+    let trainer = SftTrainer::new(engine.clone(), adapter, options).unwrap();
+    let encoded = trainer
+        .encode(&SftExample {
+            prompt: "In what year did commercial milling end at the Quillon mill?".into(),
+            answer: "Commercial milling ended in 1937.".into(),
+        })
+        .unwrap();
+    let weighted = |weight: u32| {
+        let ids: Vec<u32> = encoded
+            .ids
+            .iter()
+            .zip(&encoded.loss_weights)
+            .filter(|(_, w)| **w == weight)
+            .map(|(id, _)| *id)
+            .collect();
+        engine.tokenizer.decode(&ids).unwrap()
+    };
+    let heavy = weighted(3);
+    assert!(heavy.contains("1937"), "weighted: {heavy:?}");
+    assert!(heavy.contains("ended"), "weighted: {heavy:?}");
+    assert!(
+        !heavy.to_lowercase().contains("milling"),
+        "weighted: {heavy:?}"
+    );
+    assert!(
+        weighted(1).contains("Commercial milling"),
+        "{:?}",
+        weighted(1)
+    );
+}

@@ -176,7 +176,14 @@ async fn a_trainer_paused_past_its_lease_cannot_change_the_job_once_another_took
         .await
         .unwrap()
         .expect("committed");
-    assert_eq!(commit.generation, 1, "the new owner committed");
+    // A newer generation committed. Usually the one that took over (1); on a loaded machine
+    // its lease can lapse too and a later one (possibly the woken trainer, on a new claim)
+    // finishes the job, which is the lease working, not the paused run changing the job.
+    assert!(
+        commit.generation >= 1,
+        "the paused run (generation 0) committed\n{}",
+        cluster.logs()
+    );
     // Whatever the woken trainer still does, the job and its adapter stay as they are.
     tokio::time::sleep(Duration::from_secs(8)).await;
     assert_eq!(adapter_digest(&cluster, &job).await, digest);
@@ -187,7 +194,11 @@ async fn a_trainer_paused_past_its_lease_cannot_change_the_job_once_another_took
         first.contains("newer claim owns the job") || first.contains("LostClaim"),
         "the paused trainer stopped on its lost claim:\n{first}"
     );
-    assert!(claims(&cluster, &job).await.len() == 2, "one takeover only");
+    assert_eq!(
+        claims(&cluster, &job).await.len(),
+        commit.generation as usize + 1,
+        "no claim after the committing one"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
