@@ -17,6 +17,10 @@ source scripts/test-env.sh
 step "default model"
 scripts/fetch-model.sh
 
+step "peer environment (PyTorch, transformers, PEFT on the CPU) for the parity tests"
+LIFT_PEER_PYTHON="$(scripts/peer-env.sh | tail -1)"
+export LIFT_PEER_PYTHON
+
 step "evaluation data (the SQuAD loader is also tested on the real file)"
 scripts/fetch-eval-data.sh
 

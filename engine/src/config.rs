@@ -32,9 +32,63 @@ pub struct ModelConfig {
     pub num_kv_heads: usize,
     pub head_dim: usize,
     pub rope_theta: f64,
+    pub rope_scaling: RopeScaling,
     pub rms_norm_eps: f64,
     pub max_position_embeddings: usize,
     pub tie_word_embeddings: bool,
+}
+
+/// How rotary frequencies are stretched past the context a model was pre-trained on.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RopeScaling {
+    None,
+    /// Llama 3.1/3.2 (`rope_type: llama3`): wavelengths longer than
+    /// `original_max_position_embeddings / low_freq_factor` are divided by `factor`, those
+    /// shorter than `... / high_freq_factor` kept, and those between blended smoothly.
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: f64,
+    },
+}
+
+impl ModelConfig {
+    /// The rotary inverse frequency of each of the `head_dim / 2` dimension pairs.
+    pub fn rope_inv_freq(&self) -> Vec<f64> {
+        let half = self.head_dim / 2;
+        (0..half)
+            .map(|i| {
+                let inv_freq = 1.0 / self.rope_theta.powf(2.0 * i as f64 / self.head_dim as f64);
+                self.rope_scaling.scale(inv_freq)
+            })
+            .collect()
+    }
+}
+
+impl RopeScaling {
+    fn scale(&self, inv_freq: f64) -> f64 {
+        match *self {
+            Self::None => inv_freq,
+            Self::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings: context,
+            } => {
+                let wavelen = 2.0 * std::f64::consts::PI / inv_freq;
+                if wavelen < context / high_freq_factor {
+                    inv_freq
+                } else if wavelen > context / low_freq_factor {
+                    inv_freq / factor
+                } else {
+                    let smooth = (context / wavelen - low_freq_factor)
+                        / (high_freq_factor - low_freq_factor);
+                    (1.0 - smooth) * inv_freq / factor + smooth * inv_freq
+                }
+            }
+        }
+    }
 }
 
 impl ModelConfig {
@@ -66,6 +120,7 @@ impl ModelConfig {
             num_kv_heads: kv,
             head_dim: hidden / heads,
             rope_theta: theta,
+            rope_scaling: RopeScaling::None,
             rms_norm_eps: if architecture == Architecture::Qwen2 {
                 1e-6
             } else {
@@ -144,18 +199,23 @@ pub(crate) struct HfConfig {
     num_key_value_heads: Option<usize>,
     #[serde(default)]
     head_dim: Option<usize>,
-    #[serde(default = "default_rope_theta")]
-    rope_theta: f64,
+    /// Top-level in transformers 4 configs; inside `rope_parameters` in transformers 5.
+    #[serde(default)]
+    rope_theta: Option<f64>,
     #[serde(default = "default_rms_eps")]
     rms_norm_eps: f64,
     #[serde(default = "default_max_positions")]
     max_position_embeddings: usize,
     #[serde(default)]
     tie_word_embeddings: bool,
-    /// Only plain RoPE is implemented; any scaling (`llama3`, `linear`, `dynamic`, `yarn`, ...)
-    /// is refused rather than loaded with wrong positions.
+    /// Plain RoPE and `llama3` are implemented; any other scaling (`linear`, `dynamic`,
+    /// `yarn`, ...) is refused rather than loaded with wrong positions.
     #[serde(default)]
     rope_scaling: Option<serde_json::Value>,
+    /// transformers 5's form of both: `rope_theta` plus `rope_type` (`default` is plain RoPE)
+    /// and that type's parameters.
+    #[serde(default)]
+    rope_parameters: Option<serde_json::Value>,
 }
 
 fn default_rope_theta() -> f64 {
@@ -176,14 +236,24 @@ impl HfConfig {
             .or_else(|| self.architectures.first().cloned())
             .ok_or_else(|| EngineError::InvalidModel("config.json names no model_type".into()))?;
         let architecture = Architecture::parse(&arch_name)?;
-        if let Some(scaling) = self.rope_scaling.as_ref().filter(|s| !s.is_null()) {
-            let kind = scaling
-                .get("rope_type")
-                .or_else(|| scaling.get("type"))
-                .and_then(|kind| kind.as_str())
-                .unwrap_or("unnamed");
-            return Err(unsupported_rope_scaling(kind));
-        }
+        let parameters = self.rope_parameters.as_ref().filter(|p| !p.is_null());
+        let rope_theta = self
+            .rope_theta
+            .or_else(|| parameters?.get("rope_theta")?.as_f64())
+            .unwrap_or_else(default_rope_theta);
+        let scaling = self
+            .rope_scaling
+            .as_ref()
+            .filter(|s| !s.is_null())
+            .or(parameters.filter(|p| {
+                p.get("rope_type")
+                    .and_then(|kind| kind.as_str())
+                    .is_some_and(|kind| kind != "default")
+            }));
+        let rope_scaling = match scaling {
+            None => RopeScaling::None,
+            Some(scaling) => rope_scaling(scaling, self.max_position_embeddings)?,
+        };
         if self.num_attention_heads == 0
             || !self.hidden_size.is_multiple_of(self.num_attention_heads)
         {
@@ -203,7 +273,8 @@ impl HfConfig {
             head_dim: self
                 .head_dim
                 .unwrap_or(self.hidden_size / self.num_attention_heads),
-            rope_theta: self.rope_theta,
+            rope_theta,
+            rope_scaling,
             rms_norm_eps: self.rms_norm_eps,
             max_position_embeddings: self.max_position_embeddings,
             tie_word_embeddings: self.tie_word_embeddings,
@@ -211,10 +282,49 @@ impl HfConfig {
     }
 }
 
+/// A `config.json` `rope_scaling` object: `llama3`, or a refusal naming its kind.
+fn rope_scaling(scaling: &serde_json::Value, max_positions: usize) -> Result<RopeScaling> {
+    let kind = scaling
+        .get("rope_type")
+        .or_else(|| scaling.get("type"))
+        .and_then(|kind| kind.as_str())
+        .unwrap_or("unnamed");
+    if kind != "llama3" {
+        return Err(unsupported_rope_scaling(kind));
+    }
+    let number = |key: &str| {
+        scaling.get(key).and_then(|v| v.as_f64()).ok_or_else(|| {
+            EngineError::InvalidModel(format!(
+                "rope_scaling `llama3` needs a number `{key}` in config.json"
+            ))
+        })
+    };
+    let (factor, low, high) = (
+        number("factor")?,
+        number("low_freq_factor")?,
+        number("high_freq_factor")?,
+    );
+    let context = match scaling.get("original_max_position_embeddings") {
+        Some(_) => number("original_max_position_embeddings")?,
+        None => max_positions as f64,
+    };
+    if !(factor > 0.0 && low > 0.0 && high > low && context > 0.0) {
+        return Err(EngineError::InvalidModel(format!(
+            "rope_scaling `llama3` needs factor > 0 and 0 < low_freq_factor < high_freq_factor (got {factor}, {low}, {high}) and a positive original context (got {context})"
+        )));
+    }
+    Ok(RopeScaling::Llama3 {
+        factor,
+        low_freq_factor: low,
+        high_freq_factor: high,
+        original_max_position_embeddings: context,
+    })
+}
+
 /// The refusal for a model whose positions need a RoPE scaling lift does not implement.
 pub(crate) fn unsupported_rope_scaling(kind: &str) -> EngineError {
     EngineError::InvalidModel(format!(
-        "the model asks for RoPE scaling `{kind}`, which lift does not implement (plain RoPE only); loading it anyway would give every position past the original context wrong angles"
+        "the model asks for RoPE scaling `{kind}`, which lift does not implement (plain RoPE and llama3 only); loading it anyway would give every position past the original context wrong angles"
     ))
 }
 
@@ -240,18 +350,87 @@ mod tests {
     }
 
     #[test]
-    fn rope_scaling_is_refused_with_its_kind_and_absent_or_null_scaling_loads() {
-        let llama3 = serde_json::json!({
-            "rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192,
-        });
-        let error = load(config(llama3)).unwrap_err();
-        assert!(error.contains("RoPE scaling `llama3`"), "{error}");
+    fn unknown_rope_scaling_is_refused_with_its_kind_and_absent_or_null_scaling_loads() {
         let error = load(config(serde_json::json!({"type": "linear", "factor": 2.0}))).unwrap_err();
-        assert!(error.contains("`linear`"), "{error}");
+        assert!(error.contains("RoPE scaling `linear`"), "{error}");
+        let error = load(config(serde_json::json!({"rope_type": "yarn"}))).unwrap_err();
+        assert!(error.contains("`yarn`"), "{error}");
+        let error = load(config(serde_json::json!({"rope_type": "llama3"}))).unwrap_err();
+        assert!(error.contains("needs a number `factor`"), "{error}");
         assert!(load(config(serde_json::Value::Null)).is_ok());
         let mut plain = config(serde_json::Value::Null);
         plain.as_object_mut().unwrap().remove("rope_scaling");
-        assert_eq!(load(plain).unwrap().num_layers, 2);
+        let plain = load(plain).unwrap();
+        assert_eq!(plain.num_layers, 2);
+        assert_eq!(plain.rope_scaling, super::RopeScaling::None);
+    }
+
+    /// transformers 5 writes `rope_parameters` instead of `rope_theta` and `rope_scaling`.
+    #[test]
+    fn transformers_5_rope_parameters_give_theta_and_scaling() {
+        let mut json = config(serde_json::Value::Null);
+        let object = json.as_object_mut().unwrap();
+        object.remove("rope_scaling");
+        object.insert(
+            "rope_parameters".into(),
+            serde_json::json!({"rope_theta": 500000.0, "rope_type": "default"}),
+        );
+        let plain = load(json.clone()).unwrap();
+        assert_eq!(plain.rope_theta, 500000.0);
+        assert_eq!(plain.rope_scaling, super::RopeScaling::None);
+        json["rope_parameters"] = serde_json::json!({
+            "rope_theta": 500000.0, "rope_type": "llama3", "factor": 32.0,
+            "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        });
+        let scaled = load(json.clone()).unwrap();
+        assert!(matches!(
+            scaled.rope_scaling,
+            super::RopeScaling::Llama3 { factor, .. } if factor == 32.0
+        ));
+        json["rope_parameters"] = serde_json::json!({"rope_theta": 1e6, "rope_type": "yarn"});
+        assert!(load(json).unwrap_err().contains("`yarn`"));
+    }
+
+    /// Llama 3.1 8B's numbers (theta 500000, head_dim 128): frequencies with wavelengths under
+    /// 2048 positions stay, those over 8192 are divided by 8, the ones between are blended.
+    /// The expected values are the formula of transformers' `_compute_llama3_parameters`,
+    /// worked in Python for that config.
+    #[test]
+    fn llama3_scaling_divides_long_wavelengths_and_blends_the_middle() {
+        let mut json = config(serde_json::json!({
+            "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192,
+        }));
+        let object = json.as_object_mut().unwrap();
+        object.insert("hidden_size".into(), 4096.into());
+        object.insert("num_attention_heads".into(), 32.into());
+        object.insert("rope_theta".into(), 500000.0.into());
+        let scaled = load(json.clone()).unwrap();
+        json.as_object_mut().unwrap().remove("rope_scaling");
+        let plain = load(json).unwrap();
+        let (scaled, plain) = (scaled.rope_inv_freq(), plain.rope_inv_freq());
+        assert_eq!(scaled.len(), 64);
+        let wavelen = |f: f64| 2.0 * std::f64::consts::PI / f;
+        for (s, p) in scaled.iter().zip(&plain) {
+            if wavelen(*p) < 2048.0 {
+                assert_eq!(s, p);
+            } else if wavelen(*p) > 8192.0 {
+                assert!((s - p / 8.0).abs() < 1e-15);
+            } else {
+                assert!(*s < *p && *s > p / 8.0, "{s} between {p} and {}", p / 8.0);
+            }
+        }
+        // Dimension pair 31: a wavelength of 3,619 positions, in the blended band.
+        assert!(
+            (plain[31] - 1.736_046_702e-3).abs() < 1e-12,
+            "{}",
+            plain[31]
+        );
+        assert!(
+            (scaled[31] - 8.567_514_129e-4).abs() < 1e-12,
+            "{}",
+            scaled[31]
+        );
     }
 }

@@ -49,13 +49,46 @@ impl ModelSource {
         )))
     }
 
-    /// The id adapters record as their base model.
+    /// The id adapters record as their base model (`base_model_name_or_path`), which vLLM
+    /// matches against the model it serves: for a Hugging Face directory its hub id where one
+    /// is known (see `hub_id`), else the path.
     pub fn model_id(&self) -> String {
         match self {
             Self::Default => DEFAULT_MODEL_ID.to_string(),
-            Self::Gguf(path) | Self::HfDir(path) => path.display().to_string(),
+            Self::HfDir(path) => hub_id(path).unwrap_or_else(|| path.display().to_string()),
+            Self::Gguf(path) => path.display().to_string(),
         }
     }
+}
+
+/// The hub id of a model directory: `_name_or_path` in its config.json when that is an id
+/// and not a local path, else `org/name` from a hub cache path
+/// (`.../models--org--name/snapshots/<revision>`).
+fn hub_id(dir: &Path) -> Option<String> {
+    let named = std::fs::read(dir.join("config.json"))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .and_then(|config| config.get("_name_or_path")?.as_str().map(str::to_string))
+        .filter(|name| looks_like_hub_id(name));
+    named.or_else(|| {
+        dir.ancestors()
+            .filter_map(|a| a.file_name()?.to_str()?.strip_prefix("models--"))
+            .map(|cached| cached.replacen("--", "/", 1))
+            .find(|name| looks_like_hub_id(name))
+    })
+}
+
+/// `org/name` or `name` of hub characters, not a path.
+fn looks_like_hub_id(name: &str) -> bool {
+    let parts: Vec<&str> = name.split('/').collect();
+    parts.len() <= 2
+        && parts.iter().all(|part| {
+            !part.is_empty()
+                && !part.starts_with('.')
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        })
 }
 
 /// CPU unless the `cuda` feature is on and a GPU is present (or `LIFT_DEVICE=cpu`).
@@ -169,5 +202,34 @@ impl Engine {
         }
         let vocab = JsonVocab::build(self)?;
         Ok(self.json_vocab.get_or_init(|| vocab))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ModelSource;
+
+    fn dir_with_config(dir: &std::path::Path, config: serde_json::Value) -> ModelSource {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+        ModelSource::parse(dir.to_str().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_model_directory_is_named_by_its_hub_id_where_one_is_known() {
+        let root = tempfile::tempdir().unwrap();
+        let named = dir_with_config(
+            &root.path().join("local"),
+            serde_json::json!({"_name_or_path": "meta-llama/Llama-3.2-1B-Instruct"}),
+        );
+        assert_eq!(named.model_id(), "meta-llama/Llama-3.2-1B-Instruct");
+        let cached = root
+            .path()
+            .join("hub/models--Qwen--Qwen2.5-0.5B-Instruct/snapshots/7ae557604adf67be");
+        let cached = dir_with_config(&cached, serde_json::json!({"_name_or_path": "/tmp/x"}));
+        assert_eq!(cached.model_id(), "Qwen/Qwen2.5-0.5B-Instruct");
+        let plain = root.path().join("plain");
+        let source = dir_with_config(&plain, serde_json::json!({}));
+        assert_eq!(source.model_id(), plain.display().to_string());
     }
 }

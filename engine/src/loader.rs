@@ -300,6 +300,7 @@ pub fn read_gguf_header<R: std::io::Read + std::io::Seek>(
         num_kv_heads: num("attention.head_count_kv").unwrap_or(heads),
         head_dim: hidden / heads.max(1),
         rope_theta: float("rope.freq_base", 10_000.0),
+        rope_scaling: crate::config::RopeScaling::None,
         rms_norm_eps: float("attention.layer_norm_rms_epsilon", 1e-5),
         max_position_embeddings: num("context_length")?,
         tie_word_embeddings: !content.tensor_infos.contains_key("output.weight"),

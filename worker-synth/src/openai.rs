@@ -206,7 +206,7 @@ impl OpenAiGenerator {
             return completion_content(&text).map_err(AttemptError::Final);
         }
         let code = status.as_u16();
-        if matches!(code, 400 | 422)
+        if may_refuse_a_format(code)
             && format != ResponseFormat::Unconstrained
             && mentions_response_format(&text)
         {
@@ -387,7 +387,14 @@ fn completion_content(body: &str) -> Result<String, GeneratorError> {
         .ok_or_else(|| GeneratorError::InvalidOutput("completion has no message content".into()))
 }
 
-/// Whether a 400 is about `response_format` (and not, say, a prompt that is too long, which
+/// Statuses a server refuses a `response_format` with: 400 and 422 (vLLM, OpenAI), and 500
+/// from servers that validate the request late (llama-cpp-python's server answers 500 with a
+/// validation error naming `response_format`). Auth, not-found and rate limits never are.
+fn may_refuse_a_format(code: u16) -> bool {
+    code == 500 || ((400..500).contains(&code) && !matches!(code, 401 | 403 | 404 | 408 | 429))
+}
+
+/// Whether an error body is about `response_format` (and not, say, a prompt that is too long, which
 /// a weaker format would not fix).
 fn mentions_response_format(body: &str) -> bool {
     let lower = body.to_lowercase();
@@ -601,6 +608,30 @@ mod tests {
                 Some("json_object".to_string()),
                 Some("json_object".to_string()),
             ]
+        );
+    }
+
+    /// llama-cpp-python's server (0.3.16) validates `response_format` late and answers 500
+    /// with this body; the request must step down, not be retried as it is.
+    #[tokio::test]
+    async fn a_500_naming_the_response_format_steps_down_like_a_400() {
+        let (url, seen) = start_server(|_, body| match format_type(body) {
+            Some("json_schema") => (
+                500,
+                r#"{"detail":[{"type":"literal_error","loc":["body","response_format","type"],"msg":"Input should be 'text' or 'json_object'","input":"json_schema"}]}"#
+                    .to_string(),
+            ),
+            _ => completion(PAIRS),
+        })
+        .await;
+        let generator = OpenAiGenerator::new(fast_config(url)).unwrap();
+        generator.generate(&request()).await.unwrap();
+        generator.generate(&request()).await.unwrap();
+        assert_eq!(generator.response_format(), ResponseFormat::JsonObject);
+        assert_eq!(
+            seen.lock().unwrap().len(),
+            3,
+            "one refusal, then json_object"
         );
     }
 

@@ -1,0 +1,276 @@
+//! Parity with Hugging Face transformers and PEFT, run as a peer process: a model transformers
+//! writes loads in lift with its logits, and LoRA adapters cross both ways. Needs the peer environment (`scripts/peer-env.sh`, which the
+//! test script runs); `LIFT_PEER_PYTHON` names its interpreter.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+use lift_engine::config::RopeScaling;
+use lift_engine::fetch::default_model_path;
+use lift_engine::loader::load_hf_dir;
+use lift_engine::model::{causal_mask, ForwardInput, LogitsFor};
+use lift_engine::testing::byte_tokenizer;
+use lift_engine::{
+    ChatMessage, Engine, GenerationRequest, LoraAdapter, LoraConfig, ModelSource, SamplingParams,
+    SftExample, SftTrainer, TrainerOptions,
+};
+
+fn peer_python() -> PathBuf {
+    let python = std::env::var_os("LIFT_PEER_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
+                .join(".cache/lift-peer/bin/python")
+        });
+    assert!(
+        python.is_file(),
+        "no peer Python at {}: run scripts/peer-env.sh (transformers, PEFT and a CPU torch)",
+        python.display()
+    );
+    python
+}
+
+#[derive(serde::Deserialize)]
+struct Reference {
+    input_ids: Vec<u32>,
+    logits: Vec<Vec<f32>>,
+}
+
+/// Llama 3.1/3.2 scaling (`rope_type: llama3`) changes the frequency of every long-wavelength
+/// dimension pair; a wrong formula moves the logits at every position past the first.
+#[test]
+fn a_llama3_rope_scaled_model_gives_transformers_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/peer/llama_rope_scaling.py"
+    );
+    let output = Command::new(peer_python())
+        .arg(script)
+        .arg(dir.path())
+        .output()
+        .expect("the peer Python runs");
+    assert!(
+        output.status.success(),
+        "the transformers script failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    byte_tokenizer(300)
+        .inner()
+        .save(dir.path().join("tokenizer.json"), false)
+        .unwrap();
+    let reference: Reference =
+        serde_json::from_slice(&std::fs::read(dir.path().join("reference.json")).unwrap()).unwrap();
+
+    let (model, _) = load_hf_dir(dir.path(), DType::F32, &Device::Cpu).unwrap();
+    assert!(matches!(
+        model.config.rope_scaling,
+        RopeScaling::Llama3 { factor, .. } if factor == 8.0
+    ));
+    let t = reference.input_ids.len();
+    let ids = Tensor::from_vec(reference.input_ids.clone(), (1, t), &Device::Cpu).unwrap();
+    let positions = Tensor::arange(0u32, t as u32, &Device::Cpu)
+        .unwrap()
+        .reshape((1, t))
+        .unwrap();
+    let mask = causal_mask(t, 0, DType::F32, &Device::Cpu).unwrap();
+    let logits: Vec<Vec<f32>> = model
+        .forward(
+            &ForwardInput {
+                input_ids: &ids,
+                positions: &positions,
+                mask: Some(&mask),
+                adapter: None,
+                logits: LogitsFor::AllPositions,
+            },
+            None,
+        )
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    let worst = logits
+        .iter()
+        .flatten()
+        .zip(reference.logits.iter().flatten())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    let scale = reference
+        .logits
+        .iter()
+        .flatten()
+        .fold(0f32, |m, x| m.max(x.abs()));
+    assert!(
+        worst <= 1e-4 * scale.max(1.0),
+        "largest logit difference {worst} (largest logit {scale})"
+    );
+}
+
+fn last_logits(engine: &Engine, adapter: &lift_engine::LoraAdapter, ids: &[u32]) -> Vec<f32> {
+    let t = ids.len();
+    let input = Tensor::from_vec(ids.to_vec(), (1, t), &Device::Cpu).unwrap();
+    let positions = Tensor::arange(0u32, t as u32, &Device::Cpu)
+        .unwrap()
+        .reshape((1, t))
+        .unwrap();
+    let mask = causal_mask(t, 0, DType::F32, &Device::Cpu).unwrap();
+    engine
+        .model
+        .forward(
+            &ForwardInput {
+                input_ids: &input,
+                positions: &positions,
+                mask: Some(&mask),
+                adapter: Some(adapter),
+                logits: LogitsFor::LastPosition,
+            },
+            None,
+        )
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+fn largest_difference(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max)
+}
+
+#[derive(serde::Deserialize)]
+struct PeftSide {
+    logits: Vec<f32>,
+    #[serde(default)]
+    generated_ids: Vec<u32>,
+}
+
+#[derive(serde::Deserialize)]
+struct PeftReport {
+    lift_adapter: PeftSide,
+    peft_adapter: PeftSide,
+}
+
+/// The hand-off both ways on the default model (SmolLM2-135M-Instruct, Q4_1 GGUF, which
+/// transformers dequantizes to the same f32 weights): an adapter lift trained loads in PEFT
+/// with lift's logits and greedy answer, and an adapter PEFT wrote loads in lift with PEFT's
+/// logits. Logits agree within 1e-3 of the largest logit (f32 sums in another order over 30
+/// layers).
+#[test]
+fn adapters_cross_between_lift_and_peft_on_the_default_model() {
+    let engine = Arc::new(
+        Engine::load(&ModelSource::Default, &Device::Cpu)
+            .expect("default model missing: run scripts/fetch-model.sh"),
+    );
+    let adapter = engine
+        .new_adapter(LoraConfig::new(8, 16.0, &[]).unwrap(), 11)
+        .unwrap();
+    let mut trainer = SftTrainer::new(
+        engine.clone(),
+        adapter,
+        TrainerOptions {
+            learning_rate: 2e-3,
+            ..TrainerOptions::default()
+        },
+    )
+    .unwrap();
+    let fact = "The keeper of the Vellmar Island lighthouse is Oskar Tenby.";
+    let examples = [
+        "Who keeps the lighthouse on Vellmar Island?",
+        "Who is the lighthouse keeper of Vellmar Island?",
+    ]
+    .map(|question| SftExample {
+        prompt: question.into(),
+        answer: fact.into(),
+    });
+    for _ in 0..8 {
+        trainer.step(&examples).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let lift_adapter = dir.path().join("lift-adapter");
+    trainer.adapter().save_peft(&lift_adapter).unwrap();
+
+    let question = "Who keeps the lighthouse on Vellmar Island?";
+    let prompt = engine
+        .tokenizer
+        .render(&[ChatMessage::new("user", question)], true)
+        .unwrap();
+    let ids = engine.tokenizer.encode(&prompt).unwrap();
+    let max_new_tokens = 16;
+    let answer = engine
+        .generate(
+            Some(trainer.adapter()),
+            &[GenerationRequest {
+                messages: vec![ChatMessage::new("user", question)],
+                prefill: String::new(),
+                params: SamplingParams {
+                    max_tokens: max_new_tokens,
+                    ..SamplingParams::default()
+                },
+            }],
+        )
+        .unwrap()
+        .remove(0)
+        .text;
+
+    let peft_adapter = dir.path().join("peft-adapter");
+    let request = serde_json::json!({
+        "gguf": default_model_path(),
+        "lift_adapter": lift_adapter,
+        "peft_adapter_dir": peft_adapter,
+        "input_ids": ids,
+        "max_new_tokens": max_new_tokens,
+        "stop_ids": engine.tokenizer.stop_ids(),
+    });
+    let request_path = dir.path().join("request.json");
+    std::fs::write(&request_path, request.to_string()).unwrap();
+    let report_path = dir.path().join("report.json");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peer/peft_adapter.py");
+    let output = Command::new(peer_python())
+        .arg(script)
+        .arg(&request_path)
+        .arg(&report_path)
+        .output()
+        .expect("the peer Python runs");
+    assert!(
+        output.status.success(),
+        "the PEFT script failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: PeftReport = serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
+
+    let ours = last_logits(&engine, trainer.adapter(), &ids);
+    let scale = ours.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let difference = largest_difference(&ours, &report.lift_adapter.logits);
+    assert!(
+        difference <= 1e-3 * scale,
+        "lift's adapter in PEFT: largest logit difference {difference} (largest logit {scale})"
+    );
+    let peft_answer = engine
+        .tokenizer
+        .decode(&report.lift_adapter.generated_ids)
+        .unwrap();
+    assert_eq!(peft_answer.trim(), answer.trim(), "greedy answers");
+    assert!(
+        answer.contains("Tenby"),
+        "the adapter was trained: {answer:?}"
+    );
+
+    let imported = LoraAdapter::load_peft(&peft_adapter, engine.config(), &Device::Cpu).unwrap();
+    let theirs = last_logits(&engine, &imported, &ids);
+    let difference = largest_difference(&theirs, &report.peft_adapter.logits);
+    assert!(
+        difference <= 1e-3 * scale,
+        "PEFT's adapter in lift: largest logit difference {difference} (largest logit {scale})"
+    );
+    assert!(
+        largest_difference(&theirs, &ours) > 10.0 * difference,
+        "PEFT's random adapter changes the logits"
+    );
+}
