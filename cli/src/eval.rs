@@ -606,7 +606,6 @@ fn lift_config(args: &LiftArgs) -> serde_json::Value {
         "qa_per_sentence": job.qa_per_sentence,
         "epochs": job.epochs,
         "min_steps": job.min_steps,
-        "novel_token_weight": job.novel_token_weight,
         "learning_rate": job.learning_rate,
         "rank": job.rank,
         "batch_size": job.batch_size,

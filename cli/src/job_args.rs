@@ -69,10 +69,6 @@ pub struct JobOptions {
     /// --epochs), since a fact seen a handful of times is not recalled.
     #[arg(long, default_value_t = TRAINING.min_steps)]
     pub min_steps: u32,
-    /// Loss weight of an answer token whose word the question does not contain (the fact it
-    /// asks for), against 1 for the rest.
-    #[arg(long, default_value_t = TRAINING.novel_token_weight, value_parser = clap::value_parser!(u32).range(1..=8))]
-    pub novel_token_weight: u32,
     /// LoRA rank.
     #[arg(long, default_value_t = TRAINING.rank, value_parser = clap::value_parser!(u32).range(1..))]
     pub rank: u32,
@@ -192,7 +188,6 @@ impl JobOptions {
                 seed: self.seed,
                 train_after_synthesis: self.train_after_synthesis,
                 min_steps: Some(self.min_steps),
-                novel_token_weight: Some(self.novel_token_weight),
             }),
         }
     }

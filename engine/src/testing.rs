@@ -183,8 +183,8 @@ mod tests {
         let answer: Vec<u32> = encoded
             .ids
             .iter()
-            .zip(&encoded.loss_weights)
-            .filter(|(_, w)| **w > 0)
+            .zip(&encoded.is_answer)
+            .filter(|(_, a)| **a)
             .map(|(i, _)| *i)
             .collect();
         let text = trainer_text(&answer);
@@ -192,42 +192,7 @@ mod tests {
             text.starts_with("Teal."),
             "answer tokens decode to {text:?}"
         );
-        assert_eq!(encoded.loss_weights[0], 0);
-    }
-
-    /// "Zorblat is on Vellmar Island." answers "Where is Zorblat?": only "on Vellmar Island"
-    /// is new, and only its tokens weigh more; a batch lists each of them that many times.
-    #[test]
-    fn answer_words_missing_from_the_question_weigh_more() {
-        let engine = Arc::new(tiny_engine(4));
-        let adapter = engine
-            .new_adapter(LoraConfig::new(4, 8.0, &[]).unwrap(), 3)
-            .unwrap();
-        let options = TrainerOptions {
-            novel_token_weight: 3,
-            ..TrainerOptions::default()
-        };
-        let weighted = SftTrainer::new(engine.clone(), adapter, options).unwrap();
-        let plain = trainer(engine);
-        let example = &examples()[..1];
-        let encoded = weighted.encode(&example[0]).unwrap();
-        let heavy: Vec<u32> = encoded
-            .ids
-            .iter()
-            .zip(&encoded.loss_weights)
-            .filter(|(_, w)| **w == 3)
-            .map(|(i, _)| *i)
-            .collect();
-        assert_eq!(trainer_text(&heavy).trim(), "onVellmarIsland");
-        let answer_tokens = encoded.loss_weights.iter().filter(|w| **w > 0).count();
-        let heavy_tokens = heavy.len();
-        let plain_batch = plain.batch(example).unwrap();
-        let weighted_batch = weighted.batch(example).unwrap();
-        assert_eq!(plain_batch.answer_tokens, answer_tokens);
-        assert_eq!(
-            weighted_batch.answer_tokens,
-            answer_tokens + 2 * heavy_tokens
-        );
+        assert!(!encoded.is_answer[0]);
     }
 
     fn trainer_text(ids: &[u32]) -> String {

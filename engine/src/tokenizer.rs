@@ -180,13 +180,6 @@ impl ChatTokenizer {
             .map_err(|e| EngineError::Tokenizer(e.to_string()))
     }
 
-    /// Token ids with the byte span of `text` each came from (`get_offsets`).
-    pub fn encoding(&self, text: &str) -> Result<tokenizers::Encoding> {
-        self.tokenizer
-            .encode(text, false)
-            .map_err(|e| EngineError::Tokenizer(e.to_string()))
-    }
-
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.tokenizer
             .decode(ids, true)

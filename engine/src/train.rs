@@ -79,9 +79,6 @@ pub struct TrainerOptions {
     /// memory of a smaller batch (a laptop's RAM is the limit there, not the matmul width).
     /// Ignored on a GPU, where a step is one captured graph.
     pub cpu_micro_batch: usize,
-    /// Loss weight of an answer token whose word the prompt does not contain (see
-    /// `novel_word_spans`), against 1 for the other answer tokens.
-    pub novel_token_weight: u32,
 }
 
 impl Default for TrainerOptions {
@@ -97,7 +94,6 @@ impl Default for TrainerOptions {
             max_seq_len: 512,
             cuda_graphs: true,
             cpu_micro_batch: 2,
-            novel_token_weight: 1,
         }
     }
 }
@@ -113,18 +109,15 @@ pub struct StepStats {
     pub grad_norm: f32,
 }
 
-/// Token ids of one example with the loss weight of each position: 0 for the prompt, 1 or
-/// `TrainerOptions::novel_token_weight` for the answer.
+/// Token ids of one example with the mask of positions that carry loss.
 pub struct EncodedExample {
     pub ids: Vec<u32>,
-    pub loss_weights: Vec<u32>,
+    pub is_answer: Vec<bool>,
 }
 
 /// A right-padded batch: inputs `[b, t]`, and for the positions whose next token is an
 /// answer token, their flat index into `b * t` (`answer_rows`, u32) and that next token
-/// (`answer_targets`, u32). Only those positions get logits and loss. A position of loss
-/// weight `w` is listed `w` times, so the mean over the rows is the weighted mean and a step
-/// keeps one shape of kernels; `answer_tokens` counts the rows.
+/// (`answer_targets`, u32). Only those positions get logits and loss.
 pub struct SftBatch {
     pub inputs: Tensor,
     pub answer_rows: Tensor,
@@ -198,58 +191,24 @@ impl SftTrainer {
             )
         })?;
         let mut prompt_ids = tokenizer.encode(&prompt_text)?;
-        let answer = tokenizer.encoding(answer_text)?;
-        let mut answer_ids = answer.get_ids().to_vec();
-        let mut loss_weights = self.answer_weights(example, answer_text, answer.get_offsets());
+        let mut answer_ids = tokenizer.encode(answer_text)?;
         let limit = self
             .options
             .max_seq_len
             .min(self.engine.config().max_position_embeddings);
         answer_ids.truncate(limit.saturating_sub(1).max(1));
-        loss_weights.truncate(answer_ids.len());
         let room = limit.saturating_sub(answer_ids.len());
         if prompt_ids.len() > room {
             prompt_ids.drain(..prompt_ids.len() - room);
         }
-        let loss_weights = std::iter::repeat_n(0, prompt_ids.len())
-            .chain(loss_weights)
+        let is_answer = std::iter::repeat_n(false, prompt_ids.len())
+            .chain(std::iter::repeat_n(true, answer_ids.len()))
             .collect();
         prompt_ids.extend(answer_ids);
         Ok(EncodedExample {
             ids: prompt_ids,
-            loss_weights,
+            is_answer,
         })
-    }
-
-    /// The loss weight of each answer token: `novel_token_weight` where its bytes overlap a
-    /// word of the answer that the prompt does not contain, else 1. The chat template's own
-    /// tokens around the answer keep 1.
-    fn answer_weights(
-        &self,
-        example: &SftExample,
-        answer_text: &str,
-        offsets: &[(usize, usize)],
-    ) -> Vec<u32> {
-        let weight = self.options.novel_token_weight.max(1);
-        let start = match answer_text.find(example.answer.as_str()) {
-            Some(start) if weight > 1 => start,
-            _ => return vec![1; offsets.len()],
-        };
-        let novel: Vec<(usize, usize)> = novel_word_spans(&example.prompt, &example.answer)
-            .into_iter()
-            .map(|(s, e)| (start + s, start + e))
-            .collect();
-        offsets
-            .iter()
-            .map(|&(s, e)| {
-                let overlaps = novel.iter().any(|&(ns, ne)| s < ne && ns < e);
-                if overlaps {
-                    weight
-                } else {
-                    1
-                }
-            })
-            .collect()
     }
 
     pub fn batch(&self, examples: &[SftExample]) -> Result<SftBatch> {
@@ -272,7 +231,7 @@ impl SftTrainer {
         for (i, e) in encoded.iter().enumerate() {
             for j in 0..t {
                 inputs.push(e.ids.get(j).copied().unwrap_or(pad));
-                for _ in 0..e.loss_weights.get(j + 1).copied().unwrap_or(0) {
+                if e.is_answer.get(j + 1).copied().unwrap_or(false) {
                     rows.push((i * t + j) as u32);
                     targets.push(e.ids[j + 1]);
                 }
@@ -439,33 +398,6 @@ impl SftTrainer {
         self.step = steps_done;
         Ok(())
     }
-}
-
-/// Byte spans of the words (runs of letters and digits) of `answer` that `prompt` does not
-/// contain, compared without case: the facts an answer adds to its question.
-fn novel_word_spans(prompt: &str, answer: &str) -> Vec<(usize, usize)> {
-    let prompt_words: std::collections::HashSet<String> = word_spans(prompt)
-        .map(|(s, e)| prompt[s..e].to_lowercase())
-        .collect();
-    word_spans(answer)
-        .filter(|&(s, e)| !prompt_words.contains(&answer[s..e].to_lowercase()))
-        .collect()
-}
-
-fn word_spans(text: &str) -> impl Iterator<Item = (usize, usize)> + '_ {
-    let mut chars = text.char_indices().peekable();
-    std::iter::from_fn(move || {
-        let (start, _) = chars.find(|(_, c)| c.is_alphanumeric())?;
-        let mut end = text.len();
-        while let Some(&(i, c)) = chars.peek() {
-            if !c.is_alphanumeric() {
-                end = i;
-                break;
-            }
-            chars.next();
-        }
-        Some((start, end))
-    })
 }
 
 struct AttentionInputs {

@@ -100,9 +100,6 @@ fn training_from_proto(options: proto::TrainingOptions) -> Result<TrainingOption
         seed: options.seed,
         train_after_synthesis: options.train_after_synthesis,
         min_steps: options.min_steps.unwrap_or(defaults.min_steps),
-        novel_token_weight: options
-            .novel_token_weight
-            .unwrap_or(defaults.novel_token_weight),
     })
 }
 
@@ -155,7 +152,6 @@ impl From<&JobSpec> for proto::SubmitJobRequest {
                 seed: training.seed,
                 train_after_synthesis: training.train_after_synthesis,
                 min_steps: Some(training.min_steps),
-                novel_token_weight: Some(training.novel_token_weight),
             }),
         }
     }

@@ -110,10 +110,6 @@ pub struct TrainingOptions {
     /// Steps to train at least: a small document has few tasks, and a fact seen a handful of
     /// times is not recalled, so it gets extra epochs (at most `MAX_EPOCH_FACTOR` x `epochs`).
     pub min_steps: u32,
-    /// Loss weight of an answer token whose word the question does not contain, against 1
-    /// for the rest: those are the facts a question asks for, a few tokens among many that
-    /// can be copied from the question, and what a low loss otherwise leaves unlearnt.
-    pub novel_token_weight: u32,
 }
 
 /// Extra epochs for `min_steps` stop at this multiple of the asked epochs.
@@ -146,7 +142,6 @@ impl TrainingOptions {
         seed: 0,
         train_after_synthesis: false,
         min_steps: 60,
-        novel_token_weight: 1,
     };
 }
 
@@ -205,7 +200,6 @@ pub mod ranges {
     pub const RANK: RangeInclusive<u32> = 1..=512;
     pub const EPOCHS: RangeInclusive<u32> = 1..=100;
     pub const MIN_STEPS: RangeInclusive<u32> = 0..=100_000;
-    pub const NOVEL_TOKEN_WEIGHT: RangeInclusive<u32> = 1..=8;
     pub const BATCH_SIZE: RangeInclusive<u32> = 1..=256;
     pub const CHUNK_SENTENCES: RangeInclusive<u32> = 1..=256;
     pub const RESTATEMENTS: RangeInclusive<u32> = 0..=8;
@@ -354,11 +348,6 @@ impl TrainingOptions {
         check_range("training.rank", self.rank, ranges::RANK)?;
         check_range("training.epochs", self.epochs, ranges::EPOCHS)?;
         check_range("training.min_steps", self.min_steps, ranges::MIN_STEPS)?;
-        check_range(
-            "training.novel_token_weight",
-            self.novel_token_weight,
-            ranges::NOVEL_TOKEN_WEIGHT,
-        )?;
         check_range("training.batch_size", self.batch_size, ranges::BATCH_SIZE)?;
         if !(self.alpha.is_finite() && self.alpha > 0.0) {
             return Err(invalid(format!(

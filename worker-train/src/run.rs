@@ -187,7 +187,6 @@ impl JobRun {
             schedule: self.schedule(u64::MAX, u64::MAX),
             max_grad_norm: options.max_grad_norm,
             max_seq_len: self.options.max_seq_len,
-            novel_token_weight: options.novel_token_weight,
             ..TrainerOptions::default()
         };
         let latest = self.block(Checkpoint::load_latest(&self.store, self.job()))?;
