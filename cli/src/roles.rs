@@ -67,7 +67,7 @@ pub fn build_generator(
         let mut options =
             OpenAiOptions::new(config.generator_url.clone(), config.generator_model.clone());
         options.api_key = std::env::var("LIFT_GENERATOR_API_KEY").ok();
-        options.max_in_flight = config.synth_concurrency.max(1) as usize * 4;
+        options.max_in_flight = config.generator_requests_in_flight();
         return Ok(Arc::new(OpenAiGenerator::new(options)?));
     }
     let engine = engine.context("the built-in generator needs a model; set LIFT_GENERATOR_URL to use an HTTP generator instead")?;

@@ -46,6 +46,11 @@ pub struct Config {
     pub trainer_lease_secs: u64,
     /// `LIFT_SYNTH_CONCURRENCY`: chunks a synth worker processes at once.
     pub synth_concurrency: u32,
+    /// `LIFT_GENERATOR_MAX_IN_FLIGHT`: requests a synth worker has open at the HTTP generator
+    /// at once; unset: 4 per chunk of `synth_concurrency` (vLLM batches them). A server that
+    /// answers one request at a time (llama-cpp-python's) wants 1: requests queued behind
+    /// others there run into the request timeout.
+    pub generator_max_in_flight: Option<u32>,
     /// `LIFT_METRICS_ADDR`: where `/metrics` is served; empty disables it.
     pub metrics_addr: String,
     /// `LIFT_AUTH_TOKENS_FILE`: `tenant:token` lines; with it (or `LIFT_AUTH_TOKENS`) the
@@ -82,6 +87,7 @@ impl Default for Config {
             broker_retry_secs: 60,
             trainer_lease_secs: 15,
             synth_concurrency: 4,
+            generator_max_in_flight: None,
             metrics_addr: String::new(),
             auth_tokens_file: String::new(),
             tls_cert: String::new(),
@@ -179,6 +185,9 @@ impl Config {
         if let Some(raw) = env("LIFT_SYNTH_CONCURRENCY") {
             self.synth_concurrency = parse_env("LIFT_SYNTH_CONCURRENCY", &raw)?;
         }
+        if let Some(raw) = env("LIFT_GENERATOR_MAX_IN_FLIGHT") {
+            self.generator_max_in_flight = Some(parse_env("LIFT_GENERATOR_MAX_IN_FLIGHT", &raw)?);
+        }
         Ok(())
     }
 
@@ -243,7 +252,20 @@ impl Config {
                 "synth_concurrency must be at least 1".to_string(),
             ));
         }
+        if self.generator_max_in_flight == Some(0) {
+            return Err(invalid_config(
+                "generator_max_in_flight (LIFT_GENERATOR_MAX_IN_FLIGHT) must be at least 1"
+                    .to_string(),
+            ));
+        }
         Ok(())
+    }
+
+    /// Requests a synth worker keeps open at the HTTP generator.
+    pub fn generator_requests_in_flight(&self) -> usize {
+        self.generator_max_in_flight
+            .unwrap_or(self.synth_concurrency.saturating_mul(4))
+            .max(1) as usize
     }
 
     /// Submit-time limits derived from this configuration.
@@ -325,6 +347,21 @@ mod tests {
         let err =
             Config::from_sources(None, env(&[("LIFT_FAILED_SHARE_THRESHOLD", "1.5")])).unwrap_err();
         assert!(err.to_string().contains("failed_share_threshold"));
+    }
+
+    #[test]
+    fn generator_requests_in_flight_follow_the_chunks_unless_set() {
+        let default = Config::from_sources(None, env(&[("LIFT_SYNTH_CONCURRENCY", "2")])).unwrap();
+        assert_eq!(default.generator_requests_in_flight(), 8);
+        let serial =
+            Config::from_sources(None, env(&[("LIFT_GENERATOR_MAX_IN_FLIGHT", "1")])).unwrap();
+        assert_eq!(serial.generator_requests_in_flight(), 1);
+        let err =
+            Config::from_sources(None, env(&[("LIFT_GENERATOR_MAX_IN_FLIGHT", "0")])).unwrap_err();
+        assert!(
+            err.to_string().contains("LIFT_GENERATOR_MAX_IN_FLIGHT"),
+            "{err}"
+        );
     }
 
     #[test]
