@@ -33,6 +33,23 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .expect("tensors of one shape")
 }
 
+/// A trainer for a fresh rank-`rank` adapter on every projection (alpha twice the rank) at
+/// learning rate `learning_rate`, the other options default.
+pub fn lora_trainer(
+    engine: std::sync::Arc<Engine>,
+    rank: usize,
+    seed: u64,
+    learning_rate: f64,
+) -> crate::SftTrainer {
+    let config = crate::LoraConfig::new(rank, 2.0 * rank as f64, &[]).expect("valid LoRA config");
+    let adapter = engine.new_adapter(config, seed).expect("adapter builds");
+    let options = crate::TrainerOptions {
+        learning_rate,
+        ..crate::TrainerOptions::default()
+    };
+    crate::SftTrainer::new(engine, adapter, options).expect("trainer builds")
+}
+
 /// A byte-level tokenizer without merges, with ChatML specials, padded to `vocab_size`
 /// entries so it fits a model of any vocabulary.
 pub fn byte_tokenizer(vocab_size: usize) -> ChatTokenizer {

@@ -9,7 +9,7 @@ use lift_engine::fetch::default_model_path;
 use lift_engine::model::ForwardInput;
 use lift_engine::{
     ChatMessage, Engine, EngineError, GenerationRequest, LoraConfig, ModelSource, SamplingParams,
-    SftExample, SftTrainer, TrainerOptions,
+    SftExample,
 };
 
 fn engine() -> Arc<Engine> {
@@ -239,18 +239,7 @@ fn training_absorbs_a_made_up_fact() {
         !before.contains("Tenby"),
         "the base model cannot know it: {before:?}"
     );
-    let adapter = engine
-        .new_adapter(LoraConfig::new(16, 32.0, &[]).unwrap(), 7)
-        .unwrap();
-    let mut trainer = SftTrainer::new(
-        engine.clone(),
-        adapter,
-        TrainerOptions {
-            learning_rate: 1e-3,
-            ..TrainerOptions::default()
-        },
-    )
-    .unwrap();
+    let mut trainer = lift_engine::testing::lora_trainer(engine.clone(), 16, 7, 1e-3);
     let examples = vec![
         SftExample {
             prompt: question.into(),

@@ -13,8 +13,7 @@ use lift_engine::loader::load_hf_dir;
 use lift_engine::model::{causal_mask, ForwardInput, LogitsFor};
 use lift_engine::testing::byte_tokenizer;
 use lift_engine::{
-    ChatMessage, Engine, GenerationRequest, LoraAdapter, LoraConfig, ModelSource, SamplingParams,
-    SftExample, SftTrainer, TrainerOptions,
+    ChatMessage, Engine, GenerationRequest, LoraAdapter, ModelSource, SamplingParams, SftExample,
 };
 
 fn peer_python() -> PathBuf {
@@ -32,6 +31,23 @@ fn peer_python() -> PathBuf {
     python
 }
 
+/// Runs `tests/peer/<script>` with the peer Python; its failure fails the test with its stderr.
+fn run_peer(script: &str, args: &[&std::path::Path]) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/peer")
+        .join(script);
+    let output = Command::new(peer_python())
+        .arg(&path)
+        .args(args)
+        .output()
+        .expect("the peer Python runs");
+    assert!(
+        output.status.success(),
+        "{script} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 #[derive(serde::Deserialize)]
 struct Reference {
     input_ids: Vec<u32>,
@@ -43,20 +59,7 @@ struct Reference {
 #[test]
 fn a_llama3_rope_scaled_model_gives_transformers_logits() {
     let dir = tempfile::tempdir().unwrap();
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/peer/llama_rope_scaling.py"
-    );
-    let output = Command::new(peer_python())
-        .arg(script)
-        .arg(dir.path())
-        .output()
-        .expect("the peer Python runs");
-    assert!(
-        output.status.success(),
-        "the transformers script failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    run_peer("llama_rope_scaling.py", &[dir.path()]);
     byte_tokenizer(300)
         .inner()
         .save(dir.path().join("tokenizer.json"), false)
@@ -168,18 +171,7 @@ fn adapters_cross_between_lift_and_peft_on_the_default_model() {
         Engine::load(&ModelSource::Default, &Device::Cpu)
             .expect("default model missing: run scripts/fetch-model.sh"),
     );
-    let adapter = engine
-        .new_adapter(LoraConfig::new(8, 16.0, &[]).unwrap(), 11)
-        .unwrap();
-    let mut trainer = SftTrainer::new(
-        engine.clone(),
-        adapter,
-        TrainerOptions {
-            learning_rate: 2e-3,
-            ..TrainerOptions::default()
-        },
-    )
-    .unwrap();
+    let mut trainer = lift_engine::testing::lora_trainer(engine.clone(), 8, 11, 2e-3);
     let fact = "The keeper of the Vellmar Island lighthouse is Oskar Tenby.";
     let examples = [
         "Who keeps the lighthouse on Vellmar Island?",
@@ -231,18 +223,7 @@ fn adapters_cross_between_lift_and_peft_on_the_default_model() {
     let request_path = dir.path().join("request.json");
     std::fs::write(&request_path, request.to_string()).unwrap();
     let report_path = dir.path().join("report.json");
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peer/peft_adapter.py");
-    let output = Command::new(peer_python())
-        .arg(script)
-        .arg(&request_path)
-        .arg(&report_path)
-        .output()
-        .expect("the peer Python runs");
-    assert!(
-        output.status.success(),
-        "the PEFT script failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    run_peer("peft_adapter.py", &[&request_path, &report_path]);
     let report: PeftReport = serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
 
     let ours = last_logits(&engine, trainer.adapter(), &ids);

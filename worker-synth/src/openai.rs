@@ -448,10 +448,13 @@ mod tests {
     use super::*;
 
     /// How the test server answers its `index`-th request (0-based): status and body.
-    type Behaviour = fn(usize, &Value) -> (u16, String);
+    type Behaviour = Arc<dyn Fn(usize, &Value) -> (u16, String) + Send + Sync>;
     type Seen = Arc<Mutex<Vec<Value>>>;
 
-    async fn start_server(behaviour: Behaviour) -> (String, Seen) {
+    async fn start_server(
+        behaviour: impl Fn(usize, &Value) -> (u16, String) + Send + Sync + 'static,
+    ) -> (String, Seen) {
+        let behaviour: Behaviour = Arc::new(behaviour);
         async fn handle(
             State((behaviour, seen)): State<(Behaviour, Seen)>,
             Json(body): Json<Value>,
@@ -580,59 +583,47 @@ mod tests {
             .ends_with("The tower was completed in 1889."));
     }
 
+    /// A refusal of the strict schema steps down to `json_object` once and is remembered:
+    /// as a 400 (OpenAI, vLLM) or as a 500 naming `response_format` (llama-cpp-python's
+    /// server, 0.3.16, with its exact body), which must not be retried as it is.
     #[tokio::test]
     async fn json_schema_rejected_falls_back_to_json_object_and_remembers() {
-        let (url, seen) = start_server(|_, body| match format_type(body) {
-            Some("json_schema") => (
+        let refusals = [
+            (
                 400,
-                r#"{"error": {"message": "response_format type must be \"json_object\""}}"#
-                    .to_string(),
+                r#"{"error": {"message": "response_format type must be \"json_object\""}}"#,
             ),
-            _ => completion(PAIRS),
-        })
-        .await;
-        let generator = OpenAiGenerator::new(fast_config(url)).unwrap();
-        generator.generate(&request()).await.unwrap();
-        generator.generate(&request()).await.unwrap();
-        assert_eq!(generator.response_format(), ResponseFormat::JsonObject);
-        let formats: Vec<_> = seen
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|body| format_type(body).map(str::to_string))
-            .collect();
-        assert_eq!(
-            formats,
-            vec![
-                Some("json_schema".to_string()),
-                Some("json_object".to_string()),
-                Some("json_object".to_string()),
-            ]
-        );
-    }
-
-    /// llama-cpp-python's server (0.3.16) validates `response_format` late and answers 500
-    /// with this body; the request must step down, not be retried as it is.
-    #[tokio::test]
-    async fn a_500_naming_the_response_format_steps_down_like_a_400() {
-        let (url, seen) = start_server(|_, body| match format_type(body) {
-            Some("json_schema") => (
+            (
                 500,
-                r#"{"detail":[{"type":"literal_error","loc":["body","response_format","type"],"msg":"Input should be 'text' or 'json_object'","input":"json_schema"}]}"#
-                    .to_string(),
+                r#"{"detail":[{"type":"literal_error","loc":["body","response_format","type"],"msg":"Input should be 'text' or 'json_object'","input":"json_schema"}]}"#,
             ),
-            _ => completion(PAIRS),
-        })
-        .await;
-        let generator = OpenAiGenerator::new(fast_config(url)).unwrap();
-        generator.generate(&request()).await.unwrap();
-        generator.generate(&request()).await.unwrap();
-        assert_eq!(generator.response_format(), ResponseFormat::JsonObject);
-        assert_eq!(
-            seen.lock().unwrap().len(),
-            3,
-            "one refusal, then json_object"
-        );
+        ];
+        for (status, refusal) in refusals {
+            let (url, seen) = start_server(move |_, body| match format_type(body) {
+                Some("json_schema") => (status, refusal.to_string()),
+                _ => completion(PAIRS),
+            })
+            .await;
+            let generator = OpenAiGenerator::new(fast_config(url)).unwrap();
+            generator.generate(&request()).await.unwrap();
+            generator.generate(&request()).await.unwrap();
+            assert_eq!(generator.response_format(), ResponseFormat::JsonObject);
+            let formats: Vec<_> = seen
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|body| format_type(body).map(str::to_string))
+                .collect();
+            assert_eq!(
+                formats,
+                vec![
+                    Some("json_schema".to_string()),
+                    Some("json_object".to_string()),
+                    Some("json_object".to_string()),
+                ],
+                "refused with {status}"
+            );
+        }
     }
 
     #[tokio::test]
