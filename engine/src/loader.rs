@@ -499,8 +499,8 @@ mod tests {
 
     use super::{load_hf_dir, random_model};
     use crate::config::{Architecture, ModelConfig};
-    use crate::model::{causal_mask, ForwardInput, LogitsFor, Model};
-    use crate::testing::byte_tokenizer;
+    use crate::model::{LogitsFor, Model};
+    use crate::testing::{byte_tokenizer, sequence_logits};
 
     /// Writes `model` as a Hugging Face directory (config.json, model.safetensors,
     /// tokenizer.json, tokenizer_config.json) the way transformers lays one out.
@@ -573,19 +573,7 @@ mod tests {
     }
 
     fn logits(model: &Model) -> Vec<f32> {
-        let ids = Tensor::new(&[[3u32, 50, 120, 7]], &Device::Cpu).unwrap();
-        let positions = Tensor::new(&[[0u32, 1, 2, 3]], &Device::Cpu).unwrap();
-        let mask = causal_mask(4, 0, DType::F32, &Device::Cpu).unwrap();
-        let input = ForwardInput {
-            input_ids: &ids,
-            positions: &positions,
-            mask: Some(&mask),
-            adapter: None,
-            logits: LogitsFor::AllPositions,
-        };
-        model
-            .forward(&input, None)
-            .unwrap()
+        sequence_logits(model, &[3, 50, 120, 7], None, LogitsFor::AllPositions)
             .flatten_all()
             .unwrap()
             .to_vec1()

@@ -33,6 +33,31 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .expect("tensors of one shape")
 }
 
+/// The logits `model` gives one sequence `ids` at positions 0.. under a causal mask (with
+/// `adapter` if any): `[1, t, vocab]` or `[1, 1, vocab]` as `logits` asks.
+pub fn sequence_logits(
+    model: &crate::model::Model,
+    ids: &[u32],
+    adapter: Option<&crate::LoraAdapter>,
+    logits: crate::model::LogitsFor,
+) -> Tensor {
+    let t = ids.len();
+    let device = model.device();
+    let input = Tensor::from_vec(ids.to_vec(), (1, t), device).expect("ids upload");
+    let positions = Tensor::arange(0u32, t as u32, device)
+        .and_then(|p| p.reshape((1, t)))
+        .expect("positions");
+    let mask = crate::model::causal_mask(t, 0, model.dtype(), device).expect("causal mask");
+    let input = crate::model::ForwardInput {
+        input_ids: &input,
+        positions: &positions,
+        mask: Some(&mask),
+        adapter,
+        logits,
+    };
+    model.forward(&input, None).expect("forward")
+}
+
 /// A trainer for a fresh rank-`rank` adapter on every projection (alpha twice the rank) at
 /// learning rate `learning_rate`, the other options default.
 pub fn lora_trainer(
@@ -81,29 +106,15 @@ pub fn byte_tokenizer(vocab_size: usize) -> ChatTokenizer {
 mod tests {
     use std::sync::Arc;
 
-    use candle_core::Tensor;
-
-    use super::tiny_engine;
+    use super::{sequence_logits, tiny_engine};
     use crate::lora::{LoraAdapter, LoraConfig};
-    use crate::model::{causal_mask, ForwardInput, LogitsFor};
+    use crate::model::LogitsFor;
     use crate::train::{LrSchedule, SftExample, SftTrainer, TrainerOptions};
     use crate::Engine;
 
     fn logits(engine: &Engine, adapter: Option<&LoraAdapter>) -> Vec<f32> {
-        let ids = Tensor::new(&[[5u32, 77, 120, 33, 9, 250]], engine.device()).unwrap();
-        let positions = Tensor::new(&[[0u32, 1, 2, 3, 4, 5]], engine.device()).unwrap();
-        let mask = causal_mask(6, 0, engine.model.dtype(), engine.device()).unwrap();
-        let input = ForwardInput {
-            input_ids: &ids,
-            positions: &positions,
-            mask: Some(&mask),
-            adapter,
-            logits: LogitsFor::AllPositions,
-        };
-        engine
-            .model
-            .forward(&input, None)
-            .unwrap()
+        let ids = [5u32, 77, 120, 33, 9, 250];
+        sequence_logits(&engine.model, &ids, adapter, LogitsFor::AllPositions)
             .flatten_all()
             .unwrap()
             .to_vec1()

@@ -6,7 +6,6 @@ use std::sync::{Arc, OnceLock};
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use lift_engine::fetch::default_model_path;
-use lift_engine::model::ForwardInput;
 use lift_engine::{
     ChatMessage, Engine, EngineError, GenerationRequest, LoraConfig, ModelSource, SamplingParams,
     SftExample,
@@ -92,42 +91,21 @@ fn logits_match_candle_transformers_quantized_llama() {
         )
         .unwrap();
     let ids = engine.tokenizer.encode(&text).unwrap();
-    let t = ids.len();
     let input = Tensor::new(ids.as_slice(), &Device::Cpu)
         .unwrap()
         .unsqueeze(0)
         .unwrap();
     let expected = reference.forward(&input, 0).unwrap().flatten_all().unwrap();
 
-    let positions = Tensor::arange(0u32, t as u32, &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    let mask =
-        lift_engine::model::causal_mask(t, 0, candle_core::DType::F32, &Device::Cpu).unwrap();
-    let ours = engine
-        .model
-        .forward(
-            &ForwardInput {
-                input_ids: &input,
-                positions: &positions,
-                mask: Some(&mask),
-                adapter: None,
-                logits: lift_engine::model::LogitsFor::LastPosition,
-            },
-            None,
-        )
-        .unwrap()
-        .flatten_all()
-        .unwrap();
-    let diff = (&ours - &expected)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let ours = lift_engine::testing::sequence_logits(
+        &engine.model,
+        &ids,
+        None,
+        lift_engine::model::LogitsFor::LastPosition,
+    )
+    .flatten_all()
+    .unwrap();
+    let diff = lift_engine::testing::max_abs_diff(&ours, &expected);
     let scale = expected
         .abs()
         .unwrap()

@@ -1,6 +1,7 @@
 //! Parity with Hugging Face transformers and PEFT, run as a peer process: a model transformers
-//! writes loads in lift with its logits, and LoRA adapters cross both ways. Needs the peer environment (`scripts/peer-env.sh`, which the
-//! test script runs); `LIFT_PEER_PYTHON` names its interpreter.
+//! writes loads in lift with its logits, and LoRA adapters cross both ways. Needs the peer
+//! environment (`scripts/peer-env.sh`, which the test script runs); `LIFT_PEER_PYTHON` names
+//! its interpreter.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -10,8 +11,8 @@ use candle_core::{DType, Device, Tensor};
 use lift_engine::config::RopeScaling;
 use lift_engine::fetch::default_model_path;
 use lift_engine::loader::load_hf_dir;
-use lift_engine::model::{causal_mask, ForwardInput, LogitsFor};
-use lift_engine::testing::byte_tokenizer;
+use lift_engine::model::LogitsFor;
+use lift_engine::testing::{byte_tokenizer, max_abs_diff, sequence_logits};
 use lift_engine::{
     ChatMessage, Engine, GenerationRequest, LoraAdapter, ModelSource, SamplingParams, SftExample,
 };
@@ -72,79 +73,30 @@ fn a_llama3_rope_scaled_model_gives_transformers_logits() {
         model.config.rope_scaling,
         RopeScaling::Llama3 { factor, .. } if factor == 8.0
     ));
-    let t = reference.input_ids.len();
-    let ids = Tensor::from_vec(reference.input_ids.clone(), (1, t), &Device::Cpu).unwrap();
-    let positions = Tensor::arange(0u32, t as u32, &Device::Cpu)
-        .unwrap()
-        .reshape((1, t))
-        .unwrap();
-    let mask = causal_mask(t, 0, DType::F32, &Device::Cpu).unwrap();
-    let logits: Vec<Vec<f32>> = model
-        .forward(
-            &ForwardInput {
-                input_ids: &ids,
-                positions: &positions,
-                mask: Some(&mask),
-                adapter: None,
-                logits: LogitsFor::AllPositions,
-            },
-            None,
-        )
-        .unwrap()
+    let ours = sequence_logits(&model, &reference.input_ids, None, LogitsFor::AllPositions)
         .squeeze(0)
-        .unwrap()
-        .to_vec2()
         .unwrap();
-    let worst = logits
-        .iter()
-        .flatten()
-        .zip(reference.logits.iter().flatten())
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
-    let scale = reference
-        .logits
-        .iter()
-        .flatten()
-        .fold(0f32, |m, x| m.max(x.abs()));
+    let theirs = Tensor::new(reference.logits, &Device::Cpu).unwrap();
+    let worst = max_abs_diff(&ours, &theirs);
+    let scale = largest_magnitude(&theirs);
     assert!(
         worst <= 1e-4 * scale.max(1.0),
         "largest logit difference {worst} (largest logit {scale})"
     );
 }
 
-fn last_logits(engine: &Engine, adapter: &lift_engine::LoraAdapter, ids: &[u32]) -> Vec<f32> {
-    let t = ids.len();
-    let input = Tensor::from_vec(ids.to_vec(), (1, t), &Device::Cpu).unwrap();
-    let positions = Tensor::arange(0u32, t as u32, &Device::Cpu)
-        .unwrap()
-        .reshape((1, t))
-        .unwrap();
-    let mask = causal_mask(t, 0, DType::F32, &Device::Cpu).unwrap();
-    engine
-        .model
-        .forward(
-            &ForwardInput {
-                input_ids: &input,
-                positions: &positions,
-                mask: Some(&mask),
-                adapter: Some(adapter),
-                logits: LogitsFor::LastPosition,
-            },
-            None,
-        )
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
+fn largest_magnitude(logits: &Tensor) -> f32 {
+    logits
+        .abs()
+        .and_then(|a| a.max_all())
+        .and_then(|m| m.to_scalar::<f32>())
         .unwrap()
 }
 
-fn largest_difference(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max)
+fn last_logits(engine: &Engine, adapter: &LoraAdapter, ids: &[u32]) -> Tensor {
+    sequence_logits(&engine.model, ids, Some(adapter), LogitsFor::LastPosition)
+        .flatten_all()
+        .unwrap()
 }
 
 #[derive(serde::Deserialize)]
@@ -227,8 +179,9 @@ fn adapters_cross_between_lift_and_peft_on_the_default_model() {
     let report: PeftReport = serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
 
     let ours = last_logits(&engine, trainer.adapter(), &ids);
-    let scale = ours.iter().fold(0f32, |m, x| m.max(x.abs()));
-    let difference = largest_difference(&ours, &report.lift_adapter.logits);
+    let scale = largest_magnitude(&ours);
+    let peft_logits = |side: &PeftSide| Tensor::new(side.logits.as_slice(), &Device::Cpu).unwrap();
+    let difference = max_abs_diff(&ours, &peft_logits(&report.lift_adapter));
     assert!(
         difference <= 1e-3 * scale,
         "lift's adapter in PEFT: largest logit difference {difference} (largest logit {scale})"
@@ -245,13 +198,13 @@ fn adapters_cross_between_lift_and_peft_on_the_default_model() {
 
     let imported = LoraAdapter::load_peft(&peft_adapter, engine.config(), &Device::Cpu).unwrap();
     let theirs = last_logits(&engine, &imported, &ids);
-    let difference = largest_difference(&theirs, &report.peft_adapter.logits);
+    let difference = max_abs_diff(&theirs, &peft_logits(&report.peft_adapter));
     assert!(
         difference <= 1e-3 * scale,
         "PEFT's adapter in lift: largest logit difference {difference} (largest logit {scale})"
     );
     assert!(
-        largest_difference(&theirs, &ours) > 10.0 * difference,
+        max_abs_diff(&theirs, &ours) > 10.0 * difference,
         "PEFT's random adapter changes the logits"
     );
 }

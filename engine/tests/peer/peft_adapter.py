@@ -13,19 +13,13 @@ from transformers import AutoModelForCausalLM
 
 request = json.load(open(sys.argv[1]))
 gguf = request["gguf"]
-
-
-def base_model():
-    # transformers dequantizes the GGUF (the same Q4_1 blocks lift reads) into f32.
-    model = AutoModelForCausalLM.from_pretrained(
-        os.path.dirname(gguf), gguf_file=os.path.basename(gguf), dtype=torch.float32
-    )
-    return model.eval()
-
-
+# transformers dequantizes the GGUF (the same Q4_1 blocks lift reads) into f32.
+base = AutoModelForCausalLM.from_pretrained(
+    os.path.dirname(gguf), gguf_file=os.path.basename(gguf), dtype=torch.float32
+).eval()
 ids = torch.tensor([request["input_ids"]])
 with torch.no_grad():
-    lifted = PeftModel.from_pretrained(base_model(), request["lift_adapter"]).eval()
+    lifted = PeftModel.from_pretrained(base, request["lift_adapter"]).eval()
     lift_logits = lifted(ids).logits[0, -1]
     generated = lifted.generate(
         input_ids=ids,
@@ -45,7 +39,8 @@ with torch.no_grad():
         init_lora_weights=False,  # random B too, so the adapter changes the logits
         task_type="CAUSAL_LM",
     )
-    own = get_peft_model(base_model(), config).eval()
+    # The same base weights again, without lift's adapter (removed, not merged).
+    own = get_peft_model(lifted.unload(), config).eval()
     own.save_pretrained(request["peft_adapter_dir"])
     own_logits = own(ids).logits[0, -1]
 
