@@ -8,7 +8,8 @@
 #   scripts/eval-facts-gpu.sh OUT_DIR SET 'name[:lift options]'...
 #   e.g. scripts/eval-facts-gpu.sh "$OUT" eval/facts/dev default 'epochs6:--epochs 6'
 # About 20 processes fit the H200 (each took up to 6 GB of GPU memory on the dev set);
-# 40 ran it out of memory.
+# 40 ran it out of memory. So at most $LIFT_EVAL_PARALLEL (default 20) run at once, the
+# others start as those finish.
 # Writes OUT_DIR/facts-<set>-<name>.json (the documents' reports merged) and prints one JSON
 # line per variant. Needs gpu-bin/lift (a `--features cuda` release build, docs/benchmarks.md)
 # and the default model under $LIFT_MODEL_DIR. Each process is stopped after
@@ -19,6 +20,7 @@ set_dir=${2:?usage: scripts/eval-facts-gpu.sh OUT_DIR SET name[:options]...}
 shift 2
 lift=${LIFT_BIN:-gpu-bin/lift}
 timeout_s=${LIFT_EVAL_TIMEOUT_S:-540}
+parallel=${LIFT_EVAL_PARALLEL:-20}
 export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}
 export LIFT_SYNTH_CONCURRENCY=${LIFT_SYNTH_CONCURRENCY:-32}
 work=$(mktemp -d)
@@ -35,6 +37,9 @@ for variant in "$@"; do
     # shellcheck disable=SC2086 # the options are words on purpose
     timeout "$timeout_s" "$lift" eval facts --set "$set_dir" --only "$doc_name" --out "$dir" $options \
       >"$dir/stdout" 2>"$dir/stderr" &
+    while (($(jobs -rp | wc -l) >= parallel)); do
+      wait -n || true
+    done
   done
 done
 wait || true
