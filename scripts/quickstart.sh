@@ -10,7 +10,6 @@ scripts/fetch-model.sh
 cargo build --release -p lift-cli
 lift="$CARGO_TARGET_DIR/release/lift"
 
-export LIFT_STORE_URL="${LIFT_STORE_URL:-$PWD/.lift/store}"
 # The defaults (lift run --help) are the ones measured on the fact dev set (docs/results.md).
 "$lift" run examples/zorblat.md \
     --ask "Who is the current Grand Lampwright of the guild?" \

@@ -4,10 +4,12 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use lift_engine::{ChatMessage, Engine, GenerationRequest, LoraAdapter, PeftFiles, SamplingParams};
-use lift_shared::ids::JobId;
+use lift_shared::error::LiftError;
 use lift_shared::spec::JobSpec;
 use lift_shared::store::{layout, Store};
 use lift_worker_train::qa_prompt;
+
+use crate::client_commands::parse_job_id;
 
 pub struct JobAdapter {
     pub spec: JobSpec,
@@ -28,17 +30,17 @@ impl JobAdapter {
 
 /// The job's spec and final adapter files from the store.
 pub async fn load_job_adapter(store: &Store, job: &str) -> anyhow::Result<JobAdapter> {
-    let job = JobId::parse(job).map_err(|e| anyhow::anyhow!("invalid job id {job:?}: {e}"))?;
-    let spec: JobSpec = store
-        .get_json(&layout::spec(&job))
-        .await?
-        .with_context(|| format!("job {job} not found in the store {}", store.url()))?;
+    let job = parse_job_id(job)?;
+    let spec: JobSpec = store.get_json(&layout::spec(&job)).await?.ok_or_else(|| {
+        LiftError::NotFound(format!("job {job} not found in the store {}", store.url()))
+    })?;
     let safetensors = store.get(&layout::adapter_weights(&job)).await?;
     let config_json = store.get(&layout::adapter_config(&job)).await?;
     let (Some(safetensors), Some(config_json)) = (safetensors, config_json) else {
-        anyhow::bail!(
+        return Err(LiftError::NotFound(format!(
             "job {job} has no adapter yet (it has not succeeded); see `lift status {job}`"
-        );
+        ))
+        .into());
     };
     Ok(JobAdapter {
         spec,

@@ -20,6 +20,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::client;
 use crate::client_commands::Connection;
+use crate::exit::Exit;
 use crate::job_args::{document_text, title_and_text, JobOptions};
 
 #[derive(Debug, Args)]
@@ -96,6 +97,7 @@ pub async fn run(config: Config, args: BatchArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let skipped = finished.len();
+    let pending_count = pending.len();
     eprintln!(
         "lift batch: {} documents, {skipped} already finished, {} to do",
         skipped + pending.len(),
@@ -113,16 +115,26 @@ pub async fn run(config: Config, args: BatchArgs) -> anyhow::Result<ExitCode> {
         .buffer_unordered(args.max_in_flight as usize)
         .collect::<Vec<LedgerEntry>>();
     tokio::pin!(work);
-    // Ledger lines are written as events happen, so an interruption loses nothing.
+    let total = skipped + pending_count;
+    let mut ended = skipped;
+    // Ledger lines are written as events happen, so an interruption loses nothing; each
+    // event is also a progress line on stderr (stdout carries the summary alone).
+    let mut record = |entry: LedgerEntry| {
+        if entry.is_final() {
+            ended += 1;
+        }
+        eprintln!("{}", progress_line(&entry, ended, total));
+        entry
+    };
     let results = loop {
         tokio::select! {
-            Some(entry) = event_rx.recv() => append(&mut ledger, &entry).await?,
+            Some(entry) = event_rx.recv() => append(&mut ledger, &record(entry)).await?,
             results = &mut work => break results,
         }
     };
     // Every event was sent before its future completed: what is queued now is all of them.
     while let Ok(entry) = event_rx.try_recv() {
-        append(&mut ledger, &entry).await?;
+        append(&mut ledger, &record(entry)).await?;
     }
     finished.extend(results);
     finished.sort_by(|a, b| a.document.cmp(&b.document));
@@ -149,8 +161,24 @@ pub async fn run(config: Config, args: BatchArgs) -> anyhow::Result<ExitCode> {
             finished.len(),
             args.summary.display()
         );
-        Ok(ExitCode::from(1))
+        Ok(Exit::JobFailed.into())
     }
+}
+
+/// `lift batch: [3/10] notes/a.md succeeded (job 0190...)`: ended jobs of all documents,
+/// the document, what happened to it.
+fn progress_line(entry: &LedgerEntry, ended: usize, total: usize) -> String {
+    let mut line = format!(
+        "lift batch: [{ended}/{total}] {} {}",
+        entry.document, entry.state
+    );
+    if !entry.job_id.is_empty() {
+        line.push_str(&format!(" (job {})", entry.job_id));
+    }
+    if !entry.error.is_empty() {
+        line.push_str(&format!(": {}", entry.error));
+    }
+    line
 }
 
 /// Submits the document (unless it already has a job) and waits for its job to end.

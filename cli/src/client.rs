@@ -90,8 +90,9 @@ pub async fn connect(addr: &str, settings: &ClientSettings) -> anyhow::Result<Cl
 }
 
 /// A gRPC status as a sentence a person can act on.
+/// A gRPC error as the command's error, its code kept for the exit status.
 pub fn explain(status: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{} ({:?})", status.message(), status.code())
+    crate::exit::RpcError(status).into()
 }
 
 pub fn state_name(state: i32) -> &'static str {

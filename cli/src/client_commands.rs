@@ -5,9 +5,13 @@ use std::sync::Arc;
 
 use clap::Args;
 use lift_shared::config::Config;
+use lift_shared::error::LiftError;
+use lift_shared::ids::JobId;
 use lift_shared::proto;
+use lift_shared::store::Store;
 
 use crate::client::{self, explain};
+use crate::exit::{exit_for, Exit};
 use crate::job_args::JobArgs;
 use crate::{ask, infra};
 
@@ -36,6 +40,30 @@ impl Connection {
         let addr = self.addr.as_deref().unwrap_or(&config.grpc_addr);
         client::connect(addr, &self.settings(config)?).await
     }
+
+    /// The coordinator, or, when none answers at the configured address (`lift run` jobs on
+    /// a laptop have none once they end) and no `--addr` was given, the store it would read.
+    async fn client_or_store(&self, config: &Config) -> anyhow::Result<Source> {
+        match self.client(config).await {
+            Ok(client) => Ok(Source::Coordinator(client)),
+            Err(error) if self.addr.is_none() && exit_for(&error) == Exit::Unavailable => {
+                let store = infra::open_store(config)?;
+                eprintln!(
+                    "lift: no coordinator at {}; reading the store {}",
+                    config.grpc_addr,
+                    store.url()
+                );
+                Ok(Source::Store(store))
+            }
+            Err(error) => Err(error),
+        }
+    }
+}
+
+/// Where `lift status` and `lift jobs` read jobs from.
+enum Source {
+    Coordinator(client::Client),
+    Store(Store),
 }
 
 #[derive(Debug, Args)]
@@ -62,6 +90,7 @@ pub struct JobRef {
 
 #[derive(Debug, Args)]
 pub struct JobsArgs {
+    /// Most jobs listed.
     #[arg(long, default_value_t = 50)]
     pub limit: u32,
     #[command(flatten)]
@@ -71,6 +100,7 @@ pub struct JobsArgs {
 #[derive(Debug, Args)]
 pub struct CancelArgs {
     pub job_id: String,
+    /// Why, kept in the job's status.
     #[arg(long, default_value = "")]
     pub reason: String,
     #[command(flatten)]
@@ -84,16 +114,20 @@ pub struct AskArgs {
     /// Answer with the base model alone (for comparison).
     #[arg(long)]
     pub without_adapter: bool,
+    /// Most tokens in the answer.
     #[arg(long, default_value_t = 64)]
     pub max_tokens: usize,
+    /// Print `{"job_id", "question", "answer", "adapter"}` as JSON instead of the answer alone.
+    #[arg(long)]
+    pub json: bool,
 }
 
-/// Exit status for a finished job: 0 succeeded, 1 failed or cancelled.
+/// Exit status for a finished job: success, or `JobFailed` for failed and cancelled.
 pub fn job_exit_code(status: &proto::JobStatus) -> ExitCode {
     if status.state == proto::JobState::Succeeded as i32 {
-        ExitCode::SUCCESS
+        Exit::Success.into()
     } else {
-        ExitCode::from(1)
+        Exit::JobFailed.into()
     }
 }
 
@@ -131,29 +165,60 @@ pub async fn watch(config: Config, args: JobRef) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn status(config: Config, args: JobRef) -> anyhow::Result<ExitCode> {
-    let mut client = args.connection.client(&config).await?;
-    let status = client
-        .get_job(proto::GetJobRequest {
-            job_id: args.job_id,
-        })
-        .await
-        .map_err(explain)?
-        .into_inner();
+    let status = match args.connection.client_or_store(&config).await? {
+        Source::Coordinator(mut client) => client
+            .get_job(proto::GetJobRequest {
+                job_id: args.job_id,
+            })
+            .await
+            .map_err(explain)?
+            .into_inner(),
+        Source::Store(store) => {
+            let job = parse_job_id(&args.job_id)?;
+            let status = store.read_latest_status(&job).await?.ok_or_else(|| {
+                LiftError::NotFound(format!("job {job} not found in the store {}", store.url()))
+            })?;
+            proto::JobStatus::from(&status)
+        }
+    };
     client::print_status(&status, args.connection.json);
     Ok(ExitCode::SUCCESS)
 }
 
+pub fn parse_job_id(job: &str) -> Result<JobId, LiftError> {
+    JobId::parse(job)
+        .map_err(|e| LiftError::InvalidArgument(format!("invalid job id {job:?}: {e}")))
+}
+
+/// The newest `limit` jobs of a store (job ids are time-ordered UUIDv7s).
+async fn jobs_in_store(store: &Store, limit: u32) -> anyhow::Result<Vec<proto::JobStatus>> {
+    let mut ids = store.list_job_ids().await?;
+    ids.sort();
+    let mut jobs = Vec::new();
+    for job in ids.iter().rev().take(limit as usize) {
+        if let Some(status) = store.read_latest_status(job).await? {
+            jobs.push(proto::JobStatus::from(&status));
+        }
+    }
+    Ok(jobs)
+}
+
 pub async fn jobs(config: Config, args: JobsArgs) -> anyhow::Result<ExitCode> {
-    let mut client = args.connection.client(&config).await?;
-    let response = client
-        .list_jobs(proto::ListJobsRequest {
-            page_size: args.limit,
-            page_token: String::new(),
-        })
-        .await
-        .map_err(explain)?
-        .into_inner();
-    for job in &response.jobs {
+    let jobs = match args.connection.client_or_store(&config).await? {
+        Source::Coordinator(mut client) => {
+            client
+                .list_jobs(proto::ListJobsRequest {
+                    page_size: args.limit,
+                    page_token: String::new(),
+                })
+                .await
+                .map_err(explain)?
+                .into_inner()
+                .jobs
+        }
+        Source::Store(store) => jobs_in_store(&store, args.limit).await?,
+    };
+    for job in &jobs {
         if args.connection.json {
             println!("{}", client::status_json(job));
         } else {
@@ -201,7 +266,27 @@ pub async fn ask(config: Config, args: AskArgs) -> anyhow::Result<ExitCode> {
         Some(Arc::new(engine.load_adapter(&job.files)?))
     };
     let title = job.title();
-    let answers = ask::answer(engine, adapter, &title, &[args.question], args.max_tokens).await?;
-    println!("{}", answers[0]);
+    let with_adapter = adapter.is_some();
+    let answers = ask::answer(
+        engine,
+        adapter,
+        &title,
+        std::slice::from_ref(&args.question),
+        args.max_tokens,
+    )
+    .await?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "job_id": args.job_id,
+                "question": args.question,
+                "answer": answers[0],
+                "adapter": with_adapter,
+            })
+        );
+    } else {
+        println!("{}", answers[0]);
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -2,8 +2,8 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::{Args, ValueEnum};
+use lift_shared::error::LiftError;
 use lift_shared::proto;
 use lift_shared::spec::{SynthesisOptions, TrainingOptions};
 
@@ -75,12 +75,14 @@ pub struct JobOptions {
     /// LoRA alpha [default: 2 x rank].
     #[arg(long)]
     pub alpha: Option<f32>,
+    /// AdamW learning rate of the LoRA matrices.
     #[arg(long, default_value_t = TRAINING.learning_rate)]
     pub learning_rate: f64,
     /// Learning-rate schedule; `cosine` keeps the base rate while synthesis runs and decays
     /// to zero over the epochs trained from the task cache.
     #[arg(long, value_enum, default_value_t = ScheduleArg::Constant)]
     pub schedule: ScheduleArg,
+    /// Steps over which the learning rate rises linearly from zero.
     #[arg(long, default_value_t = TRAINING.warmup_steps)]
     pub warmup_steps: u32,
     /// Examples per training step.
@@ -125,11 +127,12 @@ pub fn title_and_text(path: &std::path::Path, raw: String) -> (String, String) {
 /// A document file as text, or a sentence saying why it is not.
 pub fn document_text(path: &std::path::Path, bytes: Vec<u8>) -> anyhow::Result<String> {
     String::from_utf8(bytes).map_err(|e| {
-        anyhow::anyhow!(
+        LiftError::InvalidArgument(format!(
             "{} is not valid UTF-8 text (byte {})",
             path.display(),
             e.utf8_error().valid_up_to()
-        )
+        ))
+        .into()
     })
 }
 
@@ -137,8 +140,9 @@ impl JobArgs {
     pub fn to_request(&self) -> anyhow::Result<proto::SubmitJobRequest> {
         let mut documents = Vec::with_capacity(self.documents.len());
         for path in &self.documents {
-            let bytes =
-                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let bytes = std::fs::read(path).map_err(|error| {
+                LiftError::InvalidArgument(format!("cannot read {}: {error}", path.display()))
+            })?;
             let (title, text) = title_and_text(path, document_text(path, bytes)?);
             documents.push(proto::Document {
                 title: self.title.clone().unwrap_or(title),

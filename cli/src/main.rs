@@ -8,6 +8,7 @@ mod bench;
 mod client;
 mod embedded;
 mod eval;
+mod exit;
 mod https;
 mod infra;
 mod job_args;
@@ -25,7 +26,8 @@ use tracing::Instrument;
 #[command(
     name = "lift",
     version,
-    about = "Long Input Fine-Tuning: absorb documents into LoRA adapters"
+    about = "Long Input Fine-Tuning: absorb documents into LoRA adapters",
+    after_help = exit::EXIT_STATUS_HELP
 )]
 struct Cli {
     /// Configuration file (TOML); LIFT_* environment variables override it.
@@ -34,6 +36,10 @@ struct Cli {
     /// Log as JSON lines.
     #[arg(long, global = true)]
     log_json: bool,
+    /// More log lines: -v info, -vv debug. Commands log warnings only by default, services
+    /// (coordinator, workers, serve, eval) info; RUST_LOG overrides both.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -97,6 +103,26 @@ fn service_name(command: &Command) -> &'static str {
     }
 }
 
+/// Log level when RUST_LOG is unset. Processes that run unattended log what they do; a
+/// command a person runs shows its progress bars and output, and log lines would scroll
+/// through them, so it logs warnings only unless asked.
+fn log_level(command: &Command, verbose: u8) -> tracing::level_filters::LevelFilter {
+    use tracing::level_filters::LevelFilter;
+    let unattended = matches!(
+        command,
+        Command::Coordinator
+            | Command::SynthWorker(_)
+            | Command::TrainWorker(_)
+            | Command::Serve(_)
+            | Command::Eval(_)
+    );
+    match (verbose, unattended) {
+        (0, false) => LevelFilter::WARN,
+        (0, true) | (1, _) => LevelFilter::INFO,
+        _ => LevelFilter::DEBUG,
+    }
+}
+
 /// The engine allocates and frees tensors of a new size at every training step (batches differ
 /// in length). glibc's allocator kept those pages: a job's RSS grew past 17 GB where the
 /// same steps need under 3 GB. mimalloc reuses them.
@@ -131,18 +157,22 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");
-            return ExitCode::from(1);
+            return exit::Exit::Error.into();
         }
     };
     let telemetry = {
         let _runtime = runtime.enter();
-        lift_shared::telemetry::init(cli.log_json, service_name(&cli.command))
+        lift_shared::telemetry::init(
+            cli.log_json,
+            service_name(&cli.command),
+            log_level(&cli.command, cli.verbose),
+        )
     };
     let code = match runtime.block_on(dispatch(cli)) {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
-            ExitCode::from(1)
+            exit::exit_for(&error).into()
         }
     };
     telemetry.shutdown();

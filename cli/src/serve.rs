@@ -391,6 +391,43 @@ struct ChatCompletionBody {
     #[serde(default)]
     stream: bool,
     response_format: Option<ResponseFormatBody>,
+    /// Every other field, checked against [`UNSERVED_FIELDS`].
+    #[serde(flatten)]
+    other: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Fields of OpenAI's chat API this server does not implement. A request that uses one gets
+/// a 400 naming it rather than an answer that silently ignored it.
+const UNSERVED_FIELDS: [&str; 11] = [
+    "tools",
+    "tool_choice",
+    "functions",
+    "function_call",
+    "logprobs",
+    "top_logprobs",
+    "logit_bias",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "best_of",
+];
+
+/// The first field of `other` this server would have to ignore to answer. A field sent with
+/// its neutral value (as OpenAI's SDKs may send) asks for nothing and passes.
+fn unserved_field(other: &serde_json::Map<String, serde_json::Value>) -> Option<&'static str> {
+    let neutral = |name: &str, value: &serde_json::Value| {
+        value.is_null()
+            || match name {
+                "logprobs" => value.as_bool() == Some(false),
+                "presence_penalty" | "frequency_penalty" => value.as_f64() == Some(0.0),
+                "repetition_penalty" | "best_of" => value.as_f64() == Some(1.0),
+                "logit_bias" => value.as_object().is_some_and(|bias| bias.is_empty()),
+                _ => false,
+            }
+    };
+    UNSERVED_FIELDS
+        .into_iter()
+        .find(|name| other.get(*name).is_some_and(|value| !neutral(name, value)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -459,6 +496,11 @@ struct ChatRequest {
 fn parse_chat_request(body: &[u8], fresh_seed: u64) -> Result<ChatRequest, ServeError> {
     let body: ChatCompletionBody = serde_json::from_slice(body)
         .map_err(|error| ServeError::BadRequest(format!("invalid request body: {error}")))?;
+    if let Some(field) = unserved_field(&body.other) {
+        return Err(ServeError::BadRequest(format!(
+            "`{field}` is not supported by this server; leave it out"
+        )));
+    }
     if body.n.is_some_and(|n| n != 1) {
         return Err(ServeError::BadRequest(
             "only n = 1 is supported".to_string(),
@@ -499,7 +541,13 @@ fn parse_chat_request(body: &[u8], fresh_seed: u64) -> Result<ChatRequest, Serve
         Some(ResponseFormatBody::JsonSchema { json_schema }) => {
             match lift_worker_synth::qa_pairs_count(&json_schema.schema) {
                 Some(pairs) => OutputFormat::QaPairs(pairs.max(1)),
-                None => OutputFormat::Json,
+                None => {
+                    return Err(ServeError::BadRequest(
+                        "`response_format` json_schema: only lift's question/answer schema is \
+                         enforced while decoding; use json_object for any JSON, or text"
+                            .to_string(),
+                    ))
+                }
             }
         }
     };
@@ -1057,14 +1105,25 @@ mod tests {
             Some(OutputConstraint::QaJsonList { pairs: 3 })
         );
 
+        // Another schema would not be enforced: refused rather than answered unchecked.
         let other = parse(json!({"messages": [{"role": "user", "content": "x"}],
             "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}}))
-        .unwrap();
-        assert_eq!(other.format, OutputFormat::Json);
-        assert_eq!(other.generation.params.constraint, None);
+        .unwrap_err();
+        assert!(other.to_string().contains("json_schema"), "{other}");
+        assert_eq!(other.status(), StatusCode::BAD_REQUEST);
 
         let object = parse(json!({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}})).unwrap();
         assert_eq!(object.format, OutputFormat::Json);
+    }
+
+    /// Clients that send the defaults of fields this server lacks (as OpenAI's SDKs may) and
+    /// fields it need not act on are answered.
+    #[test]
+    fn unused_values_of_unserved_fields_are_accepted() {
+        let body = json!({"messages": [{"role": "user", "content": "x"}], "logprobs": false,
+            "presence_penalty": 0, "frequency_penalty": 0.0, "repetition_penalty": 1.0,
+            "logit_bias": {}, "tools": null, "user": "ada", "stream_options": null});
+        parse(body).unwrap();
     }
 
     #[test]
@@ -1092,6 +1151,20 @@ mod tests {
                 "invalid request body",
             ),
             (json!({"model": "m"}), "invalid request body"),
+            (json!({"messages": user, "tools": []}), "`tools`"),
+            (json!({"messages": user, "logprobs": true}), "`logprobs`"),
+            (
+                json!({"messages": user, "presence_penalty": 0.5}),
+                "`presence_penalty`",
+            ),
+            (
+                json!({"messages": user, "frequency_penalty": -1}),
+                "`frequency_penalty`",
+            ),
+            (
+                json!({"messages": user, "logit_bias": {"50256": -100}}),
+                "`logit_bias`",
+            ),
         ];
         for (body, expected) in cases {
             let error = parse(body.clone()).unwrap_err();

@@ -16,6 +16,8 @@ pub struct Config {
     /// Format version of this file; must be 1.
     pub version: u32,
     /// `LIFT_STORE_URL`: a directory, `file://dir`, `memory://` or `s3://bucket/prefix`.
+    /// Default: the user's data directory (`$XDG_DATA_HOME/lift/store`, else
+    /// `~/.local/share/lift/store`), so `lift ask` finds a job from any directory.
     pub store_url: String,
     /// `LIFT_AMQP_URL`: RabbitMQ (`amqp://user:pass@host:5672/%2f`); empty runs the in-process
     /// broker (embedded mode).
@@ -75,7 +77,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             version: CONFIG_VERSION,
-            store_url: ".lift/store".to_string(),
+            store_url: default_store_url(|name| std::env::var(name).ok()),
             amqp_url: String::new(),
             grpc_addr: "127.0.0.1:50051".to_string(),
             generator_url: String::new(),
@@ -97,6 +99,19 @@ impl Default for Config {
             tls_client_cert: String::new(),
             tls_client_key: String::new(),
         }
+    }
+}
+
+/// The per-user store: `$XDG_DATA_HOME/lift/store`, else `$HOME/.local/share/lift/store`,
+/// else (no home, as in some containers) `.lift/store` under the working directory.
+fn default_store_url(env: impl Fn(&str) -> Option<String>) -> String {
+    let set = |name| env(name).filter(|value: &String| !value.trim().is_empty());
+    let data_home = set("XDG_DATA_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| set("HOME").map(|home| Path::new(&home).join(".local/share")));
+    match data_home {
+        Some(dir) => dir.join("lift/store").display().to_string(),
+        None => ".lift/store".to_string(),
     }
 }
 
@@ -293,6 +308,27 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn the_default_store_is_in_the_users_data_directory() {
+        assert_eq!(
+            default_store_url(env(&[("HOME", "/home/ada")])),
+            "/home/ada/.local/share/lift/store"
+        );
+        assert_eq!(
+            default_store_url(env(&[
+                ("HOME", "/home/ada"),
+                ("XDG_DATA_HOME", "/data/ada")
+            ])),
+            "/data/ada/lift/store"
+        );
+        // An empty XDG_DATA_HOME counts as unset, as the XDG specification says.
+        assert_eq!(
+            default_store_url(env(&[("HOME", "/home/ada"), ("XDG_DATA_HOME", "")])),
+            "/home/ada/.local/share/lift/store"
+        );
+        assert_eq!(default_store_url(env(&[])), ".lift/store");
     }
 
     #[test]

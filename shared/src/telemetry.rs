@@ -47,8 +47,10 @@ fn otlp_wanted(env: impl Fn(&str) -> Option<String>) -> bool {
 /// call it more than once) and, when OTLP is configured, the trace exporter. `service` names
 /// the process in traces unless `OTEL_SERVICE_NAME` does. With OTLP on it must run inside a
 /// Tokio runtime (the exporter's gRPC client lives there).
-pub fn init(json: bool, service: &str) -> Telemetry {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// Log lines at `default_level` and above, unless `RUST_LOG` says otherwise.
+pub fn init(json: bool, service: &str, default_level: LevelFilter) -> Telemetry {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(default_level.to_string()));
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let fmt = if json {
         fmt.json().with_filter(filter).boxed()

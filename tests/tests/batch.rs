@@ -103,8 +103,13 @@ async fn a_batch_interrupted_halfway_finishes_on_rerun_without_duplicates() {
             )
         });
     let log = second.log_text();
-    assert_eq!(status.code(), Some(1), "one document fails: {log}");
+    // 3: a job failed (`lift --help` lists the statuses).
+    assert_eq!(status.code(), Some(3), "one document fails: {log}");
     assert!(log.contains("1 of 21 documents failed"), "{log}");
+    assert!(
+        log.contains("lift batch: [21/21] "),
+        "a progress line per job: {log}"
+    );
 
     let summary: Value = serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap();
     assert_eq!(summary["documents"], 21, "{summary:#}");

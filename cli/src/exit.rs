@@ -1,0 +1,131 @@
+//! `lift`'s exit statuses: one per kind of outcome, so scripts and a Kubernetes
+//! `podFailurePolicy` can retry what may pass later and give up on what will not.
+
+use std::process::ExitCode;
+
+use lift_shared::error::LiftError;
+
+/// Every status `lift` exits with. `lift --help` and the README list them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Success = 0,
+    /// Anything not named below.
+    Error = 1,
+    /// clap's status for arguments it cannot parse.
+    Usage = 2,
+    /// A job ended failed or cancelled (for `lift batch`: at least one of its jobs).
+    JobFailed = 3,
+    /// What was passed is refused (a document that cannot be read, an option out of range):
+    /// the same command will fail again.
+    InvalidInput = 4,
+    /// The coordinator, broker or store could not be reached or is overloaded: try again.
+    Unavailable = 5,
+    /// No such job (or adapter).
+    NotFound = 6,
+    /// No token, or one not allowed to do this.
+    Denied = 7,
+}
+
+/// The `--help` text that lists the statuses.
+pub const EXIT_STATUS_HELP: &str = "Exit status: 0 success, 1 other error, 2 usage, \
+3 job failed or cancelled, 4 invalid input, 5 coordinator/broker/store unavailable (retry), \
+6 not found, 7 not authenticated or not allowed.";
+
+impl From<Exit> for ExitCode {
+    fn from(exit: Exit) -> Self {
+        ExitCode::from(exit as u8)
+    }
+}
+
+/// A gRPC error from the coordinator, its code kept for the exit status.
+#[derive(Debug)]
+pub struct RpcError(pub tonic::Status);
+
+impl std::fmt::Display for RpcError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({:?})", self.0.message(), self.0.code())
+    }
+}
+
+impl std::error::Error for RpcError {}
+
+/// The status for an error: the first cause in its chain that says what kind it is.
+pub fn exit_for(error: &anyhow::Error) -> Exit {
+    error
+        .chain()
+        .find_map(|cause| {
+            if let Some(RpcError(status)) = cause.downcast_ref::<RpcError>() {
+                return Some(for_grpc_code(status.code()));
+            }
+            if let Some(status) = cause.downcast_ref::<tonic::Status>() {
+                return Some(for_grpc_code(status.code()));
+            }
+            if cause.downcast_ref::<tonic::transport::Error>().is_some() {
+                return Some(Exit::Unavailable);
+            }
+            cause.downcast_ref::<LiftError>().map(for_lift_error)
+        })
+        .unwrap_or(Exit::Error)
+}
+
+fn for_grpc_code(code: tonic::Code) -> Exit {
+    use tonic::Code;
+    match code {
+        Code::InvalidArgument
+        | Code::FailedPrecondition
+        | Code::OutOfRange
+        | Code::AlreadyExists => Exit::InvalidInput,
+        Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Aborted => {
+            Exit::Unavailable
+        }
+        Code::NotFound => Exit::NotFound,
+        Code::Unauthenticated | Code::PermissionDenied => Exit::Denied,
+        _ => Exit::Error,
+    }
+}
+
+fn for_lift_error(error: &LiftError) -> Exit {
+    match error {
+        LiftError::InvalidArgument(_)
+        | LiftError::FailedPrecondition(_)
+        | LiftError::AlreadyExists(_) => Exit::InvalidInput,
+        LiftError::Unavailable(_) => Exit::Unavailable,
+        LiftError::NotFound(_) => Exit::NotFound,
+        LiftError::PermissionDenied(_) | LiftError::Unauthenticated(_) => Exit::Denied,
+        LiftError::Internal(_) => Exit::Error,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use anyhow::Context;
+
+    use super::*;
+
+    #[test]
+    fn each_kind_of_failure_has_its_own_status() {
+        let rpc = |code| anyhow::Error::new(RpcError(tonic::Status::new(code, "refused")));
+        assert_eq!(
+            exit_for(&rpc(tonic::Code::InvalidArgument)),
+            Exit::InvalidInput
+        );
+        assert_eq!(exit_for(&rpc(tonic::Code::Unavailable)), Exit::Unavailable);
+        assert_eq!(exit_for(&rpc(tonic::Code::NotFound)), Exit::NotFound);
+        assert_eq!(exit_for(&rpc(tonic::Code::PermissionDenied)), Exit::Denied);
+        assert_eq!(exit_for(&rpc(tonic::Code::Internal)), Exit::Error);
+        // The cause decides, under any context added on the way up.
+        let store_down =
+            anyhow::Error::new(LiftError::Unavailable("store".into())).context("cannot load job 1");
+        assert_eq!(exit_for(&store_down), Exit::Unavailable);
+        let unreadable: anyhow::Result<()> =
+            Err(LiftError::InvalidArgument("cannot read doc.md".into())).context("lift run");
+        assert_eq!(exit_for(&unreadable.unwrap_err()), Exit::InvalidInput);
+        assert_eq!(exit_for(&anyhow::anyhow!("a bug")), Exit::Error);
+    }
+
+    #[test]
+    fn an_rpc_error_reads_as_before() {
+        let error = RpcError(tonic::Status::not_found("job 7 not found"));
+        assert_eq!(error.to_string(), "job 7 not found (NotFound)");
+    }
+}

@@ -1,0 +1,77 @@
+//! The README is the configuration reference: every `LIFT_*` environment variable that the
+//! workspace's Rust code reads is named there.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("cli/ lies in the workspace")
+        .to_path_buf()
+}
+
+/// Every `.rs` file under `dir`, build output and hidden directories left out.
+fn rust_files(dir: &Path, found: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy();
+        if path.is_dir() {
+            if name != "target" && !name.starts_with('.') {
+                rust_files(&path, found);
+            }
+        } else if name.ends_with(".rs") {
+            found.push(path);
+        }
+    }
+}
+
+/// `"LIFT_..."` string literals: what `std::env::var` and clap's `env =` are given.
+fn variables_in(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.match_indices("\"LIFT_").filter_map(|(start, _)| {
+        let name: String = text[start + 1..]
+            .chars()
+            .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+            .collect();
+        (text[start + 1 + name.len()..].starts_with('"') && name.len() > "LIFT_".len())
+            .then_some(name)
+    })
+}
+
+#[test]
+fn every_variable_the_code_reads_is_in_the_readme() {
+    let root = workspace_root();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let mut files = Vec::new();
+    rust_files(&root, &mut files);
+    let mut read: BTreeSet<String> = BTreeSet::new();
+    // This file's own examples are not variables.
+    for file in files.iter().filter(|file| !file.ends_with("cli/tests/readme.rs")) {
+        read.extend(variables_in(&std::fs::read_to_string(file).unwrap()));
+    }
+    assert!(
+        read.contains("LIFT_STORE_URL") && read.contains("LIFT_SERVE_ADDR"),
+        "the scan found too little: {read:?}"
+    );
+    let missing: Vec<&String> = read
+        .iter()
+        .filter(|name| {
+            // A whole word: LIFT_TLS_CA is not documented by LIFT_TLS_CA_FILE.
+            !readme.match_indices(name.as_str()).any(|(at, _)| {
+                let next = readme[at + name.len()..].chars().next();
+                !next.is_some_and(|c| c.is_ascii_uppercase() || c == '_')
+            })
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "README.md does not name {missing:?}; add them to its Configuration section"
+    );
+}
+
+#[test]
+fn only_whole_quoted_names_count() {
+    let text = r#"env = "LIFT_SERVE_ADDR", var("LIFT_A1"), "LIFT_" , "LIFT_X-y", LIFT_BARE"#;
+    let found: Vec<String> = variables_in(text).collect();
+    assert_eq!(found, ["LIFT_SERVE_ADDR", "LIFT_A1"]);
+}
