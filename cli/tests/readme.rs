@@ -46,7 +46,10 @@ fn every_variable_the_code_reads_is_in_the_readme() {
     rust_files(&root, &mut files);
     let mut read: BTreeSet<String> = BTreeSet::new();
     // This file's own examples are not variables.
-    for file in files.iter().filter(|file| !file.ends_with("cli/tests/readme.rs")) {
+    for file in files
+        .iter()
+        .filter(|file| !file.ends_with("cli/tests/readme.rs"))
+    {
         read.extend(variables_in(&std::fs::read_to_string(file).unwrap()));
     }
     assert!(

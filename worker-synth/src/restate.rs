@@ -69,7 +69,7 @@ pub fn restated_questions(
             continue;
         };
         questions.extend(
-            templated_questions(restatement, span)
+            templated_questions(restatement, span, None)
                 .into_iter()
                 .map(|question| (fact, question)),
         );

@@ -480,7 +480,7 @@ async fn synthesize_facts(
                 tracing::debug!(job_id = %chunk.job_id, sentence = sentence.index, %error, "no generated question for a fact");
             }
         }
-        for templated in templated_questions(&sentence.text, span) {
+        for templated in templated_questions(&sentence.text, span, Some(&chunk.title)) {
             let pair = QaPair {
                 question: templated.question,
                 answer: evidence_answer(span, &sentence.text, heading),

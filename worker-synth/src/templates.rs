@@ -17,16 +17,105 @@ pub struct TemplatedQuestion {
 /// Prepositions a fronted `When`/`Where` absorbs ("lit in 1871" -> "When was it lit?").
 const ABSORBED_PREPOSITIONS: &[&str] = &["in", "on", "at", "during"];
 
+const COPULAS: &[&str] = &["is", "are", "was", "were"];
+
+/// Head nouns of a subject that a person's name can be ("the first skipper", "the warden of
+/// the hut"): a name after them is asked with "who", after anything else with "what".
+const ROLE_ENDINGS: &[&str] = &[
+    "keeper",
+    "maker",
+    "master",
+    "mistress",
+    "owner",
+    "holder",
+    "leader",
+    "founder",
+    "builder",
+    "designer",
+    "director",
+    "inventor",
+    "author",
+    "editor",
+    "manager",
+    "captain",
+    "skipper",
+    "warden",
+    "chair",
+    "president",
+    "secretary",
+    "treasurer",
+    "mayor",
+    "judge",
+    "architect",
+    "engineer",
+    "baker",
+    "pilot",
+    "surgeon",
+    "doctor",
+    "teacher",
+    "head",
+    "woman",
+    "person",
+    "wright",
+    "smith",
+    "conductor",
+    "curator",
+    "governor",
+    "minister",
+    "officer",
+    "ranger",
+    "farmer",
+    "miller",
+    "vicar",
+    "priest",
+    "chef",
+    "coach",
+    "winner",
+    "champion",
+    "ist",
+    "ian",
+    "man",
+];
+
+/// Whether the subject's head noun (its last word before a preposition: "the warden of the
+/// hut") names a role a person holds.
+fn names_a_role(subject: &[crate::facts::Word<'_>]) -> bool {
+    const PREPOSITIONS: &[&str] = &["of", "at", "for", "in", "on", "from"];
+    let head = subject
+        .iter()
+        .take_while(|word| !PREPOSITIONS.contains(&word.text.to_lowercase().as_str()))
+        .last()
+        .map(|word| word.text.to_lowercase());
+    head.is_some_and(|head| {
+        let singular = head.strip_suffix('s').unwrap_or(&head);
+        // A short ending needs a stem before it: "chemist", "chairman", not "list".
+        let ends = |word: &str, ending: &str| {
+            word.ends_with(ending) && (ending.len() > 3 || word.len() >= ending.len() + 3)
+        };
+        ROLE_ENDINGS
+            .iter()
+            .any(|ending| ends(&head, ending) || ends(singular, ending))
+    })
+}
+
 const AUXILIARIES: &[&str] = &[
     "is", "are", "was", "were", "has", "have", "had", "will", "can", "could", "would", "must",
     "should",
 ];
 
 /// The templated questions for one fact of a sentence; the answer of each is the span.
-pub fn templated_questions(sentence: &str, span: &FactSpan) -> Vec<TemplatedQuestion> {
+/// `topic` is what the document is about (its title): a sentence that opens with "Its" is
+/// about it, and its questions name it ("Who is the Hollins Vale Choir's conductor?"), as a
+/// reader's question would.
+pub fn templated_questions(
+    sentence: &str,
+    span: &FactSpan,
+    topic: Option<&str>,
+) -> Vec<TemplatedQuestion> {
     let answer = span.text(sentence).to_string();
     let mut questions = Vec::new();
     let mut push = |question: Option<String>| {
+        let question = question.map(|question| name_the_topic(sentence, &question, topic));
         if let Some(question) = question.filter(|question| says_what_it_asks_about(question)) {
             if !questions
                 .iter()
@@ -42,6 +131,44 @@ pub fn templated_questions(sentence: &str, span: &FactSpan) -> Vec<TemplatedQues
     push(in_place_question(sentence, span));
     push(fronted_question(sentence, span));
     questions
+}
+
+/// Titles longer than this are headlines, not a name to put in a question.
+const MAX_TOPIC_WORDS: usize = 6;
+
+/// The question with the "its" of a sentence that opens with "Its" replaced by the topic's
+/// possessive. Only "Its": "His", "Her" and "Their" often point to someone the previous
+/// sentence named, not to what the document is about.
+fn name_the_topic(sentence: &str, question: &str, topic: Option<&str>) -> String {
+    let Some(topic) = topic.map(str::trim) else {
+        return question.to_string();
+    };
+    let topic_words = topic.split_whitespace().count();
+    if !sentence.trim_start().starts_with("Its ")
+        || topic_words == 0
+        || topic_words > MAX_TOPIC_WORDS
+        || topic.contains([':', '?', '!'])
+    {
+        return question.to_string();
+    }
+    let Some(at) = question
+        .match_indices("its ")
+        .chain(question.match_indices("Its "))
+        .map(|(at, _)| at)
+        .filter(|&at| at == 0 || question[..at].ends_with(' '))
+        .min()
+    else {
+        return question.to_string();
+    };
+    let possessive = match topic.strip_prefix("The ") {
+        Some(rest) if at > 0 => format!("the {rest}'s "),
+        _ => format!("{topic}'s "),
+    };
+    format!(
+        "{}{possessive}{}",
+        &question[..at],
+        &question[at + "its ".len()..]
+    )
 }
 
 /// "What year does the text give for the solar-powered water pump?": the fact asked for by
@@ -185,6 +312,36 @@ fn fronted_question(sentence: &str, span: &FactSpan) -> Option<String> {
     {
         return None;
     }
+    let first = &subject_words[0];
+    let subject_text = &sentence[first.start..subject_words[subject_words.len() - 1].end];
+    let subject = if first.text.chars().next().is_some_and(char::is_uppercase)
+        && !crate::ground::is_content_word(&first.text.to_lowercase())
+    {
+        let mut lowered = first.text.to_lowercase();
+        lowered.push_str(&subject_text[first.text.len()..]);
+        lowered
+    } else {
+        subject_text.to_string()
+    };
+    // "Its first skipper was Maud Ellery, who ..." -> "Who was its first skipper?": a name
+    // right after a copula is what the subject is, asked for by the subject alone (the
+    // in-place question would say "was what" of a person).
+    let copula = COPULAS.contains(&aux.text.to_lowercase().as_str());
+    if copula
+        && matches!(span.kind, FactKind::Name | FactKind::Quoted)
+        && !span.is_place
+        && words(&sentence[aux.end..span.start]).is_empty()
+    {
+        let wh = if names_a_role(subject_words) {
+            "Who"
+        } else {
+            "What"
+        };
+        return Some(as_question(&format!(
+            "{wh} {} {subject}",
+            aux.text.to_lowercase()
+        )));
+    }
     let after_by = preceding_word(sentence, span).as_deref() == Some("by");
     let wh = match span.kind {
         FactKind::Date => "when".to_string(),
@@ -210,17 +367,6 @@ fn fronted_question(sentence: &str, span: &FactSpan) -> Option<String> {
         sentence[aux.end..rest_end].trim(),
         clause_rest(&sentence[span.end..]).trim()
     );
-    let first = &subject_words[0];
-    let subject_text = &sentence[first.start..subject_words[subject_words.len() - 1].end];
-    let subject = if first.text.chars().next().is_some_and(char::is_uppercase)
-        && !crate::ground::is_content_word(&first.text.to_lowercase())
-    {
-        let mut lowered = first.text.to_lowercase();
-        lowered.push_str(&subject_text[first.text.len()..]);
-        lowered
-    } else {
-        subject_text.to_string()
-    };
     let question = format!(
         "{} {} {} {}",
         capitalise_first(&wh),
@@ -271,7 +417,7 @@ mod tests {
     fn questions(sentence: &str) -> Vec<(String, String)> {
         fact_spans(sentence)
             .iter()
-            .flat_map(|span| templated_questions(sentence, span))
+            .flat_map(|span| templated_questions(sentence, span, None))
             .map(|q| (q.question, q.answer))
             .collect()
     }
@@ -286,7 +432,7 @@ mod tests {
         let year: Vec<(String, String)> = fact_spans(sentence)
             .iter()
             .filter(|span| span.kind == FactKind::Date)
-            .flat_map(|span| templated_questions(sentence, span))
+            .flat_map(|span| templated_questions(sentence, span, None))
             .map(|q| (q.question, q.answer))
             .collect();
         assert_eq!(
@@ -315,6 +461,51 @@ mod tests {
         )));
         let subject = questions("Mara Quill founded the guild, which had 12 members.");
         assert_eq!(subject[0], pair("Who founded the guild?", "Mara Quill"));
+    }
+
+    #[test]
+    fn a_name_after_a_copula_is_asked_for_by_the_subject() {
+        let all =
+            questions("Its first skipper was Maud Ellery, who ran the service for nine years.");
+        assert!(
+            all.contains(&pair("Who was its first skipper?", "Maud Ellery")),
+            "{all:?}"
+        );
+        let all = questions("The warden of the Veskar Hut is Sigrun Halvaard.");
+        assert!(
+            all.contains(&pair(
+                "Who is the warden of the Veskar Hut?",
+                "Sigrun Halvaard"
+            )),
+            "{all:?}"
+        );
+        // Not a role: the name of a thing.
+        let all = questions("The flagship of the line was Marigold Jane.");
+        assert!(
+            all.contains(&pair("What was the flagship of the line?", "Marigold Jane")),
+            "{all:?}"
+        );
+        // "Its" is what the document is about: the question names it.
+        let sentence = "Its conductor is Petra Lindqvist, who took over in 2004.";
+        let all: Vec<String> = fact_spans(sentence)
+            .iter()
+            .flat_map(|span| templated_questions(sentence, span, Some("The Hollins Vale Choir")))
+            .map(|q| q.question)
+            .collect();
+        assert!(
+            all.contains(&"Who is the Hollins Vale Choir's conductor?".to_string()),
+            "{all:?}"
+        );
+        assert!(
+            all.contains(&"The Hollins Vale Choir's conductor is Petra Lindqvist, who took over in what year?".to_string()),
+            "{all:?}"
+        );
+        // A name further on is not what the subject is.
+        let all = questions("The skipper was born in Ostmere.");
+        assert!(
+            all.iter().all(|(q, _)| q != "Who was the skipper?"),
+            "{all:?}"
+        );
     }
 
     #[test]
