@@ -58,12 +58,17 @@ pub struct ServeArgs {
     /// How long the engine loop waits for more requests to join an idle batch, in milliseconds.
     #[arg(long, default_value_t = 2)]
     pub batch_window_ms: u64,
+    /// Completions admitted at once, waiting or generating; past it a request gets 429.
+    #[arg(long, default_value_t = ServeOptions::default().max_admitted as u32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_admitted: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServeOptions {
     pub max_batch: usize,
     pub batch_window: Duration,
+    /// Completions admitted at once (each holds its request and reply in memory until done).
+    pub max_admitted: usize,
 }
 
 impl Default for ServeOptions {
@@ -71,6 +76,7 @@ impl Default for ServeOptions {
         Self {
             max_batch: 32,
             batch_window: Duration::from_millis(2),
+            max_admitted: 256,
         }
     }
 }
@@ -83,6 +89,7 @@ pub async fn run(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let options = ServeOptions {
         max_batch: args.max_batch.max(1),
         batch_window: Duration::from_millis(args.batch_window_ms),
+        max_admitted: args.max_admitted as usize,
     };
     let shutdown = infra::shutdown_signal();
     serve(args.addr, engine, adapters, options, security, async move {
@@ -127,6 +134,7 @@ async fn serve_on(
     let state = Arc::new(ServerState {
         engine,
         adapters,
+        admission: Admission::new(options.max_admitted),
         jobs,
         tokens: security.tokens.clone(),
     });
@@ -150,8 +158,33 @@ async fn serve_on(
 struct ServerState {
     engine: Arc<Engine>,
     adapters: AdapterSource,
+    admission: Admission,
     jobs: mpsc::UnboundedSender<EngineJob>,
     tokens: Option<Arc<TokenTable>>,
+}
+
+/// A bound on the completions in the server at once: the engine queue is unbounded, so
+/// without it a burst of clients would grow memory without limit.
+struct Admission {
+    permits: Arc<tokio::sync::Semaphore>,
+    limit: usize,
+}
+
+impl Admission {
+    fn new(limit: usize) -> Self {
+        Self {
+            permits: Arc::new(tokio::sync::Semaphore::new(limit)),
+            limit,
+        }
+    }
+
+    /// A permit held until the completion's reply is sent, or 429 when all are taken.
+    fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ServeError> {
+        self.permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ServeError::Overloaded(self.limit))
+    }
 }
 
 impl ServerState {
@@ -300,6 +333,8 @@ enum ServeError {
     Unauthenticated(String),
     PermissionDenied(String),
     ModelNotFound(String),
+    /// Completions admitted at once, all taken.
+    Overloaded(usize),
     Unavailable(String),
     Internal(String),
 }
@@ -314,6 +349,10 @@ impl std::fmt::Display for ServeError {
             | Self::Internal(message) => f.write_str(message),
             // OpenAI's wording, which clients show as is.
             Self::ModelNotFound(model) => write!(f, "The model `{model}` does not exist"),
+            Self::Overloaded(limit) => write!(
+                f,
+                "the server is busy ({limit} completions in progress); retry shortly"
+            ),
         }
     }
 }
@@ -338,6 +377,7 @@ impl ServeError {
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::PermissionDenied(_) => StatusCode::FORBIDDEN,
             Self::ModelNotFound(_) => StatusCode::NOT_FOUND,
+            Self::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -350,6 +390,7 @@ impl ServeError {
             Self::Unauthenticated(_) => ("authentication_error", json!("invalid_api_key")),
             Self::PermissionDenied(_) => ("permission_error", Value::Null),
             Self::ModelNotFound(_) => ("invalid_request_error", json!("model_not_found")),
+            Self::Overloaded(_) => ("requests", json!("rate_limit_exceeded")),
             Self::Unavailable(_) | Self::Internal(_) => ("server_error", Value::Null),
         };
         json!({"error": {"message": self.to_string(), "type": kind, "param": null, "code": code}})
@@ -367,6 +408,11 @@ impl IntoResponse for ServeError {
                 header::WWW_AUTHENTICATE,
                 header::HeaderValue::from_static("Bearer"),
             );
+        }
+        if matches!(self, Self::Overloaded(_)) {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
         }
         response
     }
@@ -758,6 +804,7 @@ async fn chat_completions(
     body: Bytes,
 ) -> Result<Response, ServeError> {
     let tenant = state.caller(&headers)?;
+    let admitted = state.admission.admit()?;
     // Requests without a seed still differ from each other, as OpenAI's do.
     let fresh_seed = uuid::Uuid::now_v7().as_u64_pair().1;
     let request = parse_chat_request(&body, fresh_seed)?;
@@ -770,7 +817,7 @@ async fn chat_completions(
     let id = completion_id();
 
     if request.stream && request.format != OutputFormat::Json {
-        return stream_completion(&state, adapter, request.generation, id, model);
+        return stream_completion(&state, adapter, request.generation, id, model, admitted);
     }
     let (reply, receiver) = oneshot::channel();
     state
@@ -819,6 +866,7 @@ fn stream_completion(
     request: GenerationRequest,
     id: String,
     model: String,
+    admitted: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<Response, ServeError> {
     use futures::StreamExt;
     let (pieces, receiver) = mpsc::unbounded_channel();
@@ -839,25 +887,24 @@ fn stream_completion(
         )
         .to_string(),
     );
-    let events =
-        tokio_stream::wrappers::UnboundedReceiverStream::new(receiver).map(
-            move |piece| match piece {
-                StreamPiece::Text(text) => {
-                    sse_event(&chunk_body(&id, &model, json!({"content": text}), None).to_string())
-                }
-                StreamPiece::Finished(reason) => {
-                    let last = chunk_body(&id, &model, json!({}), Some(reason)).to_string();
-                    Bytes::from([sse_event(&last), sse_event(SSE_DONE)].concat())
-                }
-                // Headers are out already: report in-band, the way OpenAI streams report errors.
-                StreamPiece::Failed(error) => {
-                    tracing::error!(%error, "streamed completion failed");
-                    Bytes::from(
-                        [sse_event(&error.body().to_string()), sse_event(SSE_DONE)].concat(),
-                    )
-                }
-            },
-        );
+    let events = tokio_stream::wrappers::UnboundedReceiverStream::new(receiver).map(move |piece| {
+        // Held while the stream lives: the completion stays admitted until it ends.
+        let _admitted = &admitted;
+        match piece {
+            StreamPiece::Text(text) => {
+                sse_event(&chunk_body(&id, &model, json!({"content": text}), None).to_string())
+            }
+            StreamPiece::Finished(reason) => {
+                let last = chunk_body(&id, &model, json!({}), Some(reason)).to_string();
+                Bytes::from([sse_event(&last), sse_event(SSE_DONE)].concat())
+            }
+            // Headers are out already: report in-band, the way OpenAI streams report errors.
+            StreamPiece::Failed(error) => {
+                tracing::error!(%error, "streamed completion failed");
+                Bytes::from([sse_event(&error.body().to_string()), sse_event(SSE_DONE)].concat())
+            }
+        }
+    });
     Ok(sse_response(
         futures::stream::once(async move { opening }).chain(events),
     ))
@@ -1294,6 +1341,22 @@ mod tests {
             .unwrap()
             .extend(extra.as_object().unwrap().clone());
         body
+    }
+
+    #[test]
+    fn completions_past_the_admission_bound_get_429() {
+        let admission = Admission::new(2);
+        let first = admission.admit().unwrap();
+        let _second = admission.admit().unwrap();
+        let refused = admission.admit().unwrap_err();
+        assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(refused.body()["error"]["code"], "rate_limit_exceeded");
+        assert!(refused.to_string().contains("2 completions"), "{refused}");
+        let response = refused.into_response();
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        // A finished completion makes room.
+        drop(first);
+        let _third = admission.admit().unwrap();
     }
 
     #[tokio::test]
