@@ -22,14 +22,14 @@ pub enum Exit {
     Unavailable = 5,
     /// No such job (or adapter).
     NotFound = 6,
-    /// No token, or one not allowed to do this.
+    /// No token, one not allowed to do this, or a TLS certificate refused (either side's).
     Denied = 7,
 }
 
 /// The `--help` text that lists the statuses.
 pub const EXIT_STATUS_HELP: &str = "Exit status: 0 success, 1 other error, 2 usage, \
 3 job failed or cancelled, 4 invalid input, 5 coordinator/broker/store unavailable (retry), \
-6 not found, 7 not authenticated or not allowed.";
+6 not found, 7 not authenticated or not allowed (a token or a TLS certificate refused).";
 
 impl From<Exit> for ExitCode {
     fn from(exit: Exit) -> Self {
@@ -51,6 +51,11 @@ impl std::error::Error for RpcError {}
 
 /// The status for an error: the first cause in its chain that says what kind it is.
 pub fn exit_for(error: &anyhow::Error) -> Exit {
+    // A certificate refused either way will be refused again: not "try again", though it
+    // comes wrapped in the transport error that otherwise means the server is away.
+    if error.chain().any(is_tls_rejection) {
+        return Exit::Denied;
+    }
     error
         .chain()
         .find_map(|cause| {
@@ -66,6 +71,16 @@ pub fn exit_for(error: &anyhow::Error) -> Exit {
             cause.downcast_ref::<LiftError>().map(for_lift_error)
         })
         .unwrap_or(Exit::Error)
+}
+
+/// A TLS error (an untrusted or missing certificate), bare or inside the I/O error that
+/// carries it (`io::Error::source` skips its own payload, so the chain alone misses it).
+fn is_tls_rejection(cause: &(dyn std::error::Error + 'static)) -> bool {
+    cause.downcast_ref::<rustls::Error>().is_some()
+        || cause
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
 }
 
 fn for_grpc_code(code: tonic::Code) -> Exit {
@@ -121,6 +136,13 @@ mod tests {
             Err(LiftError::InvalidArgument("cannot read doc.md".into())).context("lift run");
         assert_eq!(exit_for(&unreadable.unwrap_err()), Exit::InvalidInput);
         assert_eq!(exit_for(&anyhow::anyhow!("a bug")), Exit::Error);
+        let untrusted = std::io::Error::other(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::UnknownIssuer,
+        ));
+        let untrusted = anyhow::Error::new(untrusted)
+            .context("transport error")
+            .context("cannot reach the coordinator");
+        assert_eq!(exit_for(&untrusted), Exit::Denied);
     }
 
     #[test]
