@@ -9,7 +9,7 @@ use lift_shared::spec::JobSpec;
 use lift_shared::store::{layout, Store};
 use lift_worker_train::qa_prompt;
 
-use crate::client_commands::parse_job_id;
+use crate::client_commands::{not_in_store, parse_job_id};
 
 pub struct JobAdapter {
     pub spec: JobSpec,
@@ -31,9 +31,10 @@ impl JobAdapter {
 /// The job's spec and final adapter files from the store.
 pub async fn load_job_adapter(store: &Store, job: &str) -> anyhow::Result<JobAdapter> {
     let job = parse_job_id(job)?;
-    let spec: JobSpec = store.get_json(&layout::spec(&job)).await?.ok_or_else(|| {
-        LiftError::NotFound(format!("job {job} not found in the store {}", store.url()))
-    })?;
+    let spec: JobSpec = store
+        .get_json(&layout::spec(&job))
+        .await?
+        .ok_or_else(|| not_in_store(&job, store))?;
     let safetensors = store.get(&layout::adapter_weights(&job)).await?;
     let config_json = store.get(&layout::adapter_config(&job)).await?;
     let (Some(safetensors), Some(config_json)) = (safetensors, config_json) else {

@@ -97,10 +97,9 @@ pub async fn run(config: Config, args: BatchArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let skipped = finished.len();
-    let pending_count = pending.len();
+    let total = skipped + pending.len();
     eprintln!(
-        "lift batch: {} documents, {skipped} already finished, {} to do",
-        skipped + pending.len(),
+        "lift batch: {total} documents, {skipped} already finished, {} to do",
         pending.len()
     );
 
@@ -115,7 +114,6 @@ pub async fn run(config: Config, args: BatchArgs) -> anyhow::Result<ExitCode> {
         .buffer_unordered(args.max_in_flight as usize)
         .collect::<Vec<LedgerEntry>>();
     tokio::pin!(work);
-    let total = skipped + pending_count;
     let mut ended = skipped;
     // Ledger lines are written as events happen, so an interruption loses nothing; each
     // event is also a progress line on stderr (stdout carries the summary alone).

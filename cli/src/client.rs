@@ -89,8 +89,8 @@ pub async fn connect(addr: &str, settings: &ClientSettings) -> anyhow::Result<Cl
     )
 }
 
-/// A gRPC status as a sentence a person can act on.
-/// A gRPC error as the command's error, its code kept for the exit status.
+/// A gRPC status as the command's error: a sentence a person can act on, its code kept for
+/// the exit status.
 pub fn explain(status: tonic::Status) -> anyhow::Error {
     crate::exit::RpcError(status).into()
 }

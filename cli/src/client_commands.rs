@@ -175,9 +175,10 @@ pub async fn status(config: Config, args: JobRef) -> anyhow::Result<ExitCode> {
             .into_inner(),
         Source::Store(store) => {
             let job = parse_job_id(&args.job_id)?;
-            let status = store.read_latest_status(&job).await?.ok_or_else(|| {
-                LiftError::NotFound(format!("job {job} not found in the store {}", store.url()))
-            })?;
+            let status = store
+                .read_latest_status(&job)
+                .await?
+                .ok_or_else(|| not_in_store(&job, &store))?;
             proto::JobStatus::from(&status)
         }
     };
@@ -188,6 +189,11 @@ pub async fn status(config: Config, args: JobRef) -> anyhow::Result<ExitCode> {
 pub fn parse_job_id(job: &str) -> Result<JobId, LiftError> {
     JobId::parse(job)
         .map_err(|e| LiftError::InvalidArgument(format!("invalid job id {job:?}: {e}")))
+}
+
+/// The error for a job the store does not know.
+pub fn not_in_store(job: &JobId, store: &Store) -> LiftError {
+    LiftError::NotFound(format!("job {job} not found in the store {}", store.url()))
 }
 
 /// The newest `limit` jobs of a store (job ids are time-ordered UUIDv7s).

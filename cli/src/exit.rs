@@ -68,7 +68,10 @@ pub fn exit_for(error: &anyhow::Error) -> Exit {
             if cause.downcast_ref::<tonic::transport::Error>().is_some() {
                 return Some(Exit::Unavailable);
             }
-            cause.downcast_ref::<LiftError>().map(for_lift_error)
+            // Through the services' own LiftError -> gRPC code table (shared/src/error.rs).
+            cause
+                .downcast_ref::<LiftError>()
+                .map(|error| for_grpc_code(tonic::Status::from(error.clone()).code()))
         })
         .unwrap_or(Exit::Error)
 }
@@ -96,18 +99,6 @@ fn for_grpc_code(code: tonic::Code) -> Exit {
         Code::NotFound => Exit::NotFound,
         Code::Unauthenticated | Code::PermissionDenied => Exit::Denied,
         _ => Exit::Error,
-    }
-}
-
-fn for_lift_error(error: &LiftError) -> Exit {
-    match error {
-        LiftError::InvalidArgument(_)
-        | LiftError::FailedPrecondition(_)
-        | LiftError::AlreadyExists(_) => Exit::InvalidInput,
-        LiftError::Unavailable(_) => Exit::Unavailable,
-        LiftError::NotFound(_) => Exit::NotFound,
-        LiftError::PermissionDenied(_) | LiftError::Unauthenticated(_) => Exit::Denied,
-        LiftError::Internal(_) => Exit::Error,
     }
 }
 
