@@ -130,7 +130,165 @@ pub fn templated_questions(
     };
     push(in_place_question(sentence, span));
     push(fronted_question(sentence, span));
+    for question in role_verb_questions(sentence, span, topic) {
+        push(Some(question));
+    }
     questions
+}
+
+/// What the holder of a role does, present and past: people ask "Who conducts the choir?"
+/// as often as "Who is the choir's conductor?", and a 135M model does not link the two.
+const ROLE_VERBS: &[(&str, &str, &str)] = &[
+    ("conductor", "conducts", "conducted"),
+    ("director", "directs", "directed"),
+    ("manager", "manages", "managed"),
+    ("founder", "founded", "founded"),
+    ("owner", "owns", "owned"),
+    ("leader", "leads", "led"),
+    ("captain", "captains", "captained"),
+    ("skipper", "skippers", "skippered"),
+    ("editor", "edits", "edited"),
+    ("designer", "designed", "designed"),
+    ("architect", "designed", "designed"),
+    ("builder", "built", "built"),
+    ("inventor", "invented", "invented"),
+    ("author", "wrote", "wrote"),
+    ("keeper", "keeps", "kept"),
+    ("teacher", "teaches", "taught"),
+    ("coach", "coaches", "coached"),
+    ("chair", "chairs", "chaired"),
+    ("chairman", "chairs", "chaired"),
+    ("chairwoman", "chairs", "chaired"),
+    ("head", "heads", "headed"),
+    ("curator", "curates", "curated"),
+    ("publisher", "publishes", "published"),
+    ("producer", "produces", "produced"),
+    ("composer", "composed", "composed"),
+    ("organiser", "organises", "organised"),
+    ("organizer", "organizes", "organized"),
+    ("presenter", "presents", "presented"),
+    ("warden", "runs", "ran"),
+];
+
+/// Roles whose holder is also said to run the thing ("Who runs the bakery?").
+const RUNNING_ROLES: &[&str] = &["manager", "director", "head", "owner", "warden", "chair"];
+
+/// Words before a role that make it another role ("assistant manager") or another time
+/// ("first skipper", "former head"): no verb question then.
+const ROLE_CHANGING_MODIFIERS: &[&str] = &[
+    "assistant",
+    "deputy",
+    "vice",
+    "acting",
+    "interim",
+    "co",
+    "associate",
+    "junior",
+    "sous",
+    "first",
+    "second",
+    "last",
+    "former",
+    "previous",
+    "late",
+    "original",
+    "next",
+    "new",
+];
+
+/// "Its conductor is Petra Lindqvist" (about the Hollins Vale Choir) -> "Who conducts the
+/// Hollins Vale Choir?"; "The manager of the Anchor Inn was Tom Reed" -> "Who managed the
+/// Anchor Inn?" and "Who ran the Anchor Inn?". Only for a name right after the copula, a
+/// subject that is a known role of something named (by "of", a possessive, or "Its" and the
+/// document's title), and no modifier that changes the role.
+fn role_verb_questions(sentence: &str, span: &FactSpan, topic: Option<&str>) -> Vec<String> {
+    if span.kind != FactKind::Name || span.is_place {
+        return Vec::new();
+    }
+    let all = words(sentence);
+    let Some(copula_index) = all
+        .iter()
+        .position(|word| COPULAS.contains(&word.text.to_lowercase().as_str()))
+    else {
+        return Vec::new();
+    };
+    let copula = &all[copula_index];
+    if span.start < copula.end || !words(&sentence[copula.end..span.start]).is_empty() {
+        return Vec::new();
+    }
+    let subject = &all[..copula_index];
+    if subject.iter().any(|word| word.ends_clause) {
+        return Vec::new();
+    }
+    let lower: Vec<String> = subject.iter().map(|w| w.text.to_lowercase()).collect();
+    let of_at = lower.iter().position(|word| word == "of");
+    let head_index = match of_at {
+        Some(0) => return Vec::new(),
+        Some(at) => at - 1,
+        None if subject.is_empty() => return Vec::new(),
+        None => subject.len() - 1,
+    };
+    let Some(&(_, present, past)) = ROLE_VERBS
+        .iter()
+        .find(|(role, ..)| *role == lower[head_index])
+    else {
+        return Vec::new();
+    };
+    let modifiers = &lower[..head_index];
+    if modifiers.len() > 3
+        || modifiers
+            .iter()
+            .any(|word| ROLE_CHANGING_MODIFIERS.contains(&word.as_str()))
+    {
+        return Vec::new();
+    }
+    let object = match of_at {
+        // "The manager of the Anchor Inn": the words after "of", when nothing precedes the
+        // role but an article.
+        Some(at) if modifiers.iter().all(|word| word == "the") && at + 1 < subject.len() => {
+            sentence[subject[at + 1].start..subject[subject.len() - 1].end].to_string()
+        }
+        Some(_) => return Vec::new(),
+        None => match modifiers.first().map(String::as_str) {
+            Some("its") if modifiers.len() <= 2 => match usable_topic(topic) {
+                Some(topic) => match topic.strip_prefix("The ") {
+                    Some(rest) => format!("the {rest}"),
+                    None => topic.to_string(),
+                },
+                None => return Vec::new(),
+            },
+            // "The choir's conductor", "Radio Kestrel's manager": the possessor.
+            _ => {
+                let Some(possessive) = subject[..head_index]
+                    .iter()
+                    .position(|word| word.text.ends_with("'s") || word.text.ends_with("\u{2019}s"))
+                else {
+                    return Vec::new();
+                };
+                let owner = &sentence[subject[0].start..subject[possessive].end];
+                let owner = owner.trim_end_matches("'s").trim_end_matches("\u{2019}s");
+                match owner.strip_prefix("The ") {
+                    Some(rest) => format!("the {rest}"),
+                    None => owner.to_string(),
+                }
+            }
+        },
+    };
+    let is_past = matches!(copula.text.to_lowercase().as_str(), "was" | "were");
+    let tense = |present: &'static str, past: &'static str| if is_past { past } else { present };
+    let mut questions = vec![format!("Who {} {object}?", tense(present, past))];
+    if RUNNING_ROLES.contains(&lower[head_index].as_str()) {
+        questions.push(format!("Who {} {object}?", tense("runs", "ran")));
+    }
+    questions
+}
+
+/// The document's title, when it is short enough to name in a question.
+fn usable_topic(topic: Option<&str>) -> Option<&str> {
+    let topic = topic.map(str::trim)?;
+    let topic_words = topic.split_whitespace().count();
+    (topic_words > 0 && topic_words <= MAX_TOPIC_WORDS && !topic.contains([':', '?', '!']))
+        .then_some(topic)
 }
 
 /// Titles longer than this are headlines, not a name to put in a question.
@@ -140,15 +298,10 @@ const MAX_TOPIC_WORDS: usize = 6;
 /// possessive. Only "Its": "His", "Her" and "Their" often point to someone the previous
 /// sentence named, not to what the document is about.
 fn name_the_topic(sentence: &str, question: &str, topic: Option<&str>) -> String {
-    let Some(topic) = topic.map(str::trim) else {
+    let Some(topic) = usable_topic(topic) else {
         return question.to_string();
     };
-    let topic_words = topic.split_whitespace().count();
-    if !sentence.trim_start().starts_with("Its ")
-        || topic_words == 0
-        || topic_words > MAX_TOPIC_WORDS
-        || topic.contains([':', '?', '!'])
-    {
+    if !sentence.trim_start().starts_with("Its ") {
         return question.to_string();
     }
     let Some(at) = question
@@ -500,12 +653,69 @@ mod tests {
             all.contains(&"The Hollins Vale Choir's conductor is Petra Lindqvist, who took over in what year?".to_string()),
             "{all:?}"
         );
+        assert!(
+            all.contains(&"Who conducts the Hollins Vale Choir?".to_string()),
+            "{all:?}"
+        );
         // A name further on is not what the subject is.
         let all = questions("The skipper was born in Ostmere.");
         assert!(
             all.iter().all(|(q, _)| q != "Who was the skipper?"),
             "{all:?}"
         );
+    }
+
+    #[test]
+    fn a_role_is_also_asked_for_by_what_its_holder_does() {
+        let asked = |sentence: &str, topic: Option<&str>| -> Vec<String> {
+            fact_spans(sentence)
+                .iter()
+                .flat_map(|span| templated_questions(sentence, span, topic))
+                .map(|q| q.question)
+                .collect()
+        };
+        let all = asked("The manager of the Anchor Inn was Tom Reed.", None);
+        assert!(
+            all.contains(&"Who managed the Anchor Inn?".to_string()),
+            "{all:?}"
+        );
+        assert!(
+            all.contains(&"Who ran the Anchor Inn?".to_string()),
+            "{all:?}"
+        );
+        let all = asked("The choir's conductor is Petra Lindqvist.", None);
+        assert!(
+            all.contains(&"Who conducts the choir?".to_string()),
+            "{all:?}"
+        );
+        let all = asked(
+            "Its station manager is Ingrid Solberg.",
+            Some("Radio Kestrel"),
+        );
+        assert!(
+            all.contains(&"Who manages Radio Kestrel?".to_string()),
+            "{all:?}"
+        );
+        assert!(
+            all.contains(&"Who runs Radio Kestrel?".to_string()),
+            "{all:?}"
+        );
+        // Another role, another time, or nothing named to do it to: no verb question.
+        for sentence in [
+            "The assistant manager of the Anchor Inn is Tom Reed.",
+            "Its first skipper was Maud Ellery.",
+            "The conductor is Petra Lindqvist.",
+            "The flagship of the line was Marigold Jane.",
+        ] {
+            let all = asked(sentence, Some("The Hollins Vale Choir"));
+            assert!(
+                all.iter().all(|q| !q.starts_with("Who conducts")
+                    && !q.starts_with("Who manage")
+                    && !q.starts_with("Who skippered")
+                    && !q.starts_with("Who ran")),
+                "{sentence}: {all:?}"
+            );
+        }
     }
 
     #[test]
