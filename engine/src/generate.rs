@@ -49,6 +49,8 @@ impl Default for SamplingParams {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GenerationRequest {
+    /// The conversation, rendered with the model's chat template. Empty for a plain text
+    /// prompt: then `prefill` is the whole prompt, tokenized as it is.
     pub messages: Vec<ChatMessage>,
     /// Text that starts the assistant's reply (not repeated in the output).
     pub prefill: String,
@@ -174,10 +176,13 @@ impl Engine {
     }
 
     fn encode_prompt(&self, request: &GenerationRequest) -> Result<Vec<u32>> {
-        let rendered = self.tokenizer.render(&request.messages, true)?;
-        let ids = self
-            .tokenizer
-            .encode(&format!("{rendered}{}", request.prefill))?;
+        let ids = if request.messages.is_empty() {
+            self.tokenizer.encode(&request.prefill)?
+        } else {
+            let rendered = self.tokenizer.render(&request.messages, true)?;
+            self.tokenizer
+                .encode(&format!("{rendered}{}", request.prefill))?
+        };
         let context = self.model.config.max_position_embeddings;
         if ids.len() >= context {
             return Err(EngineError::PromptTooLong {

@@ -146,6 +146,18 @@ pub struct PeftFiles {
     pub config_json: Vec<u8>,
 }
 
+impl PeftFiles {
+    /// The two files of a PEFT adapter directory (`save_pretrained`'s, or `lift adapter export`'s).
+    pub fn read_dir(dir: &Path) -> Result<Self> {
+        let weights = dir.join(ADAPTER_WEIGHTS_FILE);
+        let config = dir.join(ADAPTER_CONFIG_FILE);
+        Ok(Self {
+            safetensors: std::fs::read(&weights).map_err(io_error(&weights))?,
+            config_json: std::fs::read(&config).map_err(io_error(&config))?,
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct LoraAdapter {
     pub config: LoraConfig,
@@ -333,13 +345,7 @@ impl LoraAdapter {
     }
 
     pub fn load_peft(dir: &Path, model: &ModelConfig, device: &Device) -> Result<Self> {
-        let weights = dir.join(ADAPTER_WEIGHTS_FILE);
-        let config = dir.join(ADAPTER_CONFIG_FILE);
-        let files = PeftFiles {
-            safetensors: std::fs::read(&weights).map_err(io_error(&weights))?,
-            config_json: std::fs::read(&config).map_err(io_error(&config))?,
-        };
-        Self::from_peft_files(&files, model, device)
+        Self::from_peft_files(&PeftFiles::read_dir(dir)?, model, device)
     }
 }
 

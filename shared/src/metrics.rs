@@ -8,8 +8,8 @@ use prometheus::core::Collector;
 
 use crate::broker::queues;
 use prometheus::{
-    exponential_buckets, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    exponential_buckets, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
@@ -143,6 +143,55 @@ pub static QUEUE_DEPTH: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     )
 });
 
+/// Completions `lift serve` answered, by API (`chat`, `text`) and HTTP status.
+pub static SERVE_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "lift_serve_requests_total",
+        "Completion requests lift serve answered, by API and HTTP status.",
+        &["api", "status"],
+    )
+});
+
+/// From a completion's admission to the end of its reply (a stream's last event).
+pub static SERVE_REQUEST_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register(
+        HistogramVec::new(
+            HistogramOpts::new(
+                "lift_serve_request_seconds",
+                "Seconds from a completion's admission to the end of its reply.",
+            )
+            .buckets(seconds_buckets()),
+            &["api"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// Completions admitted (waiting for the engine or generating).
+pub static SERVE_REQUESTS_RUNNING: LazyLock<IntGauge> = LazyLock::new(|| {
+    register(
+        IntGauge::new(
+            "lift_serve_requests_running",
+            "Completions admitted by lift serve, waiting or generating.",
+        )
+        .expect("valid metric"),
+    )
+});
+
+pub static SERVE_PROMPT_TOKENS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "lift_serve_prompt_tokens_total",
+        "Prompt tokens of the completions lift serve generated.",
+    )
+});
+
+pub static SERVE_GENERATION_TOKENS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "lift_serve_generation_tokens_total",
+        "Tokens lift serve generated.",
+    )
+});
+
 /// Registers every metric, so the first scrape already lists them all.
 pub fn init() {
     for outcome in ["queued", "synthesized", "failed"] {
@@ -163,6 +212,13 @@ pub fn init() {
     for queue in [queues::SYNTH, queues::TRAIN, queues::EVENTS] {
         QUEUE_DEPTH.with_label_values(&[queue]);
     }
+    for api in ["chat", "text"] {
+        SERVE_REQUEST_SECONDS.with_label_values(&[api]);
+    }
+    LazyLock::force(&SERVE_REQUESTS);
+    LazyLock::force(&SERVE_REQUESTS_RUNNING);
+    LazyLock::force(&SERVE_PROMPT_TOKENS);
+    LazyLock::force(&SERVE_GENERATION_TOKENS);
 }
 
 /// The Prometheus text exposition of every metric.
@@ -195,6 +251,10 @@ mod tests {
             "lift_checkpoint_seconds",
             "lift_jobs",
             "lift_queue_depth",
+            "lift_serve_request_seconds",
+            "lift_serve_requests_running",
+            "lift_serve_prompt_tokens_total",
+            "lift_serve_generation_tokens_total",
         ] {
             assert!(
                 text.contains(&format!("# TYPE {name} ")),
