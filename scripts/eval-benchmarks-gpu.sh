@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # The benchmark evaluations of issue 13's acceptance on the GPU machine, every cell or group in
 # a process of its own, side by side, then one merged report each (`lift eval merge`):
-#   niah   NIAH at 1K and 2K tokens x depths 0, 50, 100 (6 processes)
-#   squad  SQuAD v2.0 dev, 6 groups of 2 paragraphs, 5 questions each (6 processes)
+#   niah   NIAH at $LIFT_NIAH_LENGTHS tokens (default "1024 2048") x depths $LIFT_NIAH_DEPTHS
+#          (default "0 50 100"), a process per cell
+#   squad  SQuAD v2.0 dev, $LIFT_SQUAD_GROUPS groups (default 6) of 2 paragraphs, 5 questions
+#          each, a process per group
 #   seal   SEAL's single-passage protocol: 20 single paragraphs, all their answerable
 #          questions asked with no passage (4 processes of 5 passages)
-# On 2 CPU cores these take many hours; on the H200 one call of a few minutes.
+# $LIFT_BENCHMARKS (default "niah squad seal") picks which run. At most $LIFT_EVAL_PARALLEL
+# processes (default 20; about 20 fit the H200's memory) run at once, the others start as
+# those finish. On 2 CPU cores these take many hours; on the H200 one call of a few minutes.
+# The whole NIAH grid of issue 18 (25 cells) in two calls, for example:
+#   LIFT_BENCHMARKS=niah LIFT_NIAH_LENGTHS="8192 16384" LIFT_NIAH_DEPTHS="0 25 50 75 100" ...
 #
 # Run from the repository root ON the GPU machine:
 #   scripts/eval-benchmarks-gpu.sh OUT_DIR [lift options]...
@@ -19,6 +25,8 @@ out=${1:?usage: scripts/eval-benchmarks-gpu.sh OUT_DIR [lift options]...}
 shift
 lift=${LIFT_BIN:-gpu-bin/lift}
 timeout_s=${LIFT_EVAL_TIMEOUT_S:-540}
+parallel=${LIFT_EVAL_PARALLEL:-20}
+benchmarks=${LIFT_BENCHMARKS:-niah squad seal}
 export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}
 export LIFT_SYNTH_CONCURRENCY=${LIFT_SYNTH_CONCURRENCY:-32}
 work=$(mktemp -d)
@@ -28,24 +36,35 @@ run() {
   shift
   mkdir -p "$dir"
   timeout "$timeout_s" "$lift" eval "$@" --out "$dir" >"$dir/stdout" 2>"$dir/stderr" &
+  while (($(jobs -rp | wc -l) >= parallel)); do
+    wait -n || true
+  done
 }
 
-for length in 1024 2048; do
-  for depth in 0 50 100; do
-    run "niah/$length-$depth" niah --lengths "$length" --depths "$depth" "$@"
+wanted() { [[ " $benchmarks " == *" $1 "* ]]; }
+
+if wanted niah; then
+  for length in ${LIFT_NIAH_LENGTHS:-1024 2048}; do
+    for depth in ${LIFT_NIAH_DEPTHS:-0 50 100}; do
+      run "niah/$length-$depth" niah --lengths "$length" --depths "$depth" "$@"
+    done
   done
-done
-for group in 0 1 2 3 4 5; do
-  run "squad/$group" squad --groups 1 --skip-groups "$group" --paragraphs-per-group 2 \
-    --questions-per-group 5 "$@"
-done
-for part in 0 1 2 3; do
-  run "seal/$part" squad --groups 5 --skip-groups $((part * 5)) --paragraphs-per-group 1 \
-    --questions-per-group 100 "$@"
-done
+fi
+if wanted squad; then
+  for ((group = 0; group < ${LIFT_SQUAD_GROUPS:-6}; group++)); do
+    run "squad/$group" squad --groups 1 --skip-groups "$group" --paragraphs-per-group 2 \
+      --questions-per-group 5 "$@"
+  done
+fi
+if wanted seal; then
+  for part in 0 1 2 3; do
+    run "seal/$part" squad --groups 5 --skip-groups $((part * 5)) --paragraphs-per-group 1 \
+      --questions-per-group 100 "$@"
+  done
+fi
 wait || true
 
-for benchmark in niah squad seal; do
+for benchmark in $benchmarks; do
   reports=("$work/$benchmark"/*/report.json)
   if [[ ! -e ${reports[0]} ]]; then
     echo "{\"benchmark\": \"$benchmark\", \"error\": \"no process finished\"}"
