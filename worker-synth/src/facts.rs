@@ -5,7 +5,8 @@
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum FactKind {
-    /// A month with a day and/or year, or a year alone ("3 May 1871", "May 1871", "1871").
+    /// A month with a day and/or year, a year alone, or a day of the week with what places it
+    /// ("3 May 1871", "May 1871", "1871", "Thursday", "the last Saturday of September").
     Date,
     /// A number with the noun it counts or measures ("42 metres", "€1,250", "three keepers").
     Quantity,
@@ -148,6 +149,19 @@ const WEEKDAYS: &[&str] = &[
     "sunday",
 ];
 
+/// Whether a date names a day of the week ("the last Saturday of September"): asked for with
+/// "which day", not "what date".
+pub(crate) fn names_a_weekday(text: &str) -> bool {
+    words(text).iter().any(is_weekday)
+}
+
+fn is_weekday(word: &Word<'_>) -> bool {
+    word.is_capitalised() && WEEKDAYS.contains(&word.lower().as_str())
+}
+
+/// Words that pick one of a month's weekdays ("the last Saturday of September").
+const WEEKDAY_ORDINALS: &[&str] = &["first", "second", "third", "fourth", "fifth", "last"];
+
 fn is_month(word: &Word<'_>) -> bool {
     // "may" and "march" are also common words: only capitalised ones are months.
     word.is_capitalised() && MONTHS.contains(&word.lower().as_str())
@@ -170,12 +184,38 @@ fn is_year(word: &Word<'_>) -> bool {
         && matches!(word.text.parse::<u32>(), Ok(1000..=2199))
 }
 
-/// Months with their day and year ("3 May 1871", "May 3, 1871", "May 1871"), and years alone.
+/// Months with their day and year ("3 May 1871", "May 3, 1871", "May 1871"), years alone, and
+/// days of the week with an ordinal before and a month after ("first Thursday of March 1963").
 fn date_spans(words: &[Word<'_>]) -> Vec<FactSpan> {
     let mut spans = Vec::new();
     let mut index = 0;
     while index < words.len() {
         let word = &words[index];
+        if is_weekday(word) {
+            let first = match index.checked_sub(1) {
+                Some(before)
+                    if WEEKDAY_ORDINALS.contains(&words[before].lower().as_str())
+                        && !words[before].ends_clause =>
+                {
+                    before
+                }
+                _ => index,
+            };
+            let mut last = index;
+            // "... of March 1963": the month, and a year right after it.
+            if !word.ends_clause
+                && words.get(index + 1).is_some_and(|w| w.lower() == "of")
+                && words.get(index + 2).is_some_and(is_month)
+            {
+                last = index + 2;
+                if !words[last].ends_clause && words.get(last + 1).is_some_and(is_year) {
+                    last += 1;
+                }
+            }
+            spans.push(date(words, first, last));
+            index = last + 1;
+            continue;
+        }
         if is_month(word) {
             let mut first = index;
             let mut last = index;
@@ -584,6 +624,30 @@ mod tests {
         );
         // A lowercase "may" is a verb, not a month.
         assert_eq!(spans("Visitors may climb it."), vec![]);
+    }
+
+    #[test]
+    fn days_of_the_week_with_what_places_them() {
+        assert_eq!(
+            spans("He rode the ferry every Thursday."),
+            vec![("Thursday", FactKind::Date)]
+        );
+        assert_eq!(
+            spans("Lantern Night is held on the last Saturday of September, at dusk."),
+            vec![
+                ("Lantern Night", FactKind::Name),
+                ("last Saturday of September", FactKind::Date)
+            ]
+        );
+        assert_eq!(
+            spans("On the first Thursday of March 1963 the fog came down."),
+            vec![("first Thursday of March 1963", FactKind::Date)]
+        );
+        // A day of the week is never a name.
+        assert_eq!(
+            spans("They met Ada on Monday."),
+            vec![("Ada", FactKind::Name), ("Monday", FactKind::Date)]
+        );
     }
 
     #[test]

@@ -29,9 +29,13 @@ pub struct SynthesisTuning {
     pub rounds_per_sentence: u32,
     /// Cloze tasks per sentence when the job asks for them.
     pub cloze_per_sentence: usize,
-    /// Fact spans per sentence that get tasks in the fact-first recipe, most specific kinds
-    /// first (dates, amounts, codes, numbers, then names): bounds the tasks of a long list.
+    /// Fact spans per sentence that get templated tasks in the fact-first recipe, most
+    /// specific kinds first (dates, amounts, codes, numbers, then names): bounds the tasks of a
+    /// long list. At 4, a sentence listing six ingredients never taught the fifth and sixth,
+    /// and a name after four numbers was never asked for.
     pub max_facts_per_sentence: usize,
+    /// Of those, the ones the generator also writes questions for (a call each).
+    pub max_generated_facts_per_sentence: usize,
 }
 
 impl Default for SynthesisTuning {
@@ -41,7 +45,8 @@ impl Default for SynthesisTuning {
             grounding: GroundingPolicy::default(),
             rounds_per_sentence: 2,
             cloze_per_sentence: 1,
-            max_facts_per_sentence: 4,
+            max_facts_per_sentence: 12,
+            max_generated_facts_per_sentence: 4,
         }
     }
 }
@@ -394,22 +399,32 @@ async fn synthesize_facts(
     );
     spans.sort_by_key(|span| span.kind);
     spans.truncate(tuning.max_facts_per_sentence);
+    let generated: Vec<FactSpan> = spans
+        .iter()
+        .take(tuning.max_generated_facts_per_sentence)
+        .cloned()
+        .collect();
     spans.sort_by_key(|span| span.start);
 
     let heading = section_heading(sentence, &sentence.left_context);
     let source = SentenceSource::new(&sentence.text, &sentence.left_context);
-    let requests: Vec<QaRequest> = spans
+    // Each with the index of its fact in `spans`.
+    let requests: Vec<(usize, QaRequest)> = spans
         .iter()
         .enumerate()
-        .map(|(fact, span)| QaRequest {
-            title: chunk.title.clone(),
-            sentence: sentence.text.clone(),
-            left_context: sentence.left_context.clone(),
-            pairs_wanted: options.qa_per_sentence,
-            temperature: options.temperature,
-            seed: sentence_seed(options.seed, sentence.index, fact as u32),
-            model: Some(options.generator_model.clone()).filter(|model| !model.is_empty()),
-            answer: Some(span.text(&sentence.text).to_string()),
+        .filter(|(_, span)| generated.contains(span))
+        .map(|(fact, span)| {
+            let request = QaRequest {
+                title: chunk.title.clone(),
+                sentence: sentence.text.clone(),
+                left_context: sentence.left_context.clone(),
+                pairs_wanted: options.qa_per_sentence,
+                temperature: options.temperature,
+                seed: sentence_seed(options.seed, sentence.index, fact as u32),
+                model: Some(options.generator_model.clone()).filter(|model| !model.is_empty()),
+                answer: Some(span.text(&sentence.text).to_string()),
+            };
+            (fact, request)
         })
         .collect();
     let restate = RestateRequest {
@@ -422,7 +437,7 @@ async fn synthesize_facts(
         join_all(
             requests
                 .iter()
-                .map(|request| metered(generator.generate(request)))
+                .map(|(_, request)| metered(generator.generate(request)))
         ),
         async {
             if restate.samples == 0 {
@@ -440,44 +455,50 @@ async fn synthesize_facts(
             tasks.push((kind, pair));
         }
     };
-    for ((span, request), generated) in spans.iter().zip(&requests).zip(replies) {
+
+    let mut requests = requests.iter().zip(replies).peekable();
+    for (fact, span) in spans.iter().enumerate() {
         let answer = span.text(&sentence.text).to_string();
-        match generated {
-            Ok(replies) => {
-                let mut collector = PairCollector::new(tuning.parse_limits);
-                replies.iter().for_each(|reply| collector.add_reply(reply));
-                let (pairs, parse_dropped) = collector.into_parts();
-                dropped.add(&parse_dropped);
-                let mut kept = 0;
-                for pair in pairs {
-                    let fits = source
-                        .check_question(&pair.question, &answer, &chunk.title)
-                        .map_err(|reason| reason.to_string())
-                        .and_then(|()| {
-                            asks_for_kind(&pair.question, span)
-                                .then_some(())
-                                .ok_or_else(|| "question word does not fit the fact".to_string())
-                        });
-                    if fits.is_err() || kept >= request.pairs_wanted {
-                        if let Err(reason) = fits {
-                            tracing::debug!(job_id = %chunk.job_id, sentence = sentence.index, question = %pair.question, %reason, "dropped question");
-                            dropped.ungrounded += 1;
+        if let Some(((_, request), generated)) = requests.next_if(|((at, _), _)| *at == fact) {
+            match generated {
+                Ok(replies) => {
+                    let mut collector = PairCollector::new(tuning.parse_limits);
+                    replies.iter().for_each(|reply| collector.add_reply(reply));
+                    let (pairs, parse_dropped) = collector.into_parts();
+                    dropped.add(&parse_dropped);
+                    let mut kept = 0;
+                    for pair in pairs {
+                        let fits = source
+                            .check_question(&pair.question, &answer, &chunk.title)
+                            .map_err(|reason| reason.to_string())
+                            .and_then(|()| {
+                                asks_for_kind(&pair.question, span)
+                                    .then_some(())
+                                    .ok_or_else(|| {
+                                        "question word does not fit the fact".to_string()
+                                    })
+                            });
+                        if fits.is_err() || kept >= request.pairs_wanted {
+                            if let Err(reason) = fits {
+                                tracing::debug!(job_id = %chunk.job_id, sentence = sentence.index, question = %pair.question, %reason, "dropped question");
+                                dropped.ungrounded += 1;
+                            }
+                            continue;
                         }
-                        continue;
+                        kept += 1;
+                        let pair = QaPair {
+                            question: pair.question,
+                            answer: evidence_answer(span, &sentence.text, heading),
+                        };
+                        keep(TaskKind::FactQa, pair, &mut tasks);
                     }
-                    kept += 1;
-                    let pair = QaPair {
-                        question: pair.question,
-                        answer: evidence_answer(span, &sentence.text, heading),
-                    };
-                    keep(TaskKind::FactQa, pair, &mut tasks);
                 }
-            }
-            // The generator may come back: the chunk is retried for its questions.
-            Err(error) if error.is_transient() => return Err(error),
-            // It will fail again (say, the prompt is too long): the templates stand in.
-            Err(error) => {
-                tracing::debug!(job_id = %chunk.job_id, sentence = sentence.index, %error, "no generated question for a fact");
+                // The generator may come back: the chunk is retried for its questions.
+                Err(error) if error.is_transient() => return Err(error),
+                // It will fail again (say, the prompt is too long): the templates stand in.
+                Err(error) => {
+                    tracing::debug!(job_id = %chunk.job_id, sentence = sentence.index, %error, "no generated question for a fact");
+                }
             }
         }
         for templated in templated_questions(&sentence.text, span, Some(&chunk.title)) {
@@ -708,6 +729,54 @@ mod tests {
             synthesize_chunk(&crate::instant::InstantGenerator, &without, &tuning).await;
         assert!(questions(&synthesis, TaskKind::Keyed).is_empty());
         assert_eq!(questions(&synthesis, TaskKind::Recall).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn every_item_of_a_long_list_is_asked_for() {
+        let sentence = "For the dough: 400 grams of white flour, 250 grams of rye flour, 430 \
+                        millilitres of water, 3 tablespoons of honey, 14 grams of sea salt, and \
+                        2 teaspoons of caraway seeds.";
+        let chunk = SynthChunk {
+            job_id: lift_shared::ids::JobId::parse("j").unwrap(),
+            chunk_index: 0,
+            title: "Honey Rye".into(),
+            sentences: vec![SentenceUnit {
+                index: 0,
+                document: 0,
+                left_context: String::new(),
+                text: sentence.into(),
+            }],
+            options: lift_shared::spec::SynthesisOptions {
+                recipe: QuestionRecipe::FactFirst,
+                ..Default::default()
+            },
+        };
+        let synthesis = synthesize_chunk(
+            &crate::instant::InstantGenerator,
+            &chunk,
+            &SynthesisTuning::default(),
+        )
+        .await;
+        let templated: Vec<&Task> = synthesis
+            .tasks
+            .iter()
+            .filter(|task| task.kind == TaskKind::FactTemplate.name())
+            .collect();
+        for item in [
+            "white flour",
+            "rye flour",
+            "water",
+            "honey",
+            "sea salt",
+            "caraway seeds",
+        ] {
+            assert!(
+                templated
+                    .iter()
+                    .any(|task| task.question.contains(item) && task.answer.contains(item)),
+                "no question for {item}: {templated:#?}"
+            );
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! generator"). A cloze would be a third, but with the sentence in the answer it only teaches
 //! copying.
 
-use crate::facts::{words, FactKind, FactSpan};
+use crate::facts::{names_a_weekday, words, FactKind, FactSpan};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TemplatedQuestion {
@@ -384,6 +384,7 @@ fn question_phrase(sentence: &str, span: &FactSpan, at_start: bool) -> String {
     let text = span.text(sentence);
     match span.kind {
         FactKind::Date if text.chars().all(|c| c.is_ascii_digit()) => "what year".to_string(),
+        FactKind::Date if names_a_weekday(text) => "which day".to_string(),
         FactKind::Date => "what date".to_string(),
         FactKind::Quantity => quantity_phrase(text),
         FactKind::Number => "what number".to_string(),
@@ -440,6 +441,18 @@ fn in_place_question(sentence: &str, span: &FactSpan) -> Option<String> {
     let at_start = words(before).is_empty();
     let phrase = question_phrase(sentence, span, at_start);
     let after = clause_rest(&sentence[span.end..]);
+    // "held on the last Saturday" -> "held on which day", not "on the which day".
+    let before = match before.len().checked_sub("the ".len()) {
+        Some(cut)
+            if phrase == "which day"
+                && before.is_char_boundary(cut)
+                && before[cut..].eq_ignore_ascii_case("the ")
+                && (cut == 0 || before[..cut].ends_with(' ')) =>
+        {
+            &before[..cut]
+        }
+        _ => before,
+    };
     let text = if at_start {
         format!("{}{after}", capitalise_first(&phrase))
     } else {
@@ -509,7 +522,14 @@ fn fronted_question(sentence: &str, span: &FactSpan) -> Option<String> {
         matches!(span.kind, FactKind::Date) || (span.kind == FactKind::Name && span.is_place);
     let mut rest_end = span.start;
     if absorbs_preposition {
-        if let Some(previous) = words(&sentence[aux.end..span.start]).last() {
+        // The preposition may have an article after it ("on the last Saturday").
+        let between = words(&sentence[aux.end..span.start]);
+        let mut previous = between.iter().rev();
+        let candidate = match previous.next() {
+            Some(word) if word.text.eq_ignore_ascii_case("the") => previous.next(),
+            other => other,
+        };
+        if let Some(previous) = candidate {
             if ABSORBED_PREPOSITIONS.contains(&previous.text.to_lowercase().as_str()) {
                 rest_end = aux.end + previous.start;
             }
@@ -716,6 +736,25 @@ mod tests {
                 "{sentence}: {all:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_day_of_the_week_is_asked_for_as_a_day() {
+        let all = questions("Kell Lantern Night is held on the last Saturday of September.");
+        assert!(
+            all.contains(&pair(
+                "Kell Lantern Night is held on which day?",
+                "last Saturday of September"
+            )),
+            "{all:?}"
+        );
+        assert!(
+            all.contains(&pair(
+                "When is Kell Lantern Night held?",
+                "last Saturday of September"
+            )),
+            "{all:?}"
+        );
     }
 
     #[test]
