@@ -124,6 +124,9 @@ where
         TrainWorkerConfig {
             trainer_id: infra::process_id("trainer"),
             lease: std::time::Duration::from_secs(config.trainer_lease_secs),
+            unserved_model_timeout: std::time::Duration::from_secs(
+                config.unserved_model_timeout_secs,
+            ),
             run: RunOptions::default(),
             exit_when_idle: None,
         },

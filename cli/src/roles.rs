@@ -161,6 +161,7 @@ pub async fn train_worker(config: Config, args: TrainWorkerArgs) -> anyhow::Resu
         TrainWorkerConfig {
             trainer_id: infra::process_id("trainer"),
             lease: Duration::from_secs(config.trainer_lease_secs),
+            unserved_model_timeout: Duration::from_secs(config.unserved_model_timeout_secs),
             run: RunOptions {
                 checkpoint_every_steps: args.checkpoint_every_steps.max(1),
                 ..RunOptions::default()

@@ -81,6 +81,7 @@ pub(crate) fn train_assignment(job: &JobId, spec: &JobSpec, status: &JobStatus) 
         options: spec.training.clone(),
         chunk_count: status.chunks_total,
         generation: status.trainer_generation,
+        published_at_ms: now_ms(),
     }
 }
 

@@ -46,6 +46,9 @@ pub struct Config {
     /// `LIFT_TRAINER_LEASE_SECS`: a trainer whose heartbeat has not changed for this long (as
     /// the coordinator sees it) lost its job.
     pub trainer_lease_secs: u64,
+    /// `LIFT_UNSERVED_MODEL_TIMEOUT_SECS`: how long an assignment whose base model no trainer
+    /// has taken is passed between trainers that hold other models before its job fails.
+    pub unserved_model_timeout_secs: u64,
     /// `LIFT_SYNTH_CONCURRENCY`: chunks a synth worker processes at once.
     pub synth_concurrency: u32,
     /// `LIFT_GENERATOR_MAX_IN_FLIGHT`: requests a synth worker has open at the HTTP generator
@@ -88,6 +91,7 @@ impl Default for Config {
             delivery_limit: 5,
             broker_retry_secs: 60,
             trainer_lease_secs: 15,
+            unserved_model_timeout_secs: 600,
             synth_concurrency: 4,
             generator_max_in_flight: None,
             metrics_addr: String::new(),
@@ -196,6 +200,9 @@ impl Config {
         }
         if let Some(raw) = env("LIFT_TRAINER_LEASE_SECS") {
             self.trainer_lease_secs = parse_env("LIFT_TRAINER_LEASE_SECS", &raw)?;
+        }
+        if let Some(raw) = env("LIFT_UNSERVED_MODEL_TIMEOUT_SECS") {
+            self.unserved_model_timeout_secs = parse_env("LIFT_UNSERVED_MODEL_TIMEOUT_SECS", &raw)?;
         }
         if let Some(raw) = env("LIFT_SYNTH_CONCURRENCY") {
             self.synth_concurrency = parse_env("LIFT_SYNTH_CONCURRENCY", &raw)?;

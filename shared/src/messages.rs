@@ -40,6 +40,12 @@ pub struct TrainAssignment {
     /// never takes the job from a live owner.
     #[serde(default)]
     pub generation: u32,
+    /// When the coordinator published this assignment (ms since the Unix epoch). A trainer
+    /// that holds another base model passes the assignment on to the others until it is
+    /// `LIFT_UNSERVED_MODEL_TIMEOUT_SECS` old, then fails the job with that reason. 0 in an
+    /// assignment from before the field: the first trainer to pass it on stamps it.
+    #[serde(default)]
+    pub published_at_ms: i64,
 }
 
 /// `lift.events`: what workers report to the coordinator.

@@ -75,6 +75,7 @@ impl Fixture {
                 },
                 chunk_count,
                 generation: 0,
+                published_at_ms: 0,
             },
             trainer_id: "test-trainer".into(),
             claim_generation: 0,
@@ -411,6 +412,7 @@ async fn an_idle_trainer_exits_after_its_idle_limit() {
         lease: Duration::from_secs(3),
         run: RunOptions::default(),
         exit_when_idle: Some(Duration::from_millis(200)),
+        unserved_model_timeout: Duration::from_secs(600),
     };
     let worker = crate::run_train_worker(
         f.broker.clone(),
@@ -423,4 +425,98 @@ async fn an_idle_trainer_exits_after_its_idle_limit() {
         .await
         .expect("the trainer exits when idle")
         .unwrap();
+}
+
+/// Runs a trainer on `f` until `for_how_long` has passed, then shuts it down.
+async fn run_trainer_for(f: &Fixture, unserved_model_timeout: Duration, for_how_long: Duration) {
+    let config = crate::TrainWorkerConfig {
+        trainer_id: "tiny-trainer".into(),
+        lease: Duration::from_secs(3),
+        run: RunOptions::default(),
+        exit_when_idle: None,
+        unserved_model_timeout,
+    };
+    let shutdown = CancellationToken::new();
+    let worker = tokio::spawn(crate::run_train_worker(
+        f.broker.clone(),
+        f.store.clone(),
+        f.engine.clone(),
+        config,
+        shutdown.clone(),
+    ));
+    tokio::time::sleep(for_how_long).await;
+    shutdown.cancel();
+    worker.await.unwrap().unwrap();
+}
+
+async fn publish_assignment_for_another_model(f: &Fixture, published_at_ms: i64) {
+    let assignment = TrainAssignment {
+        job_id: f.job.clone(),
+        base_model: "some-other-model".into(),
+        options: TrainingOptions::default(),
+        chunk_count: 1,
+        generation: 0,
+        published_at_ms,
+    };
+    f.broker
+        .publish(
+            queues::TRAIN,
+            &serde_json::to_vec(&assignment).unwrap(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_for_another_base_model_is_passed_on_to_other_trainers() {
+    let f = Fixture::new();
+    publish_assignment_for_another_model(&f, lift_shared::messages::now_ms()).await;
+    // Past one pass-on pause: taken, put back, taken again, then shut down mid-pause.
+    run_trainer_for(&f, Duration::from_secs(600), Duration::from_millis(2500)).await;
+    assert_eq!(
+        f.broker.queue_depth(queues::TRAIN).await.unwrap(),
+        1,
+        "the assignment is back in the queue for a trainer that holds its model"
+    );
+    let failed = f
+        .events()
+        .await
+        .into_iter()
+        .any(|event| matches!(event, ProgressEvent::TrainingFailed { .. }));
+    assert!(
+        !failed,
+        "the job is not failed while another trainer may take it"
+    );
+    assert!(f
+        .store
+        .get(&layout::claim(&f.job, 0))
+        .await
+        .unwrap()
+        .is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_no_trainer_took_in_time_fails_with_the_reason() {
+    let f = Fixture::new();
+    let an_hour_ago = lift_shared::messages::now_ms() - 3_600_000;
+    publish_assignment_for_another_model(&f, an_hour_ago).await;
+    run_trainer_for(&f, Duration::from_secs(600), Duration::from_millis(500)).await;
+    assert_eq!(f.broker.queue_depth(queues::TRAIN).await.unwrap(), 0);
+    let reasons: Vec<String> = f
+        .events()
+        .await
+        .into_iter()
+        .filter_map(|event| match event {
+            ProgressEvent::TrainingFailed { reason, .. } => Some(reason),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+    assert!(
+        reasons[0].contains("\"some-other-model\" took the job within 600 s")
+            && reasons[0].contains("serves tiny-random"),
+        "{}",
+        reasons[0]
+    );
 }

@@ -26,10 +26,28 @@ pub struct TrainWorkerConfig {
     /// Return after this long without a job (a KEDA ScaledJob pod then completes and frees its
     /// GPU); `None` waits for jobs until shut down.
     pub exit_when_idle: Option<Duration>,
+    /// An assignment for a base model this trainer does not hold is passed on to the other
+    /// trainers until it is this old; then its job fails, since no trainer took it.
+    pub unserved_model_timeout: Duration,
 }
 
 /// How long an idle trainer waits before asking `lift.train` again.
 const IDLE_POLL: Duration = Duration::from_millis(500);
+
+/// How long a trainer holds an assignment for another base model before passing it on, so a
+/// trainer alone with it does not spin on it.
+const PASS_ON_PAUSE: Duration = Duration::from_secs(2);
+
+/// What a trainer does with an assignment before any training.
+#[derive(Debug, PartialEq, Eq)]
+enum Taken {
+    /// Claimed this generation of the job: train it.
+    Claimed(u32),
+    /// Nothing to do (the job is over, or another trainer holds it).
+    Dropped,
+    /// For a base model another trainer may hold: back into the queue.
+    PassOn,
+}
 
 /// Takes assignments from `lift.train` one at a time until `shutdown`; a job in progress at
 /// shutdown is checkpointed and handed back to the queue. It asks for the next assignment
@@ -111,11 +129,12 @@ async fn handle_assignment(
     // Until the claim, a failure puts the assignment back (an unsettled delivery would hold
     // this trainer's only prefetch slot until the broker's consumer timeout).
     let generation = match take_assignment(broker, store, engine, config, &assignment).await {
-        Ok(Some(generation)) => generation,
-        Ok(None) => {
+        Ok(Taken::Claimed(generation)) => generation,
+        Ok(Taken::Dropped) => {
             delivery.ack().await?;
             return Ok(());
         }
+        Ok(Taken::PassOn) => return pass_on(broker, shutdown, assignment, delivery).await,
         Err(error) => {
             warn!(job_id = %job, %error, "could not take the assignment; requeueing it");
             delivery.nack_requeue().await?;
@@ -183,16 +202,43 @@ async fn handle_assignment(
     }
 }
 
-/// Everything before training starts: skip a job that is over, refuse a model this trainer
-/// does not hold, claim the assignment's generation. Returns the generation claimed, or
-/// `None` when the assignment is to be dropped.
+/// Puts an assignment for another base model back into `lift.train` for the other trainers,
+/// as a new message: a requeue would count toward the queue's delivery limit and end in the
+/// dead-letter queue. Published before the ack, so it is never lost.
+async fn pass_on(
+    broker: &Arc<dyn Broker>,
+    shutdown: &CancellationToken,
+    mut assignment: TrainAssignment,
+    delivery: Box<dyn Delivery>,
+) -> Result<(), TrainError> {
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep(PASS_ON_PAUSE) => {}
+    }
+    if assignment.published_at_ms == 0 {
+        assignment.published_at_ms = now_ms();
+    }
+    let payload = serde_json::to_vec(&assignment).expect("assignments serialize");
+    if let Err(error) = broker
+        .publish(queues::TRAIN, &payload, delivery.headers().clone())
+        .await
+    {
+        delivery.nack_requeue().await?;
+        return Err(error.into());
+    }
+    delivery.ack().await?;
+    Ok(())
+}
+
+/// Everything before training starts: skip a job that is over, pass on or fail a job for a
+/// model this trainer does not hold, claim the assignment's generation.
 async fn take_assignment(
     broker: &Arc<dyn Broker>,
     store: &Store,
     engine: &Arc<Engine>,
     config: &TrainWorkerConfig,
     assignment: &TrainAssignment,
-) -> Result<Option<u32>, TrainError> {
+) -> Result<Taken, TrainError> {
     let job = &assignment.job_id;
     if let Some(commit) = store.adapter_commit(job).await? {
         // Its trainer may have died between the commit and publishing the adapter, or its
@@ -212,36 +258,48 @@ async fn take_assignment(
             },
         )
         .await?;
-        return Ok(None);
+        return Ok(Taken::Dropped);
     }
     if store.exists(&layout::cancel(job)).await? {
         info!(job_id = %job, "skipping assignment of a cancelled job");
-        return Ok(None);
+        return Ok(Taken::Dropped);
     }
     if !serves_model(engine, &assignment.base_model) {
-        // A trainer holds one base model in memory; a job for another one cannot run here.
-        warn!(job_id = %job, wanted = %assignment.base_model, serving = %engine.model_id(), "job needs another base model");
+        // A trainer holds one base model in memory; another trainer may hold this one.
+        let waited_ms = now_ms().saturating_sub(assignment.published_at_ms).max(0);
+        let waited = Duration::from_millis(waited_ms as u64);
+        if assignment.published_at_ms == 0 || waited < config.unserved_model_timeout {
+            info!(job_id = %job, wanted = %assignment.base_model, serving = %engine.model_id(), "job needs another base model; passing it on");
+            return Ok(Taken::PassOn);
+        }
+        warn!(job_id = %job, wanted = %assignment.base_model, serving = %engine.model_id(), "no trainer took the job's base model in time; failing it");
         publish_event(
             broker,
             ProgressEvent::TrainingFailed {
                 job_id: job.clone(),
                 generation: assignment.generation,
                 reason: format!(
-                    "no trainer serves base model {:?} (this trainer serves {})",
+                    "no trainer that serves base model {:?} took the job within {} s \
+                     (LIFT_UNSERVED_MODEL_TIMEOUT_SECS); trainer {} serves {}",
                     assignment.base_model,
+                    config.unserved_model_timeout.as_secs(),
+                    config.trainer_id,
                     engine.model_id()
                 ),
                 at_ms: now_ms(),
             },
         )
         .await?;
-        return Ok(None);
+        return Ok(Taken::Dropped);
     }
     let claimed = claim(store, job, &config.trainer_id, assignment.generation).await?;
-    if claimed.is_none() {
-        info!(job_id = %job, generation = assignment.generation, "the assignment's generation is claimed already (a duplicate or stale assignment); dropping it");
+    match claimed {
+        Some(generation) => Ok(Taken::Claimed(generation)),
+        None => {
+            info!(job_id = %job, generation = assignment.generation, "the assignment's generation is claimed already (a duplicate or stale assignment); dropping it");
+            Ok(Taken::Dropped)
+        }
     }
-    Ok(claimed)
 }
 
 async fn publish_event(broker: &Arc<dyn Broker>, event: ProgressEvent) -> Result<(), TrainError> {

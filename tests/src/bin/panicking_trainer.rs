@@ -64,6 +64,7 @@ async fn main() -> anyhow::Result<()> {
         TrainWorkerConfig {
             trainer_id,
             lease: Duration::from_secs(config.trainer_lease_secs),
+            unserved_model_timeout: Duration::from_secs(config.unserved_model_timeout_secs),
             run: RunOptions::default(),
             exit_when_idle: None,
         },
