@@ -675,25 +675,30 @@ fn sentence_seed(job_seed: u64, sentence_index: u32, round: u32) -> u64 {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn each_fact_is_asked_by_a_key_phrase_that_also_recalls_the_sentence() {
-        let sentence = "A solar-powered water pump was installed in 2016 by Ada Brell.";
-        let chunk = SynthChunk {
+    /// A chunk of one sentence for the fact-first recipe.
+    fn fact_first_chunk(title: &str, left_context: &str, sentence: &str) -> SynthChunk {
+        SynthChunk {
             job_id: lift_shared::ids::JobId::parse("j").unwrap(),
             chunk_index: 0,
-            title: "Veskar Hut".into(),
+            title: title.into(),
             sentences: vec![SentenceUnit {
                 index: 0,
                 document: 0,
-                left_context: "The hut has a water supply.".into(),
+                left_context: left_context.into(),
                 text: sentence.into(),
             }],
             options: lift_shared::spec::SynthesisOptions {
                 recipe: QuestionRecipe::FactFirst,
-                key_phrases: 2,
                 ..Default::default()
             },
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn each_fact_is_asked_by_a_key_phrase_that_also_recalls_the_sentence() {
+        let sentence = "A solar-powered water pump was installed in 2016 by Ada Brell.";
+        let mut chunk = fact_first_chunk("Veskar Hut", "The hut has a water supply.", sentence);
+        chunk.options.key_phrases = 2;
         let tuning = SynthesisTuning::default();
         let questions = |synthesis: &ChunkSynthesis, kind: TaskKind| -> Vec<String> {
             synthesis
@@ -736,21 +741,7 @@ mod tests {
         let sentence = "For the dough: 400 grams of white flour, 250 grams of rye flour, 430 \
                         millilitres of water, 3 tablespoons of honey, 14 grams of sea salt, and \
                         2 teaspoons of caraway seeds.";
-        let chunk = SynthChunk {
-            job_id: lift_shared::ids::JobId::parse("j").unwrap(),
-            chunk_index: 0,
-            title: "Honey Rye".into(),
-            sentences: vec![SentenceUnit {
-                index: 0,
-                document: 0,
-                left_context: String::new(),
-                text: sentence.into(),
-            }],
-            options: lift_shared::spec::SynthesisOptions {
-                recipe: QuestionRecipe::FactFirst,
-                ..Default::default()
-            },
-        };
+        let chunk = fact_first_chunk("Honey Rye", "", sentence);
         let synthesis = synthesize_chunk(
             &crate::instant::InstantGenerator,
             &chunk,

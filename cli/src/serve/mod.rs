@@ -317,11 +317,9 @@ async fn chat_completion(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Response, ServeError> {
-    let tenant = state.caller(headers)?;
-    let admitted = state.admission.admit(Api::Chat)?;
+    let (tenant, admitted) = state.admit(headers, Api::Chat)?;
     let request = parse_chat_request(body, fresh_seed())?;
-    let (adapter, model) = state.adapter_for(&tenant, &request.model).await?;
-    let reply = Reply::new(Api::Chat, model);
+    let (adapter, reply) = state.reply_for(&tenant, Api::Chat, &request.model).await?;
     if request.stream && request.format != OutputFormat::Json {
         return state.stream(adapter, request.generation, reply, String::new(), admitted);
     }
@@ -343,11 +341,9 @@ async fn text_completion(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Response, ServeError> {
-    let tenant = state.caller(headers)?;
-    let admitted = state.admission.admit(Api::Text)?;
+    let (tenant, admitted) = state.admit(headers, Api::Text)?;
     let request = parse_text_request(body, fresh_seed())?;
-    let (adapter, model) = state.adapter_for(&tenant, &request.model).await?;
-    let reply = Reply::new(Api::Text, model);
+    let (adapter, reply) = state.reply_for(&tenant, Api::Text, &request.model).await?;
     let echo = request.echo.unwrap_or_default();
     if request.stream {
         return state.stream(adapter, request.generation, reply, echo, admitted);
@@ -358,19 +354,26 @@ async fn text_completion(
 }
 
 impl ServerState {
+    /// What every completion takes first: who asks, and a place in the server.
+    fn admit(&self, headers: &HeaderMap, api: Api) -> Result<(Tenant, Admitted), ServeError> {
+        let tenant = self.caller(headers)?;
+        Ok((tenant, self.admission.admit(api)?))
+    }
+
     /// The adapter a request's `model` names (none for the base model or an empty name), and
-    /// the model name its reply carries.
-    async fn adapter_for(
+    /// the reply, which carries the model's name.
+    async fn reply_for(
         &self,
         tenant: &Tenant,
+        api: Api,
         model: &str,
-    ) -> Result<(Option<Arc<LoraAdapter>>, String), ServeError> {
+    ) -> Result<(Option<Arc<LoraAdapter>>, Reply), ServeError> {
         let base = self.engine.model_id();
         if model.is_empty() || model == base {
-            return Ok((None, base.to_string()));
+            return Ok((None, Reply::new(api, base.to_string())));
         }
         let adapter = self.adapters.resolve(&self.engine, tenant, model).await?;
-        Ok((Some(adapter), model.to_string()))
+        Ok((Some(adapter), Reply::new(api, model.to_string())))
     }
 
     async fn complete(

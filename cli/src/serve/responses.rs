@@ -66,17 +66,23 @@ impl Reply {
                        "finish_reason": finish_reason}),
             ),
         };
+        let mut body = self.envelope(object, choice);
+        body["usage"] = json!({
+            "prompt_tokens": output.prompt_tokens,
+            "completion_tokens": output.completion_tokens,
+            "total_tokens": output.prompt_tokens + output.completion_tokens,
+        });
+        body
+    }
+
+    /// What a body and a chunk share: the reply's identity around its one choice.
+    fn envelope(&self, object: &str, choice: Value) -> Value {
         json!({
             "id": self.id,
             "object": object,
             "created": self.created,
             "model": self.model,
             "choices": [choice],
-            "usage": {
-                "prompt_tokens": output.prompt_tokens,
-                "completion_tokens": output.completion_tokens,
-                "total_tokens": output.prompt_tokens + output.completion_tokens,
-            },
         })
     }
 
@@ -100,13 +106,7 @@ impl Reply {
                        "finish_reason": finish_reason}),
             ),
         };
-        json!({
-            "id": self.id,
-            "object": object,
-            "created": self.created,
-            "model": self.model,
-            "choices": [choice],
-        })
+        self.envelope(object, choice)
     }
 
     /// The event that opens a stream: a chat reply names the assistant's role first.
