@@ -553,9 +553,18 @@ fn fronted_question(sentence: &str, span: &FactSpan) -> Option<String> {
 /// What follows a span up to the end of its clause: after a comma or semicolon comes another
 /// statement, which makes the question longer without saying more about the fact.
 fn clause_rest(after: &str) -> &str {
+    // Punctuation followed by a space or the end: the comma of "18,400" and the point of
+    // "7.50" are inside a number.
     let end = after
-        .find([',', ';', '.', '!', '?', ':'])
-        .unwrap_or(after.len());
+        .char_indices()
+        .find(|&(at, c)| {
+            matches!(c, ',' | ';' | '.' | '!' | '?' | ':')
+                && after[at + c.len_utf8()..]
+                    .chars()
+                    .next()
+                    .is_none_or(char::is_whitespace)
+        })
+        .map_or(after.len(), |(at, _)| at);
     &after[..end]
 }
 
@@ -736,6 +745,18 @@ mod tests {
                 "{sentence}: {all:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_number_with_separators_does_not_end_the_clause() {
+        let all = questions("In 2019 the roof was repaired with a grant of 18,400 pounds.");
+        assert!(
+            all.contains(&pair(
+                "In what year the roof was repaired with a grant of 18,400 pounds?",
+                "2019"
+            )),
+            "{all:?}"
+        );
     }
 
     #[test]
