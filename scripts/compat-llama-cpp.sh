@@ -3,9 +3,9 @@
 # generator people already run: it serves the default GGUF, and `lift run` synthesizes through
 # it (LIFT_GENERATOR_URL). The server answers `response_format: json_schema` with HTTP 500 and
 # a validation error, so this also checks that the synthesis client steps down to json_object.
-# The job asks for the fact-first recipe ($LIFT_COMPAT_RECIPE, default fact-first): SmolLM2
-# writes no usable free-form pairs without the schema, and the default recipe for an HTTP
-# generator is free QA (docs/benchmarks.md has what that gave).
+# The job takes the default recipe ($LIFT_COMPAT_RECIPE, default auto): free QA for an HTTP
+# generator, and the fact-first tasks for each sentence SmolLM2 writes no usable free-form pair
+# for, which without the schema is most of them (docs/benchmarks.md has what each gave).
 #
 #   scripts/compat-llama-cpp.sh            (from the repository root, after `cargo build`)
 #
@@ -56,10 +56,10 @@ started=$(date +%s)
 status=0
 LIFT_STORE_URL="file://$work/store" LIFT_GENERATOR_URL="http://127.0.0.1:$port/v1" \
   LIFT_GENERATOR_MAX_IN_FLIGHT=1 "$lift" run "$work/doc.md" --epochs 1 --json \
-  --recipe "${LIFT_COMPAT_RECIPE:-fact-first}" \
+  --recipe "${LIFT_COMPAT_RECIPE:-auto}" \
   >"$work/job.jsonl" 2>"$work/job.err" || status=$?
 python3 - "$work/job.jsonl" "$work/job.err" "$status" "$(($(date +%s) - started))" \
-  "${LIFT_COMPAT_RECIPE:-fact-first}" <<'PY'
+  "${LIFT_COMPAT_RECIPE:-auto}" <<'PY'
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.startswith("{")]
 final = rows[-1] if rows else {}

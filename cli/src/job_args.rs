@@ -35,7 +35,8 @@ pub struct JobOptions {
     pub model: Option<String>,
     /// How questions are written: fact-first (fact spans found by rule, questions written for
     /// each) suits weak generators, free-qa (the paper's recipe) strong ones; auto picks
-    /// fact-first on the built-in engine and free-qa on an OpenAI-compatible generator.
+    /// fact-first on the built-in engine and free-qa on an OpenAI-compatible generator, falling
+    /// back to fact-first for each sentence free-qa gives nothing usable for.
     #[arg(long, value_enum, default_value_t = RecipeArg::Auto)]
     pub recipe: RecipeArg,
     /// Question/answer pairs per sentence (free-qa), or generated questions per fact

@@ -52,7 +52,8 @@ pub struct SynthesisOptions {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum QuestionRecipe {
-    /// Fact-first on the built-in engine, free QA on an OpenAI-compatible generator.
+    /// Fact-first on the built-in engine, free QA on an OpenAI-compatible generator, and
+    /// fact-first for each sentence free QA gives nothing usable for.
     #[default]
     Auto,
     /// The paper's recipe: the generator writes whole pairs about each sentence.

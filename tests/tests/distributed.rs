@@ -3,6 +3,9 @@
 //! on moto (a prefix per test). Faults are injected the way they happen: kill -9, restarts,
 //! force-closed broker connections, a poison chunk, malformed messages.
 
+// Test harness variables (scripts/test-env.sh), not process configuration.
+#![allow(clippy::disallowed_methods)]
+
 use std::time::Duration;
 
 use axum::routing::post;
@@ -409,6 +412,21 @@ async fn poisoned_generator() -> String {
     format!("http://127.0.0.1:{port}/v1")
 }
 
+/// Free QA only: the default recipe would ask for a poison sentence's facts by template.
+async fn submit_free_qa(cluster: &Cluster, title: &str, text: &str) -> String {
+    let mut request = Cluster::job_request(title, text, 1);
+    if let Some(synthesis) = request.synthesis.as_mut() {
+        synthesis.recipe = proto::QuestionRecipe::FreeQa as i32;
+    }
+    let mut client = cluster.client().await;
+    client
+        .submit_job(request)
+        .await
+        .expect("submit")
+        .into_inner()
+        .job_id
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_poison_chunk_is_dead_lettered_and_the_job_completes_without_it() {
     let mut cluster = Cluster::with_generator(poisoned_generator().await);
@@ -416,7 +434,7 @@ async fn a_poison_chunk_is_dead_lettered_and_the_job_completes_without_it() {
     // The poison sentence comes last: later sentences would see it in their left context.
     let text = "Oskar Tenby keeps the lighthouse of Vellmar Island. Oskar Tenby keeps a cat \
                 named Sixpence. Oskar Tenby was born in 1950. POISON sentence number one.";
-    let job = cluster.submit("Vellmar Island", text, 1).await;
+    let job = submit_free_qa(&cluster, "Vellmar Island", text).await;
     let status = cluster.wait_for_terminal(&job, JOB_TIMEOUT).await;
     assert!(succeeded(&status), "{status:?}\n{}", cluster.logs());
     assert_eq!(status.chunks_failed, 1);
@@ -441,7 +459,7 @@ async fn a_poison_chunk_is_dead_lettered_and_the_job_completes_without_it() {
     // Past the threshold the job fails, with the reason.
     let all_poison =
         "POISON one is here. POISON two is here. POISON three is here. Oskar Tenby keeps a cat.";
-    let job = cluster.submit("Poison", all_poison, 1).await;
+    let job = submit_free_qa(&cluster, "Poison", all_poison).await;
     let status = cluster.wait_for_terminal(&job, JOB_TIMEOUT).await;
     assert_eq!(status.state, JobState::Failed as i32, "{status:?}");
     assert!(status.error.contains("chunk"), "{}", status.error);

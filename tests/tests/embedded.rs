@@ -114,7 +114,8 @@ async fn embedded_job_through_lift_serve_pipelines_and_writes_a_peft_adapter() {
         "HuggingFaceTB/SmolLM2-135M-Instruct"
     );
     assert_eq!(config["r"], 8);
-    let engine = Engine::load(&ModelSource::Default, &Device::Cpu).unwrap();
+    let model_dir = lift_shared::config::Config::load(None).unwrap().model_dir;
+    let engine = Engine::load(&ModelSource::Default, &model_dir, &Device::Cpu).unwrap();
     let adapter = LoraAdapter::load_peft(&adapter_dir, engine.config(), engine.device()).unwrap();
     let names: Vec<String> = adapter.named_vars().into_iter().map(|(n, _)| n).collect();
     assert!(names
@@ -177,7 +178,16 @@ async fn run_expecting_failure(generator_url: String, expected_reason: &str) {
             run_lift(
                 &dir,
                 "run",
-                &["run", &doc, "--json", "--chunk-sentences", "2"],
+                &[
+                    "run",
+                    &doc,
+                    "--json",
+                    "--chunk-sentences",
+                    "2",
+                    // Auto would fall back to templated questions for the facts.
+                    "--recipe",
+                    "free-qa",
+                ],
                 &env,
                 Duration::from_secs(300),
             )

@@ -169,7 +169,7 @@ impl OpenAiGenerator {
             "messages": messages,
             "temperature": request.temperature,
             "seed": request.seed,
-            "max_tokens": self.config.max_tokens,
+            "max_tokens": reply_token_bound(request.pairs_wanted, self.config.max_tokens),
             "n": 1,
         });
         if let Some(response_format) = format.body(request.pairs_wanted.max(1)) {
@@ -346,6 +346,15 @@ impl OpenAiGenerator {
             }
         }
     }
+}
+
+/// Tokens a reply of `pairs` question/answer pairs needs, with room to spare, at most
+/// `configured`. Without a schema a weak model may write on to the limit (1,023 tokens seen
+/// behind llama.cpp), and every extra token is decoding time for nothing usable.
+fn reply_token_bound(pairs: u32, configured: u32) -> u32 {
+    const TOKENS_PER_PAIR: u32 = 160;
+    const ENVELOPE: u32 = 64;
+    (ENVELOPE + TOKENS_PER_PAIR * pairs.max(1)).min(configured)
 }
 
 fn chat_completions_url(base_url: &str) -> String {
@@ -544,6 +553,25 @@ mod tests {
             qa_pairs_schema(2)
         );
         assert_eq!(generator.response_format(), ResponseFormat::JsonSchema);
+    }
+
+    #[tokio::test]
+    async fn replies_are_bounded_by_the_pairs_wanted_and_the_configured_limit() {
+        let (url, seen) = start_server(|_, _| completion(PAIRS)).await;
+        let generator = OpenAiGenerator::new(OpenAiOptions {
+            max_tokens: 500,
+            ..fast_config(url)
+        })
+        .unwrap();
+        let mut one_pair = request();
+        one_pair.pairs_wanted = 1;
+        generator.generate(&one_pair).await.unwrap();
+        let mut many_pairs = request();
+        many_pairs.pairs_wanted = 8;
+        generator.generate(&many_pairs).await.unwrap();
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen[0]["max_tokens"], 224);
+        assert_eq!(seen[1]["max_tokens"], 500);
     }
 
     #[tokio::test]

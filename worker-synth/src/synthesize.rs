@@ -101,9 +101,26 @@ pub async fn synthesize_chunk(
     };
     let outcomes = join_all(chunk.sentences.iter().map(|sentence| async move {
         if fact_first {
-            synthesize_facts(generator, chunk, sentence, tuning).await
-        } else {
-            synthesize_sentence(generator, chunk, sentence, tuning).await
+            return synthesize_facts(generator, chunk, sentence, tuning).await;
+        }
+        let free = synthesize_sentence(generator, chunk, sentence, tuning).await;
+        if chunk.options.recipe != QuestionRecipe::Auto {
+            return free;
+        }
+        // Auto picked free QA for a server generator, but a weak model behind it may write
+        // nothing usable: the sentence's facts still get their questions, as for the built-in
+        // generator, rather than a chunk that fails on every retry.
+        match free {
+            Ok(free) if free.tasks.is_empty() => {
+                let mut facts = synthesize_facts(generator, chunk, sentence, tuning).await?;
+                facts.dropped.add(&free.dropped);
+                Ok(facts)
+            }
+            Err(error) if !error.is_transient() => {
+                tracing::debug!(job_id = %chunk.job_id, sentence = sentence.index, %error, "free questions failed, asking for the sentence's facts");
+                synthesize_facts(generator, chunk, sentence, tuning).await
+            }
+            free => free,
         }
     }))
     .await;
@@ -674,6 +691,7 @@ fn sentence_seed(job_seed: u64, sentence_index: u32, round: u32) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::RawReply;
 
     /// A chunk of one sentence for the fact-first recipe.
     fn fact_first_chunk(title: &str, left_context: &str, sentence: &str) -> SynthChunk {
@@ -832,6 +850,50 @@ mod tests {
         assert_eq!(section_heading(&title, &title.left_context), None);
         let plain = unit("It burned in 1851.", "The mill was built in 1761.");
         assert_eq!(section_heading(&plain, &plain.left_context), None);
+    }
+
+    /// A server generator whose model writes nothing parseable.
+    struct GarbageGenerator;
+
+    #[async_trait::async_trait]
+    impl QaGenerator for GarbageGenerator {
+        async fn generate(&self, _: &QaRequest) -> Result<Vec<RawReply>, GeneratorError> {
+            Ok(vec![RawReply {
+                text: "%%% garbage %%%".into(),
+            }])
+        }
+
+        async fn restate(&self, _: &RestateRequest) -> Result<Vec<RawReply>, GeneratorError> {
+            Ok(Vec::new())
+        }
+    }
+
+    #[tokio::test]
+    async fn auto_asks_for_the_facts_of_a_sentence_free_questions_failed_for() {
+        let sentence = "Oskar Tenby has kept the light since 1994.";
+        let mut chunk = fact_first_chunk("Vellmar Island", "", sentence);
+        let tuning = SynthesisTuning::default();
+
+        chunk.options.recipe = QuestionRecipe::FreeQa;
+        let free = synthesize_chunk(&GarbageGenerator, &chunk, &tuning).await;
+        assert!(free.tasks.is_empty());
+        assert_eq!(free.sentences_failed(), 1);
+
+        chunk.options.recipe = QuestionRecipe::Auto;
+        let auto = synthesize_chunk(&GarbageGenerator, &chunk, &tuning).await;
+        assert_eq!(auto.sentences_failed(), 0);
+        assert_eq!(auto.facts.found, auto.facts.covered);
+        assert!(auto.facts.found >= 2, "{:?}", auto.facts);
+        assert!(
+            auto.tasks
+                .iter()
+                .any(|task| task.kind == TaskKind::FactTemplate.name()
+                    && task.answer.contains("1994")),
+            "{:?}",
+            auto.tasks
+        );
+        // What the free questions dropped is still reported.
+        assert!(auto.pairs_dropped.total() > 0, "{:?}", auto.pairs_dropped);
     }
 
     #[test]

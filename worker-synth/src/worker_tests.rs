@@ -91,7 +91,7 @@ impl Fixture {
         let events = broker.consume(queues::EVENTS, 100).await.unwrap();
         Self {
             broker,
-            store: Store::open("memory://").unwrap(),
+            store: Store::open("memory://", None).unwrap(),
             events,
             job_id: JobId::new(),
         }
@@ -427,11 +427,13 @@ async fn generator_back_within_the_delivery_limit_gives_the_task_file() {
 #[tokio::test]
 async fn sentence_failing_for_good_counts_as_failed_and_the_chunk_succeeds() {
     let mut f = Fixture::new().await;
-    f.publish(&f.chunk(
+    let mut chunk = f.chunk(
         0,
         &["The tower was completed in 1889.", "BROKEN sentence here."],
-    ))
-    .await;
+    );
+    // The paper's recipe alone: the default would give the sentence templated questions.
+    chunk.options.recipe = lift_shared::spec::QuestionRecipe::FreeQa;
+    f.publish(&chunk).await;
     let generator = scripted(|request, _| {
         if request.sentence.starts_with("BROKEN") {
             Err(GeneratorError::BadStatus {
