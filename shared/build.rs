@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+#[allow(clippy::disallowed_methods)] // what Cargo tells a build script
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
     let proto_dir = manifest_dir.join("../proto");

@@ -72,7 +72,7 @@ impl LedgerEntry {
 }
 
 pub async fn run(config: Config, args: BatchArgs) -> anyhow::Result<ExitCode> {
-    let documents = list_documents(&args.source).await?;
+    let documents = list_documents(&args.source, config.s3_endpoint.as_deref()).await?;
     anyhow::ensure!(
         !documents.is_empty(),
         "{} holds no documents (.md or .txt files)",
@@ -289,9 +289,12 @@ fn read_ledger(path: &Path) -> anyhow::Result<HashMap<String, LedgerEntry>> {
     Ok(entries)
 }
 
-async fn list_documents(source: &str) -> anyhow::Result<Vec<SourceDocument>> {
+async fn list_documents(
+    source: &str,
+    s3_endpoint: Option<&str>,
+) -> anyhow::Result<Vec<SourceDocument>> {
     if source.starts_with("s3://") {
-        return list_s3(source).await;
+        return list_s3(source, s3_endpoint).await;
     }
     let root = PathBuf::from(source);
     anyhow::ensure!(
@@ -330,8 +333,9 @@ fn collect_files(dir: &Path, files: &mut Vec<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn list_s3(source: &str) -> anyhow::Result<Vec<SourceDocument>> {
-    let store = Store::open(source).with_context(|| format!("cannot open {source}"))?;
+async fn list_s3(source: &str, s3_endpoint: Option<&str>) -> anyhow::Result<Vec<SourceDocument>> {
+    let store =
+        Store::open(source, s3_endpoint).with_context(|| format!("cannot open {source}"))?;
     let mut keys = store.list("").await?;
     keys.sort();
     let mut documents = Vec::with_capacity(keys.len());

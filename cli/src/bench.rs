@@ -6,7 +6,7 @@ use clap::{Args, Subcommand};
 use std::sync::Arc;
 
 use lift_engine::bench::{bench_generate, bench_train, random_engine, TrainBenchOptions};
-use lift_engine::default_device;
+use lift_shared::config::Config;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
@@ -57,7 +57,8 @@ pub struct GenerateArgs {
     pub temperature: f64,
 }
 
-pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
+pub async fn run(config: Config, command: BenchCommand) -> anyhow::Result<ExitCode> {
+    let device = crate::infra::device(&config);
     match command {
         BenchCommand::Train(a) => {
             let result = tokio::task::spawn_blocking(move || {
@@ -71,7 +72,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
                     warmup: a.warmup,
                     cuda_graphs: a.cuda_graphs,
                 };
-                bench_train(&options, &default_device())
+                bench_train(&options, &device)
             })
             .await??;
             println!("{}", serde_json::to_string(&result)?);
@@ -83,8 +84,8 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
                 a.temperature
             );
             let engine = match a.shape {
-                Some(shape) => Arc::new(random_engine(&shape, &default_device())?),
-                None => crate::infra::load_engine(&a.model).await?,
+                Some(shape) => Arc::new(random_engine(&shape, &device)?),
+                None => crate::infra::load_engine(&config, &a.model).await?,
             };
             for batch in a.batches {
                 let engine = engine.clone();

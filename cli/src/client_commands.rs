@@ -265,7 +265,7 @@ pub async fn cancel(config: Config, args: CancelArgs) -> anyhow::Result<ExitCode
 pub async fn ask(config: Config, args: AskArgs) -> anyhow::Result<ExitCode> {
     let store = infra::open_store(&config)?;
     let job = ask::load_job_adapter(&store, &args.job_id).await?;
-    let engine = infra::load_engine(&job.spec.base_model).await?;
+    let engine = infra::load_engine(&config, &job.spec.base_model).await?;
     let adapter = if args.without_adapter {
         None
     } else {

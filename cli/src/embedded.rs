@@ -49,7 +49,7 @@ pub async fn run(config: Config, args: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         request.base_model.clone()
     };
-    let engine = infra::load_engine(&model).await?;
+    let engine = infra::load_engine(&config, &model).await?;
     let store = infra::open_store(&config)?;
     let json = args.json;
     let status = with_embedded(

@@ -55,8 +55,9 @@ pub enum EvalCommand {
 pub struct LiftArgs {
     #[command(flatten)]
     pub job: JobOptions,
-    /// Where the evaluation data was fetched (scripts/fetch-eval-data.sh).
-    #[arg(long, env = "LIFT_EVAL_DATA_DIR")]
+    /// Where the evaluation data was fetched (scripts/fetch-eval-data.sh); default:
+    /// `LIFT_EVAL_DATA_DIR`, else `~/.cache/lift/eval-data`.
+    #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// Directory for report.json and the plots.
     #[arg(long)]
@@ -150,13 +151,10 @@ pub async fn run(config: Config, command: EvalCommand) -> anyhow::Result<std::pr
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-fn data_dir(args: &LiftArgs) -> PathBuf {
-    args.data_dir.clone().unwrap_or_else(|| {
-        std::env::var_os("HOME")
-            .map(PathBuf::from)
-            .unwrap_or_default()
-            .join(".cache/lift/eval-data")
-    })
+fn data_dir(config: &Config, args: &LiftArgs) -> PathBuf {
+    args.data_dir
+        .clone()
+        .unwrap_or_else(|| config.eval_data_dir.clone())
 }
 
 /// The prompt of the "document in context" setting.
@@ -289,9 +287,9 @@ async fn with_lift<T, Work>(
 where
     Work: std::future::Future<Output = anyhow::Result<T>>,
 {
-    let engine = infra::load_engine(&args.model()).await?;
+    let engine = infra::load_engine(config, &args.model()).await?;
     let store_dir = tempfile::tempdir().context("cannot create a temporary store")?;
-    let store = Store::open(&store_dir.path().display().to_string())?;
+    let store = Store::open(&store_dir.path().display().to_string(), None)?;
     let mut config = config.clone();
     config.model = args.model();
     let (engine_for_work, store_for_work) = (engine.clone(), store.clone());
@@ -318,7 +316,7 @@ async fn niah(config: Config, args: NiahArgs) -> anyhow::Result<()> {
         args.depths.iter().all(|d| *d <= 100),
         "--depths are percentages, 0 to 100"
     );
-    let essays = load_essays(&data_dir(&args.lift).join("paul-graham-essays"))?;
+    let essays = load_essays(&data_dir(&config, &args.lift).join("paul-graham-essays"))?;
     let started = Instant::now();
     let title = "Essays";
     let args = &args;
@@ -626,7 +624,7 @@ async fn squad(config: Config, args: SquadArgs) -> anyhow::Result<()> {
         Some(n) => Grouping::Paragraphs(n),
         None => Grouping::Article,
     };
-    let squad_path = data_dir(&args.lift).join("squad.json");
+    let squad_path = data_dir(&config, &args.lift).join("squad.json");
     let mut groups = load_squad(
         &squad_path,
         &SquadOptions {

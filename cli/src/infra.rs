@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
-use lift_engine::{default_device, Engine, ModelSource};
+use lift_engine::{pick_device, DeviceChoice, Engine, ModelSource};
 use lift_shared::broker::memory::InProcessBroker;
 use lift_shared::broker::rabbitmq::{RabbitBroker, RabbitBrokerOptions};
 use lift_shared::broker::Broker;
@@ -17,7 +17,7 @@ pub fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
 }
 
 pub fn open_store(config: &Config) -> anyhow::Result<Store> {
-    Store::open(&config.store_url)
+    Store::open(&config.store_url, config.s3_endpoint.as_deref())
         .with_context(|| format!("cannot open the store at {}", config.store_url))
 }
 
@@ -41,10 +41,20 @@ pub fn require_amqp(config: &Config, command: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The engine's device as the configuration allows it.
+pub fn device(config: &Config) -> lift_engine::Device {
+    pick_device(DeviceChoice {
+        cpu_only: config.cpu_only,
+        tf32: config.tf32,
+    })
+}
+
 /// Loads a model off the async runtime (it reads and dequantizes hundreds of MB).
-pub async fn load_engine(reference: &str) -> anyhow::Result<Arc<Engine>> {
+pub async fn load_engine(config: &Config, reference: &str) -> anyhow::Result<Arc<Engine>> {
     let source = ModelSource::parse(reference)?;
-    let engine = tokio::task::spawn_blocking(move || Engine::load(&source, &default_device()))
+    let device = device(config);
+    let model_dir = config.model_dir.clone();
+    let engine = tokio::task::spawn_blocking(move || Engine::load(&source, &model_dir, &device))
         .await
         .context("model loading thread failed")??;
     Ok(Arc::new(engine))

@@ -138,6 +138,7 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// (`lift bench train`, release, 2026-12-03: 5.9 s a step, 3.9 s with 10 s, 3.6 s never
 /// purging). Kept 10 s (100 s for arenas), steps reuse what the previous ones freed and an
 /// idle process still shrinks. `MIMALLOC_PURGE_DELAY` in the environment overrides it.
+#[allow(clippy::disallowed_methods)] // mimalloc's own variable, before anything allocates much
 fn keep_freed_memory_between_steps() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
         return;
@@ -201,12 +202,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Adapter(command) => adapter::run(config, command).await,
         Command::Serve(args) => serve::run(config, args).await,
         Command::Model(ModelCommand::Fetch) => {
-            let path =
-                tokio::task::spawn_blocking(lift_engine::fetch::fetch_default_model).await??;
+            let path = tokio::task::spawn_blocking(move || {
+                lift_engine::fetch::fetch_default_model(&config.model_dir)
+            })
+            .await??;
             println!("{}", path.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Eval(command) => eval::run(config, command).await,
-        Command::Bench(command) => bench::run(command).await,
+        Command::Bench(command) => bench::run(config, command).await,
     }
 }

@@ -66,7 +66,7 @@ pub fn build_generator(
     if !config.generator_url.is_empty() {
         let mut options =
             OpenAiOptions::new(config.generator_url.clone(), config.generator_model.clone());
-        options.api_key = std::env::var("LIFT_GENERATOR_API_KEY").ok();
+        options.api_key = config.generator_api_key.expose().map(str::to_owned);
         options.max_in_flight = config.generator_requests_in_flight();
         return Ok(Arc::new(OpenAiGenerator::new(options)?));
     }
@@ -136,7 +136,7 @@ pub async fn synth_worker(mut config: Config, args: SynthWorkerArgs) -> anyhow::
     let shutdown = infra::shutdown_signal();
     let model_loaded = ops::spawn(&config, broker.clone(), store.clone(), shutdown.clone()).await?;
     let engine = if config.generator_url.is_empty() {
-        Some(infra::load_engine(&config.model).await?)
+        Some(infra::load_engine(&config, &config.model).await?)
     } else {
         None
     };
@@ -152,7 +152,7 @@ pub async fn train_worker(config: Config, args: TrainWorkerArgs) -> anyhow::Resu
     let broker = infra::connect_broker(&config, &infra::process_id("trainer")).await?;
     let shutdown = infra::shutdown_signal();
     let model_loaded = ops::spawn(&config, broker.clone(), store.clone(), shutdown.clone()).await?;
-    let engine = infra::load_engine(&config.model).await?;
+    let engine = infra::load_engine(&config, &config.model).await?;
     model_loaded.set();
     run_train_worker(
         broker,

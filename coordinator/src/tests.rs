@@ -55,7 +55,7 @@ async fn start_with(
 
 async fn start() -> Harness {
     start_with(
-        Store::open("memory://").unwrap(),
+        Store::open("memory://", None).unwrap(),
         InProcessBroker::default(),
         Arc::new(AcceptAnyModel),
     )
@@ -343,7 +343,7 @@ async fn dead_lettered_chunks_fail_the_job_past_the_threshold() {
 
 #[tokio::test]
 async fn restart_rebuilds_jobs_and_republishes_lost_work() {
-    let store = Store::open("memory://").unwrap();
+    let store = Store::open("memory://", None).unwrap();
     let first = start_with(
         store.clone(),
         InProcessBroker::default(),
@@ -392,7 +392,7 @@ async fn invalid_requests_name_what_is_wrong() {
         }
     };
     let h = start_with(
-        Store::open("memory://").unwrap(),
+        Store::open("memory://", None).unwrap(),
         InProcessBroker::default(),
         Arc::new(catalog),
     )
@@ -868,7 +868,7 @@ impl Broker for OutageBroker {
 async fn a_job_accepted_while_the_broker_is_down_is_queued_once_it_is_back() {
     let broker = OutageBroker::default();
     broker.down.store(true, std::sync::atomic::Ordering::SeqCst);
-    let store = Store::open("memory://").unwrap();
+    let store = Store::open("memory://", None).unwrap();
     let coordinator = Coordinator::start(
         options(),
         store.clone(),

@@ -91,24 +91,39 @@ fn looks_like_hub_id(name: &str) -> bool {
         })
 }
 
-/// CPU unless the `cuda` feature is on and a GPU is present (or `LIFT_DEVICE=cpu`).
-pub fn default_device() -> Device {
-    if std::env::var("LIFT_DEVICE").is_ok_and(|d| d == "cpu") {
+/// Where the engine may run; the process configuration fills it (`LIFT_DEVICE`, `LIFT_TF32`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceChoice {
+    /// Stay on the CPU even in a CUDA build with a GPU present.
+    pub cpu_only: bool,
+    /// TF32 for the GPU's f32 matmuls (see `gpu.rs`).
+    pub tf32: bool,
+}
+
+impl Default for DeviceChoice {
+    fn default() -> Self {
+        Self {
+            cpu_only: false,
+            tf32: true,
+        }
+    }
+}
+
+/// CPU unless the `cuda` feature is on, a GPU is present and `choice` allows it.
+pub fn pick_device(choice: DeviceChoice) -> Device {
+    if choice.cpu_only || !candle_core::utils::cuda_is_available() {
         return Device::Cpu;
     }
-    if !candle_core::utils::cuda_is_available() {
-        return Device::Cpu;
-    }
-    gpu_device().unwrap_or(Device::Cpu)
+    gpu_device(choice.tf32).unwrap_or(Device::Cpu)
 }
 
 #[cfg(feature = "cuda")]
-fn gpu_device() -> candle_core::Result<Device> {
-    crate::gpu::device()
+fn gpu_device(tf32: bool) -> candle_core::Result<Device> {
+    crate::gpu::device(tf32)
 }
 
 #[cfg(not(feature = "cuda"))]
-fn gpu_device() -> candle_core::Result<Device> {
+fn gpu_device(_tf32: bool) -> candle_core::Result<Device> {
     Ok(Device::Cpu)
 }
 
@@ -135,11 +150,12 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn load(source: &ModelSource, device: &Device) -> Result<Self> {
+    /// Loads `source`; the default model comes from the model cache `model_dir`.
+    pub fn load(source: &ModelSource, model_dir: &Path, device: &Device) -> Result<Self> {
         let dtype = default_dtype(device);
         let (model, tokenizer) = match source {
             ModelSource::Default => {
-                let path = fetch::default_model_path();
+                let path = fetch::default_model_path(model_dir);
                 fetch::verify_default_model(&path)?;
                 loader::load_gguf(&path, dtype, device)?
             }

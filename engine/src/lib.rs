@@ -22,7 +22,7 @@ pub mod train;
 
 pub use candle_core::{DType, Device};
 pub use config::{Architecture, ModelConfig};
-pub use engine::{default_device, default_dtype, Engine, ModelSource, DEFAULT_MODEL_ID};
+pub use engine::{default_dtype, pick_device, DeviceChoice, Engine, ModelSource, DEFAULT_MODEL_ID};
 pub use error::{EngineError, Result};
 pub use generate::{
     FinishReason, GenerationOutput, GenerationRequest, OutputConstraint, SamplingParams,

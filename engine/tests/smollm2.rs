@@ -5,18 +5,28 @@ use std::sync::{Arc, OnceLock};
 
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
-use lift_engine::fetch::default_model_path;
 use lift_engine::{
     ChatMessage, Engine, EngineError, GenerationRequest, LoraConfig, ModelSource, SamplingParams,
     SftExample,
 };
+
+/// The model cache the processes use (`LIFT_MODEL_DIR`, else `~/.cache/lift/models`).
+fn model_dir() -> std::path::PathBuf {
+    lift_shared::config::Config::load(None)
+        .expect("the test environment's configuration")
+        .model_dir
+}
+
+fn default_model_path() -> std::path::PathBuf {
+    lift_engine::fetch::default_model_path(&model_dir())
+}
 
 fn engine() -> Arc<Engine> {
     static ENGINE: OnceLock<Arc<Engine>> = OnceLock::new();
     ENGINE
         .get_or_init(|| {
             Arc::new(
-                Engine::load(&ModelSource::Default, &Device::Cpu)
+                Engine::load(&ModelSource::Default, &model_dir(), &Device::Cpu)
                     .expect("default model missing: run scripts/fetch-model.sh"),
             )
         })
@@ -251,7 +261,7 @@ fn bad_model_files_are_clear_errors() {
     let bytes = std::fs::read(default_model_path()).unwrap();
     let truncated = dir.path().join("truncated.gguf");
     std::fs::write(&truncated, &bytes[..bytes.len() / 3]).unwrap();
-    let err = Engine::load(&ModelSource::Gguf(truncated), &Device::Cpu)
+    let err = Engine::load(&ModelSource::Gguf(truncated), &model_dir(), &Device::Cpu)
         .err()
         .unwrap();
     assert!(matches!(err, EngineError::ModelCorrupt { .. }), "{err}");

@@ -3,13 +3,15 @@
 //! environment (`scripts/peer-env.sh`, which the test script runs); `LIFT_PEER_PYTHON` names
 //! its interpreter.
 
+// Test harness variables (scripts/test-env.sh), not process configuration.
+#![allow(clippy::disallowed_methods)]
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use lift_engine::config::RopeScaling;
-use lift_engine::fetch::default_model_path;
 use lift_engine::loader::load_hf_dir;
 use lift_engine::model::LogitsFor;
 use lift_engine::testing::{byte_tokenizer, max_abs_diff, sequence_logits};
@@ -119,8 +121,11 @@ struct PeftReport {
 /// layers).
 #[test]
 fn adapters_cross_between_lift_and_peft_on_the_default_model() {
+    let model_dir = lift_shared::config::Config::load(None)
+        .expect("the test environment's configuration")
+        .model_dir;
     let engine = Arc::new(
-        Engine::load(&ModelSource::Default, &Device::Cpu)
+        Engine::load(&ModelSource::Default, &model_dir, &Device::Cpu)
             .expect("default model missing: run scripts/fetch-model.sh"),
     );
     let mut trainer = lift_engine::testing::lora_trainer(engine.clone(), 8, 11, 2e-3);
@@ -165,7 +170,7 @@ fn adapters_cross_between_lift_and_peft_on_the_default_model() {
 
     let peft_adapter = dir.path().join("peft-adapter");
     let request = serde_json::json!({
-        "gguf": default_model_path(),
+        "gguf": lift_engine::fetch::default_model_path(&model_dir),
         "lift_adapter": lift_adapter,
         "peft_adapter_dir": peft_adapter,
         "input_ids": ids,

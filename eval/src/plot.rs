@@ -294,6 +294,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::disallowed_methods)] // LIFT_KEEP_PLOTS: a test option, not configuration
     fn heatmap_and_bars_are_written_as_png() {
         let dir = tempfile::tempdir().unwrap();
         let mut cells = Vec::new();

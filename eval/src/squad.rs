@@ -220,6 +220,7 @@ mod tests {
 
     /// The real file, when `scripts/fetch-eval-data.sh` has fetched it.
     #[test]
+    #[allow(clippy::disallowed_methods)] // where the fetch script puts it
     fn real_dev_set_loads_when_fetched() {
         let Some(home) = std::env::var_os("HOME") else {
             return;

@@ -172,11 +172,11 @@ pub struct ServerSecurity {
 }
 
 impl ServerSecurity {
-    /// From the configuration and `LIFT_AUTH_TOKENS`; fails on unreadable or invalid files.
+    /// From the configuration (the tokens file and `LIFT_AUTH_TOKENS`); fails on unreadable
+    /// or invalid files.
     pub fn from_config(config: &crate::config::Config) -> Result<Self, LiftError> {
-        let inline = std::env::var("LIFT_AUTH_TOKENS").ok();
         Ok(Self {
-            tokens: TokenTable::load(&config.auth_tokens_file, inline.as_deref())?
+            tokens: TokenTable::load(&config.auth_tokens_file, config.auth_tokens.expose())?
                 .map(std::sync::Arc::new),
             tls: crate::tls::ServerTls::from_config(config)?,
         })

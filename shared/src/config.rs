@@ -32,6 +32,12 @@ pub struct Config {
     /// `LIFT_MODEL`: base model used when a job names none (`default`, a `.gguf` path or a
     /// Hugging Face model directory).
     pub model: String,
+    /// `LIFT_MODEL_DIR`: the model cache, where `lift model fetch` puts the default model and
+    /// `default` is loaded from. Default: `~/.cache/lift/models`.
+    pub model_dir: std::path::PathBuf,
+    /// `LIFT_EVAL_DATA_DIR`: where `scripts/fetch-eval-data.sh` put the evaluation data that
+    /// `lift eval niah` and `lift eval squad` read. Default: `~/.cache/lift/eval-data`.
+    pub eval_data_dir: std::path::PathBuf,
     /// `LIFT_MAX_DOCUMENT_BYTES`: largest accepted document.
     pub max_document_bytes: u64,
     /// `LIFT_FAILED_SHARE_THRESHOLD`: a job fails once more than this share of its chunks
@@ -74,18 +80,58 @@ pub struct Config {
     /// for servers that require one.
     pub tls_client_cert: String,
     pub tls_client_key: String,
+    /// `LIFT_S3_ENDPOINT`, else `AWS_ENDPOINT_URL`: an S3-compatible server (MinIO, moto) for
+    /// `s3://` stores instead of AWS.
+    pub s3_endpoint: Option<String>,
+    /// `LIFT_DEVICE=cpu`: the engine stays on the CPU in a CUDA build.
+    pub cpu_only: bool,
+    /// `LIFT_TF32=0`: full f32 in the GPU's f32 matmuls instead of TF32.
+    pub tf32: bool,
+    /// `LIFT_AUTH_TOKENS`: `tenant:token` entries inline, as in the tokens file. A secret:
+    /// from the environment only, never written out.
+    #[serde(skip)]
+    pub auth_tokens: Secret,
+    /// `LIFT_GENERATOR_API_KEY`: the bearer token sent to the HTTP generator. A secret, as above.
+    #[serde(skip)]
+    pub generator_api_key: Secret,
+}
+
+/// A value kept out of `Debug` output and of serialized configuration.
+#[derive(Clone, Default, PartialEq)]
+pub struct Secret(Option<String>);
+
+impl Secret {
+    pub fn new(value: Option<String>) -> Self {
+        Self(value)
+    }
+
+    pub fn expose(&self) -> Option<&str> {
+        self.0.as_deref()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Secret(set)"
+        } else {
+            "Secret(unset)"
+        })
+    }
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
             version: CONFIG_VERSION,
-            store_url: default_store_url(|name| std::env::var(name).ok()),
+            store_url: default_store_url(process_env),
             amqp_url: String::new(),
             grpc_addr: "127.0.0.1:50051".to_string(),
             generator_url: String::new(),
             generator_model: String::new(),
             model: "default".to_string(),
+            model_dir: user_cache_dir(process_env).join("models"),
+            eval_data_dir: user_cache_dir(process_env).join("eval-data"),
             max_document_bytes: Limits::default().max_document_bytes as u64,
             failed_share_threshold: 0.5,
             delivery_limit: 5,
@@ -102,8 +148,19 @@ impl Default for Config {
             tls_ca: String::new(),
             tls_client_cert: String::new(),
             tls_client_key: String::new(),
+            s3_endpoint: None,
+            cpu_only: false,
+            tf32: true,
+            auth_tokens: Secret::default(),
+            generator_api_key: Secret::default(),
         }
     }
+}
+
+/// The process environment: read here and nowhere else (`clippy.toml`).
+#[allow(clippy::disallowed_methods)]
+fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
 }
 
 /// The per-user store: `$XDG_DATA_HOME/lift/store`, else `$HOME/.local/share/lift/store`,
@@ -117,6 +174,13 @@ fn default_store_url(env: impl Fn(&str) -> Option<String>) -> String {
         Some(dir) => dir.join("lift/store").display().to_string(),
         None => ".lift/store".to_string(),
     }
+}
+
+/// `$HOME/.cache/lift`, else (no home) `.cache/lift` under the working directory: the model
+/// cache and the evaluation data, as the fetch scripts place them.
+fn user_cache_dir(env: impl Fn(&str) -> Option<String>) -> std::path::PathBuf {
+    let home = env("HOME").filter(|home| !home.trim().is_empty());
+    std::path::PathBuf::from(home.unwrap_or_else(|| ".".to_string())).join(".cache/lift")
 }
 
 fn invalid_config(message: String) -> LiftError {
@@ -146,7 +210,7 @@ impl Config {
             })?),
             None => None,
         };
-        Self::from_sources(file_text.as_deref(), |name| std::env::var(name).ok())
+        Self::from_sources(file_text.as_deref(), process_env)
     }
 
     /// [`Config::load`] with the file text and the environment passed in (for tests).
@@ -209,6 +273,34 @@ impl Config {
         }
         if let Some(raw) = env("LIFT_GENERATOR_MAX_IN_FLIGHT") {
             self.generator_max_in_flight = Some(parse_env("LIFT_GENERATOR_MAX_IN_FLIGHT", &raw)?);
+        }
+        let set = |name: &str| env(name).filter(|value| !value.trim().is_empty());
+        if let Some(endpoint) = set("LIFT_S3_ENDPOINT").or_else(|| set("AWS_ENDPOINT_URL")) {
+            self.s3_endpoint = Some(endpoint);
+        }
+        if let Some(dir) = set("LIFT_MODEL_DIR") {
+            self.model_dir = dir.into();
+        }
+        if let Some(dir) = set("LIFT_EVAL_DATA_DIR") {
+            self.eval_data_dir = dir.into();
+        }
+        if let Some(raw) = set("LIFT_DEVICE") {
+            self.cpu_only = match raw.trim() {
+                "cpu" => true,
+                "auto" => false,
+                other => return Err(invalid_config(format!(
+                    "environment variable LIFT_DEVICE={other:?} is invalid: expected cpu or auto"
+                ))),
+            };
+        }
+        if let Some(raw) = set("LIFT_TF32") {
+            self.tf32 = raw.trim() != "0";
+        }
+        if let Some(tokens) = env("LIFT_AUTH_TOKENS") {
+            self.auth_tokens = Secret::new(Some(tokens));
+        }
+        if let Some(key) = env("LIFT_GENERATOR_API_KEY") {
+            self.generator_api_key = Secret::new(Some(key));
         }
         Ok(())
     }
@@ -390,6 +482,44 @@ mod tests {
         let err =
             Config::from_sources(None, env(&[("LIFT_FAILED_SHARE_THRESHOLD", "1.5")])).unwrap_err();
         assert!(err.to_string().contains("failed_share_threshold"));
+    }
+
+    #[test]
+    fn engine_store_and_secret_settings_come_from_the_environment() {
+        let defaults = Config::from_sources(None, env(&[])).unwrap();
+        assert_eq!(defaults.s3_endpoint, None);
+        assert!(!defaults.cpu_only && defaults.tf32);
+        assert_eq!(defaults.auth_tokens.expose(), None);
+
+        let config = Config::from_sources(
+            None,
+            env(&[
+                ("AWS_ENDPOINT_URL", "http://aws-style:9000"),
+                ("LIFT_DEVICE", "cpu"),
+                ("LIFT_TF32", "0"),
+                ("LIFT_AUTH_TOKENS", "corpus:0123456789abcdef"),
+                ("LIFT_GENERATOR_API_KEY", "sk-secret"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.s3_endpoint.as_deref(), Some("http://aws-style:9000"));
+        assert!(config.cpu_only && !config.tf32);
+        assert_eq!(config.generator_api_key.expose(), Some("sk-secret"));
+        // Secrets reach neither a log line nor a written configuration.
+        let shown = format!("{config:?} {}", toml::to_string(&config).unwrap());
+        assert!(!shown.contains("sk-secret") && !shown.contains("0123456789abcdef"));
+
+        let ours = Config::from_sources(
+            None,
+            env(&[
+                ("AWS_ENDPOINT_URL", "http://aws-style:9000"),
+                ("LIFT_S3_ENDPOINT", "http://ours:9000"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(ours.s3_endpoint.as_deref(), Some("http://ours:9000"));
+        let err = Config::from_sources(None, env(&[("LIFT_DEVICE", "gpu")])).unwrap_err();
+        assert!(err.to_string().contains("LIFT_DEVICE"), "{err}");
     }
 
     #[test]

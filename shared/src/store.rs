@@ -210,14 +210,14 @@ fn is_loopback_endpoint(endpoint: &str) -> bool {
 impl Store {
     /// Opens a store by URL: a plain path or `file://path` (a local directory, created if
     /// missing), `memory://` (in-process, for tests and dry runs) or `s3://bucket/prefix`
-    /// (credentials and region from the standard `AWS_*` variables; the endpoint from
-    /// `LIFT_S3_ENDPOINT` or `AWS_ENDPOINT_URL`; plain http is allowed for loopback endpoints
-    /// and wherever `AWS_ALLOW_HTTP=true`).
-    pub fn open(url: &str) -> Result<Self, LiftError> {
+    /// (credentials and region from the standard `AWS_*` variables, read by object_store;
+    /// `s3_endpoint` for a server other than AWS, `Config::s3_endpoint`; plain http is allowed
+    /// for loopback endpoints and wherever `AWS_ALLOW_HTTP=true`).
+    pub fn open(url: &str, s3_endpoint: Option<&str>) -> Result<Self, LiftError> {
         let inner: Arc<dyn ObjectStore> = if url.starts_with("memory://") {
             Arc::new(InMemory::new())
         } else if let Some(rest) = url.strip_prefix("s3://") {
-            Self::open_s3(rest)?
+            Self::open_s3(rest, s3_endpoint)?
         } else {
             let dir = url.strip_prefix("file://").unwrap_or(url);
             if dir.is_empty() {
@@ -235,7 +235,10 @@ impl Store {
         })
     }
 
-    fn open_s3(bucket_and_prefix: &str) -> Result<Arc<dyn ObjectStore>, LiftError> {
+    fn open_s3(
+        bucket_and_prefix: &str,
+        endpoint: Option<&str>,
+    ) -> Result<Arc<dyn ObjectStore>, LiftError> {
         let (bucket, prefix) = bucket_and_prefix
             .split_once('/')
             .unwrap_or((bucket_and_prefix, ""));
@@ -245,12 +248,8 @@ impl Store {
             ));
         }
         let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
-        let endpoint = std::env::var("LIFT_S3_ENDPOINT")
-            .ok()
-            .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
-            .filter(|e| !e.is_empty());
-        if let Some(endpoint) = endpoint {
-            if is_loopback_endpoint(&endpoint) {
+        if let Some(endpoint) = endpoint.filter(|e| !e.is_empty()) {
+            if is_loopback_endpoint(endpoint) {
                 builder = builder.with_allow_http(true);
             }
             builder = builder.with_endpoint(endpoint);
@@ -638,21 +637,21 @@ mod tests {
 
     #[tokio::test]
     async fn memory_store_supports_every_operation() {
-        exercise(Store::open("memory://").unwrap()).await;
+        exercise(Store::open("memory://", None).unwrap()).await;
     }
 
     #[tokio::test]
     async fn local_store_supports_every_operation() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("file://{}", dir.path().join("store").display());
-        exercise(Store::open(&url).unwrap()).await;
-        let plain = Store::open(dir.path().join("plain").to_str().unwrap()).unwrap();
+        exercise(Store::open(&url, None).unwrap()).await;
+        let plain = Store::open(dir.path().join("plain").to_str().unwrap(), None).unwrap();
         exercise(plain).await;
     }
 
     #[tokio::test]
     async fn status_records_are_versioned_and_latest_wins() {
-        let store = Store::open("memory://").unwrap();
+        let store = Store::open("memory://", None).unwrap();
         assert_eq!(store.read_latest_status(&job()).await.unwrap(), None);
         assert_eq!(store.write_status(&status(0)).await.unwrap(), 0);
         let mut newer = status(1);
@@ -669,7 +668,7 @@ mod tests {
 
     #[tokio::test]
     async fn old_status_records_are_pruned() {
-        let store = Store::open("memory://").unwrap();
+        let store = Store::open("memory://", None).unwrap();
         for seq in 0..40 {
             store.write_status(&status(seq)).await.unwrap();
         }
@@ -681,7 +680,7 @@ mod tests {
 
     #[tokio::test]
     async fn job_ids_are_listed_from_the_jobs_prefix() {
-        let store = Store::open("memory://").unwrap();
+        let store = Store::open("memory://", None).unwrap();
         for id in ["b-job", "a-job"] {
             let id = JobId::parse(id).unwrap();
             store.put_create(&layout::spec(&id), "{}").await.unwrap();
@@ -761,7 +760,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_store_that_ignores_create_only_writes_is_refused() {
-        let honest = Store::open("memory://").unwrap();
+        let honest = Store::open("memory://", None).unwrap();
         honest.verify_create_only().await.unwrap();
         assert!(honest.list("probes/").await.unwrap().is_empty());
         let lax = Store::from_object_store(Arc::new(IgnoresCreateOnly::default()), "s3://lax");
@@ -775,7 +774,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_first_commit_holds_and_is_published() {
-        let store = Store::open("memory://").unwrap();
+        let store = Store::open("memory://", None).unwrap();
         let id = job();
         let commit = |generation| AdapterCommit {
             generation,

@@ -48,6 +48,9 @@ fn otlp_wanted(env: impl Fn(&str) -> Option<String>) -> bool {
 /// the process in traces unless `OTEL_SERVICE_NAME` does. With OTLP on it must run inside a
 /// Tokio runtime (the exporter's gRPC client lives there).
 /// Log lines at `default_level` and above, unless `RUST_LOG` says otherwise.
+// OpenTelemetry's own variables (`OTEL_*`), which its exporter reads too; tracing starts
+// before the configuration is loaded, so that loading it can log.
+#[allow(clippy::disallowed_methods)]
 pub fn init(json: bool, service: &str, default_level: LevelFilter) -> Telemetry {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(default_level.to_string()));
@@ -83,6 +86,7 @@ pub fn init(json: bool, service: &str, default_level: LevelFilter) -> Telemetry 
     Telemetry { provider }
 }
 
+#[allow(clippy::disallowed_methods)] // OTEL_SERVICE_NAME, as for `init`
 fn tracer_provider(service: &str) -> Result<SdkTracerProvider, String> {
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()

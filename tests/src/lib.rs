@@ -2,6 +2,10 @@
 //! RabbitMQ, S3 on moto, and helpers to wait for them and read what a user would see.
 //! The binary must be built first (`cargo build -p lift-cli`; `scripts/test.sh` does it).
 
+// The harness reads its own variables (LIFT_TEST_*, LIFT_BINARY from scripts/test-env.sh),
+// not the processes' configuration.
+#![allow(clippy::disallowed_methods)]
+
 pub mod pki;
 
 use std::net::TcpListener;
@@ -534,13 +538,15 @@ impl Cluster {
                 std::env::set_var(key, value);
             }
         }
-        let url = self
-            .env()
-            .into_iter()
-            .find(|(k, _)| *k == "LIFT_STORE_URL")
-            .map(|(_, v)| v)
-            .expect("store url");
-        lift_shared::store::Store::open(&url).expect("open the test store")
+        let env = self.env();
+        let config = lift_shared::config::Config::from_sources(None, |name| {
+            env.iter()
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| value.clone())
+        })
+        .expect("the test cluster's configuration");
+        lift_shared::store::Store::open(&config.store_url, config.s3_endpoint.as_deref())
+            .expect("open the test store")
     }
 
     /// Every process log, for failure messages.

@@ -2,6 +2,9 @@
 //! server reflection and calls SubmitJob and GetJob with messages built from the discovered
 //! descriptors (Python grpcio-reflection, installed by scripts/test-env.sh).
 
+// Test harness variables (scripts/test-env.sh), not process configuration.
+#![allow(clippy::disallowed_methods)]
+
 use std::process::Command;
 
 use lift_tests::Cluster;

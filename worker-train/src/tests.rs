@@ -44,7 +44,7 @@ struct Fixture {
 impl Fixture {
     fn new() -> Self {
         Self {
-            store: Store::open("memory://").unwrap(),
+            store: Store::open("memory://", None).unwrap(),
             broker: Arc::new(InProcessBroker::new(5)),
             job: JobId::new(),
             engine: Arc::new(tiny_engine(9)),

@@ -38,6 +38,11 @@ impl std::fmt::Display for ServeError {
 }
 
 impl ServeError {
+    /// The engine thread has stopped taking work.
+    pub(super) fn shutting_down() -> Self {
+        Self::Unavailable("the server is shutting down".to_string())
+    }
+
     pub(super) fn store(error: lift_shared::error::LiftError) -> Self {
         Self::Unavailable(error.to_string())
     }

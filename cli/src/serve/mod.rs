@@ -98,7 +98,8 @@ impl Default for ServeOptions {
 pub async fn run(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let security = ServerSecurity::from_config(&config)?;
     let store = infra::open_store(&config)?;
-    let engine = infra::load_engine(args.model.as_deref().unwrap_or(&config.model)).await?;
+    let engine =
+        infra::load_engine(&config, args.model.as_deref().unwrap_or(&config.model)).await?;
     let named = adapters::load_lora_modules(&engine, &args.lora_modules)?;
     let adapters = AdapterSource::new(store, args.adapter_cache).with_named(named);
     let options = ServeOptions {
@@ -381,7 +382,6 @@ impl ServerState {
         adapter: Option<Arc<LoraAdapter>>,
         request: GenerationRequest,
     ) -> Result<lift_engine::GenerationOutput, ServeError> {
-        let shutting_down = || ServeError::Unavailable("the server is shutting down".to_string());
         let (reply, receiver) = oneshot::channel();
         self.jobs
             .send(EngineJob::Complete {
@@ -389,8 +389,8 @@ impl ServerState {
                 request,
                 reply,
             })
-            .map_err(|_| shutting_down())?;
-        receiver.await.map_err(|_| shutting_down())?
+            .map_err(|_| ServeError::shutting_down())?;
+        receiver.await.map_err(|_| ServeError::shutting_down())?
     }
 
     /// A reply streamed as it is generated, opening with `first_text` (a text completion's
@@ -411,7 +411,7 @@ impl ServerState {
                 request,
                 pieces,
             })
-            .map_err(|_| ServeError::Unavailable("the server is shutting down".to_string()))?;
+            .map_err(|_| ServeError::shutting_down())?;
         let opening = sse_event(&reply.opening(&first_text).to_string());
         let events =
             tokio_stream::wrappers::UnboundedReceiverStream::new(receiver).map(move |piece| {
@@ -461,7 +461,11 @@ mod tests {
 
     impl TestServer {
         async fn start() -> Self {
-            Self::start_with(Arc::new(tiny_engine(7)), Store::open("memory://").unwrap()).await
+            Self::start_with(
+                Arc::new(tiny_engine(7)),
+                Store::open("memory://", None).unwrap(),
+            )
+            .await
         }
 
         async fn start_with(engine: Arc<Engine>, store: Store) -> Self {
@@ -665,7 +669,7 @@ mod tests {
     #[tokio::test]
     async fn job_adapter_is_loaded_from_the_store_and_listed() {
         let engine = Arc::new(tiny_engine(7));
-        let store = Store::open("memory://").unwrap();
+        let store = Store::open("memory://", None).unwrap();
         let job = JobId::new();
         let config = lift_engine::LoraConfig::new(4, 8.0, &[]).unwrap();
         let files = engine
@@ -889,7 +893,8 @@ mod tests {
         assert!(format!("{:#}", twice.unwrap_err()).contains("twice"));
 
         let named = adapters::load_lora_modules(&engine, &[kestrel]).unwrap();
-        let adapters = AdapterSource::new(Store::open("memory://").unwrap(), 2).with_named(named);
+        let adapters =
+            AdapterSource::new(Store::open("memory://", None).unwrap(), 2).with_named(named);
         let server = TestServer::start_with_adapters(engine, adapters).await;
         let (_, body) = server.request("GET", "/v1/models", None).await;
         let models: Value = serde_json::from_str(&body).unwrap();

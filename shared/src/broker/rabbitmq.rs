@@ -421,10 +421,11 @@ impl Shared {
                     returned.reply_code, returned.reply_text
                 )))
             }
-            Confirmation::Nack(_) => Err(AttemptError::Fail(BrokerError::NotConfirmed {
-                queue: queue.to_owned(),
-                reason: "the broker nacked the message".to_owned(),
-            })),
+            // A quorum queue nacks while it has no leader (an election under load, a node
+            // restarting): the message was not stored, so publishing it again is safe.
+            Confirmation::Nack(_) => Err(AttemptError::Retry(format!(
+                "the broker nacked the message on {queue} (queue leader unavailable?)"
+            ))),
             Confirmation::NotRequested => Err(AttemptError::Fail(BrokerError::NotConfirmed {
                 queue: queue.to_owned(),
                 reason: "the channel is not in confirm mode".to_owned(),
@@ -924,6 +925,8 @@ mod tests {
             .try_init();
     }
 
+    // The test harness's variable (scripts/test-env.sh), not process configuration.
+    #[allow(clippy::disallowed_methods)]
     fn test_url() -> String {
         std::env::var("LIFT_TEST_AMQP_URL")
             .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())

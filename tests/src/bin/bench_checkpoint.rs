@@ -57,6 +57,7 @@ where
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let config = lift_shared::config::Config::load(None)?;
     let adapter_bytes = ADAPTER_PARAMETERS * 4;
     // Not zeros: a store or file system that compresses would flatter them.
     let pattern = |len: usize| -> Vec<u8> { (0..len).map(|i| (i * 7919 % 251) as u8).collect() };
@@ -70,7 +71,7 @@ async fn main() -> anyhow::Result<()> {
     let job = JobId::parse("bench-checkpoint")?;
 
     for url in &args.store {
-        let store = Store::open(url)?;
+        let store = Store::open(url, config.s3_endpoint.as_deref())?;
         let save = timed(args.repeats, |step| {
             let (store, job, adapter, optimizer) = (
                 store.clone(),

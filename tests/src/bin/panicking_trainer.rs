@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use lift_engine::{default_device, Engine, ModelSource};
+use lift_engine::{pick_device, DeviceChoice, Engine, ModelSource};
 use lift_shared::broker::rabbitmq::{RabbitBroker, RabbitBrokerOptions};
 use lift_shared::broker::{Broker, BrokerError, Delivery, DeliveryStream, Headers};
 use lift_shared::config::Config;
@@ -49,12 +49,17 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let config = Config::load(None)?;
-    let store = Store::open(&config.store_url)?;
+    let store = Store::open(&config.store_url, config.s3_endpoint.as_deref())?;
     let options = RabbitBrokerOptions::from_config(&config, "panicking-trainer");
     let broker = Arc::new(PanicsAtFirstStep(RabbitBroker::connect(options).await?));
     let source = ModelSource::parse(&config.model)?;
+    let device = pick_device(DeviceChoice {
+        cpu_only: config.cpu_only,
+        tf32: config.tf32,
+    });
+    let model_dir = config.model_dir.clone();
     let engine = Arc::new(
-        tokio::task::spawn_blocking(move || Engine::load(&source, &default_device())).await??,
+        tokio::task::spawn_blocking(move || Engine::load(&source, &model_dir, &device)).await??,
     );
     let trainer_id = format!("panicking-trainer-{}", std::process::id());
     run_train_worker(
