@@ -33,6 +33,7 @@ need() {
 }
 need podman
 need debootstrap
+need strip
 [[ $(id -u) == 0 ]] || { echo "build-image: run as root (debootstrap, chroot)" >&2; exit 2; }
 [[ -x $lift_bin ]] || { echo "build-image: no lift binary at $lift_bin (cargo build -p lift-cli, or set LIFT_BIN)" >&2; exit 2; }
 [[ -f $model ]] || { echo "build-image: no default model at $model (scripts/fetch-model.sh)" >&2; exit 2; }
@@ -68,6 +69,8 @@ cleanup() {
 trap cleanup EXIT
 cp deploy/docker/Dockerfile.cpu "$context/Dockerfile"
 cp "$lift_bin" "$context/lift"
+# A debug build carries some 150 MB of debug information the image has no use for.
+strip --strip-debug "$context/lift"
 started=$(date +%s)
 podman build --isolation chroot --target prebuilt --build-arg "RUNTIME_BASE=$base_image" \
     -t "$image" "$context" >"$work/build.log" 2>&1 || { tail -30 "$work/build.log" >&2; exit 1; }
