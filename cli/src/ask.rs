@@ -5,9 +5,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use lift_engine::{ChatMessage, Engine, GenerationRequest, LoraAdapter, PeftFiles, SamplingParams};
 use lift_shared::error::LiftError;
+use lift_shared::protocol::qa_prompt;
 use lift_shared::spec::JobSpec;
 use lift_shared::store::{layout, Store};
-use lift_worker_train::qa_prompt;
 
 use crate::client_commands::{not_in_store, parse_job_id};
 

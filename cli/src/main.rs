@@ -9,7 +9,6 @@ mod client;
 mod embedded;
 mod eval;
 mod exit;
-mod https;
 mod infra;
 mod job_args;
 mod ops;

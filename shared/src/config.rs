@@ -288,9 +288,11 @@ impl Config {
             self.cpu_only = match raw.trim() {
                 "cpu" => true,
                 "auto" => false,
-                other => return Err(invalid_config(format!(
+                other => {
+                    return Err(invalid_config(format!(
                     "environment variable LIFT_DEVICE={other:?} is invalid: expected cpu or auto"
-                ))),
+                )))
+                }
             };
         }
         if let Some(raw) = set("LIFT_TF32") {

@@ -11,6 +11,7 @@ pub mod messages;
 pub mod metrics;
 pub mod proto;
 pub mod proto_convert;
+pub mod protocol;
 pub mod spec;
 pub mod state;
 pub mod store;

@@ -22,7 +22,6 @@ pub use builtin::{BuiltinConfig, BuiltinGenerator};
 pub use generator::{GeneratorError, QaGenerator, QaRequest, RawReply, RestateRequest};
 pub use instant::{InstantGenerator, INSTANT_GENERATOR_URL};
 pub use openai::{OpenAiGenerator, OpenAiOptions, ResponseFormat};
-pub use prompt::{qa_pairs_count, qa_pairs_schema};
 pub use synthesize::SynthesisTuning;
 pub use worker::{run_synth_worker, SynthWorkerConfig, SynthWorkerError};
 

@@ -16,7 +16,8 @@ use tokio::sync::Semaphore;
 use crate::generator::{
     GeneratorError, QaGenerator, QaRequest, RawReply, RestateRequest, RESTATE_TEMPERATURE,
 };
-use crate::prompt::{json_messages, qa_pairs_schema, restate_user};
+use crate::prompt::{json_messages, restate_user};
+use lift_shared::protocol::qa_pairs_schema;
 
 #[derive(Clone, PartialEq)]
 pub struct OpenAiOptions {

@@ -38,37 +38,6 @@ static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
     env
 });
 
-static QA_PAIRS_SCHEMA: LazyLock<serde_json::Value> = LazyLock::new(|| {
-    serde_json::from_str(include_str!("../prompts/qa_pairs.schema.json"))
-        .expect("built-in QA pairs schema is valid JSON")
-});
-
-/// The JSON schema of a generator reply, `{"pairs": [{"question", "answer"}]}`, asking for
-/// exactly `pairs` entries (`minItems` = `maxItems`), which vLLM's guided decoding enforces.
-pub fn qa_pairs_schema(pairs: u32) -> serde_json::Value {
-    let mut schema = QA_PAIRS_SCHEMA.clone();
-    schema["properties"]["pairs"]["minItems"] = pairs.into();
-    schema["properties"]["pairs"]["maxItems"] = pairs.into();
-    schema
-}
-
-/// How many pairs a request's JSON schema asks for, if it is the QA pairs shape of
-/// `qa_pairs_schema` (with or without item counts; 1 when it has none). `lift serve` uses it
-/// to switch to the engine's constrained QA decoding.
-pub fn qa_pairs_count(schema: &serde_json::Value) -> Option<usize> {
-    let pairs = schema.get("properties")?.get("pairs")?;
-    let count = |key: &str| pairs.get(key).and_then(serde_json::Value::as_u64);
-    let wanted = count("maxItems").or(count("minItems")).unwrap_or(1);
-    let mut shape = schema.clone();
-    let pairs_shape = shape["properties"]["pairs"].as_object_mut()?;
-    pairs_shape.remove("minItems");
-    pairs_shape.remove("maxItems");
-    if shape != *QA_PAIRS_SCHEMA {
-        return None;
-    }
-    usize::try_from(wanted).ok()
-}
-
 /// The user message of the built-in few-shot recipe; the reply is prefilled with `Question:`.
 pub(crate) fn builtin_fewshot_user(sentence: &str) -> Result<String, GeneratorError> {
     render(BUILTIN_FEWSHOT, context! { sentence => sentence.trim() })
@@ -160,28 +129,5 @@ mod tests {
         let (_, user) = json_messages(&request(1, "  ")).unwrap();
         assert!(!user.contains("Text before"));
         assert!(user.ends_with("Write 1 question/answer pair about the sentence."));
-    }
-
-    #[test]
-    fn schema_describes_pairs() {
-        let schema = qa_pairs_schema(3);
-        assert_eq!(schema["required"], serde_json::json!(["pairs"]));
-        assert_eq!(
-            schema["properties"]["pairs"]["items"]["required"],
-            serde_json::json!(["question", "answer"])
-        );
-        assert_eq!(schema["properties"]["pairs"]["minItems"], 3);
-        assert_eq!(schema["properties"]["pairs"]["maxItems"], 3);
-    }
-
-    #[test]
-    fn qa_pairs_shape_is_recognised_with_its_count() {
-        assert_eq!(qa_pairs_count(&qa_pairs_schema(4)), Some(4));
-        assert_eq!(qa_pairs_count(&QA_PAIRS_SCHEMA), Some(1));
-        let mut other = qa_pairs_schema(2);
-        other["properties"]["pairs"]["items"]["properties"]["source"] =
-            serde_json::json!({"type": "string"});
-        assert_eq!(qa_pairs_count(&other), None);
-        assert_eq!(qa_pairs_count(&serde_json::json!({"type": "object"})), None);
     }
 }

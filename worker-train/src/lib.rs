@@ -4,7 +4,6 @@
 
 mod checkpoint;
 mod error;
-mod prompt;
 mod run;
 mod worker;
 
@@ -13,6 +12,5 @@ mod tests;
 
 pub use checkpoint::{Checkpoint, Cursor};
 pub use error::TrainError;
-pub use prompt::qa_prompt;
 pub use run::{JobRun, RunOptions, RunOutcome};
 pub use worker::{run_train_worker, TrainWorkerConfig};

@@ -21,7 +21,7 @@ use tracing::{info, warn};
 
 use crate::checkpoint::{prune_checkpoints, Checkpoint, Cursor};
 use crate::error::TrainError;
-use crate::prompt::qa_prompt;
+use lift_shared::protocol::qa_prompt;
 
 #[derive(Debug, Clone)]
 pub struct RunOptions {

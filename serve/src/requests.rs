@@ -258,7 +258,7 @@ pub(super) fn parse_chat_request(body: &[u8], fresh_seed: u64) -> Result<ChatReq
         None | Some(ResponseFormatBody::Text) => OutputFormat::Text,
         Some(ResponseFormatBody::JsonObject) => OutputFormat::Json,
         Some(ResponseFormatBody::JsonSchema { json_schema }) => {
-            match lift_worker_synth::qa_pairs_count(&json_schema.schema) {
+            match lift_shared::protocol::qa_pairs_count(&json_schema.schema) {
                 Some(pairs) => OutputFormat::QaPairs(pairs.max(1)),
                 None => {
                     return Err(ServeError::BadRequest(
@@ -453,7 +453,7 @@ mod tests {
     fn qa_pairs_schema_selects_constrained_decoding() {
         let request = parse(json!({"messages": [{"role": "user", "content": "x"}],
             "response_format": {"type": "json_schema", "json_schema": {
-                "name": "qa_pairs", "strict": true, "schema": lift_worker_synth::qa_pairs_schema(3)}}}))
+                "name": "qa_pairs", "strict": true, "schema": lift_shared::protocol::qa_pairs_schema(3)}}}))
         .unwrap();
         assert_eq!(request.format, OutputFormat::QaPairs(3));
         assert_eq!(

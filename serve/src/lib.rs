@@ -1,4 +1,4 @@
-//! `lift serve`: an OpenAI-compatible HTTP server on the built-in engine, the way vLLM's is
+//! What `lift serve` runs (`cli/src/serve.rs` parses its options): an OpenAI-compatible HTTP server on the built-in engine, the way vLLM's is
 //! used: `/v1/chat/completions`, `/v1/completions` (text in, text out, no chat template),
 //! `/v1/models`, `/metrics` (Prometheus) and `/health`. `model` set to a job id answers with
 //! that job's adapter (loaded from the store, a few kept in memory), set to a name given with
@@ -19,12 +19,12 @@
 mod adapters;
 mod engine_loop;
 mod error;
+mod https;
 mod requests;
 mod responses;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,47 +35,18 @@ use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use clap::Args;
 use lift_engine::{Engine, GenerationRequest, LoraAdapter};
 use lift_shared::auth::{ServerSecurity, Tenant, TokenTable};
-use lift_shared::config::Config;
 use lift_shared::error::LiftError;
 use lift_shared::metrics;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::infra;
-pub use adapters::{AdapterSource, LoraModule};
+pub use adapters::{load_lora_modules, AdapterSource, LoraModule};
 use engine_loop::{run_engine_loop, EngineJob, StreamPiece};
 use error::ServeError;
 use requests::{extract_json, parse_chat_request, parse_text_request, OutputFormat};
 use responses::{sse_event, sse_response, Api, Reply, SSE_DONE};
-
-#[derive(Debug, Args)]
-pub struct ServeArgs {
-    /// Address to listen on.
-    #[arg(long, env = "LIFT_SERVE_ADDR", default_value = "127.0.0.1:8000")]
-    pub addr: SocketAddr,
-    /// Base model (default: LIFT_MODEL).
-    #[arg(long)]
-    pub model: Option<String>,
-    /// Job adapters kept in memory at once.
-    #[arg(long, default_value_t = 4)]
-    pub adapter_cache: usize,
-    /// Most requests generated together in one engine call.
-    #[arg(long, default_value_t = 32)]
-    pub max_batch: usize,
-    /// How long the engine loop waits for more requests to join an idle batch, in milliseconds.
-    #[arg(long, default_value_t = 2)]
-    pub batch_window_ms: u64,
-    /// Completions admitted at once, waiting or generating; past it a request gets 429.
-    #[arg(long, default_value_t = ServeOptions::default().max_admitted as u32, value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_admitted: u32,
-    /// PEFT adapter directories to serve, as name=DIR (vLLM's option): a request whose model
-    /// is NAME answers with DIR's adapter. Loaded at start; repeat the option or list several.
-    #[arg(long, num_args = 1.., value_name = "NAME=DIR")]
-    pub lora_modules: Vec<LoraModule>,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServeOptions {
@@ -93,26 +64,6 @@ impl Default for ServeOptions {
             max_admitted: 256,
         }
     }
-}
-
-pub async fn run(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let security = ServerSecurity::from_config(&config)?;
-    let store = infra::open_store(&config)?;
-    let engine =
-        infra::load_engine(&config, args.model.as_deref().unwrap_or(&config.model)).await?;
-    let named = adapters::load_lora_modules(&engine, &args.lora_modules)?;
-    let adapters = AdapterSource::new(store, args.adapter_cache).with_named(named);
-    let options = ServeOptions {
-        max_batch: args.max_batch.max(1),
-        batch_window: Duration::from_millis(args.batch_window_ms),
-        max_admitted: args.max_admitted as usize,
-    };
-    let shutdown = infra::shutdown_signal();
-    serve(args.addr, engine, adapters, options, security, async move {
-        shutdown.cancelled().await
-    })
-    .await?;
-    Ok(ExitCode::SUCCESS)
 }
 
 /// Serves until `shutdown` resolves, then finishes the requests in flight.
@@ -622,7 +573,7 @@ mod tests {
     async fn qa_schema_request_returns_the_pairs_shape() {
         let server = TestServer::start().await;
         let format = json!({"type": "json_schema", "json_schema": {
-            "name": "qa_pairs", "strict": true, "schema": lift_worker_synth::qa_pairs_schema(2)}});
+            "name": "qa_pairs", "strict": true, "schema": lift_shared::protocol::qa_pairs_schema(2)}});
         let request = user_request(json!({"max_tokens": 400, "response_format": format}));
         let (status, body) = server
             .request("POST", "/v1/chat/completions", Some(request))
@@ -832,14 +783,9 @@ mod tests {
             .await;
         let (status, after) = server.request("GET", "/metrics", None).await;
         assert_eq!(status, 200);
-        assert_eq!(
-            count(&after, "chat", "200"),
-            count(&before, "chat", "200") + 1
-        );
-        assert_eq!(
-            count(&after, "text", "400"),
-            count(&before, "text", "400") + 1
-        );
+        // The counters are the process's: tests running beside this one add to them too.
+        assert!(count(&after, "chat", "200") > count(&before, "chat", "200"));
+        assert!(count(&after, "text", "400") > count(&before, "text", "400"));
         for name in [
             "lift_serve_request_seconds",
             "lift_serve_requests_running",
