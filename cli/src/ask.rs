@@ -35,9 +35,7 @@ pub async fn load_job_adapter(store: &Store, job: &str) -> anyhow::Result<JobAda
         .get_json(&layout::spec(&job))
         .await?
         .ok_or_else(|| not_in_store(&job, store))?;
-    let safetensors = store.get(&layout::adapter_weights(&job)).await?;
-    let config_json = store.get(&layout::adapter_config(&job)).await?;
-    let (Some(safetensors), Some(config_json)) = (safetensors, config_json) else {
+    let Some(adapter) = store.published_adapter(&job).await? else {
         return Err(LiftError::NotFound(format!(
             "job {job} has no adapter yet (it has not succeeded); see `lift status {job}`"
         ))
@@ -46,8 +44,8 @@ pub async fn load_job_adapter(store: &Store, job: &str) -> anyhow::Result<JobAda
     Ok(JobAdapter {
         spec,
         files: PeftFiles {
-            safetensors: safetensors.to_vec(),
-            config_json: config_json.to_vec(),
+            safetensors: adapter.weights.to_vec(),
+            config_json: adapter.config.to_vec(),
         },
     })
 }

@@ -26,6 +26,8 @@ pub enum EngineError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("the engine's thread has stopped")]
+    Stopped,
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

@@ -1,6 +1,7 @@
 //! lift's model engine: Llama/Qwen2 models written from differentiable candle ops, LoRA
 //! adapters in the PEFT format, supervised fine-tuning and batched generation.
 
+pub mod batcher;
 pub mod bench;
 pub mod config;
 pub mod engine;
@@ -20,6 +21,7 @@ pub mod testing;
 pub mod tokenizer;
 pub mod train;
 
+pub use batcher::{Batcher, BatcherOptions};
 pub use candle_core::{DType, Device};
 pub use config::{Architecture, ModelConfig};
 pub use engine::{default_dtype, pick_device, DeviceChoice, Engine, ModelSource, DEFAULT_MODEL_ID};

@@ -211,17 +211,17 @@ impl AdapterSource {
     }
 
     async fn load(&self, engine: Arc<Engine>, job: JobId) -> Result<Arc<LoraAdapter>, ServeError> {
-        let weights = self.store.get(&layout::adapter_weights(&job)).await;
-        let config = self.store.get(&layout::adapter_config(&job)).await;
-        let (Some(safetensors), Some(config_json)) = (
-            weights.map_err(ServeError::store)?,
-            config.map_err(ServeError::store)?,
-        ) else {
+        let Some(adapter) = self
+            .store
+            .published_adapter(&job)
+            .await
+            .map_err(ServeError::store)?
+        else {
             return Err(ServeError::ModelNotFound(job.to_string()));
         };
         let files = PeftFiles {
-            safetensors: safetensors.to_vec(),
-            config_json: config_json.to_vec(),
+            safetensors: adapter.weights.to_vec(),
+            config_json: adapter.config.to_vec(),
         };
         tracing::info!(job_id = %job, bytes = files.safetensors.len(), "loading adapter");
         // Building the adapter's tensors is CPU work (and a device upload).

@@ -8,7 +8,8 @@
 //! constrained QA decoding.
 //!
 //! The flow of a request: `requests` validates the body, `adapters` finds the adapter, the
-//! request waits in `engine_loop` (which batches requests for the same adapter), and
+//! request waits in the engine's batcher (`generation`, which batches requests for the same
+//! adapter), and
 //! `responses` shapes the reply; `error` is what a client sees when one of these refuses.
 //!
 //! With tokens configured (`LIFT_AUTH_TOKENS_FILE`, `LIFT_AUTH_TOKENS`) every request but
@@ -17,8 +18,8 @@
 //! serves HTTPS.
 
 mod adapters;
-mod engine_loop;
 mod error;
+mod generation;
 mod https;
 mod requests;
 mod responses;
@@ -35,16 +36,15 @@ use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use lift_engine::{Engine, GenerationRequest, LoraAdapter};
+use lift_engine::{Batcher, BatcherOptions, Engine, GenerationRequest, LoraAdapter};
 use lift_shared::auth::{ServerSecurity, Tenant, TokenTable};
 use lift_shared::error::LiftError;
 use lift_shared::metrics;
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, oneshot};
 
 pub use adapters::{load_lora_modules, AdapterSource, LoraModule};
-use engine_loop::{run_engine_loop, EngineJob, StreamPiece};
 use error::ServeError;
+use generation::StreamPiece;
 use requests::{extract_json, parse_chat_request, parse_text_request, OutputFormat};
 use responses::{sse_event, sse_response, Api, Reply, SSE_DONE};
 
@@ -97,13 +97,18 @@ async fn serve_on(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     metrics::init();
-    let (jobs, queue) = mpsc::unbounded_channel();
-    let engine_loop = tokio::spawn(run_engine_loop(engine.clone(), queue, options));
+    let batcher = Batcher::spawn(
+        engine.clone(),
+        BatcherOptions {
+            max_rows: options.max_batch,
+            window: options.batch_window,
+        },
+    );
     let state = Arc::new(ServerState {
         engine,
         adapters,
         admission: Admission::new(options.max_admitted),
-        jobs,
+        batcher,
         tokens: security.tokens.clone(),
     });
     let app = Router::new()
@@ -120,8 +125,8 @@ async fn serve_on(
             .await
             .context("http server failed")?,
     }
-    // The router (and with it the last job sender) is gone: the loop drains and ends.
-    engine_loop.await.context("engine loop failed")?;
+    // The router, and with it the batcher's last handle, is gone: its thread ends once the
+    // completions in flight are done.
     Ok(())
 }
 
@@ -129,7 +134,7 @@ struct ServerState {
     engine: Arc<Engine>,
     adapters: AdapterSource,
     admission: Admission,
-    jobs: mpsc::UnboundedSender<EngineJob>,
+    batcher: Batcher,
     tokens: Option<Arc<TokenTable>>,
 }
 
@@ -333,15 +338,7 @@ impl ServerState {
         adapter: Option<Arc<LoraAdapter>>,
         request: GenerationRequest,
     ) -> Result<lift_engine::GenerationOutput, ServeError> {
-        let (reply, receiver) = oneshot::channel();
-        self.jobs
-            .send(EngineJob::Complete {
-                adapter,
-                request,
-                reply,
-            })
-            .map_err(|_| ServeError::shutting_down())?;
-        receiver.await.map_err(|_| ServeError::shutting_down())?
+        generation::complete(&self.batcher, adapter, request).await
     }
 
     /// A reply streamed as it is generated, opening with `first_text` (a text completion's
@@ -355,14 +352,7 @@ impl ServerState {
         admitted: Admitted,
     ) -> Result<Response, ServeError> {
         use futures::StreamExt;
-        let (pieces, receiver) = mpsc::unbounded_channel();
-        self.jobs
-            .send(EngineJob::Stream {
-                adapter,
-                request,
-                pieces,
-            })
-            .map_err(|_| ServeError::shutting_down())?;
+        let receiver = generation::stream(&self.batcher, adapter, request);
         let opening = sse_event(&reply.opening(&first_text).to_string());
         let events =
             tokio_stream::wrappers::UnboundedReceiverStream::new(receiver).map(move |piece| {
@@ -399,6 +389,7 @@ mod tests {
     use lift_shared::ids::JobId;
     use lift_shared::store::{layout, Store};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::sync::oneshot;
 
     use super::*;
 

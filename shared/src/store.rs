@@ -515,6 +515,27 @@ impl Store {
         )
     }
 
+    /// The job's published adapter, `None` until it is whole: the configuration is written
+    /// last (`publish_committed_adapter`), so it is read first. The one reader of `adapter/`
+    /// (`lift ask`, `lift adapter export`, `lift serve`).
+    pub async fn published_adapter(
+        &self,
+        job: &JobId,
+    ) -> Result<Option<PublishedAdapter>, LiftError> {
+        let Some(config) = self.get(&layout::adapter_config(job)).await? else {
+            return Ok(None);
+        };
+        let weights = self
+            .get(&layout::adapter_weights(job))
+            .await?
+            .ok_or_else(|| {
+                LiftError::Internal(format!(
+                    "job {job}: the published adapter has a configuration but no weights"
+                ))
+            })?;
+        Ok(Some(PublishedAdapter { weights, config }))
+    }
+
     pub async fn adapter_commit(&self, job: &JobId) -> Result<Option<AdapterCommit>, LiftError> {
         self.get_json(&layout::adapter_commit(job)).await
     }
@@ -545,6 +566,14 @@ impl Store {
         self.put_overwrite(&layout::adapter_config(job), config)
             .await
     }
+}
+
+/// A job's finished adapter in PEFT's files: `adapter_model.safetensors` and
+/// `adapter_config.json`.
+#[derive(Debug, Clone)]
+pub struct PublishedAdapter {
+    pub weights: Bytes,
+    pub config: Bytes,
 }
 
 fn to_json<T: Serialize>(key: &str, value: &T) -> Result<Vec<u8>, LiftError> {
@@ -783,6 +812,7 @@ mod tests {
             final_loss: 0.5,
             at_ms: 1,
         };
+        assert!(store.published_adapter(&id).await.unwrap().is_none());
         let won = store
             .commit_adapter(&id, &commit(1), "w1".into(), "c1".into())
             .await
@@ -808,6 +838,11 @@ mod tests {
                 .unwrap()
                 .unwrap(),
             "c1".as_bytes()
+        );
+        let published = store.published_adapter(&id).await.unwrap().unwrap();
+        assert_eq!(
+            (&published.weights[..], &published.config[..]),
+            (&b"w1"[..], &b"c1"[..])
         );
     }
 }

@@ -2,13 +2,17 @@
 //! makes a 135M model usable (see "A 135M model is a weak question writer"): a few-shot prompt,
 //! the reply prefilled with `Question:`, a low temperature, a stop at the first blank line,
 //! and several samples per wanted pair, all in one batch; `parse` and `ground` then keep the
-//! good ones.
+//! good ones. The engine runs its requests through the engine's batcher (`batcher.rs`), so
+//! requests that wait at the same time share one engine call.
 
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
-use lift_engine::{ChatMessage, Engine, GenerationOutput, GenerationRequest, SamplingParams};
-use tokio::sync::oneshot;
+use lift_engine::{
+    Batcher, BatcherOptions, ChatMessage, Engine, GenerationOutput, GenerationRequest,
+    SamplingParams,
+};
 
 use crate::generator::{
     GeneratorError, QaGenerator, QaRequest, RawReply, RestateRequest, RESTATE_TEMPERATURE,
@@ -59,19 +63,9 @@ impl Default for BuiltinConfig {
     }
 }
 
-type EngineReply = Result<Vec<GenerationOutput>, String>;
-
-/// Requests waiting for the engine thread, each with where its outputs go.
-struct Pending {
-    requests: Vec<GenerationRequest>,
-    reply: oneshot::Sender<EngineReply>,
-}
-
 pub struct BuiltinGenerator {
     config: BuiltinConfig,
-    /// To the one engine thread: one batch at a time fills the device, and batches running
-    /// side by side would only compete for it.
-    queue: mpsc::Sender<Pending>,
+    batcher: Batcher,
 }
 
 impl BuiltinGenerator {
@@ -85,14 +79,15 @@ impl BuiltinGenerator {
     }
 
     pub fn with_config(engine: Arc<Engine>, config: BuiltinConfig) -> Self {
-        let (queue, waiting) = mpsc::channel();
-        let max_rows = config.max_batch_rows.max(1);
-        // The thread ends when the generator (the only sender) is dropped.
-        std::thread::Builder::new()
-            .name("builtin-generator".into())
-            .spawn(move || engine_loop(&engine, &waiting, max_rows))
-            .expect("spawning the generator thread");
-        Self { config, queue }
+        // Requests of one chunk arrive together; nothing is gained by waiting for more.
+        let batcher = Batcher::spawn(
+            engine,
+            BatcherOptions {
+                max_rows: config.max_batch_rows.max(1),
+                window: Duration::ZERO,
+            },
+        );
+        Self { config, batcher }
     }
 
     fn batch(&self, request: &QaRequest) -> Result<Vec<GenerationRequest>, GeneratorError> {
@@ -203,56 +198,10 @@ impl BuiltinGenerator {
         &self,
         requests: Vec<GenerationRequest>,
     ) -> Result<Vec<GenerationOutput>, GeneratorError> {
-        let (reply, outputs) = oneshot::channel();
-        self.queue
-            .send(Pending { requests, reply })
-            .map_err(|_| GeneratorError::Engine("the generator thread stopped".to_string()))?;
-        outputs
+        self.batcher
+            .generate(None, requests)
             .await
-            .map_err(|_| GeneratorError::Engine("the generator thread stopped".to_string()))?
-            .map_err(GeneratorError::Engine)
-    }
-}
-
-/// Takes what waits (up to `max_rows` sequences), generates it as one batch, and hands each
-/// caller its outputs. A failed batch is retried request by request, so one bad prompt
-/// (say, too long) fails alone.
-fn engine_loop(engine: &Engine, waiting: &mpsc::Receiver<Pending>, max_rows: usize) {
-    while let Ok(first) = waiting.recv() {
-        let mut batch = vec![first];
-        let mut rows = batch[0].requests.len();
-        while rows < max_rows {
-            match waiting.try_recv() {
-                Ok(next) => {
-                    rows += next.requests.len();
-                    batch.push(next);
-                }
-                Err(_) => break,
-            }
-        }
-        let all: Vec<GenerationRequest> = batch.iter().flat_map(|p| p.requests.clone()).collect();
-        match engine.generate(None, &all) {
-            Ok(outputs) => {
-                let mut outputs = outputs.into_iter();
-                for pending in batch {
-                    let mine: Vec<_> = outputs.by_ref().take(pending.requests.len()).collect();
-                    let _ = pending.reply.send(Ok(mine));
-                }
-            }
-            Err(_) if batch.len() > 1 => {
-                for pending in batch {
-                    let result = engine
-                        .generate(None, &pending.requests)
-                        .map_err(|e| e.to_string());
-                    let _ = pending.reply.send(result);
-                }
-            }
-            Err(error) => {
-                for pending in batch {
-                    let _ = pending.reply.send(Err(error.to_string()));
-                }
-            }
-        }
+            .map_err(|error| GeneratorError::Engine(error.to_string()))
     }
 }
 
