@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 
 use crate::client_commands::job_exit_code;
 use crate::job_args::JobArgs;
-use crate::roles::{build_generator, model_catalog, spawn_synth_worker};
+use crate::roles::{build_generator, local_model_catalog, spawn_synth_worker};
 use crate::{ask, client, infra};
 
 #[derive(Debug, Args)]
@@ -105,7 +105,7 @@ where
         CoordinatorOptions::from_config(config),
         store.clone(),
         broker.clone(),
-        model_catalog(config),
+        local_model_catalog(),
     )
     .await?;
     let shutdown = infra::shutdown_signal();

@@ -42,12 +42,33 @@ pub struct TrainWorkerArgs {
     pub exit_when_idle: Option<u64>,
 }
 
-/// Accepts base models this build can load: `default`, a .gguf file, an HF directory.
-pub fn model_catalog(_config: &Config) -> Arc<dyn ModelCatalog> {
+/// Embedded mode, where the trainer runs in this process: a base model must load here
+/// (`default`, a .gguf file, a Hugging Face directory).
+pub fn local_model_catalog() -> Arc<dyn ModelCatalog> {
     Arc::new(|reference: &str| -> Result<(), String> {
         ModelSource::parse(reference)
             .map(|_| ())
             .map_err(|e| e.to_string())
+    })
+}
+
+/// A distributed coordinator holds no model: it checks a reference's form only. Whether the
+/// file exists is for the trainers; one that holds the model takes the job, the others pass
+/// it on, and it fails after `LIFT_UNSERVED_MODEL_TIMEOUT_SECS` when none does.
+pub fn fleet_model_catalog() -> Arc<dyn ModelCatalog> {
+    Arc::new(|reference: &str| -> Result<(), String> {
+        let reference = reference.trim();
+        let is_path = reference.starts_with('/');
+        if reference.is_empty()
+            || reference == "default"
+            || reference == lift_engine::DEFAULT_MODEL_ID
+            || is_path
+        {
+            return Ok(());
+        }
+        Err(format!(
+            "unknown model `{reference}`: expected `default`, or the absolute path of a .gguf file or a Hugging Face model directory on the trainers"
+        ))
     })
 }
 
@@ -110,7 +131,7 @@ pub async fn coordinator(config: Config) -> anyhow::Result<ExitCode> {
         CoordinatorOptions::from_config(&config),
         store,
         broker,
-        model_catalog(&config),
+        fleet_model_catalog(),
     )
     .await?;
     let addr = config
@@ -172,4 +193,29 @@ pub async fn train_worker(config: Config, args: TrainWorkerArgs) -> anyhow::Resu
     )
     .await?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fleet_coordinator_checks_a_models_form_not_its_own_disk() {
+        let fleet = fleet_model_catalog();
+        for reference in [
+            "default",
+            lift_engine::DEFAULT_MODEL_ID,
+            "/models/llama-3.2-1b",
+            "/models/not-on-this-machine.gguf",
+        ] {
+            assert_eq!(fleet.check(reference), Ok(()), "{reference}");
+        }
+        let refused = fleet.check("models/relative.gguf").unwrap_err();
+        assert!(refused.contains("absolute path"), "{refused}");
+        assert!(fleet.check("defualt").is_err());
+        // Embedded mode loads the model itself, so it looks on this disk.
+        assert!(local_model_catalog()
+            .check("/models/not-on-this-machine.gguf")
+            .is_err());
+    }
 }

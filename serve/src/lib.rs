@@ -436,6 +436,12 @@ mod tests {
         }
 
         /// One HTTP/1.1 exchange over a raw socket: status and body (de-chunked).
+        /// A chat completion request: status and body.
+        async fn chat(&self, body: Value) -> (u16, String) {
+            self.request("POST", "/v1/chat/completions", Some(body))
+                .await
+        }
+
         async fn request(&self, method: &str, path: &str, body: Option<Value>) -> (u16, String) {
             let mut stream = tokio::net::TcpStream::connect(self.addr).await.unwrap();
             let body = body.map(|body| body.to_string()).unwrap_or_default();
@@ -522,13 +528,7 @@ mod tests {
     #[tokio::test]
     async fn completion_has_the_openai_shape() {
         let server = TestServer::start().await;
-        let (status, body) = server
-            .request(
-                "POST",
-                "/v1/chat/completions",
-                Some(user_request(json!({}))),
-            )
-            .await;
+        let (status, body) = server.chat(user_request(json!({}))).await;
         assert_eq!(status, 200, "{body}");
         let completion: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(completion["object"], "chat.completion");
@@ -546,9 +546,7 @@ mod tests {
             let server = server.clone();
             async move {
                 let body = user_request(json!({"temperature": 0.8, "seed": seed}));
-                server
-                    .request("POST", "/v1/chat/completions", Some(body))
-                    .await
+                server.chat(body).await
             }
         });
         for (status, body) in futures::future::join_all(calls).await {
@@ -566,9 +564,7 @@ mod tests {
         let format = json!({"type": "json_schema", "json_schema": {
             "name": "qa_pairs", "strict": true, "schema": lift_shared::protocol::qa_pairs_schema(2)}});
         let request = user_request(json!({"max_tokens": 400, "response_format": format}));
-        let (status, body) = server
-            .request("POST", "/v1/chat/completions", Some(request))
-            .await;
+        let (status, body) = server.chat(request).await;
         assert_eq!(status, 200, "{body}");
         let completion: Value = serde_json::from_str(&body).unwrap();
         let content = completion["choices"][0]["message"]["content"]
@@ -583,13 +579,7 @@ mod tests {
     #[tokio::test]
     async fn streamed_completion_is_sse_ending_with_done() {
         let server = TestServer::start().await;
-        let (status, body) = server
-            .request(
-                "POST",
-                "/v1/chat/completions",
-                Some(user_request(json!({"stream": true}))),
-            )
-            .await;
+        let (status, body) = server.chat(user_request(json!({"stream": true}))).await;
         assert_eq!(status, 200, "{body}");
         let events: Vec<&str> = body
             .split("\n\n")
@@ -635,9 +625,7 @@ mod tests {
         assert_eq!(models["data"][1]["id"], job.as_str());
         for _ in 0..2 {
             let request = user_request(json!({"model": job.as_str()}));
-            let (status, body) = server
-                .request("POST", "/v1/chat/completions", Some(request))
-                .await;
+            let (status, body) = server.chat(request).await;
             assert_eq!(status, 200, "{body}");
             let completion: Value = serde_json::from_str(&body).unwrap();
             assert_eq!(completion["model"], job.as_str());
@@ -649,30 +637,14 @@ mod tests {
     async fn unknown_model_is_404_and_bad_request_is_400() {
         let server = TestServer::start().await;
         let (status, body) = server
-            .request(
-                "POST",
-                "/v1/chat/completions",
-                Some(user_request(json!({"model": "no-such-job"}))),
-            )
+            .chat(user_request(json!({"model": "no-such-job"})))
             .await;
         assert_eq!(status, 404);
         let error: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(error["error"]["code"], "model_not_found");
-        let (status, body) = server
-            .request(
-                "POST",
-                "/v1/chat/completions",
-                Some(user_request(json!({"model": "Bad Id!"}))),
-            )
-            .await;
+        let (status, body) = server.chat(user_request(json!({"model": "Bad Id!"}))).await;
         assert_eq!(status, 404, "{body}");
-        let (status, body) = server
-            .request(
-                "POST",
-                "/v1/chat/completions",
-                Some(user_request(json!({"temperature": 9}))),
-            )
-            .await;
+        let (status, body) = server.chat(user_request(json!({"temperature": 9}))).await;
         assert_eq!(status, 400);
         assert!(body.contains("temperature"), "{body}");
         server.stop().await;
@@ -758,13 +730,7 @@ mod tests {
                 .find_map(|line| line.strip_prefix(&prefix))
                 .map_or(0, |value| value.parse().unwrap())
         };
-        server
-            .request(
-                "POST",
-                "/v1/chat/completions",
-                Some(user_request(json!({}))),
-            )
-            .await;
+        server.chat(user_request(json!({}))).await;
         server
             .request(
                 "POST",
@@ -837,13 +803,7 @@ mod tests {
         let models: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(models["data"][1]["id"], "kestrel");
         assert_eq!(models["data"][1]["parent"], "tiny-random");
-        let (status, body) = server
-            .request(
-                "POST",
-                "/v1/chat/completions",
-                Some(user_request(json!({"model": "kestrel"}))),
-            )
-            .await;
+        let (status, body) = server.chat(user_request(json!({"model": "kestrel"}))).await;
         assert_eq!(status, 200, "{body}");
         let completion: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(completion["model"], "kestrel");
