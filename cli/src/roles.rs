@@ -58,12 +58,7 @@ pub fn local_model_catalog() -> Arc<dyn ModelCatalog> {
 pub fn fleet_model_catalog() -> Arc<dyn ModelCatalog> {
     Arc::new(|reference: &str| -> Result<(), String> {
         let reference = reference.trim();
-        let is_path = reference.starts_with('/');
-        if reference.is_empty()
-            || reference == "default"
-            || reference == lift_engine::DEFAULT_MODEL_ID
-            || is_path
-        {
+        if ModelSource::names_default(reference) || reference.starts_with('/') {
             return Ok(());
         }
         Err(format!(

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
+use lift_engine::BatcherOptions;
 use lift_serve::{load_lora_modules, serve, AdapterSource, LoraModule, ServeOptions};
 use lift_shared::auth::ServerSecurity;
 use lift_shared::config::Config;
@@ -24,10 +25,10 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 4)]
     pub adapter_cache: usize,
     /// Most requests generated together in one engine call.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = ServeOptions::default().batching.max_rows)]
     pub max_batch: usize,
-    /// How long the engine loop waits for more requests to join an idle batch, in milliseconds.
-    #[arg(long, default_value_t = 2)]
+    /// How long an idle engine waits for more requests to join a batch, in milliseconds.
+    #[arg(long, default_value_t = ServeOptions::default().batching.window.as_millis() as u64)]
     pub batch_window_ms: u64,
     /// Completions admitted at once, waiting or generating; past it a request gets 429.
     #[arg(long, default_value_t = ServeOptions::default().max_admitted as u32, value_parser = clap::value_parser!(u32).range(1..))]
@@ -46,8 +47,10 @@ pub async fn run(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let named = load_lora_modules(&engine, &args.lora_modules)?;
     let adapters = AdapterSource::new(store, args.adapter_cache).with_named(named);
     let options = ServeOptions {
-        max_batch: args.max_batch.max(1),
-        batch_window: Duration::from_millis(args.batch_window_ms),
+        batching: BatcherOptions {
+            max_rows: args.max_batch.max(1),
+            window: Duration::from_millis(args.batch_window_ms),
+        },
         max_admitted: args.max_admitted as usize,
     };
     let shutdown = infra::shutdown_signal();

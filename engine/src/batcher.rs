@@ -155,32 +155,35 @@ fn run(engine: &Engine, waiting: &mpsc::Receiver<Submission>, options: BatcherOp
     }
 }
 
-type Waiting = (
-    Vec<GenerationRequest>,
-    oneshot::Sender<Result<Vec<GenerationOutput>>>,
-);
+type Reply = oneshot::Sender<Result<Vec<GenerationOutput>>>;
 
-fn run_batch(engine: &Engine, adapter: Option<&LoraAdapter>, batch: Vec<Waiting>) {
-    let all: Vec<GenerationRequest> = batch
-        .iter()
-        .flat_map(|(requests, _)| requests.iter().cloned())
-        .collect();
+fn run_batch(
+    engine: &Engine,
+    adapter: Option<&LoraAdapter>,
+    batch: Vec<(Vec<GenerationRequest>, Reply)>,
+) {
+    let sizes: Vec<usize> = batch.iter().map(|(requests, _)| requests.len()).collect();
+    let (all, replies): (Vec<Vec<GenerationRequest>>, Vec<Reply>) = batch.into_iter().unzip();
+    let all: Vec<GenerationRequest> = all.into_iter().flatten().collect();
     match engine.generate(adapter, &all) {
         Ok(outputs) => {
             let mut outputs = outputs.into_iter();
-            for (requests, reply) in batch {
+            for (size, reply) in sizes.into_iter().zip(replies) {
                 // A caller that went away gets nothing; the others still do.
-                let _ = reply.send(Ok(outputs.by_ref().take(requests.len()).collect()));
+                let _ = reply.send(Ok(outputs.by_ref().take(size).collect()));
             }
         }
-        Err(error) if batch.len() > 1 => {
-            tracing::warn!(%error, submissions = batch.len(), "batch failed, generating one submission at a time");
-            for (requests, reply) in batch {
-                let _ = reply.send(engine.generate(adapter, &requests));
+        Err(error) if replies.len() > 1 => {
+            tracing::warn!(%error, submissions = replies.len(), "batch failed, generating one submission at a time");
+            let mut requests = all.as_slice();
+            for (size, reply) in sizes.into_iter().zip(replies) {
+                let (mine, rest) = requests.split_at(size);
+                requests = rest;
+                let _ = reply.send(engine.generate(adapter, mine));
             }
         }
         Err(error) => {
-            if let Some((_, reply)) = batch.into_iter().next() {
+            if let Some(reply) = replies.into_iter().next() {
                 let _ = reply.send(Err(error));
             }
         }

@@ -26,10 +26,16 @@ pub enum ModelSource {
 }
 
 impl ModelSource {
+    /// Whether `reference` names the default model: empty, `default` or its hub id.
+    pub fn names_default(reference: &str) -> bool {
+        let reference = reference.trim();
+        reference.is_empty() || reference == "default" || reference == DEFAULT_MODEL_ID
+    }
+
     /// `default`, a `.gguf` file, or a directory with `config.json`.
     pub fn parse(reference: &str) -> Result<Self> {
         let reference = reference.trim();
-        if reference.is_empty() || reference == "default" || reference == DEFAULT_MODEL_ID {
+        if Self::names_default(reference) {
             return Ok(Self::Default);
         }
         let path = Path::new(reference);

@@ -1,5 +1,6 @@
-//! What `lift serve` runs (`cli/src/serve.rs` parses its options): an OpenAI-compatible HTTP server on the built-in engine, the way vLLM's is
-//! used: `/v1/chat/completions`, `/v1/completions` (text in, text out, no chat template),
+//! What `lift serve` runs (`cli/src/serve.rs` parses its options): an OpenAI-compatible HTTP
+//! server on the built-in engine, the way vLLM's is used: `/v1/chat/completions`,
+//! `/v1/completions` (text in, text out, no chat template),
 //! `/v1/models`, `/metrics` (Prometheus) and `/health`. `model` set to a job id answers with
 //! that job's adapter (loaded from the store, a few kept in memory), set to a name given with
 //! `--lora-modules name=DIR` with that directory's PEFT adapter; the base model id (or an empty
@@ -9,8 +10,8 @@
 //!
 //! The flow of a request: `requests` validates the body, `adapters` finds the adapter, the
 //! request waits in the engine's batcher (`generation`, which batches requests for the same
-//! adapter), and
-//! `responses` shapes the reply; `error` is what a client sees when one of these refuses.
+//! adapter), and `responses` shapes the reply; `error` is what a client sees when one of these
+//! refuses.
 //!
 //! With tokens configured (`LIFT_AUTH_TOKENS_FILE`, `LIFT_AUTH_TOKENS`) every request but
 //! `/health` and `/metrics` needs `Authorization: Bearer <token>` (401 without), and a job's
@@ -50,8 +51,9 @@ use responses::{sse_event, sse_response, Api, Reply, SSE_DONE};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServeOptions {
-    pub max_batch: usize,
-    pub batch_window: Duration,
+    /// Completions generated together in one engine call, and how long an idle engine waits
+    /// for more to join.
+    pub batching: BatcherOptions,
     /// Completions admitted at once (each holds its request and reply in memory until done).
     pub max_admitted: usize,
 }
@@ -59,8 +61,10 @@ pub struct ServeOptions {
 impl Default for ServeOptions {
     fn default() -> Self {
         Self {
-            max_batch: 32,
-            batch_window: Duration::from_millis(2),
+            batching: BatcherOptions {
+                max_rows: 32,
+                window: Duration::from_millis(2),
+            },
             max_admitted: 256,
         }
     }
@@ -97,13 +101,7 @@ async fn serve_on(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     metrics::init();
-    let batcher = Batcher::spawn(
-        engine.clone(),
-        BatcherOptions {
-            max_rows: options.max_batch,
-            window: options.batch_window,
-        },
-    );
+    let batcher = Batcher::spawn(engine.clone(), options.batching);
     let state = Arc::new(ServerState {
         engine,
         adapters,
@@ -278,7 +276,7 @@ async fn chat_completion(
     let request = parse_chat_request(body, fresh_seed())?;
     let (adapter, reply) = state.reply_for(&tenant, Api::Chat, &request.model).await?;
     if request.stream && request.format != OutputFormat::Json {
-        return state.stream(adapter, request.generation, reply, String::new(), admitted);
+        return Ok(state.stream(adapter, request.generation, reply, String::new(), admitted));
     }
     let output = state.complete(adapter, request.generation).await?;
     let content = match request.format {
@@ -303,7 +301,7 @@ async fn text_completion(
     let (adapter, reply) = state.reply_for(&tenant, Api::Text, &request.model).await?;
     let echo = request.echo.unwrap_or_default();
     if request.stream {
-        return state.stream(adapter, request.generation, reply, echo, admitted);
+        return Ok(state.stream(adapter, request.generation, reply, echo, admitted));
     }
     let output = state.complete(adapter, request.generation).await?;
     let text = format!("{echo}{}", output.text);
@@ -350,7 +348,7 @@ impl ServerState {
         reply: Reply,
         first_text: String,
         admitted: Admitted,
-    ) -> Result<Response, ServeError> {
+    ) -> Response {
         use futures::StreamExt;
         let receiver = generation::stream(&self.batcher, adapter, request);
         let opening = sse_event(&reply.opening(&first_text).to_string());
@@ -376,9 +374,7 @@ impl ServerState {
                     }
                 }
             });
-        Ok(sse_response(
-            futures::stream::once(async move { opening }).chain(events),
-        ))
+        sse_response(futures::stream::once(async move { opening }).chain(events))
     }
 }
 

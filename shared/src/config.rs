@@ -122,6 +122,7 @@ impl std::fmt::Debug for Secret {
 
 impl Default for Config {
     fn default() -> Self {
+        let cache = user_cache_dir(process_env);
         Self {
             version: CONFIG_VERSION,
             store_url: default_store_url(process_env),
@@ -130,8 +131,8 @@ impl Default for Config {
             generator_url: String::new(),
             generator_model: String::new(),
             model: "default".to_string(),
-            model_dir: user_cache_dir(process_env).join("models"),
-            eval_data_dir: user_cache_dir(process_env).join("eval-data"),
+            model_dir: cache.join("models"),
+            eval_data_dir: cache.join("eval-data"),
             max_document_bytes: Limits::default().max_document_bytes as u64,
             failed_share_threshold: 0.5,
             delivery_limit: 5,
