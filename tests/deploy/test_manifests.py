@@ -845,27 +845,62 @@ def test_env_example_variables_are_all_used():
 # Dockerfiles
 
 
+def dockerfile_stages(text):
+    """The stages of a Dockerfile in order, as (base, name, body); body is the text after FROM."""
+    parts = re.split(r"^FROM ", text, flags=re.M)[1:]
+    stages = []
+    for part in parts:
+        head, _, body = part.partition("\n")
+        words = head.split()
+        name = words[2] if len(words) >= 3 and words[1].upper() == "AS" else None
+        stages.append((words[0], name, body))
+    return stages
+
+
+def stage_chain(stages, index):
+    """The text of a stage and of the stages it is built on (a base that names an earlier stage),
+    base first, and the image the chain starts from."""
+    base, _, body = stages[index]
+    names = {name: i for i, (_, name, _) in enumerate(stages[:index]) if name}
+    if base in names:
+        image, text = stage_chain(stages, names[base])
+        return image, text + body
+    return base, body
+
+
 @pytest.mark.parametrize(
     "file, builder, runtime, feature",
     [
-        ("Dockerfile.cpu", "rust:1.95-bookworm", "debian:bookworm-slim", None),
+        ("Dockerfile.cpu", "rust:1.95-bookworm", "${RUNTIME_BASE}", None),
         ("Dockerfile.cuda", "nvidia/cuda:${CUDA_VERSION}-devel-ubuntu24.04", "nvidia/cuda:${CUDA_VERSION}-runtime-ubuntu24.04", "--features cuda"),
     ],
 )
 def test_dockerfile(file, builder, runtime, feature):
     text = (DEPLOY / "docker" / file).read_text()
-    froms = re.findall(r"^FROM (\S+)", text, flags=re.M)
-    assert froms == [builder, runtime], froms
-    assert "cargo build --release --locked -p lift-cli" in text
+    stages = dockerfile_stages(text)
+    assert stages[0][:2] == (builder, "builder"), stages[0][:2]
+    assert "cargo build --release --locked -p lift-cli" in stages[0][2]
     if feature:
         assert feature in text and "CUDA_COMPUTE_CAP=90" in text
         assert re.search(r"^ARG CUDA_VERSION=13\.0\.\d+$", text, flags=re.M)
-    runtime_stage = text.split("\nFROM ", 2)[2]
+    if runtime == "${RUNTIME_BASE}":
+        # The default base, overridable for builds where no registry is reachable.
+        assert re.search(r"^ARG RUNTIME_BASE=debian:bookworm-slim$", text, flags=re.M)
+    # The default target is the last stage: the runtime with the builder's binary.
+    image, runtime_stage = stage_chain(stages, len(stages) - 1)
+    assert image == runtime, image
+    assert "COPY --from=builder /usr/local/bin/lift /usr/local/bin/lift" in runtime_stage
     assert "python3" in runtime_stage and "ca-certificates" in runtime_stage
     assert re.search(r"useradd .*--uid 10001", runtime_stage.replace("\\\n", " "))
     assert re.search(r"^USER 10001(:10001)?$", runtime_stage, flags=re.M)
     assert re.search(r"^ENTRYPOINT \[\"lift\"\]$", runtime_stage, flags=re.M)
     assert "LIFT_MODEL_DIR=/models" in runtime_stage
+    # Any other image the file can build is also the runtime, run as the same non-root user.
+    for index, (_, name, _) in enumerate(stages[1:-1], start=1):
+        image, chain = stage_chain(stages, index)
+        assert image == runtime, (name, image)
+        if name != "runtime":
+            assert re.search(r"^USER 10001(:10001)?$", chain, flags=re.M), name
     # Every workspace member is copied (cargo reads all their manifests).
     members = re.search(r"members = \[([^\]]*)\]", (REPO / "Cargo.toml").read_text()).group(1)
     for member in re.findall(r'"([^"]+)"', members):
