@@ -3,7 +3,10 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use lift_engine::{ChatMessage, Engine, GenerationRequest, LoraAdapter, PeftFiles, SamplingParams};
+use lift_engine::{
+    ChatMessage, ContrastPrompt, Engine, GenerationRequest, LoraAdapter, PeftFiles, RankedReplies,
+    RerankOptions, SamplingParams,
+};
 use lift_shared::error::LiftError;
 use lift_shared::protocol::qa_prompt;
 use lift_shared::spec::JobSpec;
@@ -60,6 +63,31 @@ pub async fn answer(
 ) -> anyhow::Result<Vec<String>> {
     let prompts = questions.iter().map(|q| qa_prompt(title, q)).collect();
     answer_prompts(engine, adapter, prompts, max_tokens).await
+}
+
+/// LIFT's prompt asking nothing in particular: what a candidate answer is weighed against.
+const BASELINE_QUESTION: &str = "What does the text say?";
+
+/// Candidate answers to LIFT-style prompts (the greedy one first), each scored under its
+/// question and under a question that asks nothing (`lift_engine::rerank`).
+pub async fn ranked_answers(
+    engine: Arc<Engine>,
+    adapter: Option<Arc<LoraAdapter>>,
+    title: &str,
+    questions: &[String],
+    options: RerankOptions,
+) -> anyhow::Result<Vec<RankedReplies>> {
+    let prompts: Vec<ContrastPrompt> = questions
+        .iter()
+        .map(|q| ContrastPrompt {
+            prompt: qa_prompt(title, q),
+            baseline: qa_prompt(title, BASELINE_QUESTION),
+        })
+        .collect();
+    tokio::task::spawn_blocking(move || engine.rank_replies(adapter.as_deref(), &prompts, &options))
+        .await
+        .context("generation thread failed")?
+        .map_err(Into::into)
 }
 
 /// Greedy answers to user prompts, one batch.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use lift_engine::{Engine, LoraAdapter};
+use lift_engine::{Engine, LoraAdapter, RankedReplies, RerankOptions};
 use lift_eval::facts::{load_fact_documents, FactDocument, FactScore};
 use lift_eval::haystack::{build_haystack, load_essays};
 use lift_eval::metrics::{contains_answer, contains_key_facts, exact_match, token_f1};
@@ -81,6 +81,13 @@ pub struct FactsArgs {
     /// Only the documents whose file name contains one of these (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
+    /// A diagnostic: also draw this many sampled answers (temperature 1) per question from the
+    /// adapted model, and report every candidate, whether it holds the key fact, and its
+    /// log-probability under its question and under a question asking nothing
+    /// (`lift_engine::rerank`); 0 draws none. Whether the fact is among the candidates says
+    /// whether the adapter stored it where the greedy answer did not find it.
+    #[arg(long, default_value_t = 0)]
+    pub candidates: usize,
     #[command(flatten)]
     pub lift: LiftArgs,
 }
@@ -216,20 +223,34 @@ struct SettingAnswers {
     /// Whether document and question fit the model's context (else `in_context` is empty).
     context_fits: bool,
     lifted: Vec<String>,
+    /// The adapted model's ranked candidates per question, when they were asked for.
+    candidates: Vec<RankedReplies>,
     status: proto::JobStatus,
 }
 
-/// Asks `questions` of the base model without and with the document in its prompt, then LIFTs
-/// the document and asks the adapted model without it.
+/// A document and the questions asked about it.
+struct Questioned<'a> {
+    title: &'a str,
+    text: &'a str,
+    questions: &'a [String],
+}
+
+/// Asks the questions of the base model without and with the document in its prompt, then
+/// LIFTs the document and asks the adapted model without it (drawing `candidates` sampled
+/// answers as well when that is not 0).
 async fn answer_in_three_settings(
     engine: &Arc<Engine>,
     store: &Store,
     addr: std::net::SocketAddr,
     args: &LiftArgs,
-    title: &str,
-    text: &str,
-    questions: &[String],
+    document: Questioned<'_>,
+    candidates: usize,
 ) -> anyhow::Result<SettingAnswers> {
+    let Questioned {
+        title,
+        text,
+        questions,
+    } = document;
     let base = ask::answer(engine.clone(), None, title, questions, ANSWER_TOKENS).await?;
     let context_fits = fits_context(engine, count_tokens(engine, text));
     let in_context = if context_fits {
@@ -240,11 +261,11 @@ async fn answer_in_three_settings(
     };
     let (adapter, status) =
         lift_document(addr, store, engine, lift_request(args, title, text)).await?;
-    let lifted = match adapter {
+    let lifted = match &adapter {
         Some(adapter) => {
             ask::answer(
                 engine.clone(),
-                Some(adapter),
+                Some(adapter.clone()),
                 title,
                 questions,
                 ANSWER_TOKENS,
@@ -253,11 +274,24 @@ async fn answer_in_three_settings(
         }
         None => vec![String::new(); questions.len()],
     };
+    let candidates = match adapter {
+        Some(adapter) if candidates > 0 => {
+            let options = RerankOptions {
+                max_tokens: ANSWER_TOKENS,
+                samples: candidates,
+                temperature: 1.0,
+                baseline_weight: 0.0,
+            };
+            ask::ranked_answers(engine.clone(), Some(adapter), title, questions, options).await?
+        }
+        _ => Vec::new(),
+    };
     Ok(SettingAnswers {
         base,
         in_context,
         context_fits,
         lifted,
+        candidates,
         status,
     })
 }
@@ -659,14 +693,18 @@ async fn squad(config: Config, args: SquadArgs) -> anyhow::Result<()> {
                 context_fits: fits,
                 lifted,
                 status,
+                ..
             } = answer_in_three_settings(
                 &engine,
                 &store,
                 addr,
                 &args.lift,
-                &group.title,
-                &group.context,
-                &questions,
+                Questioned {
+                    title: &group.title,
+                    text: &group.context,
+                    questions: &questions,
+                },
+                0,
             )
             .await?;
             for (i, question) in group.questions.iter().enumerate() {
@@ -794,8 +832,27 @@ impl FactAnswers {
                     base,
                     in_context,
                     lifted,
+                    candidates,
                     ..
                 } = &self.settings;
+                let candidates: Vec<_> = candidates
+                    .get(i)
+                    .map(|ranked| {
+                        ranked
+                            .candidates
+                            .iter()
+                            .map(|c| {
+                                json!({
+                                    "text": c.text,
+                                    "hit": question.is_answered_by(&c.text),
+                                    "log_prob": c.given_prompt.log_prob,
+                                    "baseline_log_prob": c.given_baseline.log_prob,
+                                    "tokens": c.given_prompt.tokens,
+                                })
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
                 json!({
                     "question": question.question,
                     "key_fact": question.key_fact,
@@ -806,6 +863,7 @@ impl FactAnswers {
                     "base+context_hit": question.is_answered_by(&in_context[i]),
                     "lift": lifted[i],
                     "lift_hit": question.is_answered_by(&lifted[i]),
+                    "lift_candidates": candidates,
                 })
             })
             .collect();
@@ -865,9 +923,12 @@ async fn facts(config: Config, args: FactsArgs) -> anyhow::Result<()> {
                 &store,
                 addr,
                 &args.lift,
-                &document.title,
-                &document.text,
-                &questions,
+                Questioned {
+                    title: &document.title,
+                    text: &document.text,
+                    questions: &questions,
+                },
+                args.candidates,
             )
             .await?;
             let answers = FactAnswers {

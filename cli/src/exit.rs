@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use lift_shared::error::LiftError;
+use lift_shared::error::{LiftError, ServiceError};
 
 /// Every status `lift` exits with. `lift --help` and the README list them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,7 +71,7 @@ pub fn exit_for(error: &anyhow::Error) -> Exit {
             // Through the services' own LiftError -> gRPC code table (shared/src/error.rs).
             cause
                 .downcast_ref::<LiftError>()
-                .map(|error| for_grpc_code(tonic::Status::from(error.clone()).code()))
+                .map(|error| for_grpc_code(error.error_code().grpc()))
         })
         .unwrap_or(Exit::Error)
 }

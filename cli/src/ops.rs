@@ -94,7 +94,10 @@ async fn ready(State(readiness): State<Arc<Readiness>>) -> (StatusCode, String) 
         );
     }
     if let Err(error) = readiness.store.exists("readyz-probe").await {
-        return (StatusCode::SERVICE_UNAVAILABLE, format!("store: {error}\n"));
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("store: {}\n", error.with_causes()),
+        );
     }
     (StatusCode::OK, "ready\n".into())
 }

@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 
-use lift_shared::error::LiftError;
+use lift_shared::error::{ErrorCode, LiftError, ServiceError};
 use lift_shared::ids::JobId;
 use lift_shared::messages::{now_ms, ProgressEvent, Task};
 use lift_shared::spec::{JobSpec, Limits};
@@ -26,11 +26,12 @@ pub(crate) async fn recover_jobs(ctx: &Context) -> Result<usize, LiftError> {
             Ok(None) => continue,
             // One damaged job must not keep every other job from being served: it is left
             // as it is for an operator, and the coordinator starts.
-            Err(LiftError::Internal(reason)) => {
+            Err(error) if error.error_code() == ErrorCode::Internal => {
+                let reason = error.with_causes();
                 tracing::error!(job_id = %job, %reason, "job record unreadable; job quarantined (not recovered)");
                 continue;
             }
-            Err(error) => return Err(error),
+            Err(error) => return Err(error.into()),
         };
         if status.state.is_terminal() {
             continue;

@@ -17,6 +17,8 @@ pub mod loader;
 pub mod lora;
 pub mod model;
 mod ops;
+pub mod rerank;
+pub mod score;
 pub mod testing;
 pub mod tokenizer;
 pub mod train;
@@ -30,5 +32,7 @@ pub use generate::{
     FinishReason, GenerationOutput, GenerationRequest, OutputConstraint, SamplingParams,
 };
 pub use lora::{LoraAdapter, LoraConfig, PeftConfig, PeftFiles, Projection};
+pub use rerank::{Candidate, ContrastPrompt, RankedReplies, RerankOptions};
+pub use score::{ReplyScore, ScoreRequest};
 pub use tokenizer::{ChatMessage, ChatTokenizer};
 pub use train::{LrSchedule, SftExample, SftTrainer, StepStats, TrainerOptions};

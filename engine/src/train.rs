@@ -175,40 +175,12 @@ impl SftTrainer {
     }
 
     pub fn encode(&self, example: &SftExample) -> Result<EncodedExample> {
-        let tokenizer = &self.engine.tokenizer;
-        let user = [ChatMessage::new("user", example.prompt.clone())];
-        let prompt_text = tokenizer.render(&user, true)?;
-        let full_text = tokenizer.render(
-            &[
-                user[0].clone(),
-                ChatMessage::new("assistant", example.answer.clone()),
-            ],
-            false,
-        )?;
-        let answer_text = full_text.strip_prefix(&prompt_text).ok_or_else(|| {
-            EngineError::Template(
-                "the chat template does not extend the prompt with the reply".into(),
-            )
-        })?;
-        let mut prompt_ids = tokenizer.encode(&prompt_text)?;
-        let mut answer_ids = tokenizer.encode(answer_text)?;
-        let limit = self
-            .options
-            .max_seq_len
-            .min(self.engine.config().max_position_embeddings);
-        answer_ids.truncate(limit.saturating_sub(1).max(1));
-        let room = limit.saturating_sub(answer_ids.len());
-        if prompt_ids.len() > room {
-            prompt_ids.drain(..prompt_ids.len() - room);
-        }
-        let is_answer = std::iter::repeat_n(false, prompt_ids.len())
-            .chain(std::iter::repeat_n(true, answer_ids.len()))
-            .collect();
-        prompt_ids.extend(answer_ids);
-        Ok(EncodedExample {
-            ids: prompt_ids,
-            is_answer,
-        })
+        encode_exchange(
+            &self.engine,
+            &example.prompt,
+            &example.answer,
+            self.options.max_seq_len,
+        )
     }
 
     pub fn batch(&self, examples: &[SftExample]) -> Result<SftBatch> {
@@ -406,6 +378,43 @@ struct AttentionInputs {
 }
 
 /// Mean cross-entropy over the answer tokens of `batch`.
+/// A user prompt and the assistant's reply in the model's chat template, as training sees
+/// them: the reply's tokens (its end-of-turn included) carry the loss. At most `max_seq_len`
+/// tokens: a long reply is cut at its end, then the prompt loses its start.
+pub(crate) fn encode_exchange(
+    engine: &Engine,
+    prompt: &str,
+    reply: &str,
+    max_seq_len: usize,
+) -> Result<EncodedExample> {
+    let tokenizer = &engine.tokenizer;
+    let user = [ChatMessage::new("user", prompt)];
+    let prompt_text = tokenizer.render(&user, true)?;
+    let full_text = tokenizer.render(
+        &[user[0].clone(), ChatMessage::new("assistant", reply)],
+        false,
+    )?;
+    let answer_text = full_text.strip_prefix(&prompt_text).ok_or_else(|| {
+        EngineError::Template("the chat template does not extend the prompt with the reply".into())
+    })?;
+    let mut prompt_ids = tokenizer.encode(&prompt_text)?;
+    let mut answer_ids = tokenizer.encode(answer_text)?;
+    let limit = max_seq_len.min(engine.config().max_position_embeddings);
+    answer_ids.truncate(limit.saturating_sub(1).max(1));
+    let room = limit.saturating_sub(answer_ids.len());
+    if prompt_ids.len() > room {
+        prompt_ids.drain(..prompt_ids.len() - room);
+    }
+    let is_answer = std::iter::repeat_n(false, prompt_ids.len())
+        .chain(std::iter::repeat_n(true, answer_ids.len()))
+        .collect();
+    prompt_ids.extend(answer_ids);
+    Ok(EncodedExample {
+        ids: prompt_ids,
+        is_answer,
+    })
+}
+
 fn batch_loss(
     engine: &Engine,
     adapter: &LoraAdapter,

@@ -1,10 +1,12 @@
-//! Errors of the server, in the shape OpenAI clients parse (`{"error": {...}}`), with the
-//! HTTP status each maps to.
+//! Errors of the server, in the shape OpenAI clients parse (`{"error": {...}}`); the HTTP
+//! status comes from the error code table shared with gRPC (`lift_shared::error::ErrorCode`).
 
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use lift_engine::EngineError;
+use lift_shared::error::{ErrorCode, ServiceError};
+use lift_shared::store::StoreError;
 use serde_json::{json, Value};
 
 #[derive(Debug)]
@@ -43,8 +45,11 @@ impl ServeError {
         Self::Unavailable("the server is shutting down".to_string())
     }
 
-    pub(super) fn store(error: lift_shared::error::LiftError) -> Self {
-        Self::Unavailable(error.to_string())
+    pub(super) fn store(error: StoreError) -> Self {
+        match error.error_code() {
+            ErrorCode::Unavailable => Self::Unavailable(error.with_causes()),
+            _ => Self::Internal(error.with_causes()),
+        }
     }
 
     pub(super) fn engine(error: EngineError) -> Self {
@@ -57,15 +62,8 @@ impl ServeError {
     }
 
     pub(super) fn status(&self) -> StatusCode {
-        match self {
-            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-            Self::PermissionDenied(_) => StatusCode::FORBIDDEN,
-            Self::ModelNotFound(_) => StatusCode::NOT_FOUND,
-            Self::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+        StatusCode::from_u16(self.error_code().http())
+            .expect("every error code has a valid HTTP status")
     }
 
     /// The error object OpenAI clients parse.
@@ -79,6 +77,20 @@ impl ServeError {
             Self::Unavailable(_) | Self::Internal(_) => ("server_error", Value::Null),
         };
         json!({"error": {"message": self.to_string(), "type": kind, "param": null, "code": code}})
+    }
+}
+
+impl ServiceError for ServeError {
+    fn error_code(&self) -> ErrorCode {
+        match self {
+            Self::BadRequest(_) => ErrorCode::InvalidArgument,
+            Self::Unauthenticated(_) => ErrorCode::Unauthenticated,
+            Self::PermissionDenied(_) => ErrorCode::PermissionDenied,
+            Self::ModelNotFound(_) => ErrorCode::NotFound,
+            Self::Overloaded(_) => ErrorCode::Overloaded,
+            Self::Unavailable(_) => ErrorCode::Unavailable,
+            Self::Internal(_) => ErrorCode::Internal,
+        }
     }
 }
 

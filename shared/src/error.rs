@@ -1,4 +1,59 @@
-//! The one error type of lift's services, each variant mapped once to a gRPC status code.
+//! The one error type of lift's services, and the one table of error codes that gRPC and
+//! HTTP answer with (as quickwit's `ServiceErrorCode`): a service error says what kind of
+//! failure it is, and each transport maps that kind once.
+
+/// The kinds of failure a caller can act on differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// The request is malformed or asks for something impossible: do not retry it as is.
+    InvalidArgument,
+    NotFound,
+    AlreadyExists,
+    /// The target is in a state that does not allow the request (a finished job cancelled).
+    FailedPrecondition,
+    PermissionDenied,
+    Unauthenticated,
+    /// Too much in flight at once: retry shortly.
+    Overloaded,
+    /// A dependency (broker, store, engine thread) is down or restarting: retry later.
+    Unavailable,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn grpc(self) -> tonic::Code {
+        match self {
+            Self::InvalidArgument => tonic::Code::InvalidArgument,
+            Self::NotFound => tonic::Code::NotFound,
+            Self::AlreadyExists => tonic::Code::AlreadyExists,
+            Self::FailedPrecondition => tonic::Code::FailedPrecondition,
+            Self::PermissionDenied => tonic::Code::PermissionDenied,
+            Self::Unauthenticated => tonic::Code::Unauthenticated,
+            Self::Overloaded => tonic::Code::ResourceExhausted,
+            Self::Unavailable => tonic::Code::Unavailable,
+            Self::Internal => tonic::Code::Internal,
+        }
+    }
+
+    /// The HTTP status code, as Google's API design guide pairs it with the gRPC code.
+    pub fn http(self) -> u16 {
+        match self {
+            Self::InvalidArgument | Self::FailedPrecondition => 400,
+            Self::Unauthenticated => 401,
+            Self::PermissionDenied => 403,
+            Self::NotFound => 404,
+            Self::AlreadyExists => 409,
+            Self::Overloaded => 429,
+            Self::Internal => 500,
+            Self::Unavailable => 503,
+        }
+    }
+}
+
+/// An error that knows its code; each transport turns the code into its own status.
+pub trait ServiceError: std::fmt::Display {
+    fn error_code(&self) -> ErrorCode;
+}
 
 /// Messages are lower case and name what failed; they reach gRPC clients unchanged.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -21,18 +76,24 @@ pub enum LiftError {
     Internal(String),
 }
 
+impl ServiceError for LiftError {
+    fn error_code(&self) -> ErrorCode {
+        match self {
+            Self::InvalidArgument(_) => ErrorCode::InvalidArgument,
+            Self::NotFound(_) => ErrorCode::NotFound,
+            Self::AlreadyExists(_) => ErrorCode::AlreadyExists,
+            Self::FailedPrecondition(_) => ErrorCode::FailedPrecondition,
+            Self::PermissionDenied(_) => ErrorCode::PermissionDenied,
+            Self::Unauthenticated(_) => ErrorCode::Unauthenticated,
+            Self::Unavailable(_) => ErrorCode::Unavailable,
+            Self::Internal(_) => ErrorCode::Internal,
+        }
+    }
+}
+
 impl From<LiftError> for tonic::Status {
     fn from(error: LiftError) -> Self {
-        match error {
-            LiftError::InvalidArgument(message) => tonic::Status::invalid_argument(message),
-            LiftError::NotFound(message) => tonic::Status::not_found(message),
-            LiftError::AlreadyExists(message) => tonic::Status::already_exists(message),
-            LiftError::FailedPrecondition(message) => tonic::Status::failed_precondition(message),
-            LiftError::PermissionDenied(message) => tonic::Status::permission_denied(message),
-            LiftError::Unauthenticated(message) => tonic::Status::unauthenticated(message),
-            LiftError::Unavailable(message) => tonic::Status::unavailable(message),
-            LiftError::Internal(message) => tonic::Status::internal(message),
-        }
+        tonic::Status::new(error.error_code().grpc(), error.to_string())
     }
 }
 
@@ -75,6 +136,24 @@ mod tests {
             let status = tonic::Status::from(error);
             assert_eq!(status.code(), code);
             assert_eq!(status.message(), "a");
+        }
+    }
+
+    #[test]
+    fn each_code_has_the_http_status_of_its_grpc_code() {
+        let pairs = [
+            (ErrorCode::InvalidArgument, Code::InvalidArgument, 400),
+            (ErrorCode::NotFound, Code::NotFound, 404),
+            (ErrorCode::AlreadyExists, Code::AlreadyExists, 409),
+            (ErrorCode::FailedPrecondition, Code::FailedPrecondition, 400),
+            (ErrorCode::PermissionDenied, Code::PermissionDenied, 403),
+            (ErrorCode::Unauthenticated, Code::Unauthenticated, 401),
+            (ErrorCode::Overloaded, Code::ResourceExhausted, 429),
+            (ErrorCode::Unavailable, Code::Unavailable, 503),
+            (ErrorCode::Internal, Code::Internal, 500),
+        ];
+        for (code, grpc, http) in pairs {
+            assert_eq!((code.grpc(), code.http()), (grpc, http), "{code:?}");
         }
     }
 }

@@ -13,7 +13,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::error::LiftError;
+use crate::error::{ErrorCode, LiftError, ServiceError};
 use crate::ids::JobId;
 use crate::state::JobStatus;
 
@@ -186,12 +186,89 @@ pub struct Store {
     url: String,
 }
 
-fn unavailable(action: &str, key: &str, error: impl std::fmt::Display) -> LiftError {
-    LiftError::Unavailable(format!("failed to {action} {key}: {error}"))
+/// A failed store operation, with the object store's own error as its cause.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend failed or could not be reached; retrying later may succeed.
+    #[error("failed to {action} {key}")]
+    Backend {
+        action: &'static str,
+        key: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A key lift built is not a valid store path: a bug.
+    #[error("invalid store key {key}")]
+    InvalidKey {
+        key: String,
+        #[source]
+        source: object_store::path::Error,
+    },
+    /// A record that does not encode, or that lift wrote and cannot read back.
+    #[error("failed to {action} {key}")]
+    Json {
+        action: &'static str,
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Files that must come together do not (a published adapter without its weights).
+    #[error("{0}")]
+    Inconsistent(String),
 }
 
-fn store_path(key: &str) -> Result<Path, LiftError> {
-    Path::parse(key).map_err(|e| LiftError::Internal(format!("invalid store key {key}: {e}")))
+impl ServiceError for StoreError {
+    fn error_code(&self) -> ErrorCode {
+        match self {
+            Self::Backend { .. } => ErrorCode::Unavailable,
+            Self::InvalidKey { .. } | Self::Json { .. } | Self::Inconsistent(_) => {
+                ErrorCode::Internal
+            }
+        }
+    }
+}
+
+impl StoreError {
+    /// The error and its causes, outermost first: what a log line or a gRPC message says.
+    pub fn with_causes(&self) -> String {
+        let mut message = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(error) = cause {
+            message.push_str(": ");
+            message.push_str(&error.to_string());
+            cause = error.source();
+        }
+        message
+    }
+}
+
+impl From<StoreError> for LiftError {
+    fn from(error: StoreError) -> Self {
+        let message = error.with_causes();
+        match error.error_code() {
+            ErrorCode::Unavailable => LiftError::Unavailable(message),
+            _ => LiftError::Internal(message),
+        }
+    }
+}
+
+fn unavailable(
+    action: &'static str,
+    key: &str,
+    error: impl std::error::Error + Send + Sync + 'static,
+) -> StoreError {
+    StoreError::Backend {
+        action,
+        key: key.to_string(),
+        source: Box::new(error),
+    }
+}
+
+fn store_path(key: &str) -> Result<Path, StoreError> {
+    Path::parse(key).map_err(|source| StoreError::InvalidKey {
+        key: key.to_string(),
+        source,
+    })
 }
 
 fn is_loopback_endpoint(endpoint: &str) -> bool {
@@ -289,7 +366,7 @@ impl Store {
         let second = self.put_create(&key, "second").await?;
         let kept = self.get(&key).await?;
         if let Err(error) = self.delete(&key).await {
-            tracing::debug!(%key, %error, "failed to delete the create-only probe");
+            tracing::debug!(%key, error = %error.with_causes(), "failed to delete the create-only probe");
         }
         if first && !second && kept.as_deref() == Some(b"first".as_slice()) {
             return Ok(());
@@ -303,7 +380,7 @@ impl Store {
     }
 
     /// Writes `key` only if it does not exist yet; returns whether this call created it.
-    pub async fn put_create(&self, key: &str, bytes: impl Into<Bytes>) -> Result<bool, LiftError> {
+    pub async fn put_create(&self, key: &str, bytes: impl Into<Bytes>) -> Result<bool, StoreError> {
         let options = PutOptions {
             mode: PutMode::Create,
             ..Default::default()
@@ -320,7 +397,11 @@ impl Store {
         }
     }
 
-    pub async fn put_overwrite(&self, key: &str, bytes: impl Into<Bytes>) -> Result<(), LiftError> {
+    pub async fn put_overwrite(
+        &self,
+        key: &str,
+        bytes: impl Into<Bytes>,
+    ) -> Result<(), StoreError> {
         let payload = PutPayload::from_bytes(bytes.into());
         self.inner
             .put(&store_path(key)?, payload)
@@ -331,7 +412,7 @@ impl Store {
 
     /// Uploads a large object in parts (checkpoints, adapters) so no single request carries
     /// hundreds of megabytes; the object appears atomically when the upload completes.
-    pub async fn put_multipart(&self, key: &str, bytes: Bytes) -> Result<(), LiftError> {
+    pub async fn put_multipart(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
         let upload = self
             .inner
             .put_multipart(&store_path(key)?)
@@ -354,7 +435,7 @@ impl Store {
             .map_err(|e| unavailable("complete upload of", key, e))
     }
 
-    pub async fn get(&self, key: &str) -> Result<Option<Bytes>, LiftError> {
+    pub async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
         match self.inner.get(&store_path(key)?).await {
             Ok(result) => result
                 .bytes()
@@ -366,20 +447,24 @@ impl Store {
         }
     }
 
-    pub async fn get_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, LiftError> {
+    pub async fn get_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
         let Some(bytes) = self.get(key).await? else {
             return Ok(None);
         };
         serde_json::from_slice(&bytes)
             .map(Some)
-            .map_err(|e| LiftError::Internal(format!("failed to parse {key}: {e}")))
+            .map_err(|source| StoreError::Json {
+                action: "parse",
+                key: key.to_string(),
+                source,
+            })
     }
 
     pub async fn put_json_create<T: Serialize>(
         &self,
         key: &str,
         value: &T,
-    ) -> Result<bool, LiftError> {
+    ) -> Result<bool, StoreError> {
         self.put_create(key, to_json(key, value)?).await
     }
 
@@ -387,11 +472,11 @@ impl Store {
         &self,
         key: &str,
         value: &T,
-    ) -> Result<(), LiftError> {
+    ) -> Result<(), StoreError> {
         self.put_overwrite(key, to_json(key, value)?).await
     }
 
-    pub async fn exists(&self, key: &str) -> Result<bool, LiftError> {
+    pub async fn exists(&self, key: &str) -> Result<bool, StoreError> {
         match self.inner.head(&store_path(key)?).await {
             Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
@@ -400,7 +485,7 @@ impl Store {
     }
 
     /// Every key under `prefix` (recursively), relative to the store root, sorted.
-    pub async fn list(&self, prefix: &str) -> Result<Vec<String>, LiftError> {
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
         let path = store_path(prefix.trim_end_matches('/'))?;
         let mut keys: Vec<String> = self
             .inner
@@ -413,7 +498,7 @@ impl Store {
         Ok(keys)
     }
 
-    pub async fn delete(&self, key: &str) -> Result<(), LiftError> {
+    pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
         match self.inner.delete(&store_path(key)?).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(unavailable("delete", key, e)),
@@ -421,7 +506,7 @@ impl Store {
     }
 
     /// Ids of every job in the store, sorted (UUIDv7 ids sort oldest first).
-    pub async fn list_job_ids(&self) -> Result<Vec<JobId>, LiftError> {
+    pub async fn list_job_ids(&self) -> Result<Vec<JobId>, StoreError> {
         let listing = self
             .inner
             .list_with_delimiter(Some(&Path::from("jobs")))
@@ -439,7 +524,7 @@ impl Store {
 
     /// Stores a job record at `status.seq`, or at the next free sequence number if another
     /// writer took that one; returns the sequence number written (also inside the record).
-    pub async fn write_status(&self, status: &JobStatus) -> Result<u64, LiftError> {
+    pub async fn write_status(&self, status: &JobStatus) -> Result<u64, StoreError> {
         let mut record = status.clone();
         loop {
             let key = layout::state(&record.job_id, record.seq);
@@ -451,14 +536,14 @@ impl Store {
         if let Some(old_seq) = record.seq.checked_sub(KEPT_STATUS_RECORDS) {
             // Best effort: a leftover record only costs a longer listing.
             if let Err(error) = self.delete(&layout::state(&record.job_id, old_seq)).await {
-                tracing::debug!(job_id = %record.job_id, %error, "failed to prune old status record");
+                tracing::debug!(job_id = %record.job_id, error = %error.with_causes(), "failed to prune old status record");
             }
         }
         Ok(record.seq)
     }
 
     /// The newest job record, or `None` for an unknown job.
-    pub async fn read_latest_status(&self, job: &JobId) -> Result<Option<JobStatus>, LiftError> {
+    pub async fn read_latest_status(&self, job: &JobId) -> Result<Option<JobStatus>, StoreError> {
         let keys = self.list(&layout::state_prefix(job)).await?;
         // Keys are zero-padded, so the last one sorts highest.
         let Some(latest) = keys.last() else {
@@ -476,7 +561,7 @@ impl Store {
         commit: &AdapterCommit,
         weights: Bytes,
         config: Bytes,
-    ) -> Result<AdapterCommit, LiftError> {
+    ) -> Result<AdapterCommit, StoreError> {
         let generation = commit.generation;
         self.put_multipart(&layout::staged_adapter_weights(job, generation), weights)
             .await?;
@@ -489,7 +574,7 @@ impl Store {
             commit.clone()
         } else {
             self.adapter_commit(job).await?.ok_or_else(|| {
-                LiftError::Internal(format!("job {job}: the adapter commit vanished"))
+                StoreError::Inconsistent(format!("job {job}: the adapter commit vanished"))
             })?
         };
         self.publish_committed_adapter(job, &holding).await?;
@@ -498,7 +583,7 @@ impl Store {
 
     /// The newest claim generation of a job's training, `None` before the first claim. The
     /// newest one owns the job.
-    pub async fn newest_claim(&self, job: &JobId) -> Result<Option<u32>, LiftError> {
+    pub async fn newest_claim(&self, job: &JobId) -> Result<Option<u32>, StoreError> {
         let claims = self.list(&layout::claims_prefix(job)).await?;
         Ok(claims
             .iter()
@@ -521,7 +606,7 @@ impl Store {
     pub async fn published_adapter(
         &self,
         job: &JobId,
-    ) -> Result<Option<PublishedAdapter>, LiftError> {
+    ) -> Result<Option<PublishedAdapter>, StoreError> {
         let Some(config) = self.get(&layout::adapter_config(job)).await? else {
             return Ok(None);
         };
@@ -529,14 +614,14 @@ impl Store {
             .get(&layout::adapter_weights(job))
             .await?
             .ok_or_else(|| {
-                LiftError::Internal(format!(
+                StoreError::Inconsistent(format!(
                     "job {job}: the published adapter has a configuration but no weights"
                 ))
             })?;
         Ok(Some(PublishedAdapter { weights, config }))
     }
 
-    pub async fn adapter_commit(&self, job: &JobId) -> Result<Option<AdapterCommit>, LiftError> {
+    pub async fn adapter_commit(&self, job: &JobId) -> Result<Option<AdapterCommit>, StoreError> {
         self.get_json(&layout::adapter_commit(job)).await
     }
 
@@ -548,13 +633,13 @@ impl Store {
         &self,
         job: &JobId,
         commit: &AdapterCommit,
-    ) -> Result<(), LiftError> {
+    ) -> Result<(), StoreError> {
         if self.exists(&layout::adapter_config(job)).await? {
             return Ok(());
         }
         let staged = |key: String| async move {
             self.get(&key).await?.ok_or_else(|| {
-                LiftError::Internal(format!(
+                StoreError::Inconsistent(format!(
                     "job {job}: committed adapter file {key} is missing"
                 ))
             })
@@ -576,9 +661,12 @@ pub struct PublishedAdapter {
     pub config: Bytes,
 }
 
-fn to_json<T: Serialize>(key: &str, value: &T) -> Result<Vec<u8>, LiftError> {
-    serde_json::to_vec(value)
-        .map_err(|e| LiftError::Internal(format!("failed to encode {key}: {e}")))
+fn to_json<T: Serialize>(key: &str, value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|source| StoreError::Json {
+        action: "encode",
+        key: key.to_string(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -785,6 +873,46 @@ mod tests {
         ) -> object_store::Result<()> {
             self.0.copy_opts(from, to, options).await
         }
+    }
+
+    #[tokio::test]
+    async fn a_failed_operation_keeps_its_cause() {
+        let store = Store::open("memory://", None).unwrap();
+        store.put_create("jobs/x/spec.json", "{oops").await.unwrap();
+        let error = store
+            .get_json::<serde_json::Value>("jobs/x/spec.json")
+            .await
+            .unwrap_err();
+        assert_eq!(error.error_code(), ErrorCode::Internal);
+        let cause = std::error::Error::source(&error).expect("a cause");
+        assert!(cause.downcast_ref::<serde_json::Error>().is_some());
+        assert!(matches!(
+            LiftError::from(error),
+            LiftError::Internal(message) if message.starts_with("failed to parse jobs/x/spec.json: ")
+        ));
+
+        // A local store whose directory became a file: the backend's error, retryable.
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("store");
+        let local = Store::open(root.to_str().unwrap(), None).unwrap();
+        std::fs::remove_dir(&root).unwrap();
+        std::fs::write(&root, "not a directory").unwrap();
+        let error = local
+            .put_overwrite("jobs/x/spec.json", "{}")
+            .await
+            .unwrap_err();
+        assert_eq!(error.error_code(), ErrorCode::Unavailable);
+        let cause = std::error::Error::source(&error).expect("a cause");
+        assert!(
+            cause.downcast_ref::<object_store::Error>().is_some(),
+            "{cause:?}"
+        );
+        let message = error.with_causes();
+        assert!(
+            message.starts_with("failed to write jobs/x/spec.json: "),
+            "{message}"
+        );
+        assert!(matches!(LiftError::from(error), LiftError::Unavailable(_)));
     }
 
     #[tokio::test]

@@ -12,7 +12,8 @@ pub enum FactKind {
     Quantity,
     /// Letters and digits together ("KV-220", "A4"), or an all-capitals identifier ("NATO").
     Code,
-    /// A number alone, in digits or words ("4.2.1", "forty-two").
+    /// A number alone, in digits or words ("4.2.1", "forty-two"), or an ordinal ("54th",
+    /// "twenty-first").
     Number,
     /// Capitalised words, with name particles inside ("Jan van der Berg", "Harrow Point").
     Name,
@@ -295,6 +296,58 @@ fn is_number_word(word: &Word<'_>) -> bool {
         .all(|part| NUMBER_WORDS.contains(&part))
 }
 
+/// Spelled ordinals that mark a fact. "first", "second" and "third" alone are left out: they
+/// mostly order events ("first lit", "a second time") rather than state a fact.
+const ORDINAL_WORDS: &[&str] = &[
+    "fourth",
+    "fifth",
+    "sixth",
+    "seventh",
+    "eighth",
+    "ninth",
+    "tenth",
+    "eleventh",
+    "twelfth",
+    "thirteenth",
+    "fourteenth",
+    "fifteenth",
+    "sixteenth",
+    "seventeenth",
+    "eighteenth",
+    "nineteenth",
+    "twentieth",
+    "thirtieth",
+    "fortieth",
+    "fiftieth",
+    "sixtieth",
+    "seventieth",
+    "eightieth",
+    "ninetieth",
+    "hundredth",
+    "thousandth",
+];
+
+/// Whether a fact is an ordinal ("54th"): asked for with "which", not "what number".
+pub(crate) fn names_an_ordinal(text: &str) -> bool {
+    words(text).first().is_some_and(is_ordinal)
+}
+
+/// "54th", "1st", "twelfth", "twenty-first": a position in a series, in digits or words.
+fn is_ordinal(word: &Word<'_>) -> bool {
+    let lower = word.lower();
+    let digits = lower.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    if !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit()) {
+        return matches!(&lower[digits.len()..], "st" | "nd" | "rd" | "th");
+    }
+    match lower.rsplit_once('-') {
+        Some((tens, unit)) => {
+            NUMBER_WORDS.contains(&tens)
+                && (ORDINAL_WORDS.contains(&unit) || matches!(unit, "first" | "second" | "third"))
+        }
+        None => ORDINAL_WORDS.contains(&lower.as_str()),
+    }
+}
+
 fn is_digit_number(word: &Word<'_>) -> bool {
     word.has_digit()
         && word
@@ -316,6 +369,17 @@ fn number_spans(sentence: &str, words: &[Word<'_>]) -> Vec<FactSpan> {
     let mut index = 0;
     while index < words.len() {
         let word = &words[index];
+        if is_ordinal(word) {
+            // An ordinal names a position, not an amount: the word after it is not a unit.
+            spans.push(FactSpan {
+                start: word.start,
+                end: word.end,
+                kind: FactKind::Number,
+                is_place: false,
+            });
+            index += 1;
+            continue;
+        }
         let spelled = is_number_word(word);
         if !(is_digit_number(word) || spelled) {
             index += 1;
@@ -667,6 +731,27 @@ mod tests {
         assert_eq!(
             spans("The votes were counted: Seven."),
             vec![("Seven", FactKind::Number)]
+        );
+    }
+
+    #[test]
+    fn ordinals_in_digits_and_words() {
+        assert_eq!(
+            spans("The 54th regatta drew a record crowd."),
+            vec![("54th", FactKind::Number)]
+        );
+        assert_eq!(
+            spans("The shop is on the twelfth floor, above the twenty-first gallery."),
+            vec![
+                ("twelfth", FactKind::Number),
+                ("twenty-first", FactKind::Number)
+            ]
+        );
+        // Ordering words alone are not facts; an ordinal day stays part of its date.
+        assert_eq!(spans("It was first lit a second time."), vec![]);
+        assert_eq!(
+            spans("It reopened on 3rd May 1902."),
+            vec![("3rd May 1902", FactKind::Date)]
         );
     }
 

@@ -6,7 +6,7 @@
 //! generator"). A cloze would be a third, but with the sentence in the answer it only teaches
 //! copying.
 
-use crate::facts::{names_a_weekday, words, FactKind, FactSpan};
+use crate::facts::{names_a_weekday, names_an_ordinal, words, FactKind, FactSpan};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TemplatedQuestion {
@@ -387,6 +387,7 @@ fn question_phrase(sentence: &str, span: &FactSpan, at_start: bool) -> String {
         FactKind::Date if names_a_weekday(text) => "which day".to_string(),
         FactKind::Date => "what date".to_string(),
         FactKind::Quantity => quantity_phrase(text),
+        FactKind::Number if names_an_ordinal(text) => "which".to_string(),
         FactKind::Number => "what number".to_string(),
         FactKind::Code => "what code".to_string(),
         FactKind::Name if span.is_place => "which place".to_string(),
@@ -441,10 +442,11 @@ fn in_place_question(sentence: &str, span: &FactSpan) -> Option<String> {
     let at_start = words(before).is_empty();
     let phrase = question_phrase(sentence, span, at_start);
     let after = clause_rest(&sentence[span.end..]);
-    // "held on the last Saturday" -> "held on which day", not "on the which day".
+    // "held on the last Saturday" -> "held on which day", not "on the which day"; "the 54th
+    // regatta" -> "which regatta".
     let before = match before.len().checked_sub("the ".len()) {
         Some(cut)
-            if phrase == "which day"
+            if phrase.starts_with("which")
                 && before.is_char_boundary(cut)
                 && before[cut..].eq_ignore_ascii_case("the ")
                 && (cut == 0 || before[..cut].ends_with(' ')) =>
@@ -516,6 +518,8 @@ fn fronted_question(sentence: &str, span: &FactSpan) -> Option<String> {
         // where a fronted "who" would not read ("Who was it built of?").
         FactKind::Name if after_by => "who".to_string(),
         FactKind::Name | FactKind::Quoted => return None,
+        // "Which was the regatta held?" does not read: an ordinal keeps its place.
+        FactKind::Number if names_an_ordinal(span.text(sentence)) => return None,
         _ => question_phrase(sentence, span, false),
     };
     let absorbs_preposition =
@@ -774,6 +778,24 @@ mod tests {
                 "When is Kell Lantern Night held?",
                 "last Saturday of September"
             )),
+            "{all:?}"
+        );
+    }
+
+    #[test]
+    fn an_ordinal_is_asked_for_with_which() {
+        let all = questions("The town held the 54th regatta on the river in 2024.");
+        assert!(
+            all.contains(&pair(
+                "The town held which regatta on the river in 2024?",
+                "54th"
+            )),
+            "{all:?}"
+        );
+        assert!(
+            all.iter()
+                .filter(|(_, answer)| answer == "54th")
+                .all(|(q, _)| !q.starts_with("Which")),
             "{all:?}"
         );
     }

@@ -10,10 +10,9 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use lift_shared::broker::{queues, Broker, BrokerError, Delivery, Headers};
-use lift_shared::error::LiftError;
 use lift_shared::ids::JobId;
 use lift_shared::messages::{now_ms, ProgressEvent, SynthChunk, Task};
-use lift_shared::store::{layout, FailedChunkMarker, Store};
+use lift_shared::store::{layout, FailedChunkMarker, Store, StoreError};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -166,7 +165,7 @@ struct CancelCache {
 }
 
 impl CancelCache {
-    async fn is_cancelled(&self, store: &Store, job: &JobId) -> Result<bool, LiftError> {
+    async fn is_cancelled(&self, store: &Store, job: &JobId) -> Result<bool, StoreError> {
         if let Some((cancelled, at)) = self.lock().get(job) {
             if *cancelled || at.elapsed() < CANCEL_CHECK_INTERVAL {
                 return Ok(*cancelled);
@@ -201,8 +200,8 @@ enum Settlement {
 /// A failure of the store or the broker while handling a chunk: the chunk may succeed later.
 #[derive(Debug, thiserror::Error)]
 enum InfraError {
-    #[error(transparent)]
-    Store(#[from] LiftError),
+    #[error("{}", .0.with_causes())]
+    Store(#[from] StoreError),
     #[error(transparent)]
     Broker(#[from] BrokerError),
     #[error("failed to encode task file: {0}")]
@@ -422,7 +421,7 @@ impl ChunkContext {
         };
         let key = layout::failed(job_id, chunk_index);
         if let Err(error) = self.store.put_json_create(&key, &marker).await {
-            tracing::error!(key, %error, "failed to write failed-chunk marker");
+            tracing::error!(key, error = %error.with_causes(), "failed to write failed-chunk marker");
         }
         let event = ProgressEvent::ChunkFailed {
             job_id: job_id.clone(),

@@ -1,10 +1,10 @@
 use lift_shared::broker::BrokerError;
-use lift_shared::error::LiftError;
+use lift_shared::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
-    #[error("store: {0}")]
-    Store(#[from] LiftError),
+    #[error("store: {}", .0.with_causes())]
+    Store(#[from] StoreError),
     #[error("broker: {0}")]
     Broker(#[from] BrokerError),
     #[error("engine: {0}")]
