@@ -172,19 +172,12 @@ mod tests {
     }
 
     #[test]
-    fn candidates_start_with_the_greedy_reply_and_are_distinct() {
+    fn draws_are_deduplicated_and_scored_under_both_prompts() {
         let engine = tiny_engine(7);
         let prompts = [ContrastPrompt {
             prompt: "Name a colour.".into(),
             baseline: "Say something.".into(),
         }];
-        let options = RerankOptions {
-            max_tokens: 6,
-            samples: 5,
-            temperature: 1.5,
-            baseline_weight: 0.5,
-        };
-        let ranked = engine.rank_replies(None, &prompts, &options).unwrap();
         let greedy = engine
             .generate(
                 None,
@@ -198,12 +191,39 @@ mod tests {
                 }],
             )
             .unwrap();
+        // At temperature 0 every draw is the greedy reply: one candidate.
+        let options = RerankOptions {
+            max_tokens: 6,
+            samples: 5,
+            temperature: 0.0,
+            baseline_weight: 0.5,
+        };
+        let ranked = engine.rank_replies(None, &prompts, &options).unwrap();
+        let candidates = &ranked[0].candidates;
+        assert_eq!(candidates.len(), 1);
+        assert_eq!(candidates[0].text, greedy[0].text.trim());
+        let expected = engine
+            .score_replies(
+                None,
+                &[&prompts[0].prompt, &prompts[0].baseline].map(|prompt| ScoreRequest {
+                    prompt: prompt.clone(),
+                    reply: candidates[0].text.clone(),
+                }),
+            )
+            .unwrap();
+        assert_eq!(candidates[0].given_prompt, expected[0]);
+        assert_eq!(candidates[0].given_baseline, expected[1]);
+        // Sampled draws: the greedy reply first, then distinct ones.
+        let sampled = RerankOptions {
+            temperature: 2.0,
+            ..options
+        };
+        let ranked = engine.rank_replies(None, &prompts, &sampled).unwrap();
         let candidates = &ranked[0].candidates;
         assert_eq!(candidates[0].text, greedy[0].text.trim());
-        assert!(candidates.len() > 1, "sampling at 1.5 gave one reply");
+        assert!(candidates.len() <= 6);
         for (i, a) in candidates.iter().enumerate() {
             assert!(candidates[i + 1..].iter().all(|b| b.text != a.text));
-            assert!(a.given_prompt.tokens > 0 && a.given_baseline.tokens > 0);
         }
     }
 }
