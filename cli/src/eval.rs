@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use lift_engine::{Engine, LoraAdapter, RankedReplies, RerankOptions};
-use lift_eval::facts::{load_fact_documents, FactDocument, FactScore};
+use lift_eval::facts::{load_fact_documents, FactDocument, FactQuestion, FactScore};
 use lift_eval::haystack::{build_haystack, load_essays};
 use lift_eval::metrics::{contains_answer, contains_key_facts, exact_match, token_f1};
 use lift_eval::plot::{facts_bars, niah_heatmap, squad_bars};
@@ -280,7 +280,6 @@ async fn answer_in_three_settings(
                 max_tokens: ANSWER_TOKENS,
                 samples: candidates,
                 temperature: 1.0,
-                baseline_weight: 0.0,
             };
             ask::ranked_answers(engine.clone(), Some(adapter), title, questions, options).await?
         }
@@ -880,6 +879,41 @@ impl FactAnswers {
     }
 }
 
+/// Baseline weights the candidates summary picks with (0: by likelihood alone).
+const CANDIDATE_BASELINE_WEIGHTS: [f64; 5] = [0.0, 0.25, 0.5, 0.75, 1.0];
+
+/// Over the questions whose candidates were drawn: how many the greedy answer got, how many
+/// have the key fact in some candidate, and how many the best candidate by contrast gets
+/// at each baseline weight (`lift_engine::rerank`).
+fn candidates_summary(results: &[FactAnswers]) -> serde_json::Value {
+    let drawn: Vec<(&FactQuestion, &RankedReplies)> = results
+        .iter()
+        .flat_map(|r| r.document.questions.iter().zip(&r.settings.candidates))
+        .collect();
+    let by_weight: Vec<_> = CANDIDATE_BASELINE_WEIGHTS
+        .iter()
+        .map(|&weight| {
+            let answered = drawn
+                .iter()
+                .filter(|(q, ranked)| q.is_answered_by(&ranked.best(weight).text))
+                .count();
+            json!({ "baseline_weight": weight, "answered": answered })
+        })
+        .collect();
+    json!({
+        "questions": drawn.len(),
+        "greedy_answered": drawn
+            .iter()
+            .filter(|(q, ranked)| q.is_answered_by(&ranked.candidates[0].text))
+            .count(),
+        "some_candidate_answers": drawn
+            .iter()
+            .filter(|(q, ranked)| ranked.candidates.iter().any(|c| q.is_answered_by(&c.text)))
+            .count(),
+        "best_by_contrast": by_weight,
+    })
+}
+
 async fn facts(config: Config, args: FactsArgs) -> anyhow::Result<()> {
     let mut documents = load_fact_documents(&args.set).with_context(|| {
         format!(
@@ -975,8 +1009,10 @@ async fn facts(config: Config, args: FactsArgs) -> anyhow::Result<()> {
         .iter()
         .filter_map(|r| r.job["seconds"].as_f64())
         .collect();
+    let candidates = (args.candidates > 0).then(|| candidates_summary(&results));
     let report = json!({
         "eval": "facts",
+        "candidates": candidates,
         "config": {
             "set": args.set,
             "documents": results.len(),
@@ -1012,6 +1048,7 @@ async fn facts(config: Config, args: FactsArgs) -> anyhow::Result<()> {
         serde_json::to_string(&json!({
             "report": path,
             "overall": report["overall"],
+            "candidates": report["candidates"],
             "facts_found": report["facts_found"],
             "facts_covered": report["facts_covered"],
             "mean_job_seconds": report["mean_job_seconds"],

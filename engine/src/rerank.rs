@@ -23,8 +23,6 @@ pub struct RerankOptions {
     /// Sampled candidates besides the greedy reply.
     pub samples: usize,
     pub temperature: f64,
-    /// Weight of the baseline prompt's log-probability (0 ranks by likelihood alone).
-    pub baseline_weight: f64,
 }
 
 /// A prompt and the baseline it is weighed against (the same frame, asking nothing).
@@ -42,6 +40,8 @@ pub struct Candidate {
 }
 
 impl Candidate {
+    /// log p(reply | prompt) - `baseline_weight` x log p(reply | baseline); a weight of 0
+    /// ranks by likelihood alone.
     pub fn contrast(&self, baseline_weight: f64) -> f64 {
         self.given_prompt.log_prob - baseline_weight * self.given_baseline.log_prob
     }
@@ -196,7 +196,6 @@ mod tests {
             max_tokens: 6,
             samples: 5,
             temperature: 0.0,
-            baseline_weight: 0.5,
         };
         let ranked = engine.rank_replies(None, &prompts, &options).unwrap();
         let candidates = &ranked[0].candidates;

@@ -9,7 +9,7 @@ use crate::engine::Engine;
 use crate::error::Result;
 use crate::lora::LoraAdapter;
 use crate::model::{causal_mask, ForwardInput, LogitsFor};
-use crate::train::encode_exchange;
+use crate::train::{answer_positions, encode_exchange, AnswerPositions};
 
 /// Sequences scored per forward call: bounds the activations of one call.
 const SCORE_ROWS: usize = 16;
@@ -53,26 +53,13 @@ impl Engine {
             .iter()
             .map(|r| encode_exchange(self, &r.prompt, &r.reply, limit))
             .collect::<Result<Vec<_>>>()?;
-        let t = encoded
-            .iter()
-            .map(|e| e.ids.len())
-            .max()
-            .unwrap_or(1)
-            .max(2)
-            - 1;
-        let pad = self.tokenizer.pad_id();
-        let (mut inputs, mut rows, mut targets, mut owners) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for (i, e) in encoded.iter().enumerate() {
-            for j in 0..t {
-                inputs.push(e.ids.get(j).copied().unwrap_or(pad));
-                if e.is_answer.get(j + 1).copied().unwrap_or(false) {
-                    rows.push((i * t + j) as u32);
-                    targets.push(e.ids[j + 1]);
-                    owners.push(i);
-                }
-            }
-        }
+        let AnswerPositions {
+            inputs,
+            t,
+            flat: rows,
+            targets,
+            owners,
+        } = answer_positions(&encoded, self.tokenizer.pad_id());
         let mut scores = vec![
             ReplyScore {
                 log_prob: 0.0,

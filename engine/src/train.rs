@@ -191,24 +191,13 @@ impl SftTrainer {
             .iter()
             .map(|e| self.encode(e))
             .collect::<Result<Vec<_>>>()?;
-        let t = encoded
-            .iter()
-            .map(|e| e.ids.len())
-            .max()
-            .unwrap_or(1)
-            .max(2)
-            - 1;
-        let pad = self.engine.tokenizer.pad_id();
-        let (mut inputs, mut rows, mut targets) = (Vec::new(), Vec::new(), Vec::new());
-        for (i, e) in encoded.iter().enumerate() {
-            for j in 0..t {
-                inputs.push(e.ids.get(j).copied().unwrap_or(pad));
-                if e.is_answer.get(j + 1).copied().unwrap_or(false) {
-                    rows.push((i * t + j) as u32);
-                    targets.push(e.ids[j + 1]);
-                }
-            }
-        }
+        let AnswerPositions {
+            inputs,
+            t,
+            flat: rows,
+            targets,
+            ..
+        } = answer_positions(&encoded, self.engine.tokenizer.pad_id());
         if rows.is_empty() {
             return Err(EngineError::InvalidRequest(
                 "no answer tokens in the batch".into(),
@@ -378,6 +367,45 @@ struct AttentionInputs {
 }
 
 /// Mean cross-entropy over the answer tokens of `batch`.
+/// Encoded exchanges right-padded into one `[b, t]` batch of inputs (`t` is one less than the
+/// longest exchange: the last token is only ever a target), and every position whose next
+/// token is an answer token: its index into the flattened batch, that token, and its row.
+pub(crate) struct AnswerPositions {
+    pub inputs: Vec<u32>,
+    pub t: usize,
+    pub flat: Vec<u32>,
+    pub targets: Vec<u32>,
+    pub owners: Vec<usize>,
+}
+
+pub(crate) fn answer_positions(encoded: &[EncodedExample], pad: u32) -> AnswerPositions {
+    let t = encoded
+        .iter()
+        .map(|e| e.ids.len())
+        .max()
+        .unwrap_or(1)
+        .max(2)
+        - 1;
+    let mut positions = AnswerPositions {
+        inputs: Vec::with_capacity(encoded.len() * t),
+        t,
+        flat: Vec::new(),
+        targets: Vec::new(),
+        owners: Vec::new(),
+    };
+    for (i, e) in encoded.iter().enumerate() {
+        for j in 0..t {
+            positions.inputs.push(e.ids.get(j).copied().unwrap_or(pad));
+            if e.is_answer.get(j + 1).copied().unwrap_or(false) {
+                positions.flat.push((i * t + j) as u32);
+                positions.targets.push(e.ids[j + 1]);
+                positions.owners.push(i);
+            }
+        }
+    }
+    positions
+}
+
 /// A user prompt and the assistant's reply in the model's chat template, as training sees
 /// them: the reply's tokens (its end-of-turn included) carry the loss. At most `max_seq_len`
 /// tokens: a long reply is cut at its end, then the prompt loses its start.

@@ -50,6 +50,19 @@ impl ErrorCode {
     }
 }
 
+/// An error and its causes, outermost first ("failed to write k: Generic S3 error: ..."): for
+/// messages and log lines, where a library's top-level message alone hides what failed.
+pub fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        message.push_str(": ");
+        message.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    message
+}
+
 /// An error that knows its code; each transport turns the code into its own status.
 pub trait ServiceError: std::fmt::Display {
     fn error_code(&self) -> ErrorCode;

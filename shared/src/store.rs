@@ -231,14 +231,7 @@ impl ServiceError for StoreError {
 impl StoreError {
     /// The error and its causes, outermost first: what a log line or a gRPC message says.
     pub fn with_causes(&self) -> String {
-        let mut message = self.to_string();
-        let mut cause = std::error::Error::source(self);
-        while let Some(error) = cause {
-            message.push_str(": ");
-            message.push_str(&error.to_string());
-            cause = error.source();
-        }
-        message
+        crate::error::with_causes(self)
     }
 }
 

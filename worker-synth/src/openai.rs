@@ -17,6 +17,7 @@ use crate::generator::{
     GeneratorError, QaGenerator, QaRequest, RawReply, RestateRequest, RESTATE_TEMPERATURE,
 };
 use crate::prompt::{json_messages, restate_user};
+use lift_shared::error::with_causes;
 use lift_shared::protocol::qa_pairs_schema;
 
 #[derive(Clone, PartialEq)]
@@ -226,14 +227,14 @@ impl OpenAiGenerator {
 
     fn transport_error(&self, error: &reqwest::Error) -> AttemptError {
         let error = if error.is_connect() {
-            self.unreachable(&error_chain(error))
+            self.unreachable(&with_causes(error))
         } else if error.is_timeout() {
             GeneratorError::Timeout {
                 seconds: self.config.request_timeout.as_secs(),
             }
         } else {
             // A connection reset or a body cut short: the server went away mid-request.
-            self.unreachable(&error_chain(error))
+            self.unreachable(&with_causes(error))
         };
         AttemptError::Retry {
             error,
@@ -424,18 +425,6 @@ fn retry_after(response: &reqwest::Response) -> Option<Duration> {
     let value = response.headers().get(reqwest::header::RETRY_AFTER)?;
     let seconds: u64 = value.to_str().ok()?.trim().parse().ok()?;
     Some(Duration::from_secs(seconds))
-}
-
-/// reqwest's top-level message ("error sending request") hides the cause.
-fn error_chain(error: &reqwest::Error) -> String {
-    let mut message = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
 }
 
 fn truncate(text: &str, max_chars: usize) -> String {
