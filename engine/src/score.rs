@@ -8,8 +8,10 @@ use serde::{Deserialize, Serialize};
 use crate::engine::Engine;
 use crate::error::Result;
 use crate::lora::LoraAdapter;
-use crate::model::{causal_mask, ForwardInput, LogitsFor};
-use crate::train::{answer_positions, encode_exchange, AnswerPositions};
+use crate::model::{ForwardInput, LogitsFor};
+use crate::train::{
+    answer_positions, encode_exchange, target_log_probs, AnswerPositions, AttentionInputs,
+};
 
 /// Sequences scored per forward call: bounds the activations of one call.
 const SCORE_ROWS: usize = 16;
@@ -74,27 +76,20 @@ impl Engine {
         let device = self.device();
         let _turn = self.shared_stream_turn();
         let inputs = Tensor::from_vec(inputs, (b, t), device)?;
-        let positions = Tensor::arange(0u32, t as u32, device)?
-            .unsqueeze(0)?
-            .repeat((b, 1))?;
-        let mask = causal_mask(t, 0, self.model.dtype(), device)?;
+        let attention = AttentionInputs::new(b, t, self.model.dtype(), device)?;
         let flat_rows = Tensor::from_vec(rows, owners.len(), device)?;
         let logits = self.model.forward(
             &ForwardInput {
                 input_ids: &inputs,
-                positions: &positions,
-                mask: Some(&mask),
+                positions: &attention.positions,
+                mask: Some(&attention.mask),
                 adapter,
                 logits: LogitsFor::FlatPositions(&flat_rows),
             },
             None,
         )?;
-        let max = logits.max_keepdim(1)?;
-        let shifted = logits.broadcast_sub(&max)?;
-        let log_sum_exp = shifted.exp()?.sum_keepdim(1)?.log()?;
         let targets = Tensor::from_vec(targets, owners.len(), device)?;
-        let target_logit = shifted.gather(&targets.unsqueeze(1)?, 1)?;
-        let log_probs = (target_logit - log_sum_exp)?
+        let log_probs = target_log_probs(&logits, &targets)?
             .flatten_all()?
             .to_vec1::<f32>()?;
         for (owner, log_prob) in owners.into_iter().zip(log_probs) {

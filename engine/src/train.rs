@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use candle_core::{DType, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::Engine;
@@ -224,13 +224,8 @@ impl SftTrainer {
 
     fn prepare_attention_inputs(&mut self, (b, t): (usize, usize)) -> Result<()> {
         if !self.attention_inputs.contains_key(&(b, t)) {
-            let device = self.engine.device();
-            let inputs = AttentionInputs {
-                mask: causal_mask(t, 0, self.engine.model.dtype(), device)?,
-                positions: Tensor::arange(0u32, t as u32, device)?
-                    .unsqueeze(0)?
-                    .repeat((b, 1))?,
-            };
+            let inputs =
+                AttentionInputs::new(b, t, self.engine.model.dtype(), self.engine.device())?;
             self.attention_inputs.insert((b, t), inputs);
         }
         Ok(())
@@ -361,12 +356,24 @@ impl SftTrainer {
     }
 }
 
-struct AttentionInputs {
-    mask: Tensor,
-    positions: Tensor,
+/// The causal mask and rope positions of a right-padded `[b, t]` batch that starts at
+/// position 0 (training steps and scoring).
+pub(crate) struct AttentionInputs {
+    pub mask: Tensor,
+    pub positions: Tensor,
 }
 
-/// Mean cross-entropy over the answer tokens of `batch`.
+impl AttentionInputs {
+    pub fn new(b: usize, t: usize, dtype: DType, device: &Device) -> Result<Self> {
+        Ok(Self {
+            mask: causal_mask(t, 0, dtype, device)?,
+            positions: Tensor::arange(0u32, t as u32, device)?
+                .unsqueeze(0)?
+                .repeat((b, 1))?,
+        })
+    }
+}
+
 /// Encoded exchanges right-padded into one `[b, t]` batch of inputs (`t` is one less than the
 /// longest exchange: the last token is only ever a target), and every position whose next
 /// token is an answer token: its index into the flattened batch, that token, and its row.
@@ -443,6 +450,17 @@ pub(crate) fn encode_exchange(
     })
 }
 
+/// The log-probability of each target token under its row of `logits` (`[n, vocab]`), as
+/// `[n, 1]`; the max is detached because it only keeps the exponent small.
+pub(crate) fn target_log_probs(logits: &Tensor, targets: &Tensor) -> candle_core::Result<Tensor> {
+    let max = logits.max_keepdim(1)?.detach();
+    let shifted = logits.broadcast_sub(&max)?;
+    let log_sum_exp = shifted.exp()?.sum_keepdim(1)?.log()?;
+    let target_logit = shifted.gather(&targets.unsqueeze(1)?, 1)?;
+    target_logit - log_sum_exp
+}
+
+/// Mean cross-entropy over the answer tokens of `batch`.
 fn batch_loss(
     engine: &Engine,
     adapter: &LoraAdapter,
@@ -459,11 +477,9 @@ fn batch_loss(
         },
         None,
     )?;
-    let max = logits.max_keepdim(1)?.detach();
-    let shifted = logits.broadcast_sub(&max)?;
-    let log_sum_exp = shifted.exp()?.sum_keepdim(1)?.log()?;
-    let target_logit = shifted.gather(&batch.answer_targets.unsqueeze(1)?, 1)?;
-    (log_sum_exp - target_logit)?.mean_all()
+    target_log_probs(&logits, &batch.answer_targets)?
+        .neg()?
+        .mean_all()
 }
 
 /// AdamW with global-norm clipping over all LoRA variables at once. Gradients and values
