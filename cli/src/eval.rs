@@ -85,8 +85,10 @@ pub struct FactsArgs {
     /// adapted model, and report every candidate, whether it holds the key fact, and its
     /// log-probability under its question and under a question asking nothing
     /// (`lift_engine::rerank`); 0 draws none. Whether the fact is among the candidates says
-    /// whether the adapter stored it where the greedy answer did not find it.
-    #[arg(long, default_value_t = 0)]
+    /// whether the adapter stored it where the greedy answer did not find it. At most 32: every
+    /// draw is a row of one generation batch per document.
+    #[arg(long, default_value_t = 0,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=32))]
     pub candidates: usize,
     #[command(flatten)]
     pub lift: LiftArgs,
