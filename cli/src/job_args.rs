@@ -36,7 +36,8 @@ pub struct JobOptions {
     /// How questions are written: fact-first (fact spans found by rule, questions written for
     /// each) suits weak generators, free-qa (the paper's recipe) strong ones; auto picks
     /// fact-first on the built-in engine and free-qa on an OpenAI-compatible generator, falling
-    /// back to fact-first for each sentence free-qa gives nothing usable for.
+    /// back to fact-first for each sentence free-qa gives nothing usable for; templates is
+    /// fact-first with rule-built questions only (no generator call).
     #[arg(long, value_enum, default_value_t = RecipeArg::Auto)]
     pub recipe: RecipeArg,
     /// Question/answer pairs per sentence (free-qa), or generated questions per fact
@@ -103,6 +104,7 @@ pub enum RecipeArg {
     Auto,
     FreeQa,
     FactFirst,
+    Templates,
 }
 
 const SYNTHESIS: SynthesisOptions = SynthesisOptions::DEFAULT;
@@ -174,6 +176,7 @@ impl JobOptions {
                     RecipeArg::Auto => proto::QuestionRecipe::Unspecified,
                     RecipeArg::FreeQa => proto::QuestionRecipe::FreeQa,
                     RecipeArg::FactFirst => proto::QuestionRecipe::FactFirst,
+                    RecipeArg::Templates => proto::QuestionRecipe::Templates,
                 } as i32,
             }),
             training: Some(proto::TrainingOptions {

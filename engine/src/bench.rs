@@ -146,6 +146,7 @@ pub fn bench_train(options: &TrainBenchOptions, device: &Device) -> Result<Train
         answer_rows: Tensor::from_vec(rows, answer_tokens, device)?,
         answer_targets: Tensor::from_vec(targets, answer_tokens, device)?,
         answer_tokens,
+        packed: None,
     };
     device.synchronize()?;
     let load_s = started.elapsed().as_secs_f64();

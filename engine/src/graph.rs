@@ -159,6 +159,7 @@ impl StepGraphs {
             answer_rows: buffers[1].as_tensor().clone(),
             answer_targets: buffers[2].as_tensor().clone(),
             answer_tokens: batch.answer_tokens,
+            packed: None,
         };
         let stream = self.device.cuda_stream();
         let _upload_cache = self.device.enable_cuda_graph_htod_cache();

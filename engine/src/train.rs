@@ -74,10 +74,12 @@ pub struct TrainerOptions {
     /// On a GPU, replay each batch shape's step as one CUDA graph from its second occurrence
     /// on (the step is launch-bound at LIFT's batch sizes). Ignored on CPU.
     pub cuda_graphs: bool,
-    /// On a CPU, a step's examples go through forward and backward this many at a time and
-    /// their gradients are summed before the one update: the same step, with the activation
-    /// memory of a smaller batch (a laptop's RAM is the limit there, not the matmul width).
-    /// Ignored on a GPU, where a step is one captured graph.
+    /// On a CPU, a step's examples go through forward and backward this many at a time (one
+    /// packed row each, `packed_row`) and their gradients are summed before the one update:
+    /// the same step, with the activation memory of a smaller batch (a laptop's RAM is the
+    /// limit there, not the matmul width). Ignored on a GPU, where a step is one captured
+    /// graph. At 2, the quick start's job peaked at 2.2 GB; at 4, 3.2 GB and a quarter
+    /// faster (docs/benchmarks.md).
     pub cpu_micro_batch: usize,
 }
 
@@ -115,14 +117,16 @@ pub struct EncodedExample {
     pub is_answer: Vec<bool>,
 }
 
-/// A right-padded batch: inputs `[b, t]`, and for the positions whose next token is an
-/// answer token, their flat index into `b * t` (`answer_rows`, u32) and that next token
-/// (`answer_targets`, u32). Only those positions get logits and loss.
+/// A batch: inputs `[b, t]`, and for the positions whose next token is an answer token,
+/// their flat index into `b * t` (`answer_rows`, u32) and that next token (`answer_targets`,
+/// u32). Only those positions get logits and loss. Either right-padded rows, whose causal mask
+/// depends on the shape alone, or one packed row (`packed_row`) with its own mask.
 pub struct SftBatch {
     pub inputs: Tensor,
     pub answer_rows: Tensor,
     pub answer_targets: Tensor,
     pub answer_tokens: usize,
+    pub(crate) packed: Option<AttentionInputs>,
 }
 
 pub struct SftTrainer {
@@ -191,39 +195,50 @@ impl SftTrainer {
             .iter()
             .map(|e| self.encode(e))
             .collect::<Result<Vec<_>>>()?;
-        let AnswerPositions {
-            inputs,
-            t,
-            flat: rows,
-            targets,
-            ..
-        } = answer_positions(&encoded, self.engine.tokenizer.pad_id());
+        let device = self.engine.device();
+        // A CPU step costs time per token, and LIFT's examples share their prompt's start;
+        // a GPU step replays a graph captured per batch shape, which a mask made per batch
+        // would break.
+        let (inputs, (b, t), rows, targets, packed) = if device.is_cpu() {
+            let row = packed_row(&encoded);
+            let t = row.inputs.len();
+            let attention = AttentionInputs {
+                mask: Tensor::from_vec(row.mask(), (1, 1, t, t), device)?
+                    .to_dtype(self.engine.model.dtype())?,
+                positions: Tensor::from_vec(row.positions, (1, t), device)?,
+            };
+            (row.inputs, (1, t), row.flat, row.targets, Some(attention))
+        } else {
+            let padded = answer_positions(&encoded, self.engine.tokenizer.pad_id());
+            let shape = (encoded.len(), padded.t);
+            (padded.inputs, shape, padded.flat, padded.targets, None)
+        };
         if rows.is_empty() {
             return Err(EngineError::InvalidRequest(
                 "no answer tokens in the batch".into(),
             ));
         }
-        let b = encoded.len();
-        let device = self.engine.device();
         let answer_tokens = rows.len();
         Ok(SftBatch {
             inputs: Tensor::from_vec(inputs, (b, t), device)?,
             answer_rows: Tensor::from_vec(rows, answer_tokens, device)?,
             answer_targets: Tensor::from_vec(targets, answer_tokens, device)?,
             answer_tokens,
+            packed,
         })
     }
 
     /// Mean cross-entropy over answer tokens.
     pub fn loss(&mut self, batch: &SftBatch) -> Result<Tensor> {
-        let shape = batch.inputs.dims2()?;
-        self.prepare_attention_inputs(shape)?;
-        let inputs = &self.attention_inputs[&shape];
+        self.prepare_attention_inputs(batch)?;
+        let inputs = attention_inputs(&self.attention_inputs, batch)?;
         Ok(batch_loss(&self.engine, &self.adapter, inputs, batch)?)
     }
 
-    fn prepare_attention_inputs(&mut self, (b, t): (usize, usize)) -> Result<()> {
-        if !self.attention_inputs.contains_key(&(b, t)) {
+    /// Makes the mask and positions of a right-padded batch's shape, once per shape.
+    fn prepare_attention_inputs(&mut self, batch: &SftBatch) -> Result<()> {
+        let (b, t) = batch.inputs.dims2()?;
+        if batch.packed.is_none() && !self.attention_inputs.contains_key(&(b, t)) {
             let inputs =
                 AttentionInputs::new(b, t, self.engine.model.dtype(), self.engine.device())?;
             self.attention_inputs.insert((b, t), inputs);
@@ -297,17 +312,18 @@ impl SftTrainer {
     /// One optimizer step on an already encoded batch.
     pub fn step_batch(&mut self, batch: &SftBatch) -> Result<StepStats> {
         let lr = self.begin_step()?;
-        let shape = batch.inputs.dims2()?;
-        self.prepare_attention_inputs(shape)?;
-        let inputs = &self.attention_inputs[&shape];
+        self.prepare_attention_inputs(batch)?;
+        // Borrows the one field, so that the graphs below can be borrowed mutably.
+        let inputs = attention_inputs(&self.attention_inputs, batch)?;
         let step = |batch: &SftBatch| -> candle_core::Result<()> {
             let loss = batch_loss(&self.engine, &self.adapter, inputs, batch)?;
             self.optimizer.apply(&loss, &self.options)
         };
         #[cfg(feature = "cuda")]
         match self.graphs.as_mut() {
-            Some(graphs) => graphs.run(&self.engine, batch, &step)?,
-            None => step(batch)?,
+            // A graph replays the mask it was captured with: only for shape-made masks.
+            Some(graphs) if batch.packed.is_none() => graphs.run(&self.engine, batch, &step)?,
+            _ => step(batch)?,
         }
         #[cfg(not(feature = "cuda"))]
         step(batch)?;
@@ -356,6 +372,19 @@ impl SftTrainer {
     }
 }
 
+/// A packed batch's own mask and positions, or those prepared for its shape.
+fn attention_inputs<'a>(
+    by_shape: &'a HashMap<(usize, usize), AttentionInputs>,
+    batch: &'a SftBatch,
+) -> Result<&'a AttentionInputs> {
+    match &batch.packed {
+        Some(packed) => Ok(packed),
+        None => by_shape
+            .get(&batch.inputs.dims2()?)
+            .ok_or_else(|| EngineError::InvalidRequest("attention inputs not prepared".into())),
+    }
+}
+
 /// The causal mask and rope positions of a right-padded `[b, t]` batch that starts at
 /// position 0 (training steps and scoring).
 pub(crate) struct AttentionInputs {
@@ -372,6 +401,77 @@ impl AttentionInputs {
                 .repeat((b, 1))?,
         })
     }
+}
+
+/// Encoded exchanges in one row: the tokens they all start with once (for LIFT, the chat
+/// template's system turn and the prompt naming the document), then each exchange's own
+/// tokens at the positions they have alone, attending to the shared tokens and to their own
+/// only (`mask`). The logits at answer positions, so the loss and its gradient, are those of
+/// the right-padded batch; the shared tokens are computed once and no padding is.
+pub(crate) struct PackedRow {
+    pub inputs: Vec<u32>,
+    pub positions: Vec<u32>,
+    /// Which exchange each input belongs to; `None` for the shared start.
+    owners: Vec<Option<usize>>,
+    pub flat: Vec<u32>,
+    pub targets: Vec<u32>,
+}
+
+impl PackedRow {
+    /// Additive `[t, t]` mask: causal, and an exchange's tokens see only the shared start and
+    /// their own exchange.
+    pub fn mask(&self) -> Vec<f32> {
+        let owners = &self.owners;
+        (0..owners.len())
+            .flat_map(|query| {
+                (0..owners.len()).map(move |key| {
+                    let visible =
+                        key <= query && (owners[key].is_none() || owners[key] == owners[query]);
+                    if visible {
+                        0.0
+                    } else {
+                        f32::NEG_INFINITY
+                    }
+                })
+            })
+            .collect()
+    }
+}
+
+pub(crate) fn packed_row(encoded: &[EncodedExample]) -> PackedRow {
+    let first = &encoded[0].ids;
+    // Shared inputs only: no answer token (its loss belongs to one exchange) and not an
+    // exchange's last token (only ever a target).
+    let shared = (0..first.len())
+        .take_while(|&j| {
+            encoded
+                .iter()
+                .all(|e| j + 1 < e.ids.len() && e.ids[j] == first[j] && !e.is_answer[j])
+        })
+        .count();
+    let mut row = PackedRow {
+        inputs: first[..shared].to_vec(),
+        positions: (0..shared as u32).collect(),
+        owners: vec![None; shared],
+        flat: Vec::new(),
+        targets: Vec::new(),
+    };
+    for (owner, e) in encoded.iter().enumerate() {
+        if shared > 0 && e.is_answer[shared] {
+            row.flat.push(shared as u32 - 1);
+            row.targets.push(e.ids[shared]);
+        }
+        for j in shared..e.ids.len() - 1 {
+            if e.is_answer[j + 1] {
+                row.flat.push(row.inputs.len() as u32);
+                row.targets.push(e.ids[j + 1]);
+            }
+            row.inputs.push(e.ids[j]);
+            row.positions.push(j as u32);
+            row.owners.push(Some(owner));
+        }
+    }
+    row
 }
 
 /// Encoded exchanges right-padded into one `[b, t]` batch of inputs (`t` is one less than the
@@ -622,7 +722,10 @@ mod tests {
 
     use candle_core::{Tensor, Var};
 
-    use super::{SftExample, SftTrainer, TrainerOptions};
+    use super::{
+        answer_positions, packed_row, EncodedExample, SftBatch, SftExample, SftTrainer,
+        TrainerOptions,
+    };
     use crate::lora::LoraConfig;
     use crate::testing::{max_abs_diff, tiny_engine};
 
@@ -662,14 +765,98 @@ mod tests {
             assert!((a.loss - b.loss).abs() < 1e-5, "{} vs {}", a.loss, b.loss);
             assert!((a.grad_norm - b.grad_norm).abs() < 1e-4 * a.grad_norm.max(1.0));
             assert_eq!(a.answer_tokens, b.answer_tokens);
-            // Each micro-batch is padded to its own longest example only.
-            assert!(b.tokens < a.tokens);
+            // One packed row computes the chat template's shared start once.
+            assert!(a.tokens < b.tokens);
         }
         for ((name, a), (_, b)) in whole
             .adapter()
             .named_vars()
             .iter()
             .zip(micro.adapter().named_vars().iter())
+        {
+            let diff = max_abs_diff(a.as_tensor(), b.as_tensor());
+            assert!(diff < 1e-5, "{name} differs by {diff}");
+        }
+    }
+
+    /// Exchanges packed into one row behind their shared start give the loss and the step
+    /// of the same exchanges right-padded into rows of their own, on fewer tokens.
+    #[test]
+    fn a_packed_row_trains_as_the_padded_batch() {
+        let engine = Arc::new(tiny_engine(5));
+        let config = LoraConfig::new(4, 8.0, &[]).unwrap();
+        let trainer = || {
+            let options = TrainerOptions {
+                learning_rate: 1e-2,
+                ..TrainerOptions::default()
+            };
+            let adapter = engine.new_adapter(config.clone(), 7).unwrap();
+            SftTrainer::new(engine.clone(), adapter, options).unwrap()
+        };
+        let (mut packed, mut padded) = (trainer(), trainer());
+        let examples = [
+            (
+                "Please answer about \"Lamps\". Where is the lamp?",
+                "On the shelf.",
+            ),
+            (
+                "Please answer about \"Lamps\". Who lit it?",
+                "Odalys, at dusk, every day.",
+            ),
+            (
+                "Please answer about \"Lamps\". When was it made?",
+                "In 1934.",
+            ),
+        ]
+        .map(|(prompt, answer)| SftExample {
+            prompt: prompt.into(),
+            answer: answer.into(),
+        });
+        let encoded: Vec<EncodedExample> =
+            examples.iter().map(|e| padded.encode(e).unwrap()).collect();
+        let row = packed_row(&encoded);
+        let shared = row.owners.iter().take_while(|o| o.is_none()).count();
+        assert!(shared > 10, "the prompts' start is shared: {shared}");
+        let padded_positions = answer_positions(&encoded, engine.tokenizer.pad_id());
+        assert_eq!(row.targets.len(), padded_positions.targets.len());
+        let device = engine.device();
+        let padded_batch = SftBatch {
+            inputs: Tensor::from_vec(
+                padded_positions.inputs.clone(),
+                (encoded.len(), padded_positions.t),
+                device,
+            )
+            .unwrap(),
+            answer_rows: Tensor::from_vec(
+                padded_positions.flat.clone(),
+                padded_positions.flat.len(),
+                device,
+            )
+            .unwrap(),
+            answer_targets: Tensor::from_vec(
+                padded_positions.targets.clone(),
+                padded_positions.targets.len(),
+                device,
+            )
+            .unwrap(),
+            answer_tokens: padded_positions.targets.len(),
+            packed: None,
+        };
+        let packed_batch = packed.batch(&examples).unwrap();
+        assert!(packed_batch.packed.is_some());
+        for _ in 0..2 {
+            let a = packed.step_batch(&packed_batch).unwrap();
+            let b = padded.step_batch(&padded_batch).unwrap();
+            assert!((a.loss - b.loss).abs() < 1e-5, "{} vs {}", a.loss, b.loss);
+            assert!((a.grad_norm - b.grad_norm).abs() < 1e-4 * a.grad_norm.max(1.0));
+            assert_eq!(a.answer_tokens, b.answer_tokens);
+            assert!(a.tokens < b.tokens, "{} vs {}", a.tokens, b.tokens);
+        }
+        for ((name, a), (_, b)) in packed
+            .adapter()
+            .named_vars()
+            .iter()
+            .zip(padded.adapter().named_vars().iter())
         {
             let diff = max_abs_diff(a.as_tensor(), b.as_tensor());
             assert!(diff < 1e-5, "{name} differs by {diff}");

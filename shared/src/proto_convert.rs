@@ -57,6 +57,7 @@ fn synthesis_from_proto(options: proto::SynthesisOptions) -> Result<SynthesisOpt
         recipe: match proto::QuestionRecipe::try_from(options.recipe) {
             Ok(proto::QuestionRecipe::FreeQa) => QuestionRecipe::FreeQa,
             Ok(proto::QuestionRecipe::FactFirst) => QuestionRecipe::FactFirst,
+            Ok(proto::QuestionRecipe::Templates) => QuestionRecipe::Templates,
             Ok(proto::QuestionRecipe::Unspecified) => QuestionRecipe::Auto,
             Err(_) => {
                 return Err(LiftError::InvalidArgument(format!(
@@ -134,6 +135,7 @@ impl From<&JobSpec> for proto::SubmitJobRequest {
                     QuestionRecipe::Auto => proto::QuestionRecipe::Unspecified,
                     QuestionRecipe::FreeQa => proto::QuestionRecipe::FreeQa,
                     QuestionRecipe::FactFirst => proto::QuestionRecipe::FactFirst,
+                    QuestionRecipe::Templates => proto::QuestionRecipe::Templates,
                 } as i32,
             }),
             training: Some(proto::TrainingOptions {

@@ -61,6 +61,8 @@ pub enum QuestionRecipe {
     /// Fact spans found by rule, questions written for each (by the generator where it
     /// manages, by templates always).
     FactFirst,
+    /// Fact-first with templated questions only: synthesis calls no generator.
+    Templates,
 }
 
 impl SynthesisOptions {

@@ -97,7 +97,7 @@ pub async fn synthesize_chunk(
     let fact_first = match chunk.options.recipe {
         QuestionRecipe::Auto => generator.prefers_fact_first(),
         QuestionRecipe::FreeQa => false,
-        QuestionRecipe::FactFirst => true,
+        QuestionRecipe::FactFirst | QuestionRecipe::Templates => true,
     };
     let outcomes = join_all(chunk.sentences.iter().map(|sentence| async move {
         if fact_first {
@@ -422,11 +422,11 @@ async fn synthesize_facts(
     );
     spans.sort_by_key(|span| span.kind);
     spans.truncate(tuning.max_facts_per_sentence);
-    let generated: Vec<FactSpan> = spans
-        .iter()
-        .take(tuning.max_generated_facts_per_sentence)
-        .cloned()
-        .collect();
+    let generated_facts = match options.recipe {
+        QuestionRecipe::Templates => 0,
+        _ => tuning.max_generated_facts_per_sentence,
+    };
+    let generated: Vec<FactSpan> = spans.iter().take(generated_facts).cloned().collect();
     spans.sort_by_key(|span| span.start);
 
     let heading = section_heading(sentence, &sentence.left_context);
@@ -900,6 +900,46 @@ mod tests {
         );
         // What the free questions dropped is still reported.
         assert!(auto.pairs_dropped.total() > 0, "{:?}", auto.pairs_dropped);
+    }
+
+    /// Counts the calls it gets and answers with the sentence as the answer.
+    #[derive(Default)]
+    struct CountingGenerator(std::sync::atomic::AtomicUsize);
+
+    #[async_trait::async_trait]
+    impl QaGenerator for CountingGenerator {
+        async fn generate(&self, request: &QaRequest) -> Result<Vec<RawReply>, GeneratorError> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            crate::instant::InstantGenerator.generate(request).await
+        }
+
+        async fn restate(&self, _: &RestateRequest) -> Result<Vec<RawReply>, GeneratorError> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(Vec::new())
+        }
+    }
+
+    #[tokio::test]
+    async fn the_templates_recipe_asks_every_fact_without_calling_the_generator() {
+        let sentence = "Oskar Tenby has kept the light since 1994 for 212 pounds a year.";
+        let mut chunk = fact_first_chunk("Vellmar Island", "", sentence);
+        let tuning = SynthesisTuning::default();
+
+        let generator = CountingGenerator::default();
+        let fact_first = synthesize_chunk(&generator, &chunk, &tuning).await;
+        assert!(generator.0.load(std::sync::atomic::Ordering::SeqCst) > 0);
+
+        chunk.options.recipe = QuestionRecipe::Templates;
+        let generator = CountingGenerator::default();
+        let templates = synthesize_chunk(&generator, &chunk, &tuning).await;
+        assert_eq!(generator.0.load(std::sync::atomic::Ordering::SeqCst), 0);
+        assert_eq!(templates.sentences_failed(), 0);
+        assert_eq!(templates.facts, fact_first.facts);
+        assert_eq!(templates.facts.found, templates.facts.covered);
+        assert!(templates
+            .tasks
+            .iter()
+            .all(|task| task.kind != TaskKind::FactQa.name()));
     }
 
     #[test]
