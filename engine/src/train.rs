@@ -762,17 +762,26 @@ mod tests {
         for _ in 0..2 {
             let a = whole.step(&examples).unwrap();
             let b = micro.step(&examples).unwrap();
-            assert!((a.loss - b.loss).abs() < 1e-5, "{} vs {}", a.loss, b.loss);
-            assert!((a.grad_norm - b.grad_norm).abs() < 1e-4 * a.grad_norm.max(1.0));
-            assert_eq!(a.answer_tokens, b.answer_tokens);
+            assert_same_step(&a, &b);
             // One packed row computes the chat template's shared start once.
             assert!(a.tokens < b.tokens);
         }
-        for ((name, a), (_, b)) in whole
+        assert_same_adapter(&whole, &micro);
+    }
+
+    /// Same loss, gradient norm and answer tokens.
+    fn assert_same_step(a: &super::StepStats, b: &super::StepStats) {
+        assert!((a.loss - b.loss).abs() < 1e-5, "{} vs {}", a.loss, b.loss);
+        assert!((a.grad_norm - b.grad_norm).abs() < 1e-4 * a.grad_norm.max(1.0));
+        assert_eq!(a.answer_tokens, b.answer_tokens);
+    }
+
+    fn assert_same_adapter(a: &SftTrainer, b: &SftTrainer) {
+        for ((name, a), (_, b)) in a
             .adapter()
             .named_vars()
             .iter()
-            .zip(micro.adapter().named_vars().iter())
+            .zip(b.adapter().named_vars().iter())
         {
             let diff = max_abs_diff(a.as_tensor(), b.as_tensor());
             assert!(diff < 1e-5, "{name} differs by {diff}");
@@ -847,20 +856,10 @@ mod tests {
         for _ in 0..2 {
             let a = packed.step_batch(&packed_batch).unwrap();
             let b = padded.step_batch(&padded_batch).unwrap();
-            assert!((a.loss - b.loss).abs() < 1e-5, "{} vs {}", a.loss, b.loss);
-            assert!((a.grad_norm - b.grad_norm).abs() < 1e-4 * a.grad_norm.max(1.0));
-            assert_eq!(a.answer_tokens, b.answer_tokens);
+            assert_same_step(&a, &b);
             assert!(a.tokens < b.tokens, "{} vs {}", a.tokens, b.tokens);
         }
-        for ((name, a), (_, b)) in packed
-            .adapter()
-            .named_vars()
-            .iter()
-            .zip(padded.adapter().named_vars().iter())
-        {
-            let diff = max_abs_diff(a.as_tensor(), b.as_tensor());
-            assert!(diff < 1e-5, "{name} differs by {diff}");
-        }
+        assert_same_adapter(&packed, &padded);
     }
 
     /// The flat, device-scalar AdamW against AdamW written per variable the textbook way,
