@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
@@ -140,14 +140,7 @@ pub fn bench_train(options: &TrainBenchOptions, device: &Device) -> Result<Train
         .map(|i| i as u32)
         .collect();
     let targets: Vec<u32> = rows.iter().map(|_| rng.random_range(0..vocab)).collect();
-    let answer_tokens = rows.len();
-    let sft = SftBatch {
-        inputs: Tensor::from_vec(ids, (batch, seq), device)?,
-        answer_rows: Tensor::from_vec(rows, answer_tokens, device)?,
-        answer_targets: Tensor::from_vec(targets, answer_tokens, device)?,
-        answer_tokens,
-        packed: None,
-    };
+    let sft = SftBatch::new(ids, (batch, seq), rows, targets, None, device)?;
     device.synchronize()?;
     let load_s = started.elapsed().as_secs_f64();
     let first = Instant::now();

@@ -129,6 +129,27 @@ pub struct SftBatch {
     pub(crate) packed: Option<AttentionInputs>,
 }
 
+impl SftBatch {
+    /// Host vectors into device tensors; `rows` and `targets` pair up.
+    pub(crate) fn new(
+        inputs: Vec<u32>,
+        shape: (usize, usize),
+        rows: Vec<u32>,
+        targets: Vec<u32>,
+        packed: Option<AttentionInputs>,
+        device: &Device,
+    ) -> Result<Self> {
+        let answer_tokens = rows.len();
+        Ok(Self {
+            inputs: Tensor::from_vec(inputs, shape, device)?,
+            answer_rows: Tensor::from_vec(rows, answer_tokens, device)?,
+            answer_targets: Tensor::from_vec(targets, answer_tokens, device)?,
+            answer_tokens,
+            packed,
+        })
+    }
+}
+
 pub struct SftTrainer {
     engine: Arc<Engine>,
     adapter: LoraAdapter,
@@ -218,14 +239,7 @@ impl SftTrainer {
                 "no answer tokens in the batch".into(),
             ));
         }
-        let answer_tokens = rows.len();
-        Ok(SftBatch {
-            inputs: Tensor::from_vec(inputs, (b, t), device)?,
-            answer_rows: Tensor::from_vec(rows, answer_tokens, device)?,
-            answer_targets: Tensor::from_vec(targets, answer_tokens, device)?,
-            answer_tokens,
-            packed,
-        })
+        SftBatch::new(inputs, (b, t), rows, targets, packed, device)
     }
 
     /// Mean cross-entropy over answer tokens.
@@ -828,29 +842,15 @@ mod tests {
         assert!(shared > 10, "the prompts' start is shared: {shared}");
         let padded_positions = answer_positions(&encoded, engine.tokenizer.pad_id());
         assert_eq!(row.targets.len(), padded_positions.targets.len());
-        let device = engine.device();
-        let padded_batch = SftBatch {
-            inputs: Tensor::from_vec(
-                padded_positions.inputs.clone(),
-                (encoded.len(), padded_positions.t),
-                device,
-            )
-            .unwrap(),
-            answer_rows: Tensor::from_vec(
-                padded_positions.flat.clone(),
-                padded_positions.flat.len(),
-                device,
-            )
-            .unwrap(),
-            answer_targets: Tensor::from_vec(
-                padded_positions.targets.clone(),
-                padded_positions.targets.len(),
-                device,
-            )
-            .unwrap(),
-            answer_tokens: padded_positions.targets.len(),
-            packed: None,
-        };
+        let padded_batch = SftBatch::new(
+            padded_positions.inputs,
+            (encoded.len(), padded_positions.t),
+            padded_positions.flat,
+            padded_positions.targets,
+            None,
+            engine.device(),
+        )
+        .unwrap();
         let packed_batch = packed.batch(&examples).unwrap();
         assert!(packed_batch.packed.is_some());
         for _ in 0..2 {

@@ -342,6 +342,13 @@ impl SynthesisOptions {
                 self.temperature
             )));
         }
+        if self.recipe == QuestionRecipe::Templates && self.restatements > 0 {
+            return Err(invalid(format!(
+                "synthesis.restatements is {}; rewordings come from the generator, which the \
+                 templates recipe never calls (use fact_first)",
+                self.restatements
+            )));
+        }
         Ok(())
     }
 }
@@ -505,6 +512,16 @@ mod tests {
             message(job.validate(&limits)),
             "synthesis.restatements is 9; it must be in 0..=8"
         );
+        job = spec();
+        job.synthesis.recipe = QuestionRecipe::Templates;
+        job.synthesis.restatements = 2;
+        assert_eq!(
+            message(job.validate(&limits)),
+            "synthesis.restatements is 2; rewordings come from the generator, which the \
+             templates recipe never calls (use fact_first)"
+        );
+        job.synthesis.restatements = 0;
+        assert!(job.validate(&limits).is_ok());
         job = spec();
         job.synthesis.key_phrases = 5;
         assert_eq!(
