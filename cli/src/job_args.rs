@@ -94,7 +94,7 @@ pub struct JobOptions {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Start training only when every sentence is synthesized (no overlap of epoch 1 with
-    /// generation; for measuring what the pipeline saves).
+    /// generation); epoch 1 is then shuffled like the later ones.
     #[arg(long)]
     pub train_after_synthesis: bool,
 }

@@ -108,7 +108,8 @@ pub struct TrainingOptions {
     pub batch_size: u32,
     pub max_grad_norm: f64,
     pub seed: u64,
-    /// Epoch 1 waits for the whole synthesis instead of overlapping it.
+    /// Epoch 1 waits for the whole synthesis instead of overlapping it, and is then a shuffled
+    /// pass over the task cache like the later epochs.
     pub train_after_synthesis: bool,
     /// Steps to train at least: a small document has few tasks, and a fact seen a handful of
     /// times is not recalled, so it gets extra epochs (at most `MAX_EPOCH_FACTOR` x `epochs`).

@@ -137,7 +137,14 @@ impl JobRun {
             at_ms: now_ms(),
         });
         let outcome = (|| -> Result<Option<Interrupt>, TrainError> {
-            if state.cursor.epoch <= 1 {
+            if self.assignment.options.train_after_synthesis {
+                // Every epoch, the first one included, is a shuffled pass over the whole cache.
+                state.cursor.epoch = state.cursor.epoch.max(1);
+                if let Some(interrupt) = self.await_synthesis(&mut state)? {
+                    return Ok(Some(interrupt));
+                }
+                self.plan_epochs(&mut state)?;
+            } else if state.cursor.epoch <= 1 {
                 state.cursor.epoch = 1;
                 let _epoch = tracing::info_span!("epoch", epoch = 1, streaming = true).entered();
                 if let Some(interrupt) = self.train_first_epoch(&mut state)? {
@@ -347,10 +354,7 @@ impl JobRun {
             }
             let all_resolved =
                 (0..chunk_count).all(|c| with_tasks.contains(&c) || failed.contains(&c));
-            let may_train = all_resolved || !self.assignment.options.train_after_synthesis;
-            while may_train
-                && (pending.len() >= batch_size || (all_resolved && !pending.is_empty()))
-            {
+            while pending.len() >= batch_size || (all_resolved && !pending.is_empty()) {
                 let take = pending.len().min(batch_size);
                 let batch: Pending = pending.drain(..take).collect();
                 let examples: Vec<SftExample> = batch.iter().map(|(_, e)| e.clone()).collect();
@@ -376,7 +380,38 @@ impl JobRun {
         }
     }
 
-    /// Epochs 2+: the whole task cache, shuffled with a seed per epoch.
+    /// Waits until every chunk has a task file or a failure marker, for a job that trains
+    /// only after synthesis.
+    fn await_synthesis(&self, state: &mut State) -> Result<Option<Interrupt>, TrainError> {
+        loop {
+            if let Some(interrupt) = self.interrupted(state)? {
+                return Ok(Some(interrupt));
+            }
+            if self.synthesis_resolved()? {
+                return Ok(None);
+            }
+            std::thread::sleep(self.options.poll_interval);
+        }
+    }
+
+    /// Whether every chunk has a task file or a failure marker.
+    fn synthesis_resolved(&self) -> Result<bool, TrainError> {
+        let resolved: BTreeSet<u32> = [
+            layout::tasks_prefix(self.job()),
+            layout::failed_prefix(self.job()),
+        ]
+        .iter()
+        .map(|prefix| self.block(self.store.list(prefix)))
+        .collect::<Result<Vec<_>, _>>()?
+        .iter()
+        .flatten()
+        .filter_map(|k| layout::chunk_index_of(k))
+        .collect();
+        Ok((0..self.assignment.chunk_count).all(|c| resolved.contains(&c)))
+    }
+
+    /// Epochs trained from the complete task cache (2+, or all with `train_after_synthesis`),
+    /// shuffled with a seed per epoch.
     fn train_cached_epoch(&self, state: &mut State) -> Result<Option<Interrupt>, TrainError> {
         let batch_size = self.assignment.options.batch_size.max(1) as usize;
         let chunks: BTreeMap<u32, ()> = self
@@ -424,10 +459,11 @@ impl JobRun {
             info!(job_id = %self.job(), tasks, steps_per_epoch, epochs, min_steps = options.min_steps, "small task cache: training extra epochs");
         }
         state.epochs = epochs;
-        // Called at the end of epoch 1 (the cursor still on it) or on resuming a later epoch
-        // at `position`.
+        // Called at the end of a streamed epoch 1 (the cursor still on it), or before (or on
+        // resuming) an epoch trained from the cache, at `position`.
         let cursor = &state.cursor;
-        let steps_left = if cursor.epoch <= 1 {
+        let streamed_first_epoch = !options.train_after_synthesis;
+        let steps_left = if cursor.epoch <= 1 && streamed_first_epoch {
             u64::from(epochs.saturating_sub(1)) * steps_per_epoch
         } else {
             let left_in_epoch =
@@ -435,8 +471,8 @@ impl JobRun {
             u64::from(epochs.saturating_sub(cursor.epoch)) * steps_per_epoch + left_in_epoch
         };
         let total_steps = state.trainer.steps_done() + steps_left;
-        let decay_from =
-            total_steps.saturating_sub(u64::from(epochs.saturating_sub(1)) * steps_per_epoch);
+        let cached_epochs = epochs.saturating_sub(u32::from(streamed_first_epoch));
+        let decay_from = total_steps.saturating_sub(u64::from(cached_epochs) * steps_per_epoch);
         state
             .trainer
             .set_schedule(self.schedule(decay_from, total_steps));

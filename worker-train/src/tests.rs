@@ -239,6 +239,40 @@ async fn train_after_synthesis_waits_for_every_chunk_before_the_first_step() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn after_synthesis_a_cosine_schedule_decays_over_every_epoch() {
+    let f = Fixture::new();
+    f.claim(0, "test-trainer").await;
+    f.put_tasks(0, 4).await;
+    f.put_tasks(1, 4).await;
+    let mut run = f.run(2, 3, 100, CancellationToken::new());
+    run.assignment.options.schedule = lift_shared::spec::Schedule::Cosine;
+    run.assignment.options.learning_rate = 1e-3;
+    run.assignment.options.train_after_synthesis = true;
+    let RunOutcome::Finished { steps: total, .. } = tokio::task::spawn_blocking(move || run.run())
+        .await
+        .unwrap()
+        .unwrap()
+    else {
+        panic!("expected the run to finish")
+    };
+    assert_eq!(total, 12);
+    let events = f.events().await;
+    assert_eq!(steps(&events, 1), vec![1, 2, 3, 4]);
+    assert_eq!(steps(&events, 3), vec![9, 10, 11, 12]);
+    let rates: Vec<f64> = events
+        .iter()
+        .filter_map(|e| match e {
+            ProgressEvent::TrainingStep { learning_rate, .. } => Some(*learning_rate),
+            _ => None,
+        })
+        .collect();
+    // Every epoch is trained from the complete cache, so the decay spans all 12 steps.
+    assert!((rates[0] - 1e-3).abs() < 1e-12, "{rates:?}");
+    assert!(rates.windows(2).all(|w| w[1] < w[0]), "{rates:?}");
+    assert!(rates[11] < 0.05e-3, "{rates:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_released_job_resumes_from_its_checkpoint_without_repeating_steps() {
     let f = Fixture::new();
     f.claim(0, "test-trainer").await;
