@@ -9,30 +9,23 @@
 #
 #   scripts/compat-llama-cpp.sh            (from the repository root, after `cargo build`)
 #
-# Builds llama-cpp-python once into ${LIFT_LLAMA_CPP_VENV:-$HOME/.cache/lift/llama-cpp-venv}
-# (about 5 minutes on 2 cores, from PyPI's source package), then runs one small job. Prints one
+# Builds llama-cpp-python once (scripts/llama-cpp-env.sh), then runs one small job. Prints one
 # JSON line: the job's state, tasks and the generator's step-down; exits non-zero when the job
 # did not succeed. Not part of scripts/test.sh: the build alone takes longer than the rest of
 # the CI slice allows (docs/benchmarks.md, "Generators people already run", has the last result).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-venv=${LIFT_LLAMA_CPP_VENV:-$HOME/.cache/lift/llama-cpp-venv}
 lift=${LIFT_BIN:-${CARGO_TARGET_DIR:-$HOME/.cache/lift-target}/debug/lift}
 port=${LIFT_LLAMA_CPP_PORT:-18080}
 [[ -x $lift ]] || { echo "compat-llama-cpp: no lift binary at $lift (cargo build -p lift-cli, or set LIFT_BIN)" >&2; exit 1; }
 
-if [[ ! -x $venv/bin/python ]] || ! "$venv/bin/python" -c 'import llama_cpp.server' 2>/dev/null; then
-  echo "compat-llama-cpp: building llama-cpp-python[server]==0.3.16 into $venv" >&2
-  python3 -m venv "$venv"
-  CMAKE_ARGS="-DGGML_NATIVE=OFF" "$venv/bin/pip" install --quiet --disable-pip-version-check \
-    "llama-cpp-python[server]==0.3.16"
-fi
+python=$(scripts/llama-cpp-env.sh | tail -1)
 
 scripts/fetch-model.sh >&2
 model=${LIFT_MODEL_DIR:-$HOME/.cache/lift/models}/SmolLM2-135M-Instruct.Q4_1.gguf
 work=$(mktemp -d)
-"$venv/bin/python" -m llama_cpp.server --model "$model" --host 127.0.0.1 --port "$port" \
+"$python" -m llama_cpp.server --model "$model" --host 127.0.0.1 --port "$port" \
   --n_ctx 4096 >"$work/server.log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null || true; rm -rf "$work"' EXIT

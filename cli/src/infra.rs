@@ -54,9 +54,14 @@ pub async fn load_engine(config: &Config, reference: &str) -> anyhow::Result<Arc
     let source = ModelSource::parse(reference)?;
     let device = device(config);
     let model_dir = config.model_dir.clone();
-    let engine = tokio::task::spawn_blocking(move || Engine::load(&source, &model_dir, &device))
-        .await
-        .context("model loading thread failed")??;
+    let decode_exact = config.cpu_decode_exact;
+    let mut engine =
+        tokio::task::spawn_blocking(move || Engine::load(&source, &model_dir, &device))
+            .await
+            .context("model loading thread failed")??;
+    if decode_exact {
+        engine.model.decode_exactly();
+    }
     Ok(Arc::new(engine))
 }
 

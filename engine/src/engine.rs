@@ -156,10 +156,11 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Loads `source`; the default model comes from the model cache `model_dir`.
+    /// Loads `source`; the default model comes from the model cache `model_dir`. On the CPU
+    /// generation then decodes from Q8_0 copies of the weights (`Model::quantize_for_decoding`).
     pub fn load(source: &ModelSource, model_dir: &Path, device: &Device) -> Result<Self> {
         let dtype = default_dtype(device);
-        let (model, tokenizer) = match source {
+        let (mut model, tokenizer) = match source {
             ModelSource::Default => {
                 let path = fetch::default_model_path(model_dir);
                 fetch::verify_default_model(&path)?;
@@ -168,6 +169,7 @@ impl Engine {
             ModelSource::Gguf(path) => loader::load_gguf(path, dtype, device)?,
             ModelSource::HfDir(dir) => loader::load_hf_dir(dir, dtype, device)?,
         };
+        model.quantize_for_decoding()?;
         Ok(Self::from_parts(model, tokenizer, source.model_id()))
     }
 

@@ -133,6 +133,61 @@ struct Step {
     rows: usize,
     tokens: usize,
     columns: usize,
+    /// Its logits pick tokens (`ForwardInput::decoding`).
+    decoding: bool,
+}
+
+impl Step {
+    /// The step without each row's last token, and that token alone as a decoding step:
+    /// its logits pick the first new token, and it is then computed as every later token
+    /// is, which keeps a prompt's answer the same alone and in any batch. `None` first when
+    /// one token is all there is.
+    fn split_last_token(self) -> (Option<Step>, Step) {
+        let (rows, tokens, columns) = (self.rows, self.tokens, self.columns);
+        if tokens <= 1 {
+            return (
+                None,
+                Step {
+                    decoding: true,
+                    ..self
+                },
+            );
+        }
+        let mut head = Step {
+            ids: Vec::with_capacity(rows * (tokens - 1)),
+            positions: Vec::with_capacity(rows * (tokens - 1)),
+            mask: Vec::with_capacity(rows * (tokens - 1) * (columns - 1)),
+            rows,
+            tokens: tokens - 1,
+            columns: columns - 1,
+            decoding: false,
+        };
+        let mut last = Step {
+            ids: Vec::with_capacity(rows),
+            positions: Vec::with_capacity(rows),
+            mask: Vec::with_capacity(rows * columns),
+            rows,
+            tokens: 1,
+            columns,
+            decoding: true,
+        };
+        for row in 0..rows {
+            let ids = &self.ids[row * tokens..(row + 1) * tokens];
+            let positions = &self.positions[row * tokens..(row + 1) * tokens];
+            head.ids.extend_from_slice(&ids[..tokens - 1]);
+            head.positions.extend_from_slice(&positions[..tokens - 1]);
+            last.ids.push(ids[tokens - 1]);
+            last.positions.push(positions[tokens - 1]);
+            let mask = &self.mask[row * tokens * columns..(row + 1) * tokens * columns];
+            // The last column is the last token's own key, which no earlier query sees.
+            for query in mask.chunks_exact(columns).take(tokens - 1) {
+                head.mask.extend_from_slice(&query[..columns - 1]);
+            }
+            last.mask
+                .extend_from_slice(&mask[(tokens - 1) * columns..tokens * columns]);
+        }
+        (Some(head), last)
+    }
 }
 
 struct Row {
@@ -306,6 +361,7 @@ impl Engine {
                 rows: n,
                 tokens: 1,
                 columns,
+                decoding: true,
             };
             logits = self.forward_step(adapter, step, &mut cache)?;
         }
@@ -360,6 +416,7 @@ impl Engine {
                     mask: Some(&mask),
                     adapter,
                     logits: LogitsFor::LastPosition,
+                    decoding: false,
                 },
                 Some(&mut cache),
             )?;
@@ -411,8 +468,13 @@ impl Engine {
             rows: unique.len(),
             tokens: longest,
             columns,
+            decoding: false,
         };
-        let logits = self.forward_step(adapter, step, &mut cache)?;
+        let (head, last) = step.split_last_token();
+        if let Some(head) = head {
+            self.forward_step(adapter, head, &mut cache)?;
+        }
+        let logits = self.forward_step(adapter, last, &mut cache)?;
         let rows = Tensor::from_vec(row_to_unique.clone(), prompts.len(), device)?;
         cache.select_rows(&rows)?;
         let logits = logits.index_select(&rows, 0)?;
@@ -442,6 +504,7 @@ impl Engine {
                 mask: Some(&mask),
                 adapter,
                 logits: LogitsFor::LastPosition,
+                decoding: step.decoding,
             },
             Some(cache),
         )?)

@@ -4,6 +4,7 @@
 pub mod batcher;
 pub mod bench;
 pub mod config;
+pub mod decode_weight;
 pub mod engine;
 pub mod error;
 pub mod fetch;

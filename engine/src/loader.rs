@@ -58,7 +58,7 @@ fn build_model(
             } else {
                 None
             };
-            Ok(Linear { weight, bias })
+            Ok(Linear::new(weight, bias))
         };
         let qkv_bias = config.architecture == Architecture::Qwen2;
         let self_attn = Attention {

@@ -5,6 +5,7 @@
 use candle_core::{DType, Device, Result, Tensor, D};
 
 use crate::config::ModelConfig;
+use crate::decode_weight::DecodeWeight;
 use crate::frozen::frozen_matmul;
 use crate::lora::{LoraAdapter, Projection};
 use crate::ops::swap_halves;
@@ -14,11 +15,24 @@ use crate::ops::swap_halves;
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    /// What decoding reads instead of `weight`, when set (`Model::quantize_for_decoding`).
+    pub decode: Option<DecodeWeight>,
 }
 
 impl Linear {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = frozen_matmul(x, &self.weight)?;
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self {
+            weight,
+            bias,
+            decode: None,
+        }
+    }
+
+    fn forward(&self, x: &Tensor, decoding: bool) -> Result<Tensor> {
+        let y = match (&self.decode, decoding) {
+            (Some(decode), true) => decode.forward(x)?,
+            _ => frozen_matmul(x, &self.weight)?,
+        };
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
@@ -126,6 +140,21 @@ pub struct DecoderLayer {
     pub mlp: Mlp,
 }
 
+impl DecoderLayer {
+    fn projections_mut(&mut self) -> [&mut Linear; 7] {
+        let (attn, mlp) = (&mut self.self_attn, &mut self.mlp);
+        [
+            &mut attn.q_proj,
+            &mut attn.k_proj,
+            &mut attn.v_proj,
+            &mut attn.o_proj,
+            &mut mlp.gate_proj,
+            &mut mlp.up_proj,
+            &mut mlp.down_proj,
+        ]
+    }
+}
+
 /// Keys and values of past positions, per layer: `[b, kv_heads, s, d]`.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
@@ -166,6 +195,10 @@ pub struct ForwardInput<'a> {
     pub mask: Option<&'a Tensor>,
     pub adapter: Option<&'a LoraAdapter>,
     pub logits: LogitsFor<'a>,
+    /// A step of decoding: the projections read their decoding copies where the model has
+    /// them (`Model::quantize_for_decoding`). Generation sets it for every forward call
+    /// whose logits pick a token, so a sequence decodes alike alone and in any batch.
+    pub decoding: bool,
 }
 
 /// Which positions get logits: the vocabulary projection is the largest activation, so
@@ -187,6 +220,7 @@ pub struct Model {
     pub layers: Vec<DecoderLayer>,
     pub norm: RmsNorm,
     pub lm_head: Tensor, // [vocab, hidden]; the embedding itself when tied
+    lm_head_decode: Option<DecodeWeight>,
     rope: Rope,
     dtype: DType,
     device: Device,
@@ -209,10 +243,40 @@ impl Model {
             layers,
             norm,
             lm_head,
+            lm_head_decode: None,
             rope,
             dtype,
             device,
         })
+    }
+
+    /// Adds an 8-bit copy (`DecodeWeight`) of every frozen projection and of the vocabulary
+    /// projection, which decoding steps (`ForwardInput::decoding`) then read; prompts,
+    /// training and scoring keep the exact weights. Only f32 weights on the
+    /// CPU get one: a GPU decodes from its bf16 weights. 1.125 bytes per weight more memory
+    /// (152 MB for SmolLM2-135M).
+    pub fn quantize_for_decoding(&mut self) -> Result<()> {
+        for linear in self
+            .layers
+            .iter_mut()
+            .flat_map(DecoderLayer::projections_mut)
+        {
+            linear.decode = DecodeWeight::quantize(&linear.weight)?;
+        }
+        self.lm_head_decode = DecodeWeight::quantize(&self.lm_head)?;
+        Ok(())
+    }
+
+    /// Drops the copies `quantize_for_decoding` made: generation reads the exact weights.
+    pub fn decode_exactly(&mut self) {
+        for linear in self
+            .layers
+            .iter_mut()
+            .flat_map(DecoderLayer::projections_mut)
+        {
+            linear.decode = None;
+        }
+        self.lm_head_decode = None;
     }
 
     pub fn dtype(&self) -> DType {
@@ -226,6 +290,7 @@ impl Model {
     /// Logits in f32, shaped as `input.logits` says.
     pub fn forward(&self, input: &ForwardInput, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
         let (b, t) = input.input_ids.dims2()?;
+        let decoding = input.decoding;
         let hidden = self.config.hidden_size;
         let query_scale = 1.0 / (self.config.head_dim as f64).sqrt();
         let rope = self.rope.tables(input.positions, query_scale, self.dtype)?;
@@ -235,7 +300,8 @@ impl Model {
             .reshape((b, t, hidden))?;
         for (index, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[index]);
-            x = self.layer_forward(index, layer, &x, &rope, input, layer_cache)?;
+            let at = (index, decoding);
+            x = self.layer_forward(at, layer, &x, &rope, input, layer_cache)?;
         }
         let x = match input.logits {
             LogitsFor::AllPositions => x,
@@ -243,21 +309,25 @@ impl Model {
             LogitsFor::FlatPositions(rows) => x.reshape((b * t, hidden))?.index_select(rows, 0)?,
         };
         let x = self.norm.forward(&x)?;
-        let logits = frozen_matmul(&x, &self.lm_head)?;
+        let logits = match (&self.lm_head_decode, decoding) {
+            (Some(decode), true) => decode.forward(&x)?,
+            _ => frozen_matmul(&x, &self.lm_head)?,
+        };
         logits.to_dtype(DType::F32)
     }
 
     /// The base projection plus the LoRA term. `lora_input` is `x` in f32, converted once
-    /// by the caller for all projections that read the same `x`.
+    /// by the caller for all projections that read the same `x`; `(layer, decoding)` says
+    /// which layer, and whether to read the decoding copy of the base weight.
     fn project(
         &self,
         linear: &Linear,
         x: &Tensor,
         lora_input: Option<(&LoraAdapter, &Tensor)>,
-        layer: usize,
+        (layer, decoding): (usize, bool),
         projection: Projection,
     ) -> Result<Tensor> {
-        let base = linear.forward(x)?;
+        let base = linear.forward(x, decoding)?;
         let delta = match lora_input {
             Some((adapter, x32)) => adapter.delta(layer, projection, x32)?,
             None => None,
@@ -270,7 +340,7 @@ impl Model {
 
     fn layer_forward(
         &self,
-        index: usize,
+        at: (usize, bool),
         layer: &DecoderLayer,
         x: &Tensor,
         rope: &RopeTables,
@@ -288,9 +358,9 @@ impl Model {
         let h = layer.input_layernorm.forward(x)?;
         let h32 = with_f32(&h)?;
         let lora = input.adapter.zip(h32.as_ref());
-        let q = self.project(&attn.q_proj, &h, lora, index, Projection::Q)?;
-        let k = self.project(&attn.k_proj, &h, lora, index, Projection::K)?;
-        let v = self.project(&attn.v_proj, &h, lora, index, Projection::V)?;
+        let q = self.project(&attn.q_proj, &h, lora, at, Projection::Q)?;
+        let k = self.project(&attn.k_proj, &h, lora, at, Projection::K)?;
+        let v = self.project(&attn.v_proj, &h, lora, at, Projection::V)?;
         let heads_first = |y: Tensor, n: usize| -> Result<Tensor> {
             y.reshape((b, t, n, head_dim))?
                 .transpose(1, 2)?
@@ -334,18 +404,18 @@ impl Model {
             .reshape((b, t, heads * head_dim))?;
         let attended32 = with_f32(&attended)?;
         let lora = input.adapter.zip(attended32.as_ref());
-        let attn_out = self.project(&attn.o_proj, &attended, lora, index, Projection::O)?;
+        let attn_out = self.project(&attn.o_proj, &attended, lora, at, Projection::O)?;
         let x = (x + attn_out)?;
 
         let h = layer.post_attention_layernorm.forward(&x)?;
         let h32 = with_f32(&h)?;
         let lora = input.adapter.zip(h32.as_ref());
-        let gate = self.project(&layer.mlp.gate_proj, &h, lora, index, Projection::Gate)?;
-        let up = self.project(&layer.mlp.up_proj, &h, lora, index, Projection::Up)?;
+        let gate = self.project(&layer.mlp.gate_proj, &h, lora, at, Projection::Gate)?;
+        let up = self.project(&layer.mlp.up_proj, &h, lora, at, Projection::Up)?;
         let act = (gate.silu()? * up)?;
         let act32 = with_f32(&act)?;
         let lora = input.adapter.zip(act32.as_ref());
-        let down = self.project(&layer.mlp.down_proj, &act, lora, index, Projection::Down)?;
+        let down = self.project(&layer.mlp.down_proj, &act, lora, at, Projection::Down)?;
         x + down
     }
 }

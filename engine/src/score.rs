@@ -85,6 +85,7 @@ impl Engine {
                 mask: Some(&attention.mask),
                 adapter,
                 logits: LogitsFor::FlatPositions(&flat_rows),
+                decoding: false,
             },
             None,
         )?;

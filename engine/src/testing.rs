@@ -41,6 +41,28 @@ pub fn sequence_logits(
     adapter: Option<&crate::LoraAdapter>,
     logits: crate::model::LogitsFor,
 ) -> Tensor {
+    logits_of(model, ids, adapter, logits, false)
+}
+
+/// `sequence_logits` of the last position from the weights decoding reads
+/// (`Model::quantize_for_decoding`).
+pub fn decoding_logits(model: &crate::model::Model, ids: &[u32]) -> Tensor {
+    logits_of(
+        model,
+        ids,
+        None,
+        crate::model::LogitsFor::LastPosition,
+        true,
+    )
+}
+
+fn logits_of(
+    model: &crate::model::Model,
+    ids: &[u32],
+    adapter: Option<&crate::LoraAdapter>,
+    logits: crate::model::LogitsFor,
+    decoding: bool,
+) -> Tensor {
     let t = ids.len();
     let device = model.device();
     let input = Tensor::from_vec(ids.to_vec(), (1, t), device).expect("ids upload");
@@ -54,6 +76,7 @@ pub fn sequence_logits(
         mask: Some(&mask),
         adapter,
         logits,
+        decoding,
     };
     model.forward(&input, None).expect("forward")
 }

@@ -588,6 +588,7 @@ fn batch_loss(
             mask: Some(&attention.mask),
             adapter: Some(adapter),
             logits: LogitsFor::FlatPositions(&batch.answer_rows),
+            decoding: false,
         },
         None,
     )?;
