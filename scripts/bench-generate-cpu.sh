@@ -2,7 +2,7 @@
 # Generation on the CPU side by side with llama.cpp, on the same GGUF (the default model),
 # greedy, the same prompt, ${LIFT_BENCH_THREADS:-2} threads each; timed from submitting the
 # prompt to the last new token, after one warm-up, like `lift bench generate`. Prints JSON
-# lines: llama.cpp one sequence, then lift with Q8_0 decoding (the default) and with f32
+# lines: llama.cpp one sequence, then lift with 8-bit decoding (the default) and with f32
 # decoding (LIFT_CPU_DECODE=f32), each at the batch sizes in $LIFT_BENCH_BATCHES (default 1,8).
 #
 #   scripts/bench-generate-cpu.sh            (from the repository root, after `cargo build`)
@@ -55,7 +55,7 @@ print(json.dumps({"bench": "generate", "peer": "llama.cpp (llama-cpp-python 0.3.
                   "tokens_per_s": generated / seconds}))
 PY
 
-for decode in q8_0 f32; do
+for decode in int8 f32; do
   CANDLE_NUM_THREADS=$threads LIFT_CPU_DECODE=$decode "$lift" bench generate \
     --batches "$batches" --new-tokens "$new_tokens" \
     | python3 -c 'import json,sys

@@ -2,7 +2,7 @@
 //!
 //! Decoding one token per sequence reads every weight once per token and does little else,
 //! so its speed is the bytes it reads: f32 weights are 4 bytes each, this copy 1.125 (a signed
-//! byte per weight and an f32 scale per block of 32, symmetric, the layout of GGML's Q8_0).
+//! byte per weight and an f32 scale per block of 32, symmetric, as GGML's Q8_0 but with an f32 scale).
 //! Only the weights are rounded: activations stay f32 and are multiplied exactly, because
 //! SmolLM2's activations have outliers in the hundreds, and quantizing them too (what
 //! candle's quantized matmul does, in blocks of 32 or 256) took greedy answers off course in

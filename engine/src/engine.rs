@@ -157,7 +157,7 @@ pub struct Engine {
 
 impl Engine {
     /// Loads `source`; the default model comes from the model cache `model_dir`. On the CPU
-    /// generation then decodes from Q8_0 copies of the weights (`Model::quantize_for_decoding`).
+    /// generation then decodes from 8-bit copies of the weights (`Model::quantize_for_decoding`).
     pub fn load(source: &ModelSource, model_dir: &Path, device: &Device) -> Result<Self> {
         let dtype = default_dtype(device);
         let (mut model, tokenizer) = match source {

@@ -88,7 +88,8 @@ pub struct Config {
     /// `LIFT_TF32=0`: full f32 in the GPU's f32 matmuls instead of TF32.
     pub tf32: bool,
     /// `LIFT_CPU_DECODE=f32`: generation on the CPU reads the f32 weights instead of their
-    /// Q8_0 copies (`q8_0`, the default: about 3x faster decoding, engine/src/frozen.rs).
+    /// 8-bit copies (`int8`, the default: 1.5 to 1.9x faster decoding,
+    /// engine/src/decode_weight.rs).
     pub cpu_decode_exact: bool,
     /// `LIFT_AUTH_TOKENS`: `tenant:token` entries inline, as in the tokens file. A secret:
     /// from the environment only, never written out.
@@ -303,10 +304,10 @@ impl Config {
         if let Some(raw) = set("LIFT_CPU_DECODE") {
             self.cpu_decode_exact = match raw.trim() {
                 "f32" => true,
-                "q8_0" => false,
+                "int8" => false,
                 other => {
                     return Err(invalid_config(format!(
-                    "environment variable LIFT_CPU_DECODE={other:?} is invalid: expected q8_0 or f32"
+                    "environment variable LIFT_CPU_DECODE={other:?} is invalid: expected int8 or f32"
                 )))
                 }
             };
