@@ -140,7 +140,7 @@ struct Step {
 impl Step {
     /// The step without each row's last token, and that token alone as a decoding step:
     /// its logits pick the first new token, and it is then computed as every later token
-    /// is, which keeps a prompt's answer the same alone and in any batch. `None` first when
+    /// is, which keeps a prompt's answer the same alone and in a batch. `None` first when
     /// one token is all there is.
     fn split_last_token(self) -> (Option<Step>, Step) {
         let (rows, tokens, columns) = (self.rows, self.tokens, self.columns);

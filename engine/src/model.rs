@@ -195,9 +195,10 @@ pub struct ForwardInput<'a> {
     pub mask: Option<&'a Tensor>,
     pub adapter: Option<&'a LoraAdapter>,
     pub logits: LogitsFor<'a>,
-    /// A step of decoding: the projections read their decoding copies where the model has
-    /// them (`Model::quantize_for_decoding`). Generation sets it for every forward call
-    /// whose logits pick a token, so a sequence decodes alike alone and in any batch.
+    /// A step of decoding: with up to `decode_weight::MAX_ROWS` rows the projections read
+    /// their decoding copies where the model has them (`Model::quantize_for_decoding`).
+    /// Generation sets it for every forward call whose logits pick a token, so a sequence
+    /// decodes alike alone and in a batch of up to that many rows.
     pub decoding: bool,
 }
 
@@ -290,7 +291,7 @@ impl Model {
     /// Logits in f32, shaped as `input.logits` says.
     pub fn forward(&self, input: &ForwardInput, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
         let (b, t) = input.input_ids.dims2()?;
-        let decoding = input.decoding;
+        let decoding = input.decoding && b * t <= crate::decode_weight::MAX_ROWS;
         let hidden = self.config.hidden_size;
         let query_scale = 1.0 / (self.config.head_dim as f64).sqrt();
         let rope = self.rope.tables(input.positions, query_scale, self.dtype)?;
