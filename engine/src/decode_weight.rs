@@ -24,8 +24,8 @@ use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 const BLOCK: usize = 32;
 
 /// The most rows a decoding step reads the 8-bit weights for. Measured with `lift bench
-/// generate --temperature 0.2` on 2 cores (docs/benchmarks.md): 86 against 63 tokens/s at
-/// 16 rows, 85 against 109 at 32.
+/// generate --temperature 0.2` on 2 cores (docs/benchmarks.md): 73 to 86 against 63 to 67
+/// tokens/s at 16 rows, 85 against 109 at 32.
 pub const MAX_ROWS: usize = 16;
 
 /// Outputs per unit of work handed to candle's thread pool.

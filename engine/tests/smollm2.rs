@@ -33,6 +33,19 @@ fn engine() -> Arc<Engine> {
         .clone()
 }
 
+/// The largest difference between two flat logit vectors, over the reference's largest
+/// magnitude.
+fn relative_difference(ours: &Tensor, reference: &Tensor) -> f32 {
+    let scale = reference
+        .abs()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    lift_engine::testing::max_abs_diff(ours, reference) / scale
+}
+
 fn ask(engine: &Engine, adapter: Option<&lift_engine::LoraAdapter>, question: &str) -> String {
     let params = SamplingParams {
         max_tokens: 24,
@@ -115,16 +128,8 @@ fn logits_match_candle_transformers_quantized_llama() {
     )
     .flatten_all()
     .unwrap();
-    let diff = lift_engine::testing::max_abs_diff(&ours, &expected);
-    let scale = expected
-        .abs()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    let relative = diff / scale;
-    println!("max abs diff {diff}, max |logit| {scale}, relative {relative}");
+    let relative = relative_difference(&ours, &expected);
+    println!("largest logit difference over the largest logit: {relative}");
     assert!(relative < 1e-3, "relative difference {relative}");
 }
 
@@ -318,14 +323,7 @@ fn eight_bit_decoding_stays_within_its_tolerance_of_the_f32_weights() {
         let ours = lift_engine::testing::decoding_logits(&quantized.model, &ids).flatten_all();
         let reference = lift_engine::testing::decoding_logits(&exact.model, &ids).flatten_all();
         let (ours, reference) = (ours.unwrap(), reference.unwrap());
-        let scale = reference
-            .abs()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let relative = lift_engine::testing::max_abs_diff(&ours, &reference) / scale;
+        let relative = relative_difference(&ours, &reference);
         let top = |t: &Tensor| t.argmax(0).unwrap().to_scalar::<u32>().unwrap();
         println!("{question}: relative logit difference {relative}");
         assert!(

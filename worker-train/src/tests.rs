@@ -181,8 +181,9 @@ async fn first_epoch_trains_chunks_as_they_arrive_then_replays_the_cache() {
     assert_eq!(checkpoint.cursor.epoch1_trained.get(&1), Some(&3));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_cosine_schedule_holds_through_synthesis_and_decays_over_the_cached_epochs() {
+/// Trains 8 tasks in two chunks, batch 2, 3 epochs, on a cosine schedule from 1e-3; returns
+/// the run's events and the learning rate of each of its 12 steps.
+async fn cosine_run(train_after_synthesis: bool) -> (Vec<ProgressEvent>, Vec<f64>) {
     let f = Fixture::new();
     f.claim(0, "test-trainer").await;
     f.put_tasks(0, 4).await;
@@ -190,6 +191,7 @@ async fn a_cosine_schedule_holds_through_synthesis_and_decays_over_the_cached_ep
     let mut run = f.run(2, 3, 100, CancellationToken::new());
     run.assignment.options.schedule = lift_shared::spec::Schedule::Cosine;
     run.assignment.options.learning_rate = 1e-3;
+    run.assignment.options.train_after_synthesis = train_after_synthesis;
     let RunOutcome::Finished { steps: total, .. } = tokio::task::spawn_blocking(move || run.run())
         .await
         .unwrap()
@@ -197,12 +199,9 @@ async fn a_cosine_schedule_holds_through_synthesis_and_decays_over_the_cached_ep
     else {
         panic!("expected the run to finish")
     };
-    // 8 tasks, batch 2: 4 steps per epoch; epoch 1 at the base rate, then a cosine over the
-    // 8 steps of epochs 2 and 3, ending near zero.
     assert_eq!(total, 12);
-    let rates: Vec<f64> = f
-        .events()
-        .await
+    let events = f.events().await;
+    let rates: Vec<f64> = events
         .iter()
         .filter_map(|e| match e {
             ProgressEvent::TrainingStep { learning_rate, .. } => Some(*learning_rate),
@@ -210,6 +209,14 @@ async fn a_cosine_schedule_holds_through_synthesis_and_decays_over_the_cached_ep
         })
         .collect();
     assert_eq!(rates.len(), 12);
+    (events, rates)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cosine_schedule_holds_through_synthesis_and_decays_over_the_cached_epochs() {
+    // 4 steps per epoch; epoch 1 at the base rate, then a cosine over the 8 steps of epochs
+    // 2 and 3, ending near zero.
+    let (_, rates) = cosine_run(false).await;
     assert!(
         rates[..5].iter().all(|&lr| (lr - 1e-3).abs() < 1e-12),
         "{rates:?}"
@@ -240,32 +247,9 @@ async fn train_after_synthesis_waits_for_every_chunk_before_the_first_step() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn after_synthesis_a_cosine_schedule_decays_over_every_epoch() {
-    let f = Fixture::new();
-    f.claim(0, "test-trainer").await;
-    f.put_tasks(0, 4).await;
-    f.put_tasks(1, 4).await;
-    let mut run = f.run(2, 3, 100, CancellationToken::new());
-    run.assignment.options.schedule = lift_shared::spec::Schedule::Cosine;
-    run.assignment.options.learning_rate = 1e-3;
-    run.assignment.options.train_after_synthesis = true;
-    let RunOutcome::Finished { steps: total, .. } = tokio::task::spawn_blocking(move || run.run())
-        .await
-        .unwrap()
-        .unwrap()
-    else {
-        panic!("expected the run to finish")
-    };
-    assert_eq!(total, 12);
-    let events = f.events().await;
+    let (events, rates) = cosine_run(true).await;
     assert_eq!(steps(&events, 1), vec![1, 2, 3, 4]);
     assert_eq!(steps(&events, 3), vec![9, 10, 11, 12]);
-    let rates: Vec<f64> = events
-        .iter()
-        .filter_map(|e| match e {
-            ProgressEvent::TrainingStep { learning_rate, .. } => Some(*learning_rate),
-            _ => None,
-        })
-        .collect();
     // Every epoch is trained from the complete cache, so the decay spans all 12 steps.
     assert!((rates[0] - 1e-3).abs() < 1e-12, "{rates:?}");
     assert!(rates.windows(2).all(|w| w[1] < w[0]), "{rates:?}");
