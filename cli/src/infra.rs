@@ -54,14 +54,12 @@ pub async fn load_engine(config: &Config, reference: &str) -> anyhow::Result<Arc
     let source = ModelSource::parse(reference)?;
     let device = device(config);
     let model_dir = config.model_dir.clone();
-    let decode_exact = config.cpu_decode_exact;
-    let mut engine =
-        tokio::task::spawn_blocking(move || Engine::load(&source, &model_dir, &device))
-            .await
-            .context("model loading thread failed")??;
-    if decode_exact {
-        engine.model.decode_exactly();
-    }
+    let eight_bit_decoding = !config.cpu_decode_exact;
+    let engine = tokio::task::spawn_blocking(move || {
+        Engine::load_with_decoding(&source, &model_dir, &device, eight_bit_decoding)
+    })
+    .await
+    .context("model loading thread failed")??;
     Ok(Arc::new(engine))
 }
 

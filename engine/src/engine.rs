@@ -159,6 +159,17 @@ impl Engine {
     /// Loads `source`; the default model comes from the model cache `model_dir`. On the CPU
     /// generation then decodes from 8-bit copies of the weights (`Model::quantize_for_decoding`).
     pub fn load(source: &ModelSource, model_dir: &Path, device: &Device) -> Result<Self> {
+        Self::load_with_decoding(source, model_dir, device, true)
+    }
+
+    /// `load`, with the 8-bit decoding copies only when `eight_bit_decoding` (the process
+    /// configuration's `LIFT_CPU_DECODE`).
+    pub fn load_with_decoding(
+        source: &ModelSource,
+        model_dir: &Path,
+        device: &Device,
+        eight_bit_decoding: bool,
+    ) -> Result<Self> {
         let dtype = default_dtype(device);
         let (mut model, tokenizer) = match source {
             ModelSource::Default => {
@@ -169,7 +180,9 @@ impl Engine {
             ModelSource::Gguf(path) => loader::load_gguf(path, dtype, device)?,
             ModelSource::HfDir(dir) => loader::load_hf_dir(dir, dtype, device)?,
         };
-        model.quantize_for_decoding()?;
+        if eight_bit_decoding {
+            model.quantize_for_decoding()?;
+        }
         Ok(Self::from_parts(model, tokenizer, source.model_id()))
     }
 

@@ -29,14 +29,24 @@ impl Linear {
     }
 
     fn forward(&self, x: &Tensor, decoding: bool) -> Result<Tensor> {
-        let y = match (&self.decode, decoding) {
-            (Some(decode), true) => decode.forward(x)?,
-            _ => frozen_matmul(x, &self.weight)?,
-        };
+        let y = base_product(x, &self.weight, self.decode.as_ref(), decoding)?;
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
         }
+    }
+}
+
+/// `x weight^T`, from the decoding copy in a decoding step when there is one.
+fn base_product(
+    x: &Tensor,
+    weight: &Tensor,
+    decode: Option<&DecodeWeight>,
+    decoding: bool,
+) -> Result<Tensor> {
+    match decode.filter(|_| decoding) {
+        Some(decode) => decode.forward(x),
+        None => frozen_matmul(x, weight),
     }
 }
 
@@ -268,18 +278,6 @@ impl Model {
         Ok(())
     }
 
-    /// Drops the copies `quantize_for_decoding` made: generation reads the exact weights.
-    pub fn decode_exactly(&mut self) {
-        for linear in self
-            .layers
-            .iter_mut()
-            .flat_map(DecoderLayer::projections_mut)
-        {
-            linear.decode = None;
-        }
-        self.lm_head_decode = None;
-    }
-
     pub fn dtype(&self) -> DType {
         self.dtype
     }
@@ -310,10 +308,7 @@ impl Model {
             LogitsFor::FlatPositions(rows) => x.reshape((b * t, hidden))?.index_select(rows, 0)?,
         };
         let x = self.norm.forward(&x)?;
-        let logits = match (&self.lm_head_decode, decoding) {
-            (Some(decode), true) => decode.forward(&x)?,
-            _ => frozen_matmul(&x, &self.lm_head)?,
-        };
+        let logits = base_product(&x, &self.lm_head, self.lm_head_decode.as_ref(), decoding)?;
         logits.to_dtype(DType::F32)
     }
 

@@ -303,8 +303,9 @@ fn request(question: &str, params: SamplingParams) -> GenerationRequest {
 #[test]
 fn eight_bit_decoding_stays_within_its_tolerance_of_the_f32_weights() {
     let quantized = engine();
-    let mut exact = Engine::load(&ModelSource::Default, &model_dir(), &Device::Cpu).unwrap();
-    exact.model.decode_exactly();
+    let exact =
+        Engine::load_with_decoding(&ModelSource::Default, &model_dir(), &Device::Cpu, false)
+            .unwrap();
     let questions = [
         "What is the capital of France?",
         "Name three colours of the rainbow.",

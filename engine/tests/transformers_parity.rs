@@ -124,11 +124,11 @@ fn adapters_cross_between_lift_and_peft_on_the_default_model() {
     let model_dir = lift_shared::config::Config::load(None)
         .expect("the test environment's configuration")
         .model_dir;
-    let mut engine = Engine::load(&ModelSource::Default, &model_dir, &Device::Cpu)
-        .expect("default model missing: run scripts/fetch-model.sh");
     // PEFT decodes from the f32 weights; so does lift here, for a token-exact comparison.
-    engine.model.decode_exactly();
-    let engine = Arc::new(engine);
+    let engine = Arc::new(
+        Engine::load_with_decoding(&ModelSource::Default, &model_dir, &Device::Cpu, false)
+            .expect("default model missing: run scripts/fetch-model.sh"),
+    );
     let mut trainer = lift_engine::testing::lora_trainer(engine.clone(), 8, 11, 2e-3);
     let fact = "The keeper of the Vellmar Island lighthouse is Oskar Tenby.";
     let examples = [

@@ -88,7 +88,7 @@ pub struct Config {
     /// `LIFT_TF32=0`: full f32 in the GPU's f32 matmuls instead of TF32.
     pub tf32: bool,
     /// `LIFT_CPU_DECODE=f32`: generation on the CPU reads the f32 weights instead of their
-    /// 8-bit copies (`int8`, the default: 1.5 to 1.9x faster decoding,
+    /// 8-bit copies (`int8`, the default: 1.3 to 1.9x faster decoding of up to 16 rows,
     /// engine/src/decode_weight.rs).
     pub cpu_decode_exact: bool,
     /// `LIFT_AUTH_TOKENS`: `tenant:token` entries inline, as in the tokens file. A secret:
@@ -193,6 +193,17 @@ fn invalid_config(message: String) -> LiftError {
     LiftError::InvalidArgument(message)
 }
 
+/// A variable that takes one of two words: `on` gives true, `off` false.
+fn parse_switch(name: &str, raw: &str, on: &str, off: &str) -> Result<bool, LiftError> {
+    match raw.trim() {
+        value if value == on => Ok(true),
+        value if value == off => Ok(false),
+        other => Err(invalid_config(format!(
+            "environment variable {name}={other:?} is invalid: expected {on} or {off}"
+        ))),
+    }
+}
+
 fn parse_env<T: std::str::FromStr>(name: &str, raw: &str) -> Result<T, LiftError>
 where
     T::Err: std::fmt::Display,
@@ -291,26 +302,10 @@ impl Config {
             self.eval_data_dir = dir.into();
         }
         if let Some(raw) = set("LIFT_DEVICE") {
-            self.cpu_only = match raw.trim() {
-                "cpu" => true,
-                "auto" => false,
-                other => {
-                    return Err(invalid_config(format!(
-                    "environment variable LIFT_DEVICE={other:?} is invalid: expected cpu or auto"
-                )))
-                }
-            };
+            self.cpu_only = parse_switch("LIFT_DEVICE", &raw, "cpu", "auto")?;
         }
         if let Some(raw) = set("LIFT_CPU_DECODE") {
-            self.cpu_decode_exact = match raw.trim() {
-                "f32" => true,
-                "int8" => false,
-                other => {
-                    return Err(invalid_config(format!(
-                    "environment variable LIFT_CPU_DECODE={other:?} is invalid: expected int8 or f32"
-                )))
-                }
-            };
+            self.cpu_decode_exact = parse_switch("LIFT_CPU_DECODE", &raw, "f32", "int8")?;
         }
         if let Some(raw) = set("LIFT_TF32") {
             self.tf32 = raw.trim() != "0";

@@ -2,7 +2,7 @@
 //! runtime); store and broker calls go through the runtime handle.
 
 use lift_shared::metrics;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -319,23 +319,14 @@ impl JobRun {
     /// or a failure marker.
     fn train_first_epoch(&self, state: &mut State) -> Result<Option<Interrupt>, TrainError> {
         let batch_size = self.assignment.options.batch_size.max(1) as usize;
-        let chunk_count = self.assignment.chunk_count;
         let mut loaded: BTreeSet<u32> = BTreeSet::new();
         let mut pending: Pending = Vec::new();
         loop {
             if let Some(interrupt) = self.interrupted(state)? {
                 return Ok(Some(interrupt));
             }
-            let with_tasks: BTreeSet<u32> = self
-                .block(self.store.list(&layout::tasks_prefix(self.job())))?
-                .iter()
-                .filter_map(|k| layout::chunk_index_of(k))
-                .collect();
-            let failed: BTreeSet<u32> = self
-                .block(self.store.list(&layout::failed_prefix(self.job())))?
-                .iter()
-                .filter_map(|k| layout::chunk_index_of(k))
-                .collect();
+            let with_tasks = self.chunks_under(&layout::tasks_prefix(self.job()))?;
+            let failed = self.chunks_under(&layout::failed_prefix(self.job()))?;
             let mut found_new = false;
             for &chunk in with_tasks.difference(&loaded.clone()) {
                 let done = state
@@ -352,8 +343,7 @@ impl JobRun {
                 loaded.insert(chunk);
                 found_new = true;
             }
-            let all_resolved =
-                (0..chunk_count).all(|c| with_tasks.contains(&c) || failed.contains(&c));
+            let all_resolved = self.every_chunk_in(&with_tasks, &failed);
             while pending.len() >= batch_size || (all_resolved && !pending.is_empty()) {
                 let take = pending.len().min(batch_size);
                 let batch: Pending = pending.drain(..take).collect();
@@ -396,31 +386,32 @@ impl JobRun {
 
     /// Whether every chunk has a task file or a failure marker.
     fn synthesis_resolved(&self) -> Result<bool, TrainError> {
-        let resolved: BTreeSet<u32> = [
-            layout::tasks_prefix(self.job()),
-            layout::failed_prefix(self.job()),
-        ]
-        .iter()
-        .map(|prefix| self.block(self.store.list(prefix)))
-        .collect::<Result<Vec<_>, _>>()?
-        .iter()
-        .flatten()
-        .filter_map(|k| layout::chunk_index_of(k))
-        .collect();
-        Ok((0..self.assignment.chunk_count).all(|c| resolved.contains(&c)))
+        let with_tasks = self.chunks_under(&layout::tasks_prefix(self.job()))?;
+        let failed = self.chunks_under(&layout::failed_prefix(self.job()))?;
+        Ok(self.every_chunk_in(&with_tasks, &failed))
+    }
+
+    /// The chunk indices of the objects under `prefix` (task files or failure markers).
+    fn chunks_under(&self, prefix: &str) -> Result<BTreeSet<u32>, TrainError> {
+        Ok(self
+            .block(self.store.list(prefix))?
+            .iter()
+            .filter_map(|k| layout::chunk_index_of(k))
+            .collect())
+    }
+
+    /// Whether each of the job's chunks is in one of the two sets.
+    fn every_chunk_in(&self, with_tasks: &BTreeSet<u32>, failed: &BTreeSet<u32>) -> bool {
+        (0..self.assignment.chunk_count).all(|c| with_tasks.contains(&c) || failed.contains(&c))
     }
 
     /// Epochs trained from the complete task cache (2+, or all with `train_after_synthesis`),
     /// shuffled with a seed per epoch.
     fn train_cached_epoch(&self, state: &mut State) -> Result<Option<Interrupt>, TrainError> {
         let batch_size = self.assignment.options.batch_size.max(1) as usize;
-        let chunks: BTreeMap<u32, ()> = self
-            .block(self.store.list(&layout::tasks_prefix(self.job())))?
-            .iter()
-            .filter_map(|k| layout::chunk_index_of(k).map(|c| (c, ())))
-            .collect();
+        let chunks = self.chunks_under(&layout::tasks_prefix(self.job()))?;
         let mut examples = Vec::new();
-        for &chunk in chunks.keys() {
+        for &chunk in &chunks {
             examples.extend(self.read_tasks(chunk)?.iter().map(Self::example));
         }
         if examples.is_empty() {
