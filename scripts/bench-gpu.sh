@@ -23,15 +23,17 @@ export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib:${LD_LIBRAR
 out_file=${OUT:+$OUT/bench-gpu-$phase.jsonl}
 
 # Runs a command that prints one JSON object per line; adds "run": <label> and wall-clock
-# seconds from process start to exit ("process_s") to each line.
+# seconds from process start to exit ("process_s") to each line. Its stderr stays in
+# /tmp/bench-gpu-<label>.stderr.
 tagged() {
   local label=$1; shift
   local start; start=$(date +%s.%N)
   local output status=0
-  output=$("$@" 2>/tmp/bench-gpu-stderr) || status=$?
+  local stderr=/tmp/bench-gpu-$label.stderr
+  output=$("$@" 2>"$stderr") || status=$?
   local end; end=$(date +%s.%N)
   if [ "$status" != 0 ]; then
-    python3 -c 'import json,sys; print(json.dumps({"run": sys.argv[1], "error": open("/tmp/bench-gpu-stderr").read()[-2000:]}))' "$label"
+    python3 -c 'import json,sys; print(json.dumps({"run": sys.argv[1], "error": open(sys.argv[2]).read()[-2000:]}))' "$label" "$stderr"
     return 0
   fi
   printf '%s\n' "$output" | python3 -c '

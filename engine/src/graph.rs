@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use candle_core::cuda_backend::cudarc::driver::{sys, CudaGraph};
 use candle_core::{CudaDevice, Result, Var};
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::train::SftBatch;
 use crate::Engine;
@@ -22,7 +22,9 @@ const CAPTURE_ATTEMPTS: u32 = 2;
 /// graph is dropped (its shape is captured again if it comes back).
 const MAX_GRAPHS: usize = 8;
 
-/// `(batch, sequence length, answer tokens)`: what a captured step's kernels are sized for.
+/// `(batch, sequence length, answer slots)`: what a captured step's kernels are sized for.
+/// The trainer rounds the last two up to a few sizes (`train::graph_bucket`), so a job's
+/// steps replay a handful of graphs.
 type ShapeKey = (usize, usize, usize);
 
 enum ShapeState {
@@ -37,13 +39,13 @@ enum ShapeState {
 struct CapturedStep {
     graph: CudaGraph,
     last_used: u64,
-    /// The buffers the graph reads its batch from: inputs, answer rows, answer targets.
-    buffers: [Var; 3],
+    /// The buffers the graph reads its batch from: inputs, answer rows, targets, weights.
+    buffers: [Var; 4],
 }
 
 impl CapturedStep {
     fn replay(&self, batch: &SftBatch) -> Result<()> {
-        let sources = [&batch.inputs, &batch.answer_rows, &batch.answer_targets];
+        let sources = batch_tensors(batch);
         for (buffer, source) in self.buffers.iter().zip(sources) {
             buffer.set(source)?;
         }
@@ -83,7 +85,7 @@ impl StepGraphs {
         step: &dyn Fn(&SftBatch) -> Result<()>,
     ) -> Result<()> {
         let (b, t) = batch.inputs.dims2()?;
-        let key = (b, t, batch.answer_tokens);
+        let key = (b, t, batch.answer_rows.dims1()?);
         self.clock += 1;
         let shared_turn = engine.shared_stream_turn();
         let failed_captures = match self.shapes.get_mut(&key) {
@@ -106,6 +108,12 @@ impl StepGraphs {
         let _exclusive_turn = engine.exclusive_stream_turn();
         match self.capture(batch, step) {
             Ok(captured) => {
+                debug!(
+                    batch = b,
+                    seq = t,
+                    answer_slots = key.2,
+                    "captured the training step as a CUDA graph"
+                );
                 captured.graph.launch().map_err(candle_core::Error::wrap)?;
                 self.shapes.insert(key, ShapeState::Captured(captured));
                 Ok(())
@@ -139,6 +147,7 @@ impl StepGraphs {
             if count <= keep {
                 return;
             }
+            debug!(shape = ?oldest, "dropped the least recently used CUDA graph");
             self.shapes
                 .insert(oldest, ShapeState::Warm { failed_captures: 0 });
         }
@@ -150,14 +159,14 @@ impl StepGraphs {
         batch: &SftBatch,
         step: &dyn Fn(&SftBatch) -> Result<()>,
     ) -> Result<CapturedStep> {
-        let buffers =
-            [&batch.inputs, &batch.answer_rows, &batch.answer_targets].map(Var::from_tensor);
-        let [inputs, answer_rows, answer_targets] = buffers;
-        let buffers = [inputs?, answer_rows?, answer_targets?];
+        let [inputs, answer_rows, answer_targets, answer_weights] =
+            batch_tensors(batch).map(Var::from_tensor);
+        let buffers = [inputs?, answer_rows?, answer_targets?, answer_weights?];
         let static_batch = SftBatch {
             inputs: buffers[0].as_tensor().clone(),
             answer_rows: buffers[1].as_tensor().clone(),
             answer_targets: buffers[2].as_tensor().clone(),
+            answer_weights: buffers[3].as_tensor().clone(),
             answer_tokens: batch.answer_tokens,
             packed: None,
         };
@@ -189,4 +198,14 @@ impl StepGraphs {
             }
         }
     }
+}
+
+/// What a captured step reads of its batch, in the order of `CapturedStep::buffers`.
+fn batch_tensors(batch: &SftBatch) -> [&candle_core::Tensor; 4] {
+    [
+        &batch.inputs,
+        &batch.answer_rows,
+        &batch.answer_targets,
+        &batch.answer_weights,
+    ]
 }

@@ -61,7 +61,7 @@ impl Engine {
             flat: rows,
             targets,
             owners,
-        } = answer_positions(&encoded, self.tokenizer.pad_id());
+        } = answer_positions(&encoded, self.tokenizer.pad_id(), 0);
         let mut scores = vec![
             ReplyScore {
                 log_prob: 0.0,

@@ -118,13 +118,16 @@ pub struct EncodedExample {
 }
 
 /// A batch: inputs `[b, t]`, and for the positions whose next token is an answer token,
-/// their flat index into `b * t` (`answer_rows`, u32) and that next token (`answer_targets`,
-/// u32). Only those positions get logits and loss. Either right-padded rows, whose causal mask
-/// depends on the shape alone, or one packed row (`packed_row`) with its own mask.
+/// their flat index into `b * t` (`answer_rows`, u32), that next token (`answer_targets`,
+/// u32) and its weight in the loss (`answer_weights`, f32: 1 / `answer_tokens`, or 0 for a
+/// slot that only pads the batch to the shape of a captured step). Only those positions get
+/// logits and loss. Either right-padded rows, whose causal mask depends on the shape alone,
+/// or one packed row (`packed_row`) with its own mask.
 pub struct SftBatch {
     pub inputs: Tensor,
     pub answer_rows: Tensor,
     pub answer_targets: Tensor,
+    pub answer_weights: Tensor,
     pub answer_tokens: usize,
     pub(crate) packed: Option<AttentionInputs>,
 }
@@ -139,15 +142,46 @@ impl SftBatch {
         packed: Option<AttentionInputs>,
         device: &Device,
     ) -> Result<Self> {
+        let slots = rows.len();
+        Self::with_answer_slots(inputs, shape, rows, targets, slots, packed, device)
+    }
+
+    /// As `new`, with the answer positions padded to `slots` by weightless ones (position 0,
+    /// target 0), which add nothing to the loss or its gradient.
+    fn with_answer_slots(
+        inputs: Vec<u32>,
+        shape: (usize, usize),
+        mut rows: Vec<u32>,
+        mut targets: Vec<u32>,
+        slots: usize,
+        packed: Option<AttentionInputs>,
+        device: &Device,
+    ) -> Result<Self> {
         let answer_tokens = rows.len();
+        let slots = slots.max(answer_tokens);
+        let mut weights = vec![1.0 / answer_tokens.max(1) as f32; answer_tokens];
+        weights.resize(slots, 0.0);
+        rows.resize(slots, 0);
+        targets.resize(slots, 0);
         Ok(Self {
             inputs: Tensor::from_vec(inputs, shape, device)?,
-            answer_rows: Tensor::from_vec(rows, answer_tokens, device)?,
-            answer_targets: Tensor::from_vec(targets, answer_tokens, device)?,
+            answer_rows: Tensor::from_vec(rows, slots, device)?,
+            answer_targets: Tensor::from_vec(targets, slots, device)?,
+            answer_weights: Tensor::from_vec(weights, slots, device)?,
             answer_tokens,
             packed,
         })
     }
+}
+
+/// A GPU step's sequence length and answer positions are rounded up to a power of two (at
+/// least 16). Each distinct batch shape is a CUDA graph of its own (`graph.rs`), which keeps
+/// its activation memory, and a job's batches of varied tasks almost never repeat a shape
+/// exactly: unrounded, its steps ran eagerly at about twice the time of a replayed one
+/// (docs/benchmarks.md). Padding costs little at these sizes, where a step is bound by its
+/// launches, not its arithmetic; fewer shapes mean fewer captures and less graph memory.
+pub(crate) fn graph_bucket(n: usize) -> usize {
+    n.max(16).next_power_of_two()
 }
 
 pub struct SftTrainer {
@@ -230,7 +264,10 @@ impl SftTrainer {
             };
             (row.inputs, (1, t), row.flat, row.targets, Some(attention))
         } else {
-            let padded = answer_positions(&encoded, self.engine.tokenizer.pad_id());
+            let natural = answer_positions(&encoded, self.engine.tokenizer.pad_id(), 0).t;
+            // Positions past the model's window have no rotary angles.
+            let width = graph_bucket(natural).min(self.sequence_limit().max(natural));
+            let padded = answer_positions(&encoded, self.engine.tokenizer.pad_id(), width);
             let shape = (encoded.len(), padded.t);
             (padded.inputs, shape, padded.flat, padded.targets, None)
         };
@@ -239,7 +276,19 @@ impl SftTrainer {
                 "no answer tokens in the batch".into(),
             ));
         }
-        SftBatch::new(inputs, (b, t), rows, targets, packed, device)
+        let slots = if packed.is_some() {
+            rows.len()
+        } else {
+            graph_bucket(rows.len())
+        };
+        SftBatch::with_answer_slots(inputs, (b, t), rows, targets, slots, packed, device)
+    }
+
+    /// The longest sequence a step feeds the model.
+    fn sequence_limit(&self) -> usize {
+        self.options
+            .max_seq_len
+            .min(self.engine.config().max_position_embeddings)
     }
 
     /// Mean cross-entropy over answer tokens.
@@ -499,14 +548,20 @@ pub(crate) struct AnswerPositions {
     pub owners: Vec<usize>,
 }
 
-pub(crate) fn answer_positions(encoded: &[EncodedExample], pad: u32) -> AnswerPositions {
-    let t = encoded
+/// At least `min_t` wide: the extra positions are padding.
+pub(crate) fn answer_positions(
+    encoded: &[EncodedExample],
+    pad: u32,
+    min_t: usize,
+) -> AnswerPositions {
+    let t = (encoded
         .iter()
         .map(|e| e.ids.len())
         .max()
         .unwrap_or(1)
         .max(2)
-        - 1;
+        - 1)
+    .max(min_t);
     let mut positions = AnswerPositions {
         inputs: Vec::with_capacity(encoded.len() * t),
         t,
@@ -574,7 +629,7 @@ pub(crate) fn target_log_probs(logits: &Tensor, targets: &Tensor) -> candle_core
     target_logit - log_sum_exp
 }
 
-/// Mean cross-entropy over the answer tokens of `batch`.
+/// Mean cross-entropy over the answer tokens of `batch` (its padding slots weigh nothing).
 fn batch_loss(
     engine: &Engine,
     adapter: &LoraAdapter,
@@ -592,9 +647,9 @@ fn batch_loss(
         },
         None,
     )?;
-    target_log_probs(&logits, &batch.answer_targets)?
-        .neg()?
-        .mean_all()
+    let log_probs = target_log_probs(&logits, &batch.answer_targets)?.squeeze(1)?;
+    let weights = batch.answer_weights.to_dtype(log_probs.dtype())?;
+    (log_probs * weights)?.sum_all()?.neg()
 }
 
 /// AdamW with global-norm clipping over all LoRA variables at once. Gradients and values
@@ -738,8 +793,8 @@ mod tests {
     use candle_core::{Tensor, Var};
 
     use super::{
-        answer_positions, packed_row, EncodedExample, SftBatch, SftExample, SftTrainer,
-        TrainerOptions,
+        answer_positions, graph_bucket, packed_row, EncodedExample, SftBatch, SftExample,
+        SftTrainer, TrainerOptions,
     };
     use crate::lora::LoraConfig;
     use crate::testing::{max_abs_diff, tiny_engine};
@@ -804,9 +859,11 @@ mod tests {
     }
 
     /// Exchanges packed into one row behind their shared start give the loss and the step
-    /// of the same exchanges right-padded into rows of their own, on fewer tokens.
+    /// of the same exchanges right-padded into rows of their own, on fewer tokens; so do
+    /// those rows padded further to the shape of a captured GPU step (more positions, and
+    /// weightless answer slots).
     #[test]
-    fn a_packed_row_trains_as_the_padded_batch() {
+    fn a_packed_row_and_a_batch_padded_to_a_graph_shape_train_as_the_padded_batch() {
         let engine = Arc::new(tiny_engine(5));
         let config = LoraConfig::new(4, 8.0, &[]).unwrap();
         let trainer = || {
@@ -817,7 +874,7 @@ mod tests {
             let adapter = engine.new_adapter(config.clone(), 7).unwrap();
             SftTrainer::new(engine.clone(), adapter, options).unwrap()
         };
-        let (mut packed, mut padded) = (trainer(), trainer());
+        let (mut packed, mut padded, mut bucketed) = (trainer(), trainer(), trainer());
         let examples = [
             (
                 "Please answer about \"Lamps\". Where is the lamp?",
@@ -841,7 +898,7 @@ mod tests {
         let row = packed_row(&encoded);
         let shared = row.owners.iter().take_while(|o| o.is_none()).count();
         assert!(shared > 10, "the prompts' start is shared: {shared}");
-        let padded_positions = answer_positions(&encoded, engine.tokenizer.pad_id());
+        let padded_positions = answer_positions(&encoded, engine.tokenizer.pad_id(), 0);
         assert_eq!(row.targets.len(), padded_positions.targets.len());
         let padded_batch = SftBatch::new(
             padded_positions.inputs,
@@ -852,15 +909,46 @@ mod tests {
             engine.device(),
         )
         .unwrap();
+        let width = graph_bucket(padded_positions.t + 1);
+        let wide = answer_positions(&encoded, engine.tokenizer.pad_id(), width);
+        assert_eq!(wide.t, width);
+        let slots = graph_bucket(wide.flat.len() + 1);
+        let bucketed_batch = SftBatch::with_answer_slots(
+            wide.inputs,
+            (encoded.len(), wide.t),
+            wide.flat,
+            wide.targets,
+            slots,
+            None,
+            engine.device(),
+        )
+        .unwrap();
+        assert_eq!(bucketed_batch.answer_rows.dims1().unwrap(), slots);
         let packed_batch = packed.batch(&examples).unwrap();
         assert!(packed_batch.packed.is_some());
         for _ in 0..2 {
             let a = packed.step_batch(&packed_batch).unwrap();
             let b = padded.step_batch(&padded_batch).unwrap();
+            let c = bucketed.step_batch(&bucketed_batch).unwrap();
             assert_same_step(&a, &b);
+            assert_same_step(&c, &b);
             assert!(a.tokens < b.tokens, "{} vs {}", a.tokens, b.tokens);
         }
         assert_same_adapter(&packed, &padded);
+        assert_same_adapter(&bucketed, &padded);
+    }
+
+    #[test]
+    fn graph_buckets_are_powers_of_two_of_at_least_16() {
+        let sizes: Vec<usize> = [1, 16, 17, 33, 64, 65, 200].map(graph_bucket).to_vec();
+        assert_eq!(sizes, [16, 16, 32, 64, 64, 128, 256]);
+        for n in 1..2000 {
+            let bucket = graph_bucket(n);
+            assert!(
+                bucket >= n && (bucket == 16 || bucket < 2 * n),
+                "{n} -> {bucket}"
+            );
+        }
     }
 
     /// The flat, device-scalar AdamW against AdamW written per variable the textbook way,
