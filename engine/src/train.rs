@@ -264,7 +264,7 @@ impl SftTrainer {
             };
             (row.inputs, (1, t), row.flat, row.targets, Some(attention))
         } else {
-            let natural = answer_positions(&encoded, self.engine.tokenizer.pad_id(), 0).t;
+            let natural = padded_width(&encoded);
             // Positions past the model's window have no rotary angles.
             let width = graph_bucket(natural).min(self.sequence_limit().max(natural));
             let padded = answer_positions(&encoded, self.engine.tokenizer.pad_id(), width);
@@ -537,6 +537,17 @@ pub(crate) fn packed_row(encoded: &[EncodedExample]) -> PackedRow {
     row
 }
 
+/// One less than the longest exchange: its last token is only ever a target.
+fn padded_width(encoded: &[EncodedExample]) -> usize {
+    encoded
+        .iter()
+        .map(|e| e.ids.len())
+        .max()
+        .unwrap_or(1)
+        .max(2)
+        - 1
+}
+
 /// Encoded exchanges right-padded into one `[b, t]` batch of inputs (`t` is one less than the
 /// longest exchange: the last token is only ever a target), and every position whose next
 /// token is an answer token: its index into the flattened batch, that token, and its row.
@@ -554,14 +565,7 @@ pub(crate) fn answer_positions(
     pad: u32,
     min_t: usize,
 ) -> AnswerPositions {
-    let t = (encoded
-        .iter()
-        .map(|e| e.ids.len())
-        .max()
-        .unwrap_or(1)
-        .max(2)
-        - 1)
-    .max(min_t);
+    let t = padded_width(encoded).max(min_t);
     let mut positions = AnswerPositions {
         inputs: Vec::with_capacity(encoded.len() * t),
         t,
