@@ -797,8 +797,8 @@ mod tests {
     use candle_core::{Tensor, Var};
 
     use super::{
-        answer_positions, graph_bucket, packed_row, EncodedExample, SftBatch, SftExample,
-        SftTrainer, TrainerOptions,
+        answer_positions, graph_bucket, packed_row, AnswerPositions, EncodedExample, SftBatch,
+        SftExample, SftTrainer, TrainerOptions,
     };
     use crate::lora::LoraConfig;
     use crate::testing::{max_abs_diff, tiny_engine};
@@ -902,31 +902,28 @@ mod tests {
         let row = packed_row(&encoded);
         let shared = row.owners.iter().take_while(|o| o.is_none()).count();
         assert!(shared > 10, "the prompts' start is shared: {shared}");
+        let batch_of = |p: AnswerPositions, slots: usize| {
+            let shape = (encoded.len(), p.t);
+            SftBatch::with_answer_slots(
+                p.inputs,
+                shape,
+                p.flat,
+                p.targets,
+                slots,
+                None,
+                engine.device(),
+            )
+            .unwrap()
+        };
         let padded_positions = answer_positions(&encoded, engine.tokenizer.pad_id(), 0);
         assert_eq!(row.targets.len(), padded_positions.targets.len());
-        let padded_batch = SftBatch::new(
-            padded_positions.inputs,
-            (encoded.len(), padded_positions.t),
-            padded_positions.flat,
-            padded_positions.targets,
-            None,
-            engine.device(),
-        )
-        .unwrap();
-        let width = graph_bucket(padded_positions.t + 1);
+        let (natural_t, answer_tokens) = (padded_positions.t, padded_positions.flat.len());
+        let padded_batch = batch_of(padded_positions, answer_tokens);
+        let width = graph_bucket(natural_t + 1);
         let wide = answer_positions(&encoded, engine.tokenizer.pad_id(), width);
         assert_eq!(wide.t, width);
-        let slots = graph_bucket(wide.flat.len() + 1);
-        let bucketed_batch = SftBatch::with_answer_slots(
-            wide.inputs,
-            (encoded.len(), wide.t),
-            wide.flat,
-            wide.targets,
-            slots,
-            None,
-            engine.device(),
-        )
-        .unwrap();
+        let slots = graph_bucket(answer_tokens + 1);
+        let bucketed_batch = batch_of(wide, slots);
         assert_eq!(bucketed_batch.answer_rows.dims1().unwrap(), slots);
         let packed_batch = packed.batch(&examples).unwrap();
         assert!(packed_batch.packed.is_some());
