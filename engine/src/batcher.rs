@@ -6,6 +6,10 @@
 //!
 //! A combined call that fails (one prompt too long) is retried one submission at a time, so one
 //! caller's bad request does not fail the others. A streamed request runs alone, in its turn.
+//!
+//! A submission whose caller went away before its turn (an HTTP client that timed out and will
+//! retry) is dropped unrun: otherwise every retry would add work behind dead work, and a loaded
+//! server would never catch up.
 
 use std::collections::VecDeque;
 use std::sync::mpsc;
@@ -43,6 +47,16 @@ enum Submission {
         on_text: OnText,
         reply: oneshot::Sender<Result<GenerationOutput>>,
     },
+}
+
+impl Submission {
+    /// The caller dropped its future, so nobody waits for the output.
+    fn abandoned(&self) -> bool {
+        match self {
+            Self::Batch { reply, .. } => reply.is_canceled(),
+            Self::Stream { reply, .. } => reply.is_canceled(),
+        }
+    }
 }
 
 /// A handle to the engine's thread; clones share it. The thread ends when the last handle is
@@ -114,6 +128,14 @@ fn run(engine: &Engine, waiting: &mpsc::Receiver<Submission>, options: BatcherOp
             }
         }
         pending.extend(waiting.try_iter());
+        let queued = pending.len();
+        pending.retain(|submission| !submission.abandoned());
+        if pending.len() < queued {
+            tracing::debug!(
+                dropped = queued - pending.len(),
+                "submissions whose callers went away dropped unrun"
+            );
+        }
         match pending.pop_front() {
             Some(Submission::Stream {
                 adapter,
@@ -285,6 +307,36 @@ mod tests {
         assert_eq!(streamed, output.text);
         let alone = engine.generate(None, &[request("stream", 5)]).unwrap();
         assert_eq!(output.text, alone[0].text);
+    }
+
+    #[test]
+    fn a_submission_whose_caller_went_away_is_not_run() {
+        let engine = Arc::new(tiny_engine(3));
+        let batcher = Batcher::spawn(
+            engine,
+            BatcherOptions {
+                max_rows: 8,
+                // Long enough that the caller leaves while the submission still waits.
+                window: Duration::from_millis(300),
+            },
+        );
+        let (pieces, received) = mpsc::channel();
+        let mut left = Box::pin(batcher.generate_stream(
+            None,
+            request("nobody waits", 5),
+            Box::new(move |text| pieces.send(text.to_string()).is_ok()),
+        ));
+        // One poll submits it; dropping the future is the caller going away.
+        assert!(futures::FutureExt::now_or_never(&mut left).is_none());
+        drop(left);
+        // Submissions run in order, so once this one is answered the first had its turn.
+        let after = block_on(batcher.generate(None, vec![request("still here", 2)]));
+        assert_eq!(after.unwrap().len(), 1);
+        assert_eq!(
+            received.try_iter().count(),
+            0,
+            "the abandoned stream decoded"
+        );
     }
 
     #[test]
