@@ -1,4 +1,6 @@
 //! Coordinator behaviour end to end over the in-process broker and a `memory://` store.
+//!
+//! Over 600 lines: one test per coordinator behaviour, sharing one harness.
 
 use std::sync::Arc;
 use std::time::Duration;

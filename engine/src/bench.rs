@@ -1,6 +1,7 @@
-//! Speed measurements on random weights of real model shapes (speed does not depend on the
-//! weight values): LoRA SFT steps as `shared/bench/torch_peft_lora.py` runs them, and
-//! generation throughput. Results are plain structs the CLI prints as JSON.
+//! Speed measurements on random weights of real model shapes (speed does not depend on the weight
+//! values): LoRA SFT steps as the PyTorch + PEFT peer (`bench/torch_peft_lora.py` of the shared
+//! folder beside the checkout) runs them, and generation throughput. Results are plain structs the
+//! CLI prints as JSON.
 
 use std::sync::Arc;
 use std::time::Instant;

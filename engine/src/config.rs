@@ -107,8 +107,8 @@ impl ModelConfig {
         })
     }
 
-    /// Shapes of the models the benchmarks use, with the same numbers as
-    /// `shared/bench/torch_peft_lora.py`.
+    /// Shapes of the models the benchmarks use, with the same numbers as the PyTorch + PEFT peer
+    /// (`bench/torch_peft_lora.py` of the shared folder beside the checkout).
     pub fn named_shape(name: &str) -> Option<Self> {
         let base = |architecture, vocab, hidden, inter, layers, heads, kv, theta, tie, ctx| Self {
             architecture,

@@ -8,7 +8,7 @@ use candle_core::{DType, Device};
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
 use crate::fetch;
-use crate::generate::JsonVocab;
+use crate::json_constraint::JsonVocab;
 use crate::loader;
 use crate::lora::{LoraAdapter, LoraConfig, PeftFiles};
 use crate::model::Model;
@@ -237,7 +237,7 @@ impl Engine {
         if let Some(vocab) = self.json_vocab.get() {
             return Ok(vocab);
         }
-        let vocab = JsonVocab::build(self)?;
+        let vocab = JsonVocab::build(&self.tokenizer, self.model.config.vocab_size)?;
         Ok(self.json_vocab.get_or_init(|| vocab))
     }
 }

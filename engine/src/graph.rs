@@ -12,7 +12,7 @@ use candle_core::cuda_backend::cudarc::driver::{sys, CudaGraph};
 use candle_core::{CudaDevice, Result, Var};
 use tracing::{debug, warn};
 
-use crate::train::SftBatch;
+use crate::sft_batch::SftBatch;
 use crate::Engine;
 
 /// After this many failed captures of one shape, its steps stay eager.
@@ -23,7 +23,7 @@ const CAPTURE_ATTEMPTS: u32 = 2;
 const MAX_GRAPHS: usize = 8;
 
 /// `(batch, sequence length, answer slots)`: what a captured step's kernels are sized for.
-/// The trainer rounds the last two up to a few sizes (`train::graph_bucket`), so a job's
+/// The trainer rounds the last two up to a few sizes (`sft_batch::graph_bucket`), so a job's
 /// steps replay a handful of graphs.
 type ShapeKey = (usize, usize, usize);
 

@@ -14,12 +14,15 @@ pub mod generate;
 mod gpu;
 #[cfg(feature = "cuda")]
 mod graph;
+mod json_constraint;
 pub mod loader;
 pub mod lora;
 pub mod model;
 mod ops;
 pub mod rerank;
+mod sample;
 pub mod score;
+mod sft_batch;
 pub mod testing;
 pub mod tokenizer;
 pub mod train;

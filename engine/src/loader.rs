@@ -1,4 +1,6 @@
 //! Building a `Model` and its tokenizer from a GGUF file or a Hugging Face model directory.
+//!
+//! Over 600 lines: 150 of them are tests.
 
 use std::collections::HashMap;
 use std::fs::File;

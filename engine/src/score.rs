@@ -9,9 +9,8 @@ use crate::engine::Engine;
 use crate::error::Result;
 use crate::lora::LoraAdapter;
 use crate::model::{ForwardInput, LogitsFor};
-use crate::train::{
-    answer_positions, encode_exchange, target_log_probs, AnswerPositions, AttentionInputs,
-};
+use crate::sft_batch::AttentionInputs;
+use crate::train::{answer_positions, encode_exchange, target_log_probs, AnswerPositions};
 
 /// Sequences scored per forward call: bounds the activations of one call.
 const SCORE_ROWS: usize = 16;

@@ -1,6 +1,8 @@
 //! The two OpenAI request bodies the server takes, `/v1/chat/completions` and the older text
 //! `/v1/completions`, validated into engine requests. Every field is either served or refused
 //! with a 400 that names it: nothing a client asks for is silently ignored.
+//!
+//! Over 600 lines: 230 of them are tests of what is accepted and refused.
 
 use lift_engine::{ChatMessage, GenerationRequest, OutputConstraint, SamplingParams};
 use serde::Deserialize;

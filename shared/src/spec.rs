@@ -48,7 +48,7 @@ pub struct SynthesisOptions {
     pub key_phrases: u32,
 }
 
-/// How questions are written (see "Absorption with a weak generator" in the architecture).
+/// How questions are written (ARCHITECTURE.md, "Absorption with a weak generator").
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum QuestionRecipe {

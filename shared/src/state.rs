@@ -3,6 +3,8 @@
 //! Events arrive at least once and in any order across workers, so [`JobStatus::apply`] is
 //! idempotent: a chunk is counted once (a bitmap inside the record remembers which), training
 //! steps only move forward, and terminal jobs ignore further events.
+//!
+//! Over 600 lines: 260 of them are tests of the state machine.
 
 use serde::{Deserialize, Serialize};
 

@@ -2,6 +2,8 @@
 //! trainers, `lift serve` as the generator over HTTP, real RabbitMQ (a vhost per test) and S3
 //! on moto (a prefix per test). Faults are injected the way they happen: kill -9, restarts,
 //! force-closed broker connections, a poison chunk, malformed messages.
+//!
+//! Over 600 lines: one test per fault, sharing the cluster harness of `tests/src/lib.rs`.
 
 // Test harness variables (scripts/test-env.sh), not process configuration.
 #![allow(clippy::disallowed_methods)]

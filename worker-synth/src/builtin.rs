@@ -1,9 +1,9 @@
-//! A question writer on the built-in engine, for embedded mode. It follows the recipe that
-//! makes a 135M model usable (see "A 135M model is a weak question writer"): a few-shot prompt,
-//! the reply prefilled with `Question:`, a low temperature, a stop at the first blank line,
-//! and several samples per wanted pair, all in one batch; `parse` and `ground` then keep the
-//! good ones. The engine runs its requests through the engine's batcher (`batcher.rs`), so
-//! requests that wait at the same time share one engine call.
+//! A question writer on the built-in engine, for embedded mode. It follows the recipe that makes a
+//! 135M model usable (ARCHITECTURE.md, "A 135M model is a weak question writer"): a few-shot
+//! prompt, the reply prefilled with `Question:`, a low temperature, a stop at the first blank line,
+//! and several samples per wanted pair, all in one batch; `parse` and `ground` then keep the good
+//! ones. The engine runs its requests through the engine's batcher (`batcher.rs`), so requests that
+//! wait at the same time share one engine call.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,7 +1,10 @@
 //! Fact-bearing spans of a sentence, found by rules: numbers (in digits or in words), dates,
 //! quantities with their unit, codes, names and quoted terms. These are what questions about
 //! a document ask for, so every one must get training tasks whose answer is that span, whatever
-//! the generator manages to write (see "Absorption with a weak generator").
+//! the generator manages to write (ARCHITECTURE.md, "Absorption with a weak generator").
+//!
+//! Over 600 lines: one rule per kind of fact, each with the exceptions real text needs;
+//! 165 of the lines are tests.
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum FactKind {

@@ -39,7 +39,7 @@ pub struct RestateRequest {
 }
 
 /// One reply of the generator, exactly as written: validation happens in `parse`, because no
-/// backend guarantees its output format (see "OpenAI-compatible is not uniform").
+/// backend guarantees its output format (ARCHITECTURE.md, "OpenAI-compatible is not uniform").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawReply {
     pub text: String,

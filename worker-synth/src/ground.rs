@@ -1,7 +1,7 @@
 //! Grounding check: keep an answer only if the source text supports it. Small generators invent
-//! (see "A 135M model is a weak question writer"), and a model fine-tuned on invented answers
-//! learns them as facts of the document. The check is lexical on purpose: cheap, deterministic,
-//! and strict about the part that matters most, numbers.
+//! (ARCHITECTURE.md, "A 135M model is a weak question writer"), and a model fine-tuned on invented
+//! answers learns them as facts of the document. The check is lexical on purpose: cheap,
+//! deterministic, and strict about the part that matters most, numbers.
 
 use std::collections::HashSet;
 

@@ -1,8 +1,10 @@
 //! A question writer behind any OpenAI-compatible `/v1/chat/completions` server: vLLM in
-//! production, `lift serve` in tests, whatever a user points at otherwise. Servers differ in
-//! what `response_format` they accept (see "OpenAI-compatible is not uniform"), so the client
-//! starts with a strict JSON schema and steps down to `json_object`, then to none, remembering
-//! the level that worked; `parse` validates whatever comes back.
+//! production, `lift serve` in tests, whatever a user points at otherwise. Servers differ in what
+//! `response_format` they accept (ARCHITECTURE.md, "OpenAI-compatible is not uniform"), so the
+//! client starts with a strict JSON schema and steps down to `json_object`, then to none,
+//! remembering the level that worked; `parse` validates whatever comes back.
+//!
+//! Over 600 lines: 350 of them are tests against mock servers.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;

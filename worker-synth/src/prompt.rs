@@ -1,6 +1,7 @@
-//! Prompt templates, one set per backend (see "A 135M model is a weak question writer"): the
-//! built-in engine gets a few-shot text recipe, HTTP generators a system + user prompt asking
-//! for JSON. The texts live in `prompts/` so they can be read and tuned without touching code.
+//! Prompt templates, one set per backend (ARCHITECTURE.md, "A 135M model is a weak question
+//! writer"): the built-in engine gets a few-shot text recipe, HTTP generators a system + user
+//! prompt asking for JSON. The texts live in `prompts/` so they can be read and tuned without
+//! touching code.
 
 use std::sync::LazyLock;
 

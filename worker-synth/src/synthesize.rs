@@ -3,6 +3,9 @@
 //! questions written for each by the generator and by templates). Both parse and ground what
 //! the generator wrote, and add rule-based cloze tasks if the job wants them. The
 //! decisions about the delivery (retry, dead-letter, write) are the worker's.
+//!
+//! Over 600 lines: both recipes share the parsing, grounding and drop accounting of one
+//! sentence; 260 of the lines are tests.
 
 use std::collections::HashSet;
 

@@ -1,7 +1,8 @@
-//! `lift eval`: does the adapted model know the document? Needle-in-a-haystack and SQuAD,
-//! each scored for the base model without the document, the base model with the document in
-//! its prompt (where it fits) and LIFT without the document. The data, metrics, haystack
-//! builder and plots live in `lift-eval`; this module runs the models and the LIFT jobs.
+//! `lift eval`: does the adapted model know the document? Needle-in-a-haystack, SQuAD and the
+//! key-fact dev set (`niah.rs`, `squad.rs`, `facts.rs`), each scored for the base model without the
+//! document, the base model with the document in its prompt (where it fits) and LIFT without the
+//! document. The data, metrics, haystack builder and plots live in `lift-eval`; this module runs
+//! the models and the LIFT jobs.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,6 +23,10 @@ use lift_shared::store::Store;
 use serde_json::json;
 
 use crate::job_args::JobOptions;
+
+mod facts;
+mod niah;
+mod squad;
 use crate::{ask, client, embedded, infra};
 
 #[derive(Subcommand)]
@@ -106,11 +111,13 @@ pub struct NiahArgs {
     /// Needle depths in percent of the haystack.
     #[arg(long, value_delimiter = ',', default_value = "0,25,50,75,100")]
     pub depths: Vec<u32>,
+    /// The sentence hidden in the haystack.
     #[arg(
         long,
         default_value = "The best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day."
     )]
     pub needle: String,
+    /// What every setting is asked.
     #[arg(long, default_value = "What is the best thing to do in San Francisco?")]
     pub question: String,
     /// Facts an answer must contain to count (comma-separated).
@@ -151,9 +158,9 @@ const PROMPT_OVERHEAD_TOKENS: usize = 96;
 
 pub async fn run(config: Config, command: EvalCommand) -> anyhow::Result<std::process::ExitCode> {
     match command {
-        EvalCommand::Niah(args) => niah(config, args).await?,
-        EvalCommand::Squad(args) => squad(config, args).await?,
-        EvalCommand::Facts(args) => facts(config, args).await?,
+        EvalCommand::Niah(args) => niah::run(config, args).await?,
+        EvalCommand::Squad(args) => squad::run(config, args).await?,
+        EvalCommand::Facts(args) => facts::run(config, args).await?,
         EvalCommand::Merge { out, reports } => merge_reports(&out, &reports)?,
         EvalCommand::Plot { report } => plot_report(&report)?,
     }
@@ -342,158 +349,6 @@ fn write_report(out: &Path, report: &serde_json::Value) -> anyhow::Result<PathBu
     Ok(path)
 }
 
-async fn niah(config: Config, args: NiahArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        !args.lengths.is_empty() && !args.depths.is_empty(),
-        "--lengths and --depths need at least one value each"
-    );
-    anyhow::ensure!(
-        args.depths.iter().all(|d| *d <= 100),
-        "--depths are percentages, 0 to 100"
-    );
-    let essays = load_essays(&data_dir(&config, &args.lift).join("paul-graham-essays"))?;
-    let started = Instant::now();
-    let title = "Essays";
-    let args = &args;
-    let (cells, jobs) = with_lift(&config, &args.lift, |engine, store, addr| async move {
-        let mut cells = Vec::new();
-        let mut jobs = Vec::new();
-        // Without the document the prompt is the same for every cell: answered once.
-        let base = ask::answer(
-            engine.clone(),
-            None,
-            title,
-            std::slice::from_ref(&args.question),
-            ANSWER_TOKENS,
-        )
-        .await?
-        .remove(0);
-        for &length in &args.lengths {
-            for &depth in &args.depths {
-                let haystack =
-                    build_haystack(&essays, &args.needle, length, depth, &|text: &str| {
-                        count_tokens(&engine, text)
-                    })?;
-                eprintln!(
-                    "eval niah: {length} tokens, depth {depth} % ({} tokens)",
-                    haystack.tokens
-                );
-                let score = |setting: &str, answer: String, fits: bool| NiahCell {
-                    setting: setting.to_string(),
-                    length_tokens: length,
-                    depth_percent: depth,
-                    key_facts_hit: fits && contains_key_facts(&answer, &args.key_facts),
-                    f1: if fits {
-                        token_f1(&answer, std::slice::from_ref(&args.reference))
-                    } else {
-                        0.0
-                    },
-                    answer,
-                    fits_context: fits,
-                };
-                cells.push(score("base", base.clone(), true));
-                let fits = fits_context(&engine, haystack.tokens);
-                let in_context = if fits {
-                    ask::answer_prompts(
-                        engine.clone(),
-                        None,
-                        vec![context_prompt(&haystack.text, &args.question)],
-                        ANSWER_TOKENS,
-                    )
-                    .await?
-                    .remove(0)
-                } else {
-                    String::new()
-                };
-                cells.push(score("base+context", in_context, fits));
-                let (adapter, status) = lift_document(
-                    addr,
-                    &store,
-                    &engine,
-                    lift_request(&args.lift, title, &haystack.text),
-                )
-                .await?;
-                let lifted = match adapter {
-                    Some(adapter) => ask::answer(
-                        engine.clone(),
-                        Some(adapter),
-                        title,
-                        std::slice::from_ref(&args.question),
-                        ANSWER_TOKENS,
-                    )
-                    .await?
-                    .remove(0),
-                    None => String::new(),
-                };
-                cells.push(score("lift", lifted, true));
-                let mut job = job_summary(&status);
-                job["length_tokens"] = json!(length);
-                job["depth_percent"] = json!(depth);
-                jobs.push(job);
-                // Kept current after every cell: a long run that is interrupted keeps what it did.
-                write_report(
-                    &args.lift.out,
-                    &json!({ "eval": "niah", "partial": true, "cells": cells, "jobs": jobs }),
-                )?;
-            }
-        }
-        Ok((cells, jobs))
-    })
-    .await?;
-
-    let summary = niah_summary(&cells);
-    let report = json!({
-        "eval": "niah",
-        "config": {
-            "lengths": args.lengths,
-            "depths": args.depths,
-            "needle": args.needle,
-            "question": args.question,
-            "key_facts": args.key_facts,
-            "reference": args.reference,
-            "lift": lift_config(&args.lift),
-        },
-        "summary": summary,
-        "cells": cells,
-        "jobs": jobs,
-        "seconds": started.elapsed().as_secs_f64(),
-    });
-    let path = write_report_and_plots(&args.lift.out, &report)?;
-    println!(
-        "{}",
-        serde_json::to_string(&json!({ "report": path, "summary": report["summary"] }))?
-    );
-    Ok(())
-}
-
-/// Key-fact hits and mean F1 of each setting over the cells it could run.
-fn niah_summary(cells: &[NiahCell]) -> Vec<serde_json::Value> {
-    ["base", "base+context", "lift"]
-        .iter()
-        .map(|setting| {
-            let scored: Vec<&NiahCell> = cells
-                .iter()
-                .filter(|c| c.setting == *setting && c.fits_context)
-                .collect();
-            let hits = scored.iter().filter(|c| c.key_facts_hit).count();
-            let share = |total: f64| {
-                if scored.is_empty() {
-                    0.0
-                } else {
-                    total / scored.len() as f64
-                }
-            };
-            json!({
-                "setting": setting,
-                "cells": scored.len(),
-                "key_facts_hit": hits,
-                "hit_share": share(hits as f64),
-                "mean_f1": share(scored.iter().map(|c| c.f1).sum::<f64>()),
-            })
-        })
-        .collect()
-}
-
 /// One report from several of one kind: their cells (NIAH) or answers (SQuAD) and jobs
 /// together, the scores computed again over all of them, the plots drawn again.
 fn merge_reports(out: &Path, paths: &[PathBuf]) -> anyhow::Result<()> {
@@ -536,12 +391,12 @@ fn merge_reports(out: &Path, paths: &[PathBuf]) -> anyhow::Result<()> {
     if kind == "niah" {
         let cells: Vec<NiahCell> = serde_json::from_value(gather("cells").into())
             .context("a NIAH report has malformed cells")?;
-        report["summary"] = json!(niah_summary(&cells));
+        report["summary"] = json!(niah::niah_summary(&cells));
         report["cells"] = json!(cells);
     } else {
         let answers = gather("answers");
-        let scores = squad_scores(&answers);
-        report["gap_closed"] = json!(gap_closed(&scores));
+        let scores = squad::squad_scores(&answers);
+        report["gap_closed"] = json!(squad::gap_closed(&scores));
         report["scores"] = json!(scores);
         report["answers"] = json!(answers);
     }
@@ -647,417 +502,6 @@ fn lift_config(args: &LiftArgs) -> serde_json::Value {
         "key_phrases": job.key_phrases,
         "seed": job.seed,
     })
-}
-
-async fn squad(config: Config, args: SquadArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        args.groups > 0 && args.questions_per_group > 0,
-        "--groups and --questions-per-group must be at least 1"
-    );
-    let grouping = match args.paragraphs_per_group {
-        Some(0) => anyhow::bail!("--paragraphs-per-group must be at least 1"),
-        Some(n) => Grouping::Paragraphs(n),
-        None => Grouping::Article,
-    };
-    let squad_path = data_dir(&config, &args.lift).join("squad.json");
-    let mut groups = load_squad(
-        &squad_path,
-        &SquadOptions {
-            grouping,
-            limit_groups: Some(args.skip_groups + args.groups),
-            limit_questions_per_group: Some(args.questions_per_group),
-        },
-    )?;
-    groups.drain(..args.skip_groups.min(groups.len()));
-    anyhow::ensure!(
-        !groups.is_empty(),
-        "--skip-groups {} passes over every group of {}",
-        args.skip_groups,
-        squad_path.display()
-    );
-    let started = Instant::now();
-    let args = &args;
-    let (answers, jobs) = with_lift(&config, &args.lift, |engine, store, addr| async move {
-        let mut answers = Vec::new();
-        let mut jobs = Vec::new();
-        for group in &groups {
-            eprintln!(
-                "eval squad: {} ({} questions)",
-                group.title,
-                group.questions.len()
-            );
-            let questions: Vec<String> =
-                group.questions.iter().map(|q| q.question.clone()).collect();
-            let SettingAnswers {
-                base,
-                in_context,
-                context_fits: fits,
-                lifted,
-                status,
-                ..
-            } = answer_in_three_settings(
-                &engine,
-                &store,
-                addr,
-                &args.lift,
-                Questioned {
-                    title: &group.title,
-                    text: &group.context,
-                    questions: &questions,
-                },
-                0,
-            )
-            .await?;
-            for (i, question) in group.questions.iter().enumerate() {
-                answers.push(json!({
-                    "group": group.title,
-                    "id": question.id,
-                    "question": question.question,
-                    "gold": question.answers,
-                    "base": base[i],
-                    "base+context": in_context[i],
-                    "context_fits": fits,
-                    "lift": lifted[i],
-                }));
-            }
-            let mut job = job_summary(&status);
-            job["group"] = json!(group.title);
-            jobs.push(job);
-        }
-        Ok((answers, jobs))
-    })
-    .await?;
-
-    let scores = squad_scores(&answers);
-    let report = json!({
-        "eval": "squad",
-        "config": {
-            "groups": args.groups,
-            "paragraphs_per_group": args.paragraphs_per_group,
-            "questions_per_group": args.questions_per_group,
-            "skip_groups": args.skip_groups,
-            "data": squad_path,
-            "lift": lift_config(&args.lift),
-        },
-        "scores": scores,
-        "gap_closed": gap_closed(&scores),
-        "answers": answers,
-        "jobs": jobs,
-        "seconds": started.elapsed().as_secs_f64(),
-    });
-    let path = write_report_and_plots(&args.lift.out, &report)?;
-    println!(
-        "{}",
-        serde_json::to_string(
-            &json!({ "report": path, "scores": report["scores"], "gap_closed": report["gap_closed"] })
-        )?
-    );
-    Ok(())
-}
-
-fn squad_scores(answers: &[serde_json::Value]) -> Vec<SquadScore> {
-    ["base", "base+context", "lift"]
-        .iter()
-        .map(|setting| squad_score(answers, setting))
-        .collect()
-}
-
-fn squad_score(answers: &[serde_json::Value], setting: &str) -> SquadScore {
-    let scored: Vec<(&str, Vec<String>)> = answers
-        .iter()
-        .filter(|a| setting != "base+context" || a["context_fits"] == true)
-        .map(|a| {
-            let gold = a["gold"]
-                .as_array()
-                .map(|g| {
-                    g.iter()
-                        .filter_map(|s| s.as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default();
-            (a[setting].as_str().unwrap_or(""), gold)
-        })
-        .collect();
-    let n = scored.len().max(1) as f64;
-    SquadScore {
-        setting: setting.to_string(),
-        exact_match: scored.iter().map(|(p, g)| exact_match(p, g)).sum::<f64>() / n,
-        f1: scored.iter().map(|(p, g)| token_f1(p, g)).sum::<f64>() / n,
-        contains_answer: scored
-            .iter()
-            .map(|(p, g)| contains_answer(p, g))
-            .sum::<f64>()
-            / n,
-        questions: scored.len(),
-    }
-}
-
-/// Share of the F1 gap between the base model without and with the context that LIFT closes.
-fn gap_closed(scores: &[SquadScore]) -> Option<f64> {
-    let f1 = |setting: &str| scores.iter().find(|s| s.setting == setting).map(|s| s.f1);
-    let (base, context, lift) = (f1("base")?, f1("base+context")?, f1("lift")?);
-    (context > base).then(|| (lift - base) / (context - base))
-}
-
-/// One document of the fact dev set: its questions answered by the three settings.
-struct FactAnswers {
-    document: FactDocument,
-    settings: SettingAnswers,
-    job: serde_json::Value,
-}
-
-impl FactAnswers {
-    fn scores(&self) -> [FactScore; 3] {
-        let questions = &self.document.questions;
-        let score = |setting: &str, answers: &[String]| {
-            FactScore::of(
-                setting,
-                questions.iter().zip(answers.iter().map(String::as_str)),
-            )
-        };
-        [
-            score("base", &self.settings.base),
-            score("base+context", &self.settings.in_context),
-            score("lift", &self.settings.lifted),
-        ]
-    }
-
-    fn to_json(&self) -> serde_json::Value {
-        let questions: Vec<_> = self
-            .document
-            .questions
-            .iter()
-            .enumerate()
-            .map(|(i, question)| {
-                let SettingAnswers {
-                    base,
-                    in_context,
-                    lifted,
-                    candidates,
-                    ..
-                } = &self.settings;
-                let candidates: Vec<_> = candidates
-                    .get(i)
-                    .map(|ranked| {
-                        ranked
-                            .candidates
-                            .iter()
-                            .map(|c| {
-                                json!({
-                                    "text": c.text,
-                                    "hit": question.is_answered_by(&c.text),
-                                    "log_prob": c.given_prompt.log_prob,
-                                    "baseline_log_prob": c.given_baseline.log_prob,
-                                    "tokens": c.given_prompt.tokens,
-                                })
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                json!({
-                    "question": question.question,
-                    "key_fact": question.key_fact,
-                    "reworded": question.reworded,
-                    "base": base[i],
-                    "base_hit": question.is_answered_by(&base[i]),
-                    "base+context": in_context[i],
-                    "base+context_hit": question.is_answered_by(&in_context[i]),
-                    "lift": lifted[i],
-                    "lift_hit": question.is_answered_by(&lifted[i]),
-                    "lift_candidates": candidates,
-                })
-            })
-            .collect();
-        json!({
-            "file": self.document.path,
-            "title": self.document.title,
-            "genre": self.document.genre,
-            "words": self.document.words(),
-            "context_fits": self.settings.context_fits,
-            "scores": self.scores(),
-            "job": self.job,
-            "questions": questions,
-        })
-    }
-}
-
-/// Baseline weights the candidates summary picks with (0: by likelihood alone).
-const CANDIDATE_BASELINE_WEIGHTS: [f64; 5] = [0.0, 0.25, 0.5, 0.75, 1.0];
-
-/// Over the questions whose candidates were drawn: how many the greedy answer got, how many
-/// have the key fact in some candidate, and how many the best candidate by contrast gets
-/// at each baseline weight (`lift_engine::rerank`).
-fn candidates_summary(results: &[FactAnswers]) -> serde_json::Value {
-    let drawn: Vec<(&FactQuestion, &RankedReplies)> = results
-        .iter()
-        .flat_map(|r| r.document.questions.iter().zip(&r.settings.candidates))
-        .collect();
-    let by_weight: Vec<_> = CANDIDATE_BASELINE_WEIGHTS
-        .iter()
-        .map(|&weight| {
-            let answered = drawn
-                .iter()
-                .filter(|(q, ranked)| q.is_answered_by(&ranked.best(weight).text))
-                .count();
-            json!({ "baseline_weight": weight, "answered": answered })
-        })
-        .collect();
-    json!({
-        "questions": drawn.len(),
-        "greedy_answered": drawn
-            .iter()
-            .filter(|(q, ranked)| q.is_answered_by(&ranked.candidates[0].text))
-            .count(),
-        "some_candidate_answers": drawn
-            .iter()
-            .filter(|(q, ranked)| ranked.candidates.iter().any(|c| q.is_answered_by(&c.text)))
-            .count(),
-        "best_by_contrast": by_weight,
-    })
-}
-
-async fn facts(config: Config, args: FactsArgs) -> anyhow::Result<()> {
-    let mut documents = load_fact_documents(&args.set).with_context(|| {
-        format!(
-            "cannot load the fact set at {} (run from the lift repository, or pass --set DIR)",
-            args.set.display()
-        )
-    })?;
-    if !args.only.is_empty() {
-        documents.retain(|document| {
-            let name = document
-                .path
-                .file_name()
-                .unwrap_or_default()
-                .to_string_lossy();
-            args.only.iter().any(|only| name.contains(only.as_str()))
-        });
-        anyhow::ensure!(
-            !documents.is_empty(),
-            "--only matches no document of {}",
-            args.set.display()
-        );
-    }
-    let started = Instant::now();
-    let args = &args;
-    let results = with_lift(&config, &args.lift, |engine, store, addr| async move {
-        let mut results: Vec<FactAnswers> = Vec::new();
-        for document in documents {
-            eprintln!(
-                "eval facts: {} ({} words, {} questions)",
-                document.title,
-                document.words(),
-                document.questions.len()
-            );
-            let questions: Vec<String> = document
-                .questions
-                .iter()
-                .map(|q| q.question.clone())
-                .collect();
-            let settings = answer_in_three_settings(
-                &engine,
-                &store,
-                addr,
-                &args.lift,
-                Questioned {
-                    title: &document.title,
-                    text: &document.text,
-                    questions: &questions,
-                },
-                args.candidates,
-            )
-            .await?;
-            let answers = FactAnswers {
-                document,
-                job: job_summary(&settings.status),
-                settings,
-            };
-            let [_, _, lift] = answers.scores();
-            eprintln!(
-                "eval facts: {} answered {}/{} after LIFT",
-                answers.document.title, lift.answered, lift.questions
-            );
-            results.push(answers);
-            // Kept current after every document: an interrupted run keeps what it did.
-            let partial: Vec<_> = results.iter().map(FactAnswers::to_json).collect();
-            write_report(
-                &args.lift.out,
-                &json!({ "eval": "facts", "partial": true, "documents": partial }),
-            )?;
-        }
-        Ok(results)
-    })
-    .await?;
-
-    let overall: Vec<FactScore> = ["base", "base+context", "lift"]
-        .iter()
-        .enumerate()
-        .map(|(setting, name)| {
-            let answers = results.iter().flat_map(|r| {
-                let answers = match setting {
-                    0 => &r.settings.base,
-                    1 => &r.settings.in_context,
-                    _ => &r.settings.lifted,
-                };
-                r.document
-                    .questions
-                    .iter()
-                    .zip(answers.iter().map(String::as_str))
-            });
-            FactScore::of(name, answers)
-        })
-        .collect();
-    let job_seconds: Vec<f64> = results
-        .iter()
-        .filter_map(|r| r.job["seconds"].as_f64())
-        .collect();
-    let candidates = (args.candidates > 0).then(|| candidates_summary(&results));
-    let report = json!({
-        "eval": "facts",
-        "candidates": candidates,
-        "config": {
-            "set": args.set,
-            "documents": results.len(),
-            "lift": lift_config(&args.lift),
-        },
-        "overall": overall,
-        "facts_found": results.iter().filter_map(|r| r.job["facts_found"].as_u64()).sum::<u64>(),
-        "facts_covered": results.iter().filter_map(|r| r.job["facts_covered"].as_u64()).sum::<u64>(),
-        "mean_job_seconds": job_seconds.iter().sum::<f64>() / job_seconds.len().max(1) as f64,
-        "documents": results.iter().map(FactAnswers::to_json).collect::<Vec<_>>(),
-        "seconds": started.elapsed().as_secs_f64(),
-    });
-    let path = write_report_and_plots(&args.lift.out, &report)?;
-    let per_document: Vec<_> = results
-        .iter()
-        .map(|r| {
-            let [base, context, lift] = r.scores();
-            json!({
-                "document": r.document.title,
-                "base": base.answered,
-                "base+context": context.answered,
-                "lift": lift.answered,
-                "questions": lift.questions,
-                "tasks": r.job["tasks"],
-                "steps": r.job["steps"],
-                "final_loss": r.job["final_loss"],
-                "seconds": r.job["seconds"],
-            })
-        })
-        .collect();
-    println!(
-        "{}",
-        serde_json::to_string(&json!({
-            "report": path,
-            "overall": report["overall"],
-            "candidates": report["candidates"],
-            "facts_found": report["facts_found"],
-            "facts_covered": report["facts_covered"],
-            "mean_job_seconds": report["mean_job_seconds"],
-            "documents": per_document,
-        }))?
-    );
-    Ok(())
 }
 
 #[cfg(test)]
