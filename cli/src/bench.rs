@@ -21,16 +21,22 @@ pub struct TrainArgs {
     /// smollm2-135m, qwen2.5-0.5b or llama3-8b.
     #[arg(long, default_value = "smollm2-135m")]
     pub shape: String,
+    /// Examples per step.
     #[arg(long, default_value_t = 4)]
     pub batch: usize,
+    /// Tokens per example.
     #[arg(long, default_value_t = 256)]
     pub seq: usize,
+    /// LoRA rank, on all seven projections.
     #[arg(long, default_value_t = 128)]
     pub rank: usize,
+    /// LoRA alpha (the update is scaled by alpha / rank).
     #[arg(long, default_value_t = 256.0)]
     pub alpha: f64,
+    /// Steps measured.
     #[arg(long, default_value_t = 20)]
     pub steps: usize,
+    /// Steps run first and not measured.
     #[arg(long, default_value_t = 5)]
     pub warmup: usize,
     /// Replay each step as a CUDA graph (GPU only; `false` measures eager launches).
@@ -50,6 +56,7 @@ pub struct GenerateArgs {
     /// Batch sizes to measure.
     #[arg(long, value_delimiter = ',', default_value = "1,8")]
     pub batches: Vec<usize>,
+    /// Tokens generated per sequence.
     #[arg(long, default_value_t = 64)]
     pub new_tokens: usize,
     /// 0 is greedy; the built-in question writer samples at 0.2.

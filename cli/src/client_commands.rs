@@ -47,7 +47,7 @@ impl Connection {
         match self.client(config).await {
             Ok(client) => Ok(Source::Coordinator(client)),
             Err(error) if self.addr.is_none() && exit_for(&error) == Exit::Unavailable => {
-                let store = infra::open_store(config)?;
+                let store = infra::open_existing_store(config)?;
                 eprintln!(
                     "lift: no coordinator at {}; reading the store {}",
                     config.grpc_addr,
@@ -83,6 +83,7 @@ pub struct SubmitArgs {
 
 #[derive(Debug, Args)]
 pub struct JobRef {
+    /// The job's id, as `lift submit` or `lift run` printed it.
     pub job_id: String,
     #[command(flatten)]
     pub connection: Connection,
@@ -99,6 +100,7 @@ pub struct JobsArgs {
 
 #[derive(Debug, Args)]
 pub struct CancelArgs {
+    /// The job's id.
     pub job_id: String,
     /// Why, kept in the job's status.
     #[arg(long, default_value = "")]
@@ -109,7 +111,9 @@ pub struct CancelArgs {
 
 #[derive(Debug, Args)]
 pub struct AskArgs {
+    /// The job whose adapter answers; it must have succeeded.
     pub job_id: String,
+    /// Asked with no document in the prompt.
     pub question: String,
     /// Answer with the base model alone (for comparison).
     #[arg(long)]
@@ -263,7 +267,7 @@ pub async fn cancel(config: Config, args: CancelArgs) -> anyhow::Result<ExitCode
 }
 
 pub async fn ask(config: Config, args: AskArgs) -> anyhow::Result<ExitCode> {
-    let store = infra::open_store(&config)?;
+    let store = infra::open_existing_store(&config)?;
     let job = ask::load_job_adapter(&store, &args.job_id).await?;
     let engine = infra::load_engine(&config, &job.spec.base_model).await?;
     let adapter = if args.without_adapter {

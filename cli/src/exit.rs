@@ -3,6 +3,7 @@
 
 use std::process::ExitCode;
 
+use lift_engine::EngineError;
 use lift_shared::error::{LiftError, ServiceError};
 
 /// Every status `lift` exits with. `lift --help` and the README list them.
@@ -68,6 +69,9 @@ pub fn exit_for(error: &anyhow::Error) -> Exit {
             if cause.downcast_ref::<tonic::transport::Error>().is_some() {
                 return Some(Exit::Unavailable);
             }
+            if let Some(error) = cause.downcast_ref::<EngineError>() {
+                return Some(for_engine_error(error));
+            }
             // Through the services' own LiftError -> gRPC code table (shared/src/error.rs).
             cause
                 .downcast_ref::<LiftError>()
@@ -84,6 +88,20 @@ fn is_tls_rejection(cause: &(dyn std::error::Error + 'static)) -> bool {
             .downcast_ref::<std::io::Error>()
             .and_then(|io| io.get_ref())
             .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+}
+
+/// A model, adapter or prompt the user named that the engine refuses will be refused again;
+/// a model not fetched yet is not found.
+fn for_engine_error(error: &EngineError) -> Exit {
+    match error {
+        EngineError::InvalidModel(_)
+        | EngineError::UnsupportedArchitecture(_)
+        | EngineError::InvalidAdapter(_)
+        | EngineError::PromptTooLong { .. }
+        | EngineError::InvalidRequest(_) => Exit::InvalidInput,
+        EngineError::ModelMissing { .. } => Exit::NotFound,
+        _ => Exit::Error,
+    }
 }
 
 fn for_grpc_code(code: tonic::Code) -> Exit {
@@ -127,6 +145,13 @@ mod tests {
             Err(LiftError::InvalidArgument("cannot read doc.md".into())).context("lift run");
         assert_eq!(exit_for(&unreadable.unwrap_err()), Exit::InvalidInput);
         assert_eq!(exit_for(&anyhow::anyhow!("a bug")), Exit::Error);
+        let unknown_model = anyhow::Error::new(EngineError::InvalidModel("no-such".into()))
+            .context("cannot load the model");
+        assert_eq!(exit_for(&unknown_model), Exit::InvalidInput);
+        let not_fetched = EngineError::ModelMissing {
+            path: "/cache/model.gguf".into(),
+        };
+        assert_eq!(exit_for(&anyhow::Error::new(not_fetched)), Exit::NotFound);
         let untrusted = std::io::Error::other(rustls::Error::InvalidCertificate(
             rustls::CertificateError::UnknownIssuer,
         ));

@@ -21,6 +21,13 @@ pub fn open_store(config: &Config) -> anyhow::Result<Store> {
         .with_context(|| format!("cannot open the store at {}", config.store_url))
 }
 
+/// The store, for commands that only read it: a local store that does not exist is not
+/// created.
+pub fn open_existing_store(config: &Config) -> anyhow::Result<Store> {
+    Store::open_existing(&config.store_url, config.s3_endpoint.as_deref())
+        .with_context(|| format!("cannot open the store at {}", config.store_url))
+}
+
 /// RabbitMQ when `LIFT_AMQP_URL` is set, else the in-process broker (embedded mode only).
 pub async fn connect_broker(config: &Config, name: &str) -> anyhow::Result<Arc<dyn Broker>> {
     if config.amqp_url.is_empty() {

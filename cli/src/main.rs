@@ -212,3 +212,36 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(command) => bench::run(config, command).await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// Every subcommand and every argument a user can pass says what it is in `--help`.
+    fn undocumented(command: &clap::Command, path: &str, found: &mut Vec<String>) {
+        for arg in command.get_arguments() {
+            let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+            if !builtin && arg.get_help().is_none() && !arg.is_hide_set() {
+                found.push(format!("{path} {}", arg.get_id()));
+            }
+        }
+        for sub in command.get_subcommands() {
+            let path = format!("{path} {}", sub.get_name());
+            if sub.get_about().is_none() && sub.get_name() != "help" {
+                found.push(path.clone());
+            }
+            undocumented(sub, &path, found);
+        }
+    }
+
+    #[test]
+    fn every_command_and_option_has_help() {
+        let command = Cli::command();
+        command.clone().debug_assert();
+        let mut found = Vec::new();
+        undocumented(&command, "lift", &mut found);
+        assert!(found.is_empty(), "no help text: {found:?}");
+    }
+}

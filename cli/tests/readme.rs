@@ -1,5 +1,6 @@
 //! The README is the configuration reference: every `LIFT_*` environment variable that the
-//! workspace's Rust code reads is named there.
+//! workspace's Rust code reads is named there, and every one it names is read by the code or
+//! by a script.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -70,6 +71,60 @@ fn every_variable_the_code_reads_is_in_the_readme() {
         missing.is_empty(),
         "README.md does not name {missing:?}; add them to its Configuration section"
     );
+}
+
+/// `LIFT_NAME` words in `text` (a trailing `_`, as in "`LIFT_*`", is no name).
+fn names_in_prose(text: &str) -> BTreeSet<String> {
+    text.match_indices("LIFT_")
+        .filter(|(at, _)| {
+            !text[..*at]
+                .chars()
+                .next_back()
+                .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+        .map(|(at, _)| {
+            text[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                .collect::<String>()
+        })
+        .filter(|name| name.len() > "LIFT_".len() && !name.ends_with('_'))
+        .collect()
+}
+
+#[test]
+fn every_variable_the_readme_names_is_read_somewhere() {
+    let root = workspace_root();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let mut code = String::new();
+    let mut files = Vec::new();
+    rust_files(&root, &mut files);
+    for file in files
+        .iter()
+        .filter(|file| !file.ends_with("cli/tests/readme.rs"))
+    {
+        code.push_str(&std::fs::read_to_string(file).unwrap());
+    }
+    for entry in std::fs::read_dir(root.join("scripts")).unwrap() {
+        code.push_str(&std::fs::read_to_string(entry.unwrap().path()).unwrap_or_default());
+    }
+    let named = names_in_prose(&readme);
+    assert!(
+        named.contains("LIFT_STORE_URL"),
+        "the scan found too little: {named:?}"
+    );
+    let read = names_in_prose(&code);
+    let stale: Vec<&String> = named.difference(&read).collect();
+    assert!(
+        stale.is_empty(),
+        "README.md names {stale:?}, which no code or script reads; drop or fix them"
+    );
+}
+
+#[test]
+fn prose_names_are_whole_words() {
+    let found = names_in_prose("set LIFT_A1, not XLIFT_B or `LIFT_*` or LIFT_C_, LIFT_D.");
+    assert_eq!(found.into_iter().collect::<Vec<_>>(), ["LIFT_A1", "LIFT_D"]);
 }
 
 #[test]

@@ -1,6 +1,9 @@
 //! The object store: the source of truth for inputs, job records, task files, checkpoints and
 //! adapters. Writes that can race (records, task files, markers) are create-only, so at-least-
 //! once deliveries never overwrite each other's results.
+//!
+//! Over 600 lines: the store is the one owner of every key, so the layout, the create-only
+//! writes and the adapter commit stay together; 320 of the lines are its tests.
 
 use std::sync::Arc;
 
@@ -277,6 +280,13 @@ fn is_loopback_endpoint(endpoint: &str) -> bool {
     matches!(host, "localhost" | "127.0.0.1" | "[::1]" | "::1")
 }
 
+/// What opening a local store does when its directory is missing.
+#[derive(Clone, Copy)]
+enum LocalDir {
+    Create,
+    MustExist,
+}
+
 impl Store {
     /// Opens a store by URL: a plain path or `file://path` (a local directory, created if
     /// missing), `memory://` (in-process, for tests and dry runs) or `s3://bucket/prefix`
@@ -284,6 +294,21 @@ impl Store {
     /// `s3_endpoint` for a server other than AWS, `Config::s3_endpoint`; plain http is allowed
     /// for loopback endpoints and wherever `AWS_ALLOW_HTTP=true`).
     pub fn open(url: &str, s3_endpoint: Option<&str>) -> Result<Self, LiftError> {
+        Self::open_local_as(url, s3_endpoint, LocalDir::Create)
+    }
+
+    /// Opens a store only to read what is in it (`lift ask`, `lift status` without a
+    /// coordinator, `lift adapter export`): a local directory that does not exist is "not
+    /// found", not created, so a command run from the wrong place leaves nothing behind.
+    pub fn open_existing(url: &str, s3_endpoint: Option<&str>) -> Result<Self, LiftError> {
+        Self::open_local_as(url, s3_endpoint, LocalDir::MustExist)
+    }
+
+    fn open_local_as(
+        url: &str,
+        s3_endpoint: Option<&str>,
+        local_dir: LocalDir,
+    ) -> Result<Self, LiftError> {
         let inner: Arc<dyn ObjectStore> = if url.starts_with("memory://") {
             Arc::new(InMemory::new())
         } else if let Some(rest) = url.strip_prefix("s3://") {
@@ -293,8 +318,17 @@ impl Store {
             if dir.is_empty() {
                 return Err(LiftError::InvalidArgument("store url is empty".to_string()));
             }
-            std::fs::create_dir_all(dir)
-                .map_err(|e| unavailable("create store directory", dir, e))?;
+            match local_dir {
+                LocalDir::Create => std::fs::create_dir_all(dir)
+                    .map_err(|e| unavailable("create store directory", dir, e))?,
+                LocalDir::MustExist if !std::path::Path::new(dir).is_dir() => {
+                    return Err(LiftError::NotFound(format!(
+                        "no store at {dir}: no job has been run with it (LIFT_STORE_URL names \
+                         the store)"
+                    )))
+                }
+                LocalDir::MustExist => {}
+            }
             let local = object_store::local::LocalFileSystem::new_with_prefix(dir)
                 .map_err(|e| unavailable("open store directory", dir, e))?;
             Arc::new(local)
@@ -675,6 +709,19 @@ mod tests {
         let mut status = JobStatus::new(job(), "default".into(), 8, 2, 1, 0.5, 10);
         status.seq = seq;
         status
+    }
+
+    #[test]
+    fn a_store_opened_to_read_is_not_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nowhere");
+        let url = missing.display().to_string();
+        let error = Store::open_existing(&url, None).expect_err("not found");
+        assert!(matches!(error, LiftError::NotFound(_)), "{error}");
+        assert!(!missing.exists(), "reading created the store");
+        Store::open(&url, None).unwrap();
+        assert!(missing.is_dir());
+        Store::open_existing(&url, None).unwrap();
     }
 
     #[test]

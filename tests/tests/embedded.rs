@@ -9,6 +9,13 @@ use lift_engine::{Device, Engine, LoraAdapter, ModelSource};
 use lift_tests::{free_port, made_up_document, wait_for_port, LiftProcess};
 use serde_json::{json, Value};
 
+/// `lift`'s documented exit statuses (`cli/src/exit.rs`).
+/// clap's, for an option out of its range.
+const USAGE: i32 = 2;
+const INVALID_INPUT: i32 = 4;
+const UNAVAILABLE: i32 = 5;
+const NOT_FOUND: i32 = 6;
+
 fn write_doc(dir: &Path, name: &str, title: &str, body: &str) -> String {
     let path = dir.join(name);
     std::fs::write(&path, format!("# {title}\n\n{body}\n")).unwrap();
@@ -31,6 +38,18 @@ fn run_lift<S: AsRef<str>>(
     env: &[(&str, String)],
     timeout: Duration,
 ) -> (bool, String) {
+    let (status, log) = run_lift_status(dir, name, args, env, timeout);
+    (status.success(), log)
+}
+
+/// `lift` with `args`, to its end: its exit status and what it printed.
+fn run_lift_status<S: AsRef<str>>(
+    dir: &Path,
+    name: &str,
+    args: &[S],
+    env: &[(&str, String)],
+    timeout: Duration,
+) -> (std::process::ExitStatus, String) {
     let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
     let mut process = LiftProcess::spawn(name, &args, env, dir);
     let status = process.wait_exit(timeout).unwrap_or_else(|| {
@@ -39,7 +58,7 @@ fn run_lift<S: AsRef<str>>(
             process.log_text()
         )
     });
-    (status.success(), process.log_text())
+    (status, process.log_text())
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -145,6 +164,61 @@ async fn embedded_job_through_lift_serve_pipelines_and_writes_a_peft_adapter() {
         Duration::from_secs(60),
     );
     assert!(!ok && log.contains("is not overwritten"), "{log}");
+
+    let no_coordinator = [
+        env[0].clone(),
+        ("LIFT_GRPC_ADDR", format!("127.0.0.1:{}", free_port())),
+    ];
+    reads_the_store_without_a_coordinator(dir.path(), job, &no_coordinator);
+}
+
+/// With no coordinator, `lift status` and `lift jobs` read the finished job from the store,
+/// `lift ask --json` answers from its adapter, and each failure has its exit status.
+fn reads_the_store_without_a_coordinator(dir: &Path, job: &str, env: &[(&str, String)]) {
+    let minute = Duration::from_secs(60);
+    let (ok, log) = run_lift(dir, "status", &["status", job, "--json"], env, minute);
+    assert!(ok, "lift status from the store failed:\n{log}");
+    assert_eq!(final_status(&log)["state"], "succeeded", "{log}");
+    let (ok, log) = run_lift(dir, "jobs", &["jobs", "--json"], env, minute);
+    assert!(ok && log.contains(job), "lift jobs from the store:\n{log}");
+
+    let question = "Who keeps the lighthouse of Vellmar Island?";
+    let (ok, log) = run_lift(dir, "ask", &["ask", job, question, "--json"], env, minute);
+    assert!(ok, "lift ask --json failed:\n{log}");
+    let answer: Value = log
+        .lines()
+        .find_map(|line| serde_json::from_str(line).ok())
+        .unwrap_or_else(|| panic!("no JSON line:\n{log}"));
+    assert_eq!(answer["job_id"], job);
+    assert_eq!(answer["question"], question);
+    assert_eq!(answer["adapter"], true);
+    assert!(answer["answer"]
+        .as_str()
+        .is_some_and(|a| !a.trim().is_empty()));
+
+    let unknown = "01a24191-79ef-761b-aee8-286f3c68ee05";
+    let (status, log) = run_lift_status(dir, "unknown", &["status", unknown], env, minute);
+    assert_eq!(status.code(), Some(NOT_FOUND), "{log}");
+    let dead = format!("127.0.0.1:{}", free_port());
+    let (status, log) =
+        run_lift_status(dir, "dead", &["status", job, "--addr", &dead], env, minute);
+    assert_eq!(
+        status.code(),
+        Some(UNAVAILABLE),
+        "an explicit --addr is not the store:\n{log}"
+    );
+
+    // A store that does not exist is not found, and reading it does not create it.
+    let nowhere = dir.join("no-store-here");
+    let elsewhere = [
+        ("LIFT_STORE_URL", nowhere.display().to_string()),
+        env[1].clone(),
+    ];
+    let (status, log) =
+        run_lift_status(dir, "no-store", &["ask", job, question], &elsewhere, minute);
+    assert_eq!(status.code(), Some(NOT_FOUND), "{log}");
+    assert!(log.contains("no store at"), "{log}");
+    assert!(!nowhere.exists(), "lift ask created the store it read");
 }
 
 /// An OpenAI-compatible server that always answers with `content`.
@@ -244,12 +318,17 @@ fn invalid_input_is_refused_with_a_sentence_and_no_job() {
     let binary = dir.path().join("binary.txt");
     std::fs::write(&binary, [0x66, 0x6f, 0xff, 0xfe, 0x6f]).unwrap();
     let ok_doc = write_doc(dir.path(), "ok.md", "Ok", &made_up_document(3));
-    let cases: Vec<(Vec<String>, &str)> = vec![
-        (vec!["run".into(), empty], "empty"),
-        (vec!["run".into(), big], "at most 2000 are allowed"),
+    let cases: Vec<(Vec<String>, &str, i32)> = vec![
+        (vec!["run".into(), empty], "empty", INVALID_INPUT),
+        (
+            vec!["run".into(), big],
+            "at most 2000 are allowed",
+            INVALID_INPUT,
+        ),
         (
             vec!["run".into(), binary.display().to_string()],
             "not valid UTF-8",
+            INVALID_INPUT,
         ),
         (
             vec![
@@ -259,20 +338,24 @@ fn invalid_input_is_refused_with_a_sentence_and_no_job() {
                 "no-such-model".into(),
             ],
             "unknown model",
+            INVALID_INPUT,
         ),
         (
             vec!["run".into(), ok_doc.clone(), "--epochs".into(), "0".into()],
             "epochs",
+            USAGE,
         ),
         (
             vec!["run".into(), ok_doc, "--rank".into(), "0".into()],
             "rank",
+            USAGE,
         ),
     ];
-    for (args, expected) in cases {
+    for (args, expected, code) in cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let (ok, log) = run_lift(dir.path(), "invalid", &args, &env, Duration::from_secs(120));
-        assert!(!ok, "{args:?} should fail");
+        let (status, log) =
+            run_lift_status(dir.path(), "invalid", &args, &env, Duration::from_secs(120));
+        assert_eq!(status.code(), Some(code), "{args:?} exit status:\n{log}");
         assert!(
             log.to_lowercase().contains(&expected.to_lowercase()),
             "{args:?}: output should mention {expected:?}:\n{log}"
