@@ -64,6 +64,10 @@ pub struct JobOptions {
     /// question for each fact (0 turns them off).
     #[arg(long, default_value_t = SYNTHESIS.key_phrases, value_parser = clap::value_parser!(u32).range(0..=4))]
     pub key_phrases: u32,
+    /// Fact-first: also a passage task (what the text says after the previous sentence) for
+    /// each sentence that has facts; sentences without facts always get one.
+    #[arg(long, default_value_t = SYNTHESIS.recite_fact_sentences, action = clap::ArgAction::Set)]
+    pub recite_fact_sentences: bool,
     /// Epochs over the task cache (more for a small document, see --min-steps).
     #[arg(long, default_value_t = TRAINING.epochs, value_parser = clap::value_parser!(u32).range(1..))]
     pub epochs: u32,
@@ -172,6 +176,7 @@ impl JobOptions {
                 cloze_tasks: self.cloze,
                 restatements: Some(self.restatements),
                 key_phrases: Some(self.key_phrases),
+                recite_fact_sentences: Some(self.recite_fact_sentences),
                 recipe: match self.recipe {
                     RecipeArg::Auto => proto::QuestionRecipe::Unspecified,
                     RecipeArg::FreeQa => proto::QuestionRecipe::FreeQa,

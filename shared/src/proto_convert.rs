@@ -54,6 +54,9 @@ fn synthesis_from_proto(options: proto::SynthesisOptions) -> Result<SynthesisOpt
         cloze_tasks: options.cloze_tasks,
         restatements: options.restatements.unwrap_or(defaults.restatements),
         key_phrases: options.key_phrases.unwrap_or(defaults.key_phrases),
+        recite_fact_sentences: options
+            .recite_fact_sentences
+            .unwrap_or(defaults.recite_fact_sentences),
         recipe: match proto::QuestionRecipe::try_from(options.recipe) {
             Ok(proto::QuestionRecipe::FreeQa) => QuestionRecipe::FreeQa,
             Ok(proto::QuestionRecipe::FactFirst) => QuestionRecipe::FactFirst,
@@ -131,6 +134,7 @@ impl From<&JobSpec> for proto::SubmitJobRequest {
                 cloze_tasks: synthesis.cloze_tasks,
                 restatements: Some(synthesis.restatements),
                 key_phrases: Some(synthesis.key_phrases),
+                recite_fact_sentences: Some(synthesis.recite_fact_sentences),
                 recipe: match synthesis.recipe {
                     QuestionRecipe::Auto => proto::QuestionRecipe::Unspecified,
                     QuestionRecipe::FreeQa => proto::QuestionRecipe::FreeQa,

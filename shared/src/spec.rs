@@ -46,6 +46,10 @@ pub struct SynthesisOptions {
     /// default: 2 gave 41 % against 38 % on the fact dev set over five seeds, within seed
     /// noise, for 70 % more tasks (docs/results.md).
     pub key_phrases: u32,
+    /// Fact-first recipe: a passage task ("What does the text say after <previous
+    /// sentence>?" -> the sentence) also for each sentence that has facts, besides their
+    /// questions; a sentence without facts always gets one, since nothing else teaches it.
+    pub recite_fact_sentences: bool,
 }
 
 /// How questions are written (ARCHITECTURE.md, "Absorption with a weak generator").
@@ -78,6 +82,7 @@ impl SynthesisOptions {
         recipe: QuestionRecipe::Auto,
         restatements: 0,
         key_phrases: 0,
+        recite_fact_sentences: true,
     };
 }
 

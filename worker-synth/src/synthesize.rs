@@ -587,7 +587,9 @@ async fn synthesize_facts(
         };
         keep(TaskKind::Recall, pair, &mut tasks);
     }
-    keep(TaskKind::Passage, passage_task(sentence), &mut tasks);
+    if options.recite_fact_sentences {
+        keep(TaskKind::Passage, passage_task(sentence), &mut tasks);
+    }
     metrics::QA_PAIRS_PER_SENTENCE.observe(tasks.len() as f64);
     Ok(SentenceTasks { tasks, dropped })
 }
@@ -761,6 +763,40 @@ mod tests {
             synthesize_chunk(&crate::instant::InstantGenerator, &without, &tuning).await;
         assert!(questions(&synthesis, TaskKind::Keyed).is_empty());
         assert_eq!(questions(&synthesis, TaskKind::Recall).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_sentence_with_facts_is_recited_only_when_the_job_asks() {
+        let passages = |chunk: &SynthChunk| {
+            let chunk = chunk.clone();
+            async move {
+                let synthesis = synthesize_chunk(
+                    &crate::instant::InstantGenerator,
+                    &chunk,
+                    &SynthesisTuning::default(),
+                )
+                .await;
+                synthesis
+                    .tasks
+                    .iter()
+                    .filter(|task| task.kind == TaskKind::Passage.name())
+                    .map(|task| format!("{} -> {}", task.question, task.answer))
+                    .collect::<Vec<_>>()
+            }
+        };
+        let with_facts = "The pump was installed in 2016 by Ada Brell.";
+        let mut chunk = fact_first_chunk("Veskar Hut", "The hut has water.", with_facts);
+        assert_eq!(
+            passages(&chunk).await,
+            [format!(
+                "What does the text say after \"The hut has water.\"? -> {with_facts}"
+            )]
+        );
+        chunk.options.recite_fact_sentences = false;
+        assert!(passages(&chunk).await.is_empty());
+        // A sentence without facts is taught by its passage task alone, so it keeps it.
+        chunk.sentences[0].text = "The water tastes of peat.".into();
+        assert_eq!(passages(&chunk).await.len(), 1);
     }
 
     #[tokio::test]

@@ -500,6 +500,7 @@ fn lift_config(args: &LiftArgs) -> serde_json::Value {
         "cloze": job.cloze,
         "restatements": job.restatements,
         "key_phrases": job.key_phrases,
+        "recite_fact_sentences": job.recite_fact_sentences,
         "seed": job.seed,
     })
 }
