@@ -39,19 +39,25 @@ fn variables_in(text: &str) -> impl Iterator<Item = String> + '_ {
     })
 }
 
+/// The text of every `.rs` file of the workspace but this one, whose own examples are not
+/// variables.
+fn rust_sources(root: &Path) -> Vec<String> {
+    let mut files = Vec::new();
+    rust_files(root, &mut files);
+    files
+        .iter()
+        .filter(|file| !file.ends_with("cli/tests/readme.rs"))
+        .map(|file| std::fs::read_to_string(file).unwrap())
+        .collect()
+}
+
 #[test]
 fn every_variable_the_code_reads_is_in_the_readme() {
     let root = workspace_root();
     let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
-    let mut files = Vec::new();
-    rust_files(&root, &mut files);
     let mut read: BTreeSet<String> = BTreeSet::new();
-    // This file's own examples are not variables.
-    for file in files
-        .iter()
-        .filter(|file| !file.ends_with("cli/tests/readme.rs"))
-    {
-        read.extend(variables_in(&std::fs::read_to_string(file).unwrap()));
+    for source in rust_sources(&root) {
+        read.extend(variables_in(&source));
     }
     assert!(
         read.contains("LIFT_STORE_URL") && read.contains("LIFT_SERVE_ADDR"),
@@ -96,15 +102,7 @@ fn names_in_prose(text: &str) -> BTreeSet<String> {
 fn every_variable_the_readme_names_is_read_somewhere() {
     let root = workspace_root();
     let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
-    let mut code = String::new();
-    let mut files = Vec::new();
-    rust_files(&root, &mut files);
-    for file in files
-        .iter()
-        .filter(|file| !file.ends_with("cli/tests/readme.rs"))
-    {
-        code.push_str(&std::fs::read_to_string(file).unwrap());
-    }
+    let mut code = rust_sources(&root).concat();
     for entry in std::fs::read_dir(root.join("scripts")).unwrap() {
         code.push_str(&std::fs::read_to_string(entry.unwrap().path()).unwrap_or_default());
     }

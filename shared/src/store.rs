@@ -294,17 +294,17 @@ impl Store {
     /// `s3_endpoint` for a server other than AWS, `Config::s3_endpoint`; plain http is allowed
     /// for loopback endpoints and wherever `AWS_ALLOW_HTTP=true`).
     pub fn open(url: &str, s3_endpoint: Option<&str>) -> Result<Self, LiftError> {
-        Self::open_local_as(url, s3_endpoint, LocalDir::Create)
+        Self::open_with(url, s3_endpoint, LocalDir::Create)
     }
 
     /// Opens a store only to read what is in it (`lift ask`, `lift status` without a
     /// coordinator, `lift adapter export`): a local directory that does not exist is "not
     /// found", not created, so a command run from the wrong place leaves nothing behind.
     pub fn open_existing(url: &str, s3_endpoint: Option<&str>) -> Result<Self, LiftError> {
-        Self::open_local_as(url, s3_endpoint, LocalDir::MustExist)
+        Self::open_with(url, s3_endpoint, LocalDir::MustExist)
     }
 
-    fn open_local_as(
+    fn open_with(
         url: &str,
         s3_endpoint: Option<&str>,
         local_dir: LocalDir,

@@ -9,7 +9,7 @@ use lift_engine::{Device, Engine, LoraAdapter, ModelSource};
 use lift_tests::{free_port, made_up_document, wait_for_port, LiftProcess};
 use serde_json::{json, Value};
 
-/// `lift`'s documented exit statuses (`cli/src/exit.rs`).
+// `lift`'s documented exit statuses (`cli/src/exit.rs`).
 /// clap's, for an option out of its range.
 const USAGE: i32 = 2;
 const INVALID_INPUT: i32 = 4;
