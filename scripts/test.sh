@@ -46,7 +46,8 @@ step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
 step "build the lift binary (the cross-process tests run it)"
-cargo build -p lift-cli
+# With the test helpers of the engine, as the tests build it: one build of every crate, not two.
+cargo build -p lift-cli --features lift-engine/testing
 
 step "cargo test"
 cargo test --workspace -- --test-threads=2

@@ -8,11 +8,11 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use lift_engine::lora::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
+use lift_runtime::infra;
 use lift_shared::config::Config;
 use lift_shared::error::LiftError;
 
 use crate::ask::load_job_adapter;
-use crate::infra;
 
 #[derive(Subcommand)]
 pub enum AdapterCommand {

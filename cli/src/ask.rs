@@ -10,7 +10,7 @@ use lift_engine::{
 use lift_shared::error::LiftError;
 use lift_shared::protocol::qa_prompt;
 use lift_shared::spec::JobSpec;
-use lift_shared::store::{layout, Store};
+use lift_store::{layout, Store};
 
 use crate::client_commands::{not_in_store, parse_job_id};
 

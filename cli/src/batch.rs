@@ -13,7 +13,7 @@ use clap::Args;
 use futures::StreamExt;
 use lift_shared::config::Config;
 use lift_shared::proto;
-use lift_shared::store::Store;
+use lift_store::Store;
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use tokio::io::AsyncWriteExt;

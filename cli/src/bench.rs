@@ -65,7 +65,7 @@ pub struct GenerateArgs {
 }
 
 pub async fn run(config: Config, command: BenchCommand) -> anyhow::Result<ExitCode> {
-    let device = crate::infra::device(&config);
+    let device = lift_runtime::infra::device(&config);
     match command {
         BenchCommand::Train(a) => {
             let result = tokio::task::spawn_blocking(move || {
@@ -92,7 +92,7 @@ pub async fn run(config: Config, command: BenchCommand) -> anyhow::Result<ExitCo
             );
             let engine = match a.shape {
                 Some(shape) => Arc::new(random_engine(&shape, &device)?),
-                None => crate::infra::load_engine(&config, &a.model).await?,
+                None => lift_runtime::infra::load_engine(&config, &a.model).await?,
             };
             for batch in a.batches {
                 let engine = engine.clone();

@@ -4,16 +4,17 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Args;
+use lift_runtime::infra;
 use lift_shared::config::Config;
 use lift_shared::error::LiftError;
 use lift_shared::ids::JobId;
 use lift_shared::proto;
-use lift_shared::store::Store;
+use lift_store::Store;
 
+use crate::ask;
 use crate::client::{self, explain};
 use crate::exit::{exit_for, Exit};
 use crate::job_args::JobArgs;
-use crate::{ask, infra};
 
 #[derive(Debug, Args)]
 pub struct Connection {
@@ -23,15 +24,18 @@ pub struct Connection {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
-    /// Bearer token for a coordinator that wants one.
-    #[arg(long, env = "LIFT_TOKEN", hide_env_values = true)]
+    /// Bearer token for a coordinator that wants one (default: LIFT_TOKEN).
+    #[arg(long)]
     pub token: Option<String>,
 }
 
 impl Connection {
     pub fn settings(&self, config: &Config) -> anyhow::Result<client::ClientSettings> {
         Ok(client::ClientSettings {
-            token: self.token.clone(),
+            token: self
+                .token
+                .clone()
+                .or_else(|| config.client_token.expose().map(str::to_owned)),
             tls: lift_shared::tls::ClientTls::from_config(config)?,
         })
     }

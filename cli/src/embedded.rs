@@ -1,27 +1,19 @@
-//! `lift run`: coordinator, synthesis worker and trainer in one process, over the in-process
-//! broker and a local store; the client side watches over gRPC like any other client.
+//! `lift run`: its options, the job driven through the embedded runtime
+//! (`lift_runtime::embedded`) like any client, and the answers printed.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Args;
-use lift_coordinator::{serve_grpc_on, Coordinator, CoordinatorOptions};
-use lift_engine::Engine;
-use lift_shared::auth::ServerSecurity;
-use lift_shared::broker::memory::InProcessBroker;
-use lift_shared::broker::Broker;
+use lift_runtime::embedded::with_embedded;
+use lift_runtime::infra;
 use lift_shared::config::Config;
-use lift_shared::store::Store;
-use lift_worker_train::{run_train_worker, RunOptions, TrainWorkerConfig};
-use tokio::net::TcpListener;
 
 use crate::client_commands::job_exit_code;
 use crate::job_args::JobArgs;
-use crate::roles::{build_generator, local_model_catalog, spawn_synth_worker};
-use crate::{ask, client, infra};
+use crate::{ask, client};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -88,73 +80,7 @@ pub async fn run(config: Config, args: RunArgs) -> anyhow::Result<ExitCode> {
     Ok(job_exit_code(&status))
 }
 
-/// Runs `work` against lift in this process (coordinator, synthesis worker and trainer over
-/// the in-process broker, gRPC on `listen` or a free loopback port), then stops it all.
-pub async fn with_embedded<T, Work>(
-    config: &Config,
-    engine: Arc<Engine>,
-    store: Store,
-    listen: Option<SocketAddr>,
-    work: impl FnOnce(SocketAddr) -> Work,
-) -> anyhow::Result<T>
-where
-    Work: Future<Output = anyhow::Result<T>>,
-{
-    let broker: Arc<dyn Broker> = Arc::new(InProcessBroker::new(config.delivery_limit));
-    let coordinator = Coordinator::start(
-        CoordinatorOptions::from_config(config),
-        store.clone(),
-        broker.clone(),
-        local_model_catalog(),
-    )
-    .await?;
-    let shutdown = infra::shutdown_signal();
-    let generator = build_generator(config, Some(engine.clone()))?;
-    let synth = spawn_synth_worker(
-        config,
-        broker.clone(),
-        store.clone(),
-        generator,
-        shutdown.clone(),
-    );
-    let trainer = tokio::spawn(run_train_worker(
-        broker.clone(),
-        store.clone(),
-        engine,
-        TrainWorkerConfig {
-            trainer_id: infra::process_id("trainer"),
-            lease: std::time::Duration::from_secs(config.trainer_lease_secs),
-            unserved_model_timeout: std::time::Duration::from_secs(
-                config.unserved_model_timeout_secs,
-            ),
-            run: RunOptions::default(),
-            exit_when_idle: None,
-        },
-        shutdown.clone(),
-    ));
-    let listener =
-        TcpListener::bind(listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))).await?;
-    let addr = listener.local_addr()?;
-    let server_stop = shutdown.clone();
-    // The client is this process, on loopback: no tokens, no TLS.
-    let security = ServerSecurity::open();
-    let server = serve_grpc_on(listener, &coordinator, &security, async move {
-        server_stop.cancelled().await
-    });
-    let client_side = async {
-        let result = work(addr).await;
-        shutdown.cancel();
-        result
-    };
-    let (served, outcome) = tokio::join!(server, client_side);
-    served?;
-    let _ = synth.await;
-    let _ = trainer.await;
-    coordinator.shutdown().await;
-    outcome
-}
-
-pub async fn drive_job(
+async fn drive_job(
     addr: SocketAddr,
     request: lift_shared::proto::SubmitJobRequest,
     json: bool,

@@ -9,9 +9,7 @@ mod client;
 mod embedded;
 mod eval;
 mod exit;
-mod infra;
 mod job_args;
-mod ops;
 mod roles;
 mod serve;
 
@@ -29,8 +27,9 @@ use tracing::Instrument;
     after_help = exit::EXIT_STATUS_HELP
 )]
 struct Cli {
-    /// Configuration file (TOML); LIFT_* environment variables override it.
-    #[arg(long, global = true, env = "LIFT_CONFIG")]
+    /// Configuration file (TOML; default: LIFT_CONFIG); LIFT_* environment variables override
+    /// it.
+    #[arg(long, global = true)]
     config: Option<PathBuf>,
     /// Log as JSON lines.
     #[arg(long, global = true)]
@@ -180,12 +179,24 @@ fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
-    let config = infra::load_config(cli.config.as_deref())?;
+    let mut config = lift_runtime::infra::load_config(cli.config.as_deref())?;
     match cli.command {
         Command::Run(args) => embedded::run(config, args).await,
-        Command::Coordinator => roles::coordinator(config).await,
-        Command::SynthWorker(args) => roles::synth_worker(config, args).await,
-        Command::TrainWorker(args) => roles::train_worker(config, args).await,
+        Command::Coordinator => lift_runtime::roles::coordinator(config)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Command::SynthWorker(args) => {
+            args.apply(&mut config);
+            lift_runtime::roles::synth_worker(config)
+                .await
+                .map(|()| ExitCode::SUCCESS)
+        }
+        Command::TrainWorker(args) => {
+            args.apply(&mut config);
+            lift_runtime::roles::train_worker(config)
+                .await
+                .map(|()| ExitCode::SUCCESS)
+        }
         // With tracing on, a submitted job's trace starts here, in the client.
         Command::Submit(args) => {
             client_commands::submit(config, args)

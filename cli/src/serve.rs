@@ -11,13 +11,13 @@ use lift_serve::{load_lora_modules, serve, AdapterSource, LoraModule, ServeOptio
 use lift_shared::auth::ServerSecurity;
 use lift_shared::config::Config;
 
-use crate::infra;
+use lift_runtime::infra;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address to listen on.
-    #[arg(long, env = "LIFT_SERVE_ADDR", default_value = "127.0.0.1:8000")]
-    pub addr: SocketAddr,
+    /// Address to listen on (default: LIFT_SERVE_ADDR, else 127.0.0.1:8000).
+    #[arg(long)]
+    pub addr: Option<SocketAddr>,
     /// Base model (default: LIFT_MODEL).
     #[arg(long)]
     pub model: Option<String>,
@@ -54,9 +54,14 @@ pub async fn run(config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         max_admitted: args.max_admitted as usize,
     };
     let shutdown = infra::shutdown_signal();
-    serve(args.addr, engine, adapters, options, security, async move {
-        shutdown.cancelled().await
-    })
+    serve(
+        args.addr.unwrap_or(config.serve_addr),
+        engine,
+        adapters,
+        options,
+        security,
+        async move { shutdown.cancelled().await },
+    )
     .await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -4,14 +4,14 @@
 //! per chunk would cost more than everything else the message layer does per chunk).
 
 use futures::{StreamExt, TryStreamExt};
-use lift_shared::broker::{queues, Broker, Headers};
+use lift_broker::{queues, Broker, Headers};
 use lift_shared::error::LiftError;
 use lift_shared::ids::JobId;
 use lift_shared::messages::{now_ms, SynthChunk, TrainAssignment};
 use lift_shared::metrics;
 use lift_shared::spec::JobSpec;
 use lift_shared::state::JobStatus;
-use lift_shared::store::{layout, CancelMarker, FailedChunkMarker, Store};
+use lift_store::{layout, CancelMarker, FailedChunkMarker, Store};
 
 /// Chunks in flight at once while storing and publishing; publisher confirms make each
 /// publish a round trip, so a sequential loop would take minutes for a large document.

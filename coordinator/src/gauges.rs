@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lift_shared::broker::queues;
+use lift_broker::queues;
 use lift_shared::metrics::{JOBS, QUEUE_DEPTH};
 use lift_shared::state::JobState;
 use tokio::sync::watch;

@@ -5,12 +5,12 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use lift_shared::broker::Broker;
+use lift_broker::Broker;
 use lift_shared::error::LiftError;
 use lift_shared::ids::JobId;
 use lift_shared::spec::{Limits, ModelCatalog};
 use lift_shared::state::JobStatus;
-use lift_shared::store::Store;
+use lift_store::Store;
 use tokio::sync::watch;
 
 use crate::split::SplitOptions;
@@ -142,7 +142,7 @@ pub(crate) async fn apply_adapter_commit(
     store: &Store,
     entry: &JobEntry,
     record: &mut JobStatus,
-    commit: &lift_shared::store::AdapterCommit,
+    commit: &lift_store::AdapterCommit,
 ) -> Result<(), LiftError> {
     let job = record.job_id.clone();
     store.publish_committed_adapter(&job, commit).await?;

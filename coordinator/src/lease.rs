@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use lift_shared::ids::JobId;
 use lift_shared::state::JobStatus;
-use lift_shared::store::{layout, AdapterCommit, Heartbeat};
+use lift_store::{layout, AdapterCommit, Heartbeat};
 use tokio::sync::watch;
 
 use crate::jobs::{apply_adapter_commit, persist, stopped, Context, JobEntry};

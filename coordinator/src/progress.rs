@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use lift_shared::broker::{queues, Delivery, DeliveryStream, DEATH_REASON_HEADER};
+use lift_broker::{queues, Delivery, DeliveryStream, DEATH_REASON_HEADER};
 use lift_shared::ids::JobId;
 use lift_shared::messages::{now_ms, ProgressEvent, SynthChunk};
 use lift_shared::state::JobState;
@@ -79,7 +79,7 @@ async fn consume_both(
                 .broker
                 .consume(&dead_letter_queue, DEAD_CHUNKS_PREFETCH)
                 .await?;
-            Ok::<_, lift_shared::broker::BrokerError>((events, dead))
+            Ok::<_, lift_broker::BrokerError>((events, dead))
         };
         match consumed.await {
             Ok(streams) => return Some(streams),
@@ -129,10 +129,10 @@ async fn handle_dead_chunk(ctx: &Context, delivery: Box<dyn Delivery>, pending: 
     };
     // A worker that gives up writes the failure marker with its reason before rejecting;
     // that reason says more than the broker's death header.
-    let marker_key = lift_shared::store::layout::failed(&chunk.job_id, chunk.chunk_index);
+    let marker_key = lift_store::layout::failed(&chunk.job_id, chunk.chunk_index);
     let marker = ctx
         .store
-        .get_json::<lift_shared::store::FailedChunkMarker>(&marker_key)
+        .get_json::<lift_store::FailedChunkMarker>(&marker_key)
         .await
         .ok()
         .flatten();

@@ -10,7 +10,7 @@ use lift_shared::ids::JobId;
 use lift_shared::messages::{now_ms, ProgressEvent, Task};
 use lift_shared::spec::{JobSpec, Limits};
 use lift_shared::state::{JobState, JobStatus};
-use lift_shared::store::{layout, FailedChunkMarker};
+use lift_store::{layout, FailedChunkMarker};
 
 use crate::chunk::{plan_chunks, ChunkPlan};
 use crate::fanout;

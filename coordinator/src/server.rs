@@ -5,14 +5,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use lift_broker::Broker;
 use lift_shared::auth::ServerSecurity;
-use lift_shared::broker::Broker;
 use lift_shared::config::Config;
 use lift_shared::error::LiftError;
 use lift_shared::proto;
 use lift_shared::proto::lift_service_server::LiftServiceServer;
 use lift_shared::spec::ModelCatalog;
-use lift_shared::store::Store;
+use lift_store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;

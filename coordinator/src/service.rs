@@ -13,7 +13,7 @@ use lift_shared::proto::lift_service_server::LiftService;
 use lift_shared::proto_convert::spec_from_submit;
 use lift_shared::spec::JobSpec;
 use lift_shared::state::{JobState, JobStatus};
-use lift_shared::store::{layout, SubmitRequestRecord};
+use lift_store::{layout, SubmitRequestRecord};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
@@ -332,9 +332,7 @@ impl LiftServiceImpl {
 }
 
 /// The caller's trace context, when its gRPC metadata carries one.
-fn trace_context_of_metadata(
-    metadata: &tonic::metadata::MetadataMap,
-) -> lift_shared::broker::Headers {
+fn trace_context_of_metadata(metadata: &tonic::metadata::MetadataMap) -> lift_broker::Headers {
     lift_shared::telemetry::TRACE_CONTEXT_HEADERS
         .into_iter()
         .filter_map(|name| {

@@ -6,15 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use lift_shared::broker::memory::InProcessBroker;
-use lift_shared::broker::{queues, Broker, Headers};
+use lift_broker::memory::InProcessBroker;
+use lift_broker::{queues, Broker, Headers};
 use lift_shared::ids::JobId;
 use lift_shared::messages::{now_ms, ProgressEvent, SynthChunk, TrainAssignment};
 use lift_shared::proto;
 use lift_shared::proto::lift_service_server::LiftService;
 use lift_shared::spec::{AcceptAnyModel, ModelCatalog};
 use lift_shared::state::{JobState, JobStatus};
-use lift_shared::store::{layout, Store};
+use lift_store::{layout, Store};
 use tonic::{Code, Request};
 
 use crate::{Coordinator, CoordinatorOptions, LiftServiceImpl};
@@ -492,7 +492,7 @@ async fn list_jobs_pages_newest_first() {
 }
 
 async fn claim(h: &Harness, job: &JobId, generation: u32, trainer: &str) {
-    let claim = lift_shared::store::Claim {
+    let claim = lift_store::Claim {
         trainer: trainer.into(),
         at_ms: now_ms(),
     };
@@ -551,7 +551,7 @@ async fn a_healthy_trainer_keeps_its_job_whatever_its_clock_says() {
     claim(&h, &job, 0, "gpu-0").await;
     for step in 0..10 {
         // An hour behind: only the heartbeat changing matters.
-        let beat = lift_shared::store::Heartbeat {
+        let beat = lift_store::Heartbeat {
             trainer: "gpu-0".into(),
             generation: 0,
             at_ms: now_ms() - 3_600_000,
@@ -573,7 +573,7 @@ async fn a_silent_trainer_whose_adapter_is_committed_succeeds_the_job() {
     drain(&h.broker, queues::TRAIN).await;
     claim(&h, &job, 0, "gpu-0").await;
     // The run committed its adapter and then lost its broker connection for good.
-    let commit = lift_shared::store::AdapterCommit {
+    let commit = lift_store::AdapterCommit {
         generation: 0,
         trainer: "gpu-0".into(),
         steps: 9,
@@ -706,7 +706,7 @@ async fn reserve(h: &Harness, request_id: &str) -> JobId {
     use sha2::Digest;
     let job = JobId::new();
     let key = layout::submit_request(&hex::encode(sha2::Sha256::digest(request_id)));
-    let record = lift_shared::store::SubmitRequestRecord {
+    let record = lift_store::SubmitRequestRecord {
         request_id: request_id.into(),
         job_id: job.clone(),
         at_ms: now_ms(),
@@ -836,9 +836,9 @@ impl Broker for OutageBroker {
         queue: &str,
         payload: &[u8],
         headers: Headers,
-    ) -> Result<(), lift_shared::broker::BrokerError> {
+    ) -> Result<(), lift_broker::BrokerError> {
         if self.down.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(lift_shared::broker::BrokerError::Unavailable(
+            return Err(lift_broker::BrokerError::Unavailable(
                 "broker down (test)".into(),
             ));
         }
@@ -849,19 +849,18 @@ impl Broker for OutageBroker {
         &self,
         queue: &str,
         prefetch: u16,
-    ) -> Result<lift_shared::broker::DeliveryStream, lift_shared::broker::BrokerError> {
+    ) -> Result<lift_broker::DeliveryStream, lift_broker::BrokerError> {
         self.inner.consume(queue, prefetch).await
     }
 
     async fn fetch(
         &self,
         queue: &str,
-    ) -> Result<Option<Box<dyn lift_shared::broker::Delivery>>, lift_shared::broker::BrokerError>
-    {
+    ) -> Result<Option<Box<dyn lift_broker::Delivery>>, lift_broker::BrokerError> {
         self.inner.fetch(queue).await
     }
 
-    async fn queue_depth(&self, queue: &str) -> Result<u64, lift_shared::broker::BrokerError> {
+    async fn queue_depth(&self, queue: &str) -> Result<u64, lift_broker::BrokerError> {
         self.inner.queue_depth(queue).await
     }
 }

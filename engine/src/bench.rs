@@ -15,8 +15,7 @@ use crate::error::{EngineError, Result};
 use crate::generate::{GenerationRequest, SamplingParams};
 use crate::loader::random_model;
 use crate::lora::LoraConfig;
-use crate::testing::byte_tokenizer;
-use crate::tokenizer::ChatMessage;
+use crate::tokenizer::{ChatMessage, ChatTokenizer};
 use crate::train::{SftBatch, SftTrainer, TrainerOptions};
 use crate::ModelConfig;
 
@@ -97,7 +96,7 @@ pub fn random_engine(shape: &str, device: &Device) -> Result<Engine> {
             "unknown shape {shape} (smollm2-135m, qwen2.5-0.5b, llama3-8b)"
         ))
     })?;
-    let tokenizer = byte_tokenizer(config.vocab_size);
+    let tokenizer = ChatTokenizer::byte_level(config.vocab_size);
     let model = random_model(config, 0, default_dtype(device), device)?;
     Ok(Engine::from_parts(
         model,

@@ -23,6 +23,7 @@ pub mod rerank;
 mod sample;
 pub mod score;
 mod sft_batch;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod tokenizer;
 pub mod train;

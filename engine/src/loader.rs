@@ -502,7 +502,8 @@ mod tests {
     use super::{load_hf_dir, random_model};
     use crate::config::{Architecture, ModelConfig};
     use crate::model::{LogitsFor, Model};
-    use crate::testing::{byte_tokenizer, sequence_logits};
+    use crate::testing::sequence_logits;
+    use crate::tokenizer::ChatTokenizer;
 
     /// Writes `model` as a Hugging Face directory (config.json, model.safetensors,
     /// tokenizer.json, tokenizer_config.json) the way transformers lays one out.
@@ -560,7 +561,7 @@ mod tests {
             );
         }
         candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
-        let tokenizer = byte_tokenizer(c.vocab_size);
+        let tokenizer = ChatTokenizer::byte_level(c.vocab_size);
         tokenizer
             .inner()
             .save(dir.join("tokenizer.json"), false)

@@ -1,18 +1,18 @@
 //! A tiny random-weight engine with a byte-level tokenizer and ChatML, so tests of code that
 //! trains or generates run in milliseconds. Its outputs are noise; use the real model where
-//! quality matters.
+//! quality matters. Built for the engine's own tests and, with the `testing` feature, for
+//! other crates' tests; never part of a release build.
 
 use candle_core::{DType, Device, Tensor};
-use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 
 use crate::config::ModelConfig;
 use crate::engine::Engine;
 use crate::loader::random_model;
-use crate::tokenizer::{ChatTokenizer, GgufVocab};
+use crate::tokenizer::ChatTokenizer;
 
 pub fn tiny_engine(seed: u64) -> Engine {
     let config = ModelConfig::named_shape("tiny").expect("tiny shape exists");
-    let tokenizer = byte_tokenizer(config.vocab_size);
+    let tokenizer = ChatTokenizer::byte_level(config.vocab_size);
     let mut model =
         random_model(config, seed, DType::F32, &Device::Cpu).expect("tiny model builds");
     // Wider embeddings than the ±0.02 default, so logits can move enough for training
@@ -96,33 +96,6 @@ pub fn lora_trainer(
         ..crate::TrainerOptions::default()
     };
     crate::SftTrainer::new(engine, adapter, options).expect("trainer builds")
-}
-
-/// A byte-level tokenizer without merges, with ChatML specials, padded to `vocab_size`
-/// entries so it fits a model of any vocabulary.
-pub fn byte_tokenizer(vocab_size: usize) -> ChatTokenizer {
-    let mut bytes: Vec<char> = ByteLevel::alphabet().into_iter().collect();
-    bytes.sort_unstable();
-    let mut tokens: Vec<String> = bytes.into_iter().map(String::from).collect();
-    let mut token_types = vec![1; tokens.len()];
-    for special in ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] {
-        tokens.push(special.to_string());
-        token_types.push(3);
-    }
-    while tokens.len() < vocab_size {
-        // Plain entries: without merges the tokenizer never produces them.
-        tokens.push(format!("<unused_{}>", tokens.len()));
-        token_types.push(1);
-    }
-    let vocab = GgufVocab {
-        tokens,
-        merges: Vec::new(),
-        token_types,
-        bos_id: None,
-        eos_id: Some(258),
-        chat_template: None,
-    };
-    ChatTokenizer::from_gguf_vocab(vocab).expect("byte tokenizer builds")
 }
 
 #[cfg(test)]

@@ -87,6 +87,34 @@ impl ChatTokenizer {
 
     /// Rebuilds a byte-level BPE tokenizer from GGUF metadata (no tokenizer.json ships in a
     /// GGUF). The pre-tokenizer is SmolLM2's: individual digits, then byte-level.
+    /// A byte-level tokenizer without merges, with ChatML specials, padded to `vocab_size`
+    /// entries so it fits a model of any vocabulary: for models of random weights (the
+    /// benchmarks' shapes and the tests' tiny engine), which have no vocabulary of their own.
+    pub fn byte_level(vocab_size: usize) -> Self {
+        let mut bytes: Vec<char> = ByteLevel::alphabet().into_iter().collect();
+        bytes.sort_unstable();
+        let mut tokens: Vec<String> = bytes.into_iter().map(String::from).collect();
+        let mut token_types = vec![1; tokens.len()];
+        for special in ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] {
+            tokens.push(special.to_string());
+            token_types.push(3);
+        }
+        while tokens.len() < vocab_size {
+            // Plain entries: without merges the tokenizer never produces them.
+            tokens.push(format!("<unused_{}>", tokens.len()));
+            token_types.push(1);
+        }
+        let vocab = GgufVocab {
+            tokens,
+            merges: Vec::new(),
+            token_types,
+            bos_id: None,
+            eos_id: Some(258),
+            chat_template: None,
+        };
+        Self::from_gguf_vocab(vocab).expect("a byte-level vocabulary always builds")
+    }
+
     pub fn from_gguf_vocab(vocab: GgufVocab) -> Result<Self> {
         let ids: tokenizers::models::bpe::Vocab = vocab
             .tokens
@@ -190,14 +218,13 @@ impl ChatTokenizer {
 #[cfg(test)]
 mod tests {
     use super::{ChatMessage, ChatTokenizer};
-    use crate::testing::byte_tokenizer;
 
     /// Meta-Llama-3-8B-Instruct's template, as shipped in its tokenizer_config.json.
     const LLAMA3_TEMPLATE: &str = "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}";
 
     #[test]
     fn llama3_and_chatml_templates_render() {
-        let inner = byte_tokenizer(300).inner().clone();
+        let inner = ChatTokenizer::byte_level(300).inner().clone();
         let llama3 = ChatTokenizer::new(
             inner.clone(),
             Some(LLAMA3_TEMPLATE.to_string()),
@@ -222,7 +249,7 @@ mod tests {
 
     #[test]
     fn a_template_that_raises_is_a_clear_error() {
-        let inner = byte_tokenizer(300).inner().clone();
+        let inner = ChatTokenizer::byte_level(300).inner().clone();
         let template = "{{ raise_exception('only user messages') }}".to_string();
         let error = ChatTokenizer::new(inner, Some(template), None, None)
             .err()

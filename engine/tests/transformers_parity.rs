@@ -14,9 +14,10 @@ use candle_core::{DType, Device, Tensor};
 use lift_engine::config::RopeScaling;
 use lift_engine::loader::load_hf_dir;
 use lift_engine::model::LogitsFor;
-use lift_engine::testing::{byte_tokenizer, max_abs_diff, sequence_logits};
+use lift_engine::testing::{max_abs_diff, sequence_logits};
 use lift_engine::{
-    ChatMessage, Engine, GenerationRequest, LoraAdapter, ModelSource, SamplingParams, SftExample,
+    ChatMessage, ChatTokenizer, Engine, GenerationRequest, LoraAdapter, ModelSource,
+    SamplingParams, SftExample,
 };
 
 fn peer_python() -> PathBuf {
@@ -63,7 +64,7 @@ struct Reference {
 fn a_llama3_rope_scaled_model_gives_transformers_logits() {
     let dir = tempfile::tempdir().unwrap();
     run_peer("llama_rope_scaling.py", &[dir.path()]);
-    byte_tokenizer(300)
+    ChatTokenizer::byte_level(300)
         .inner()
         .save(dir.path().join("tokenizer.json"), false)
         .unwrap();

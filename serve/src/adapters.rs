@@ -10,7 +10,7 @@ use anyhow::Context;
 use lift_engine::{Engine, EngineError, LoraAdapter, PeftFiles};
 use lift_shared::auth::Tenant;
 use lift_shared::ids::JobId;
-use lift_shared::store::{layout, Store};
+use lift_store::{layout, Store};
 use tokio::sync::OnceCell;
 
 use super::error::ServeError;

@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use lift_engine::EngineError;
 use lift_shared::error::{ErrorCode, ServiceError};
-use lift_shared::store::StoreError;
+use lift_store::StoreError;
 use serde_json::{json, Value};
 
 #[derive(Debug)]

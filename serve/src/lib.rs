@@ -385,7 +385,7 @@ mod tests {
     use axum::http::StatusCode;
     use lift_engine::testing::tiny_engine;
     use lift_shared::ids::JobId;
-    use lift_shared::store::{layout, Store};
+    use lift_store::{layout, Store};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::sync::oneshot;
 

@@ -64,6 +64,15 @@ pub struct Config {
     pub generator_max_in_flight: Option<u32>,
     /// `LIFT_METRICS_ADDR`: where `/metrics` is served; empty disables it.
     pub metrics_addr: String,
+    /// `LIFT_SERVE_ADDR`: where `lift serve` listens (its `--addr` overrides it).
+    pub serve_addr: std::net::SocketAddr,
+    /// `LIFT_CHECKPOINT_EVERY_STEPS`: a trainer checkpoints every this many steps, and at
+    /// every epoch end.
+    pub checkpoint_every_steps: u64,
+    /// `LIFT_TRAINER_EXIT_WHEN_IDLE_SECS`: a trainer exits after this many seconds without a
+    /// training job (for KEDA ScaledJob pods, which should complete and free their GPU);
+    /// unset: it waits for jobs until SIGTERM.
+    pub trainer_exit_when_idle_secs: Option<u64>,
     /// `LIFT_AUTH_TOKENS_FILE`: `tenant:token` lines; with it (or `LIFT_AUTH_TOKENS`) the
     /// gRPC API and `lift serve` want a bearer token and scope jobs to its tenant.
     pub auth_tokens_file: String,
@@ -98,6 +107,10 @@ pub struct Config {
     /// `LIFT_GENERATOR_API_KEY`: the bearer token sent to the HTTP generator. A secret, as above.
     #[serde(skip)]
     pub generator_api_key: Secret,
+    /// `LIFT_TOKEN`: the bearer token clients (`lift submit`, `lift status`, ...) send to a
+    /// coordinator that wants one. A secret, as above.
+    #[serde(skip)]
+    pub client_token: Secret,
 }
 
 /// A value kept out of `Debug` output and of serialized configuration.
@@ -146,6 +159,9 @@ impl Default for Config {
             synth_concurrency: 4,
             generator_max_in_flight: None,
             metrics_addr: String::new(),
+            serve_addr: std::net::SocketAddr::from(([127, 0, 0, 1], 8000)),
+            checkpoint_every_steps: 25,
+            trainer_exit_when_idle_secs: None,
             auth_tokens_file: String::new(),
             tls_cert: String::new(),
             tls_key: String::new(),
@@ -159,6 +175,7 @@ impl Default for Config {
             cpu_decode_exact: false,
             auth_tokens: Secret::default(),
             generator_api_key: Secret::default(),
+            client_token: Secret::default(),
         }
     }
 }
@@ -189,6 +206,18 @@ fn user_cache_dir(env: impl Fn(&str) -> Option<String>) -> std::path::PathBuf {
     std::path::PathBuf::from(home.unwrap_or_else(|| ".".to_string())).join(".cache/lift")
 }
 
+/// The configuration file: the one given on the command line, else `LIFT_CONFIG`, else none.
+fn config_file(
+    given: Option<&Path>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Option<std::path::PathBuf> {
+    given.map(Path::to_path_buf).or_else(|| {
+        env("LIFT_CONFIG")
+            .filter(|value| !value.trim().is_empty())
+            .map(std::path::PathBuf::from)
+    })
+}
+
 fn invalid_config(message: String) -> LiftError {
     LiftError::InvalidArgument(message)
 }
@@ -216,9 +245,11 @@ where
 }
 
 impl Config {
-    /// Reads `path` if given, then applies `LIFT_*` environment variables.
+    /// Reads the configuration file (`path`, else `LIFT_CONFIG`) if there is one, then applies
+    /// `LIFT_*` environment variables.
     pub fn load(path: Option<&Path>) -> Result<Self, LiftError> {
-        let file_text = match path {
+        let path = config_file(path, process_env);
+        let file_text = match path.as_deref() {
             Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
                 invalid_config(format!(
                     "failed to read config file {}: {e}",
@@ -292,6 +323,16 @@ impl Config {
             self.generator_max_in_flight = Some(parse_env("LIFT_GENERATOR_MAX_IN_FLIGHT", &raw)?);
         }
         let set = |name: &str| env(name).filter(|value| !value.trim().is_empty());
+        if let Some(raw) = set("LIFT_SERVE_ADDR") {
+            self.serve_addr = parse_env("LIFT_SERVE_ADDR", &raw)?;
+        }
+        if let Some(raw) = set("LIFT_CHECKPOINT_EVERY_STEPS") {
+            self.checkpoint_every_steps = parse_env("LIFT_CHECKPOINT_EVERY_STEPS", &raw)?;
+        }
+        if let Some(raw) = set("LIFT_TRAINER_EXIT_WHEN_IDLE_SECS") {
+            self.trainer_exit_when_idle_secs =
+                Some(parse_env("LIFT_TRAINER_EXIT_WHEN_IDLE_SECS", &raw)?);
+        }
         if let Some(endpoint) = set("LIFT_S3_ENDPOINT").or_else(|| set("AWS_ENDPOINT_URL")) {
             self.s3_endpoint = Some(endpoint);
         }
@@ -315,6 +356,9 @@ impl Config {
         }
         if let Some(key) = env("LIFT_GENERATOR_API_KEY") {
             self.generator_api_key = Secret::new(Some(key));
+        }
+        if let Some(token) = set("LIFT_TOKEN") {
+            self.client_token = Secret::new(Some(token));
         }
         Ok(())
     }
@@ -380,6 +424,18 @@ impl Config {
                 "synth_concurrency must be at least 1".to_string(),
             ));
         }
+        if self.checkpoint_every_steps == 0 {
+            return Err(invalid_config(
+                "checkpoint_every_steps (LIFT_CHECKPOINT_EVERY_STEPS) must be at least 1"
+                    .to_string(),
+            ));
+        }
+        if self.trainer_exit_when_idle_secs == Some(0) {
+            return Err(invalid_config(
+                "trainer_exit_when_idle_secs (LIFT_TRAINER_EXIT_WHEN_IDLE_SECS) must be at least 1; leave it unset to wait for jobs"
+                    .to_string(),
+            ));
+        }
         if self.generator_max_in_flight == Some(0) {
             return Err(invalid_config(
                 "generator_max_in_flight (LIFT_GENERATOR_MAX_IN_FLIGHT) must be at least 1"
@@ -442,6 +498,16 @@ mod tests {
             "/home/ada/.local/share/lift/store"
         );
         assert_eq!(default_store_url(env(&[])), ".lift/store");
+    }
+
+    #[test]
+    fn the_file_given_wins_over_lift_config() {
+        let given = Path::new("/etc/lift.toml");
+        let set = env(&[("LIFT_CONFIG", "/srv/lift.toml")]);
+        assert_eq!(config_file(Some(given), &set), Some(given.to_path_buf()));
+        assert_eq!(config_file(None, &set), Some("/srv/lift.toml".into()));
+        assert_eq!(config_file(None, env(&[("LIFT_CONFIG", " ")])), None);
+        assert_eq!(config_file(None, env(&[])), None);
     }
 
     #[test]
@@ -552,6 +618,40 @@ mod tests {
             err.to_string().contains("LIFT_GENERATOR_MAX_IN_FLIGHT"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn role_and_client_settings_come_from_the_environment() {
+        let defaults = Config::from_sources(None, env(&[])).unwrap();
+        assert_eq!(defaults.serve_addr.to_string(), "127.0.0.1:8000");
+        assert_eq!(defaults.checkpoint_every_steps, 25);
+        assert_eq!(defaults.trainer_exit_when_idle_secs, None);
+        assert_eq!(defaults.client_token.expose(), None);
+
+        let config = Config::from_sources(
+            None,
+            env(&[
+                ("LIFT_SERVE_ADDR", "0.0.0.0:9000"),
+                ("LIFT_CHECKPOINT_EVERY_STEPS", "10"),
+                ("LIFT_TRAINER_EXIT_WHEN_IDLE_SECS", "120"),
+                ("LIFT_TOKEN", "corpus-token"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.serve_addr.to_string(), "0.0.0.0:9000");
+        assert_eq!(config.checkpoint_every_steps, 10);
+        assert_eq!(config.trainer_exit_when_idle_secs, Some(120));
+        assert_eq!(config.client_token.expose(), Some("corpus-token"));
+        assert!(!format!("{config:?}").contains("corpus-token"));
+
+        for (name, value) in [
+            ("LIFT_SERVE_ADDR", "localhost"),
+            ("LIFT_CHECKPOINT_EVERY_STEPS", "0"),
+            ("LIFT_TRAINER_EXIT_WHEN_IDLE_SECS", "0"),
+        ] {
+            let err = Config::from_sources(None, env(&[(name, value)])).unwrap_err();
+            assert!(err.to_string().contains(name), "{name}: {err}");
+        }
     }
 
     #[test]

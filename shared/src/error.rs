@@ -110,12 +110,6 @@ impl From<LiftError> for tonic::Status {
     }
 }
 
-impl From<crate::broker::BrokerError> for LiftError {
-    fn from(error: crate::broker::BrokerError) -> Self {
-        LiftError::Unavailable(error.to_string())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

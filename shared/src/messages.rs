@@ -1,9 +1,34 @@
-//! Messages that cross the broker, defined once and used by both ends. Payloads are JSON.
+//! Messages that cross the broker, defined once and used by both ends: the queues, the headers
+//! that travel with a payload, and the payloads (JSON). The broker itself is `lift-broker`.
 
 use serde::{Deserialize, Serialize};
 
 use crate::ids::JobId;
 use crate::spec::{SynthesisOptions, TrainingOptions};
+
+/// Queue names, one per flow in ARCHITECTURE.md.
+pub mod queues {
+    /// Chunks of sentences waiting for question/answer synthesis.
+    pub const SYNTH: &str = "lift.synth";
+    /// Jobs waiting for a trainer (one message per job and training attempt).
+    pub const TRAIN: &str = "lift.train";
+    /// Progress events from workers to the coordinator.
+    pub const EVENTS: &str = "lift.events";
+    /// Where a queue's messages go after the delivery limit; the dead-letter queue of `q`
+    /// is `dead_letter_queue(q)`.
+    pub fn dead_letter_queue(queue: &str) -> String {
+        format!("{queue}.dead")
+    }
+}
+
+/// Header naming the queue a dead-lettered message came from (RabbitMQ sets it too).
+pub const DEATH_QUEUE_HEADER: &str = "x-first-death-queue";
+/// Header saying why a message was dead-lettered: `rejected` or `delivery_limit` (RabbitMQ's
+/// values; it also uses `expired`).
+pub const DEATH_REASON_HEADER: &str = "x-first-death-reason";
+
+/// Message headers that travel with a payload (W3C trace context, message kind).
+pub type Headers = std::collections::BTreeMap<String, String>;
 
 /// One generation target: a sentence plus the text before it that the generator may read.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -6,7 +6,7 @@ use std::sync::LazyLock;
 
 use prometheus::core::Collector;
 
-use crate::broker::queues;
+use crate::messages::queues;
 use prometheus::{
     exponential_buckets, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,

@@ -101,8 +101,8 @@ pub struct JobStatus {
     pub tenant: String,
     /// W3C trace context of the job's `SubmitJob` span: every message published for the job
     /// (also by recovery, after a restart) carries it, so the job stays one trace.
-    #[serde(default, skip_serializing_if = "crate::broker::Headers::is_empty")]
-    pub trace: crate::broker::Headers,
+    #[serde(default, skip_serializing_if = "crate::messages::Headers::is_empty")]
+    pub trace: crate::messages::Headers,
     pub state: JobState,
     pub base_model: String,
     pub sentences_total: u32,
@@ -171,7 +171,7 @@ impl JobStatus {
         Self {
             job_id,
             tenant: String::new(),
-            trace: crate::broker::Headers::new(),
+            trace: crate::messages::Headers::new(),
             state: JobState::Queued,
             base_model,
             sentences_total,
@@ -219,7 +219,7 @@ impl JobStatus {
     /// or not its `TrainingFinished` arrived. Returns whether the state changed.
     pub fn apply_adapter_commit(
         &mut self,
-        commit: &crate::store::AdapterCommit,
+        commit: &crate::records::AdapterCommit,
         adapter_uri: String,
         now_ms: i64,
     ) -> bool {
@@ -643,7 +643,7 @@ mod tests {
     fn a_commit_succeeds_the_job_whoever_made_it() {
         let mut record = status(1);
         record.reassign_trainer(3, 4_000);
-        let commit = crate::store::AdapterCommit {
+        let commit = crate::records::AdapterCommit {
             generation: 2,
             trainer: "gpu-2".into(),
             steps: 40,

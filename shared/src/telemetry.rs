@@ -18,7 +18,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-use crate::broker::Headers;
+use crate::messages::Headers;
 
 /// Keeps the trace exporter; [`Telemetry::shutdown`] sends what is still buffered.
 pub struct Telemetry {

@@ -384,9 +384,8 @@ impl Cluster {
 
     /// Options for a test-side connection to the cluster's broker: queue arguments must
     /// match the ones the processes declared.
-    pub fn broker_options(&self) -> lift_shared::broker::rabbitmq::RabbitBrokerOptions {
-        let mut options =
-            lift_shared::broker::rabbitmq::RabbitBrokerOptions::new(self.vhost.amqp_url());
+    pub fn broker_options(&self) -> lift_broker::rabbitmq::RabbitBrokerOptions {
+        let mut options = lift_broker::rabbitmq::RabbitBrokerOptions::new(self.vhost.amqp_url());
         options.delivery_limit = CLUSTER_DELIVERY_LIMIT;
         options
     }
@@ -532,7 +531,7 @@ impl Cluster {
     }
 
     /// The test's S3 store, for checking what the processes wrote.
-    pub fn store(&self) -> lift_shared::store::Store {
+    pub fn store(&self) -> lift_store::Store {
         for (key, value) in self.env() {
             if key.starts_with("AWS_") {
                 std::env::set_var(key, value);
@@ -545,7 +544,7 @@ impl Cluster {
                 .map(|(_, value)| value.clone())
         })
         .expect("the test cluster's configuration");
-        lift_shared::store::Store::open(&config.store_url, config.s3_endpoint.as_deref())
+        lift_store::Store::open(&config.store_url, config.s3_endpoint.as_deref())
             .expect("open the test store")
     }
 

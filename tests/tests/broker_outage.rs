@@ -104,7 +104,7 @@ async fn a_job_submitted_while_the_broker_is_down_and_cut_off_in_its_final_epoch
     let job_id = lift_shared::ids::JobId::parse(&job).unwrap();
     let store = cluster.store();
     let task_files = store
-        .list(&lift_shared::store::layout::tasks_prefix(&job_id))
+        .list(&lift_store::layout::tasks_prefix(&job_id))
         .await
         .unwrap();
     assert_eq!(task_files.len() as u32, status.chunks_synthesized);

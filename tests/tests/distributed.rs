@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use axum::routing::post;
 use axum::{Json, Router};
-use lift_shared::broker::rabbitmq::RabbitBroker;
-use lift_shared::broker::{queues, Broker, Headers};
+use lift_broker::rabbitmq::RabbitBroker;
+use lift_broker::{queues, Broker, Headers};
 use lift_shared::proto::{self, JobState};
-use lift_shared::store::layout;
+use lift_store::layout;
 use lift_tests::{made_up_document, rabbitmqctl, Cluster};
 use serde_json::{json, Value};
 

@@ -9,10 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use lift_shared::broker::{queues, Broker, BrokerError, Delivery, Headers};
+use lift_broker::{queues, Broker, BrokerError, Delivery, Headers};
 use lift_shared::ids::JobId;
 use lift_shared::messages::{now_ms, ProgressEvent, SynthChunk, Task};
-use lift_shared::store::{layout, FailedChunkMarker, Store, StoreError};
+use lift_store::{layout, FailedChunkMarker, Store, StoreError};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;

@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use lift_shared::broker::memory::InProcessBroker;
-use lift_shared::broker::{queues, Broker, DeliveryStream, Headers};
+use lift_broker::memory::InProcessBroker;
+use lift_broker::{queues, Broker, DeliveryStream, Headers};
 use lift_shared::ids::JobId;
 use lift_shared::messages::{ProgressEvent, SentenceUnit, SynthChunk, Task};
 use lift_shared::spec::SynthesisOptions;
-use lift_shared::store::{layout, CancelMarker, FailedChunkMarker, Store};
+use lift_store::{layout, CancelMarker, FailedChunkMarker, Store};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 

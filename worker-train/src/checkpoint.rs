@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use bytes::Bytes;
 use lift_engine::PeftFiles;
 use lift_shared::ids::JobId;
-use lift_shared::store::{layout, Store};
+use lift_store::{layout, Store};
 use serde::{Deserialize, Serialize};
 
 use crate::error::TrainError;

@@ -1,5 +1,5 @@
-use lift_shared::broker::BrokerError;
-use lift_shared::store::StoreError;
+use lift_broker::BrokerError;
+use lift_store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {

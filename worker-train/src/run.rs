@@ -7,12 +7,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use lift_broker::{queues, Broker, Headers};
 use lift_engine::{Engine, LoraConfig, LrSchedule, SftExample, SftTrainer, TrainerOptions};
-use lift_shared::broker::{queues, Broker, Headers};
 use lift_shared::ids::JobId;
 use lift_shared::messages::{now_ms, ProgressEvent, Task, TrainAssignment};
 use lift_shared::spec::Schedule;
-use lift_shared::store::{layout, AdapterCommit, Store};
+use lift_store::{layout, AdapterCommit, Store};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use tokio::runtime::Handle;

@@ -5,13 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use lift_broker::memory::InProcessBroker;
+use lift_broker::{queues, Broker};
 use lift_engine::testing::tiny_engine;
-use lift_shared::broker::memory::InProcessBroker;
-use lift_shared::broker::{queues, Broker};
 use lift_shared::ids::JobId;
 use lift_shared::messages::{ProgressEvent, Task, TrainAssignment};
 use lift_shared::spec::TrainingOptions;
-use lift_shared::store::{layout, Store};
+use lift_store::{layout, Store};
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::Checkpoint;
@@ -92,7 +92,7 @@ impl Fixture {
 
     /// Claims `generation` for `trainer`, as the consume loop does before a run.
     async fn claim(&self, generation: u32, trainer: &str) {
-        let claim = lift_shared::store::Claim {
+        let claim = lift_store::Claim {
             trainer: trainer.into(),
             at_ms: 0,
         };

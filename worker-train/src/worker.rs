@@ -6,10 +6,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use lift_broker::{queues, Broker, Delivery, Headers};
 use lift_engine::Engine;
-use lift_shared::broker::{queues, Broker, Delivery, Headers};
 use lift_shared::messages::{now_ms, ProgressEvent, TrainAssignment};
-use lift_shared::store::{layout, Claim, Heartbeat, Store};
+use lift_store::{layout, Claim, Heartbeat, Store};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -85,7 +85,7 @@ pub async fn run_train_worker(
                 }
                 continue;
             }
-            Err(lift_shared::broker::BrokerError::Closed) => return Ok(()),
+            Err(lift_broker::BrokerError::Closed) => return Ok(()),
             Err(error) => {
                 warn!(%error, "could not take from the train queue");
                 tokio::select! {

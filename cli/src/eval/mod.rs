@@ -17,9 +17,10 @@ use lift_eval::metrics::{contains_answer, contains_key_facts, exact_match, token
 use lift_eval::plot::{facts_bars, niah_heatmap, squad_bars};
 use lift_eval::report::{NiahCell, SquadScore};
 use lift_eval::squad::{load_squad, Grouping, SquadOptions};
+use lift_runtime::infra;
 use lift_shared::config::Config;
 use lift_shared::proto;
-use lift_shared::store::Store;
+use lift_store::Store;
 use serde_json::json;
 
 use crate::job_args::JobOptions;
@@ -27,7 +28,7 @@ use crate::job_args::JobOptions;
 mod facts;
 mod niah;
 mod squad;
-use crate::{ask, client, embedded, infra};
+use crate::{ask, client};
 
 #[derive(Subcommand)]
 pub enum EvalCommand {
@@ -335,7 +336,7 @@ where
     let mut config = config.clone();
     config.model = args.model();
     let (engine_for_work, store_for_work) = (engine.clone(), store.clone());
-    embedded::with_embedded(&config, engine, store, None, move |addr| {
+    lift_runtime::embedded::with_embedded(&config, engine, store, None, move |addr| {
         work(engine_for_work, store_for_work, addr)
     })
     .await

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use clap::Parser;
 use lift_engine::PeftFiles;
 use lift_shared::ids::JobId;
-use lift_shared::store::Store;
+use lift_store::Store;
 use lift_worker_train::{Checkpoint, Cursor};
 use serde_json::json;
 

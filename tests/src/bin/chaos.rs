@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use lift_shared::ids::JobId;
 use lift_shared::proto::{self, JobState};
-use lift_shared::store::{layout, Store};
+use lift_store::{layout, Store};
 use lift_tests::{job_status, made_up_document, rabbitmqctl, wait_for_port, Cluster, LiftProcess};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

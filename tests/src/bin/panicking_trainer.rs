@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use lift_broker::rabbitmq::{RabbitBroker, RabbitBrokerOptions};
+use lift_broker::{Broker, BrokerError, Delivery, DeliveryStream, Headers};
 use lift_engine::{pick_device, DeviceChoice, Engine, ModelSource};
-use lift_shared::broker::rabbitmq::{RabbitBroker, RabbitBrokerOptions};
-use lift_shared::broker::{Broker, BrokerError, Delivery, DeliveryStream, Headers};
 use lift_shared::config::Config;
 use lift_shared::messages::ProgressEvent;
-use lift_shared::store::Store;
+use lift_store::Store;
 use lift_worker_train::{run_train_worker, RunOptions, TrainWorkerConfig};
 use tokio_util::sync::CancellationToken;
 

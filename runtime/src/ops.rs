@@ -10,10 +10,10 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::routing::get;
 use axum::Router;
-use lift_shared::broker::{queues, Broker};
+use lift_broker::{queues, Broker};
 use lift_shared::config::Config;
 use lift_shared::metrics;
-use lift_shared::store::Store;
+use lift_store::Store;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 

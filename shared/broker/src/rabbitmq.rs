@@ -91,7 +91,7 @@ impl RabbitBrokerOptions {
 
     /// The options a `lift` process uses: URL, delivery limit and retry time from its
     /// configuration, `connection_name` to tell its connections apart.
-    pub fn from_config(config: &crate::config::Config, connection_name: &str) -> Self {
+    pub fn from_config(config: &lift_shared::config::Config, connection_name: &str) -> Self {
         Self {
             delivery_limit: config.delivery_limit,
             retry_timeout: Duration::from_secs(config.broker_retry_secs),

@@ -2,8 +2,9 @@
 //! adapters. Writes that can race (records, task files, markers) are create-only, so at-least-
 //! once deliveries never overwrite each other's results.
 //!
-//! Over 600 lines: the store is the one owner of every key, so the layout, the create-only
-//! writes and the adapter commit stay together; 320 of the lines are its tests.
+//! Over 600 lines: the store is the one owner of every key (`layout.rs` names them), so the
+//! create-only writes, the claims and the adapter commit stay together; about 320 of the lines
+//! are its tests.
 
 use std::sync::Arc;
 
@@ -14,166 +15,19 @@ use object_store::path::Path;
 use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::error::{ErrorCode, LiftError, ServiceError};
-use crate::ids::JobId;
-use crate::state::JobStatus;
+use lift_shared::error::{ErrorCode, LiftError, ServiceError};
+use lift_shared::ids::JobId;
+use lift_shared::state::JobStatus;
 
-/// Every key lift writes, in one place (see docs/interfaces.md).
-pub mod layout {
-    use crate::ids::JobId;
+// The objects the store holds are part of the shared contract (`lift_shared::records`);
+// re-exported so that a store user names them through one import.
+pub use lift_shared::records::{
+    AdapterCommit, CancelMarker, Claim, FailedChunkMarker, Heartbeat, SubmitRequestRecord,
+};
 
-    pub const JOBS_PREFIX: &str = "jobs/";
-
-    pub fn job_prefix(job: &JobId) -> String {
-        format!("jobs/{job}/")
-    }
-    pub fn spec(job: &JobId) -> String {
-        format!("jobs/{job}/spec.json")
-    }
-    pub fn state_prefix(job: &JobId) -> String {
-        format!("jobs/{job}/state/")
-    }
-    pub fn state(job: &JobId, seq: u64) -> String {
-        format!("jobs/{job}/state/{seq:020}.json")
-    }
-    pub fn tasks_prefix(job: &JobId) -> String {
-        format!("jobs/{job}/tasks/")
-    }
-    pub fn tasks(job: &JobId, chunk: u32) -> String {
-        format!("jobs/{job}/tasks/{chunk:06}.jsonl")
-    }
-    pub fn failed_prefix(job: &JobId) -> String {
-        format!("jobs/{job}/failed/")
-    }
-    pub fn failed(job: &JobId, chunk: u32) -> String {
-        format!("jobs/{job}/failed/{chunk:06}.json")
-    }
-    /// The job a `SubmitJob` idempotency key created; keyed by the key's SHA-256 (hex),
-    /// since keys may hold characters that are not safe in every store's paths.
-    pub fn submit_request(key_sha256_hex: &str) -> String {
-        format!("requests/{key_sha256_hex}.json")
-    }
-    pub fn cancel(job: &JobId) -> String {
-        format!("jobs/{job}/cancel.json")
-    }
-    pub fn claims_prefix(job: &JobId) -> String {
-        format!("jobs/{job}/claims/")
-    }
-    pub fn claim(job: &JobId, generation: u32) -> String {
-        format!("jobs/{job}/claims/{generation:06}.json")
-    }
-    pub fn heartbeat(job: &JobId) -> String {
-        format!("jobs/{job}/heartbeat.json")
-    }
-    pub fn checkpoints_prefix(job: &JobId) -> String {
-        format!("jobs/{job}/checkpoints/")
-    }
-    /// A checkpoint lives under its step and the claim generation that wrote it, so two
-    /// trainers that both believe they own the job never mix their files.
-    pub fn checkpoint_dir(job: &JobId, step: u64, generation: u32) -> String {
-        format!("jobs/{job}/checkpoints/{step:010}-{generation:06}/")
-    }
-    pub fn checkpoint_adapter(job: &JobId, step: u64, generation: u32) -> String {
-        format!(
-            "{}adapter_model.safetensors",
-            checkpoint_dir(job, step, generation)
-        )
-    }
-    pub fn checkpoint_optimizer(job: &JobId, step: u64, generation: u32) -> String {
-        format!(
-            "{}optimizer.safetensors",
-            checkpoint_dir(job, step, generation)
-        )
-    }
-    pub fn checkpoint_manifest(job: &JobId, step: u64, generation: u32) -> String {
-        format!("{}manifest.json", checkpoint_dir(job, step, generation))
-    }
-    /// The final adapter as one claim generation wrote it, before (and whether or not) it won
-    /// the commit.
-    pub fn staged_adapter_weights(job: &JobId, generation: u32) -> String {
-        format!("jobs/{job}/staged/{generation:06}/adapter_model.safetensors")
-    }
-    pub fn staged_adapter_config(job: &JobId, generation: u32) -> String {
-        format!("jobs/{job}/staged/{generation:06}/adapter_config.json")
-    }
-    /// Create-only: names the generation whose staged adapter is the job's adapter.
-    pub fn adapter_commit(job: &JobId) -> String {
-        format!("jobs/{job}/adapter-commit.json")
-    }
-    pub fn adapter_dir(job: &JobId) -> String {
-        format!("jobs/{job}/adapter/")
-    }
-    pub fn adapter_weights(job: &JobId) -> String {
-        format!("jobs/{job}/adapter/adapter_model.safetensors")
-    }
-    pub fn adapter_config(job: &JobId) -> String {
-        format!("jobs/{job}/adapter/adapter_config.json")
-    }
-
-    /// The chunk index of a `tasks/` or `failed/` key (`.../000042.jsonl` -> 42).
-    pub fn chunk_index_of(key: &str) -> Option<u32> {
-        let file = key.rsplit('/').next()?;
-        let stem = file.split('.').next()?;
-        stem.parse().ok()
-    }
-}
-
-/// `jobs/<id>/heartbeat.json`, overwritten by the trainer that holds the job.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Heartbeat {
-    pub trainer: String,
-    /// The claim generation of the trainer that wrote it.
-    #[serde(default)]
-    pub generation: u32,
-    pub at_ms: i64,
-    pub step: u64,
-}
-
-/// `jobs/<id>/claims/<generation>.json`, create-only: the trainer holding that generation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Claim {
-    pub trainer: String,
-    pub at_ms: i64,
-}
-
-/// `jobs/<id>/adapter-commit.json`, create-only: the one training run whose adapter is the
-/// job's. Written after that run staged its adapter and before the adapter is published
-/// under `adapter/`, so the published adapter can never change once it exists, and a run
-/// that lost its claim unnoticed cannot replace it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AdapterCommit {
-    pub generation: u32,
-    pub trainer: String,
-    pub steps: u64,
-    pub final_loss: f32,
-    pub at_ms: i64,
-}
-
-/// `jobs/<id>/cancel.json`: workers stop working on a job once it exists.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CancelMarker {
-    pub reason: String,
-    pub at_ms: i64,
-}
-
-/// `requests/<sha256 of key>.json`: the job a `SubmitJob` idempotency key reserved. Written
-/// (create-only) before the job, so a retry after a crash creates the same job id.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SubmitRequestRecord {
-    pub request_id: String,
-    pub job_id: JobId,
-    pub at_ms: i64,
-}
-
-/// `jobs/<id>/failed/<k>.json`: the chunk will never get a task file; trainers skip it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FailedChunkMarker {
-    pub chunk: u32,
-    pub reason: String,
-    pub at_ms: i64,
-}
+pub mod layout;
 
 /// How many old status records a write leaves behind; older ones are deleted so reading the
 /// latest record stays one short listing, however long a job runs.
@@ -234,7 +88,7 @@ impl ServiceError for StoreError {
 impl StoreError {
     /// The error and its causes, outermost first: what a log line or a gRPC message says.
     pub fn with_causes(&self) -> String {
-        crate::error::with_causes(self)
+        lift_shared::error::with_causes(self)
     }
 }
 
@@ -699,7 +553,7 @@ fn to_json<T: Serialize>(key: &str, value: &T) -> Result<Vec<u8>, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::JobState;
+    use lift_shared::state::JobState;
 
     fn job() -> JobId {
         JobId::parse("job-1").unwrap()

@@ -4,12 +4,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
+use lift_broker::memory::InProcessBroker;
+use lift_broker::rabbitmq::{RabbitBroker, RabbitBrokerOptions};
+use lift_broker::Broker;
 use lift_engine::{pick_device, DeviceChoice, Engine, ModelSource};
-use lift_shared::broker::memory::InProcessBroker;
-use lift_shared::broker::rabbitmq::{RabbitBroker, RabbitBrokerOptions};
-use lift_shared::broker::Broker;
 use lift_shared::config::Config;
-use lift_shared::store::Store;
+use lift_store::Store;
 use tokio_util::sync::CancellationToken;
 
 pub fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {

@@ -1,5 +1,7 @@
 //! The message broker behind one trait: RabbitMQ in distributed mode, an in-process queue set
 //! in embedded mode. Every delivery is at-least-once; consumers ack after the durable write.
+//! What travels (payloads, queue names, headers) is the contract in `lift_shared::messages`;
+//! this crate only moves it.
 
 pub mod memory;
 pub mod rabbitmq;
@@ -8,27 +10,10 @@ use std::pin::Pin;
 
 use async_trait::async_trait;
 use futures::Stream;
+use lift_shared::error::LiftError;
 
-/// Queue names, one per flow in ARCHITECTURE.md.
-pub mod queues {
-    /// Chunks of sentences waiting for question/answer synthesis.
-    pub const SYNTH: &str = "lift.synth";
-    /// Jobs waiting for a trainer (one message per job and training attempt).
-    pub const TRAIN: &str = "lift.train";
-    /// Progress events from workers to the coordinator.
-    pub const EVENTS: &str = "lift.events";
-    /// Where a queue's messages go after the delivery limit; the dead-letter queue of `q`
-    /// is `dead_letter_queue(q)`.
-    pub fn dead_letter_queue(queue: &str) -> String {
-        format!("{queue}.dead")
-    }
-}
-
-/// Header naming the queue a dead-lettered message came from (RabbitMQ sets it too).
-pub const DEATH_QUEUE_HEADER: &str = "x-first-death-queue";
-/// Header saying why a message was dead-lettered: `rejected` or `delivery_limit` (RabbitMQ's
-/// values; it also uses `expired`).
-pub const DEATH_REASON_HEADER: &str = "x-first-death-reason";
+// Re-exported so that a broker user names the queues and headers through one import.
+pub use lift_shared::messages::{queues, Headers, DEATH_QUEUE_HEADER, DEATH_REASON_HEADER};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -40,8 +25,11 @@ pub enum BrokerError {
     Closed,
 }
 
-/// Message headers that travel with a payload (W3C trace context, message kind).
-pub type Headers = std::collections::BTreeMap<String, String>;
+impl From<BrokerError> for LiftError {
+    fn from(error: BrokerError) -> Self {
+        LiftError::Unavailable(error.to_string())
+    }
+}
 
 /// One received message. Exactly one of `ack`, `nack_requeue` or `reject` must be called;
 /// a delivery dropped without either is redelivered when the consumer goes away.
