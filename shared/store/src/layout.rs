@@ -1,4 +1,13 @@
-//! Every key lift writes, in one place (see docs/interfaces.md).
+//! Every key lift writes, in one place. Under `jobs/<id>/`: `spec.json` and `state/<seq>.json`
+//! (the job and its state records), `tasks/<chunk>.jsonl` and `failed/<chunk>.json` (what
+//! synthesis made of each chunk), `cancel.json`, `claims/<generation>.json` and
+//! `heartbeat.json` (which trainer holds the job), `checkpoints/<step>-<generation>/`
+//! (adapter, optimizer state, manifest), `staged/<generation>/` (a run's final adapter),
+//! `adapter-commit.json` (create-only: the generation whose staged adapter is the job's) and
+//! `adapter/` (the committed adapter, published after the commit, its configuration last).
+//! `requests/<sha256 of request id>.json`: the job a `SubmitJob` idempotency key reserved,
+//! written before the job. Chunks are not stored: splitting the stored spec is deterministic,
+//! and recovery plans them again.
 
 use lift_shared::ids::JobId;
 
