@@ -3,16 +3,20 @@
 //! Decoding one token per sequence reads every weight once per token and does little else,
 //! so its speed is the bytes it reads: f32 weights are 4 bytes each, this copy 1.125 (a signed
 //! byte per weight and an f32 scale per block of 32, symmetric, as GGML's Q8_0 but with an f32 scale).
-//! Only the weights are rounded: activations stay f32 and are multiplied exactly, because
-//! SmolLM2's activations have outliers in the hundreds, and quantizing them too (what
-//! candle's quantized matmul does, in blocks of 32 or 256) took greedy answers off course in
-//! our tests. The rounding moves a weight by at most half a step of its block's largest
-//! magnitude / 127.
+//! The rounding moves a weight by at most half a step of its block's largest magnitude / 127.
 //!
-//! Each output is accumulated in the same order whatever the number of rows in a call, so a
-//! sequence decodes to the same tokens alone or in a batch of up to `MAX_ROWS`. Larger
-//! decoding batches read the f32 weights: there gemm reuses each weight across the rows
-//! better than widening 8-bit weights two rows at a time does.
+//! Activations are rounded far more finely: to 16-bit steps of their block's largest
+//! magnitude, so a block's products are integer multiply-adds (`madd`), 16 per instruction,
+//! instead of widening every weight to f32. Rounding them to 8 bits, as candle's quantized
+//! matmul and llama.cpp do, took SmolLM2's greedy answers off course in our tests: its
+//! activations have outliers in the hundreds, and 8 bits of a block holding one leave the
+//! other values a few steps. At 16 bits a value moves by at most half of 1/32767 of its block's
+//! largest, 1/258 of what the weights' rounding moves it.
+//!
+//! Each output is accumulated in the same order whatever the number of rows in a call, and a
+//! row's activations are rounded by themselves, so a sequence decodes to the same tokens alone
+//! or in a batch of up to `MAX_ROWS`. Larger decoding batches read the f32 weights: there gemm
+//! reuses each weight across the rows better than this kernel does two rows at a time.
 //!
 //! Unsafe code here: the AVX2 kernel's loads, and the thread pool's workers writing disjoint
 //! columns of one output buffer; each place has a SAFETY note.
@@ -94,25 +98,22 @@ impl DecodeWeight {
         )
     }
 
-    /// Every row of `x` (`rows * in`) against outputs `outputs`, into `dst` (`rows * out`).
+    /// Every row of `x` against outputs `outputs`, into `dst` (`rows * out`).
     ///
     /// # Safety
     /// No other thread writes the elements of `dst` in `outputs`' columns.
-    unsafe fn run(&self, x: &[f32], outputs: std::ops::Range<usize>, dst: *mut f32) {
-        let k = self.in_features;
-        let rows = x.len() / k;
-        let x_row = |r: usize| &x[r * k..(r + 1) * k];
+    unsafe fn run(&self, x: &RoundedRows, outputs: std::ops::Range<usize>, dst: *mut f32) {
+        let rows = x.rows();
         for output in outputs {
             let (quants, scales) = self.row(output);
             let mut r = 0;
             while r < rows {
-                // Two rows at a time keep their eight accumulators and the block's four
-                // weight vectors in the sixteen AVX2 registers.
+                // Two rows at a time share the block's widened weights in registers.
                 let tile = (rows - r).min(2);
                 let sums = if tile == 2 {
-                    dot_rows(quants, scales, [x_row(r), x_row(r + 1)])
+                    dot_rows(quants, scales, [x.row(r), x.row(r + 1)])
                 } else {
-                    let [one] = dot_rows(quants, scales, [x_row(r)]);
+                    let [one] = dot_rows(quants, scales, [x.row(r)]);
                     [one, 0.0]
                 };
                 for (i, sum) in sums.iter().take(tile).enumerate() {
@@ -123,6 +124,56 @@ impl DecodeWeight {
             }
         }
     }
+}
+
+/// Input rows as 16-bit steps of an f32 scale per block of `BLOCK` values.
+struct RoundedRows {
+    width: usize,
+    /// `[rows, width]`, row-major.
+    values: Vec<i16>,
+    /// `[rows, width / BLOCK]`.
+    scales: Vec<f32>,
+}
+
+/// The most a rounded activation may be: products with 8-bit weights, four to an `i32` lane
+/// (127 * 32767 * 4 < 2^24), stay exact in the f32 they are converted to.
+const ACTIVATION_STEPS: f32 = 32767.0;
+
+impl RoundedRows {
+    fn new(x: &[f32], width: usize) -> Self {
+        let mut values = Vec::with_capacity(x.len());
+        let mut scales = Vec::with_capacity(x.len() / BLOCK);
+        for block in x.chunks_exact(BLOCK) {
+            let largest = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let scale = largest / ACTIVATION_STEPS;
+            let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+            values.extend(block.iter().map(|v| (v * inverse).round() as i16));
+            scales.push(scale);
+        }
+        Self {
+            width,
+            values,
+            scales,
+        }
+    }
+
+    fn rows(&self) -> usize {
+        self.values.len() / self.width
+    }
+
+    fn row(&self, r: usize) -> Row<'_> {
+        let blocks = self.width / BLOCK;
+        Row {
+            values: &self.values[r * self.width..(r + 1) * self.width],
+            scales: &self.scales[r * blocks..(r + 1) * blocks],
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Row<'a> {
+    values: &'a [i16],
+    scales: &'a [f32],
 }
 
 impl CustomOp1 for DecodeWeight {
@@ -144,6 +195,8 @@ impl CustomOp1 for DecodeWeight {
         let start = layout.start_offset();
         let x = &values[start..start + layout.shape().elem_count()];
         let rows = x.len() / self.in_features;
+        let x = RoundedRows::new(x, self.in_features);
+        let x = &x;
         let mut dst = vec![0f32; rows * self.out_features];
         let dst_address = dst.as_mut_ptr() as usize;
         let items = self.out_features.div_ceil(OUTPUTS_PER_ITEM);
@@ -160,7 +213,7 @@ impl CustomOp1 for DecodeWeight {
 }
 
 /// One weight row against `R` input rows.
-fn dot_rows<const R: usize>(quants: &[i8], scales: &[f32], xs: [&[f32]; R]) -> [f32; R] {
+fn dot_rows<const R: usize>(quants: &[i8], scales: &[f32], xs: [Row<'_>; R]) -> [f32; R] {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU has both features.
@@ -169,13 +222,17 @@ fn dot_rows<const R: usize>(quants: &[i8], scales: &[f32], xs: [&[f32]; R]) -> [
     dot_rows_portable(quants, scales, xs)
 }
 
-fn dot_rows_portable<const R: usize>(quants: &[i8], scales: &[f32], xs: [&[f32]; R]) -> [f32; R] {
+fn dot_rows_portable<const R: usize>(quants: &[i8], scales: &[f32], xs: [Row<'_>; R]) -> [f32; R] {
     let mut sums = [0f32; R];
     for (b, (block, scale)) in quants.chunks_exact(BLOCK).zip(scales).enumerate() {
         for (sum, x) in sums.iter_mut().zip(&xs) {
-            let x = &x[b * BLOCK..(b + 1) * BLOCK];
-            let dot: f32 = block.iter().zip(x).map(|(&q, &v)| f32::from(q) * v).sum();
-            *sum += scale * dot;
+            let values = &x.values[b * BLOCK..(b + 1) * BLOCK];
+            let dot: i32 = block
+                .iter()
+                .zip(values)
+                .map(|(&q, &v)| i32::from(q) * i32::from(v))
+                .sum();
+            *sum += dot as f32 * (scale * x.scales[b]);
         }
     }
     sums
@@ -185,69 +242,81 @@ fn dot_rows_portable<const R: usize>(quants: &[i8], scales: &[f32], xs: [&[f32];
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::BLOCK;
+    use super::{Row, BLOCK};
 
     /// One weight row against one or two input rows. Each block's 32 weights are widened to
-    /// f32 and scaled, then multiplied into four accumulators per row (one per eight lanes
-    /// of the block): independent chains of fused multiply-adds, all in registers. A row's
-    /// sum is formed in the same order whether or not it has a partner.
+    /// 16 bits once; `madd` multiplies them with a row's 16-bit activations and adds pairs,
+    /// giving eight `i32` lanes of four products each, which are converted and scaled into
+    /// one f32 accumulator per row. A row's sum is formed in the same order whether or not it
+    /// has a partner.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn dot_rows<const R: usize>(
         quants: &[i8],
         scales: &[f32],
-        xs: [&[f32]; R],
+        xs: [Row<'_>; R],
     ) -> [f32; R] {
         assert!(R == 1 || R == 2, "one or two rows at a time");
-        assert!(quants.len() == scales.len() * BLOCK && xs.iter().all(|x| x.len() == quants.len()));
-        let zero = _mm256_setzero_ps();
-        let (mut a0, mut a1, mut a2, mut a3) = (zero, zero, zero, zero);
-        let (mut b0, mut b1, mut b2, mut b3) = (zero, zero, zero, zero);
-        let blocks = quants
-            .chunks_exact(BLOCK)
-            .zip(xs[0].chunks_exact(BLOCK))
-            .zip(xs[R - 1].chunks_exact(BLOCK))
-            .zip(scales);
-        for (((q, x0), x1), &scale) in blocks {
-            // SAFETY: each load reads 8 values of a 32-value chunk, at offsets 0 to 24.
+        assert!(
+            quants.len() == scales.len() * BLOCK
+                && xs
+                    .iter()
+                    .all(|x| x.values.len() == quants.len() && x.scales.len() == scales.len())
+        );
+        let (first, last) = (xs[0], xs[R - 1]);
+        let mut a = _mm256_setzero_ps();
+        let mut b = _mm256_setzero_ps();
+        for (block, &scale) in scales.iter().enumerate() {
+            let at = block * BLOCK;
+            // SAFETY: each load reads 16 bytes of weights or 16 activations within the
+            // block's 32, whose bounds the asserts above establish.
             unsafe {
-                let scale = _mm256_set1_ps(scale);
-                let w0 = widen(q[..8].as_ptr(), scale);
-                let w1 = widen(q[8..16].as_ptr(), scale);
-                let w2 = widen(q[16..24].as_ptr(), scale);
-                let w3 = widen(q[24..].as_ptr(), scale);
-                a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x0[..8].as_ptr()), a0);
-                a1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x0[8..16].as_ptr()), a1);
-                a2 = _mm256_fmadd_ps(w2, _mm256_loadu_ps(x0[16..24].as_ptr()), a2);
-                a3 = _mm256_fmadd_ps(w3, _mm256_loadu_ps(x0[24..].as_ptr()), a3);
+                let w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(quants[at..].as_ptr().cast()));
+                let w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(quants[at + 16..].as_ptr().cast()));
+                a = accumulate(
+                    w0,
+                    w1,
+                    &first.values[at..at + BLOCK],
+                    scale * first.scales[block],
+                    a,
+                );
                 if R == 2 {
-                    b0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x1[..8].as_ptr()), b0);
-                    b1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x1[8..16].as_ptr()), b1);
-                    b2 = _mm256_fmadd_ps(w2, _mm256_loadu_ps(x1[16..24].as_ptr()), b2);
-                    b3 = _mm256_fmadd_ps(w3, _mm256_loadu_ps(x1[24..].as_ptr()), b3);
+                    b = accumulate(
+                        w0,
+                        w1,
+                        &last.values[at..at + BLOCK],
+                        scale * last.scales[block],
+                        b,
+                    );
                 }
             }
         }
         let mut sums = [0f32; R];
-        sums[0] = sum_lanes(a0, a1, a2, a3);
+        sums[0] = sum_lanes(a);
         if R == 2 {
-            sums[R - 1] = sum_lanes(b0, b1, b2, b3);
+            sums[R - 1] = sum_lanes(b);
         }
         sums
     }
 
-    /// Eight `i8` weights at `q`, as f32 times `scale`.
+    /// `acc + scale * (w . x)` lane-wise, for one block of 32 widened weights and 32
+    /// activations.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn widen(q: *const i8, scale: __m256) -> __m256 {
-        // SAFETY: the caller passes 8 readable bytes.
-        let bytes = unsafe { _mm_loadl_epi64(q as *const __m128i) };
-        _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes)), scale)
+    unsafe fn accumulate(w0: __m256i, w1: __m256i, x: &[i16], scale: f32, acc: __m256) -> __m256 {
+        // SAFETY: `x` holds 32 values; each load reads 16 of them.
+        let (x0, x1) = unsafe {
+            (
+                _mm256_loadu_si256(x.as_ptr().cast()),
+                _mm256_loadu_si256(x[16..].as_ptr().cast()),
+            )
+        };
+        let products = _mm256_add_epi32(_mm256_madd_epi16(w0, x0), _mm256_madd_epi16(w1, x1));
+        _mm256_fmadd_ps(_mm256_cvtepi32_ps(products), _mm256_set1_ps(scale), acc)
     }
 
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    fn sum_lanes(a0: __m256, a1: __m256, a2: __m256, a3: __m256) -> f32 {
-        let a = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
+    fn sum_lanes(a: __m256) -> f32 {
         let halves = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
         let pairs = _mm_add_ps(halves, _mm_movehl_ps(halves, halves));
         _mm_cvtss_f32(_mm_add_ss(pairs, _mm_shuffle_ps(pairs, pairs, 1)))
@@ -258,7 +327,7 @@ mod avx2 {
 mod tests {
     use candle_core::{Device, Tensor};
 
-    use super::{dot_rows, dot_rows_portable, DecodeWeight};
+    use super::{dot_rows, dot_rows_portable, DecodeWeight, RoundedRows, BLOCK};
     use crate::testing::max_abs_diff;
 
     /// Activations with an outlier of 300 in every row, as SmolLM2's have.
@@ -306,14 +375,32 @@ mod tests {
     fn the_vector_kernel_matches_the_portable_one() {
         let quants: Vec<i8> = (0..128).map(|i| ((i * 37) % 255) as i8).collect();
         let scales = [0.01f32, 0.02, 0.003, 0.5];
-        let x: Vec<Vec<f32>> = (0..2)
-            .map(|r| (0..128).map(|i| ((i + r) as f32 * 0.37).sin()).collect())
-            .collect();
-        let ours = dot_rows(&quants, &scales, [&x[0], &x[1]]);
-        let portable = dot_rows_portable(&quants, &scales, [&x[0], &x[1]]);
+        let mut x: Vec<f32> = (0..256).map(|i| (i as f32 * 0.37).sin()).collect();
+        x[5] = 300.0;
+        let rows = RoundedRows::new(&x, 128);
+        let ours = dot_rows(&quants, &scales, [rows.row(0), rows.row(1)]);
+        let portable = dot_rows_portable(&quants, &scales, [rows.row(0), rows.row(1)]);
         for (a, b) in ours.iter().zip(portable) {
             assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{a} against {b}");
         }
+    }
+
+    #[test]
+    fn activations_round_to_a_32767th_of_their_blocks_largest() {
+        let mut x: Vec<f32> = (0..64).map(|i| (i as f32 * 0.61).cos()).collect();
+        x[3] = -300.0;
+        let rows = RoundedRows::new(&x, 64);
+        let row = rows.row(0);
+        for (i, &v) in x.iter().enumerate() {
+            let step = row.scales[i / BLOCK];
+            let back = f32::from(row.values[i]) * step;
+            assert!(
+                (back - v).abs() <= 0.5 * step * 1.0001,
+                "{i}: {v} came back as {back}"
+            );
+        }
+        assert_eq!(row.values[3], -32767);
+        assert!((row.scales[0] - 300.0 / 32767.0).abs() < 1e-9);
     }
 
     #[test]

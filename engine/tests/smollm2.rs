@@ -293,13 +293,14 @@ fn request(question: &str, params: SamplingParams) -> GenerationRequest {
     }
 }
 
-/// 8-bit decoding (the CPU default, `lift_engine::decode_weight`) against the f32 weights it
-/// was made from. The stated tolerance, with a whole prompt through the 8-bit weights (in
-/// generation only the prompt's last token and the new ones are): next-token logits within
-/// 6 % of the largest logit and the same top token; greedy answers that agree on their first
-/// four words, and word for word on at least 3 of these 6 questions (a near-tie later in an
-/// answer may flip a token and the rest of that answer with it). Measured on 2026-12-04:
-/// 1.9 to 3.8 %, 4 of 6 identical, the other two parting after 6 and 10 words.
+/// 8-bit decoding (the CPU default, `lift_engine::decode_weight`: 8-bit weights, 16-bit
+/// activations) against the f32 weights it was made from. The stated tolerance, with the
+/// prompt's last 16 tokens through the 8-bit path in one step (in generation only the prompt's
+/// last token and the new ones are): next-token logits within 6 % of the largest logit and the
+/// same top token; greedy answers that agree on their first four words, and word for word on
+/// at least 3 of these 6 questions (a near-tie later in an answer may flip a token and the rest
+/// of that answer with it). Measured on 2026-12-04 (session 22): 0.9 to 3.2 %, 4 of 6
+/// identical, the other two parting after 6 and 10 words.
 #[test]
 fn eight_bit_decoding_stays_within_its_tolerance_of_the_f32_weights() {
     let quantized = engine();
@@ -321,8 +322,13 @@ fn eight_bit_decoding_stays_within_its_tolerance_of_the_f32_weights() {
             .render(&[ChatMessage::new("user", question)], true)
             .unwrap();
         let ids = quantized.tokenizer.encode(&text).unwrap();
-        let ours = lift_engine::testing::decoding_logits(&quantized.model, &ids).flatten_all();
-        let reference = lift_engine::testing::decoding_logits(&exact.model, &ids).flatten_all();
+        // A decoding step reads the 8-bit weights for up to MAX_ROWS rows, more read f32, so
+        // the comparison runs the prompt's last MAX_ROWS tokens (the question's) in one step.
+        let ids = &ids[ids
+            .len()
+            .saturating_sub(lift_engine::decode_weight::MAX_ROWS)..];
+        let ours = lift_engine::testing::decoding_logits(&quantized.model, ids).flatten_all();
+        let reference = lift_engine::testing::decoding_logits(&exact.model, ids).flatten_all();
         let (ours, reference) = (ours.unwrap(), reference.unwrap());
         let relative = relative_difference(&ours, &reference);
         let top = |t: &Tensor| t.argmax(0).unwrap().to_scalar::<u32>().unwrap();
