@@ -68,15 +68,7 @@ impl DecodeWeight {
             return Ok(None);
         }
         let values = weight.flatten_all()?.to_vec1::<f32>()?;
-        let mut quants = Vec::with_capacity(values.len());
-        let mut scales = Vec::with_capacity(values.len() / BLOCK);
-        for block in values.chunks_exact(BLOCK) {
-            let largest = block.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let scale = largest / 127.0;
-            let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-            quants.extend(block.iter().map(|v| (v * inverse).round() as i8));
-            scales.push(scale);
-        }
+        let (quants, scales) = round_blocks(&values, WEIGHT_STEPS, |step| step as i8);
         Ok(Some(Self {
             out_features,
             in_features,
@@ -135,21 +127,31 @@ struct RoundedRows {
     scales: Vec<f32>,
 }
 
+/// The most a rounded weight may be, in steps of its block's scale.
+const WEIGHT_STEPS: f32 = 127.0;
+
+/// Every block of `BLOCK` values as whole steps of its largest magnitude / `steps`
+/// (symmetric, so `-steps..=steps`), and each block's step size.
+fn round_blocks<T>(values: &[f32], steps: f32, to_step: impl Fn(f32) -> T) -> (Vec<T>, Vec<f32>) {
+    let mut rounded = Vec::with_capacity(values.len());
+    let mut scales = Vec::with_capacity(values.len() / BLOCK);
+    for block in values.chunks_exact(BLOCK) {
+        let largest = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let scale = largest / steps;
+        let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+        rounded.extend(block.iter().map(|v| to_step((v * inverse).round())));
+        scales.push(scale);
+    }
+    (rounded, scales)
+}
+
 /// The most a rounded activation may be: products with 8-bit weights, four to an `i32` lane
 /// (127 * 32767 * 4 < 2^24), stay exact in the f32 they are converted to.
 const ACTIVATION_STEPS: f32 = 32767.0;
 
 impl RoundedRows {
     fn new(x: &[f32], width: usize) -> Self {
-        let mut values = Vec::with_capacity(x.len());
-        let mut scales = Vec::with_capacity(x.len() / BLOCK);
-        for block in x.chunks_exact(BLOCK) {
-            let largest = block.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let scale = largest / ACTIVATION_STEPS;
-            let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-            values.extend(block.iter().map(|v| (v * inverse).round() as i16));
-            scales.push(scale);
-        }
+        let (values, scales) = round_blocks(x, ACTIVATION_STEPS, |step| step as i16);
         Self {
             width,
             values,

@@ -85,8 +85,6 @@ impl ChatTokenizer {
         Ok(this)
     }
 
-    /// Rebuilds a byte-level BPE tokenizer from GGUF metadata (no tokenizer.json ships in a
-    /// GGUF). The pre-tokenizer is SmolLM2's: individual digits, then byte-level.
     /// A byte-level tokenizer without merges, with ChatML specials, padded to `vocab_size`
     /// entries so it fits a model of any vocabulary: for models of random weights (the
     /// benchmarks' shapes and the tests' tiny engine), which have no vocabulary of their own.
@@ -115,6 +113,8 @@ impl ChatTokenizer {
         Self::from_gguf_vocab(vocab).expect("a byte-level vocabulary always builds")
     }
 
+    /// Rebuilds a byte-level BPE tokenizer from GGUF metadata (no tokenizer.json ships in a
+    /// GGUF). The pre-tokenizer is SmolLM2's: individual digits, then byte-level.
     pub fn from_gguf_vocab(vocab: GgufVocab) -> Result<Self> {
         let ids: tokenizers::models::bpe::Vocab = vocab
             .tokens
