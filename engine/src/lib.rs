@@ -9,6 +9,8 @@ pub mod engine;
 pub mod error;
 pub mod fetch;
 mod frozen;
+mod fused;
+mod fused_adamw;
 pub mod generate;
 #[cfg(feature = "cuda")]
 mod gpu;

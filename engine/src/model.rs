@@ -7,6 +7,7 @@ use candle_core::{DType, Device, Result, Tensor, D};
 use crate::config::ModelConfig;
 use crate::decode_weight::DecodeWeight;
 use crate::frozen::frozen_matmul;
+use crate::fused;
 use crate::lora::{LoraAdapter, Projection};
 use crate::ops::swap_halves;
 
@@ -59,6 +60,9 @@ pub struct RmsNorm {
 impl RmsNorm {
     /// Normalises in f32 whatever the model dtype, like the HF reference.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if fused::applies(x) {
+            return fused::rms_norm(x, &self.weight, self.eps);
+        }
         let dtype = x.dtype();
         let x32 = x.to_dtype(DType::F32)?;
         let mean_square = x32.sqr()?.mean_keepdim(D::Minus1)?;
@@ -86,10 +90,16 @@ struct RopeTables {
 
 impl RopeTables {
     fn rotate_query(&self, q: &Tensor) -> Result<Tensor> {
+        if fused::applies(q) {
+            return fused::rope(q, &self.query_cos, &self.query_sin);
+        }
         q.broadcast_mul(&self.query_cos)? + swap_halves(q)?.broadcast_mul(&self.query_sin)?
     }
 
     fn rotate_key(&self, k: &Tensor) -> Result<Tensor> {
+        if fused::applies(k) {
+            return fused::rope(k, &self.key_cos, &self.key_sin);
+        }
         k.broadcast_mul(&self.key_cos)? + swap_halves(k)?.broadcast_mul(&self.key_sin)?
     }
 }
@@ -391,7 +401,13 @@ impl Model {
             Some(mask) => scores.broadcast_add(mask)?,
             None => scores,
         };
-        let probs = softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(self.dtype)?;
+        let scores = scores.to_dtype(DType::F32)?;
+        let probs = if fused::applies(&scores) {
+            fused::softmax_last_dim(&scores)?
+        } else {
+            softmax_last_dim(&scores)?
+        };
+        let probs = probs.to_dtype(self.dtype)?;
         let attended = probs
             .reshape((b, kv_heads, groups * t, s))?
             .matmul(&v)?
@@ -408,7 +424,11 @@ impl Model {
         let lora = input.adapter.zip(h32.as_ref());
         let gate = self.project(&layer.mlp.gate_proj, &h, lora, at, Projection::Gate)?;
         let up = self.project(&layer.mlp.up_proj, &h, lora, at, Projection::Up)?;
-        let act = (gate.silu()? * up)?;
+        let act = if fused::applies(&gate) {
+            fused::silu_mul(&gate, &up)?
+        } else {
+            (gate.silu()? * up)?
+        };
         let act32 = with_f32(&act)?;
         let lora = input.adapter.zip(act32.as_ref());
         let down = self.project(&layer.mlp.down_proj, &act, lora, at, Projection::Down)?;

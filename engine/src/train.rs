@@ -546,6 +546,18 @@ pub(crate) fn encode_exchange(
 /// The log-probability of each target token under its row of `logits` (`[n, vocab]`), as
 /// `[n, 1]`; the max is detached because it only keeps the exponent small.
 pub(crate) fn target_log_probs(logits: &Tensor, targets: &Tensor) -> candle_core::Result<Tensor> {
+    if crate::fused::applies(logits) {
+        return crate::fused::target_log_probs(logits, targets);
+    }
+    composed_target_log_probs(logits, targets)
+}
+
+/// `target_log_probs` from candle's basic ops, for the devices and dtypes the fused op
+/// does not serve.
+pub(crate) fn composed_target_log_probs(
+    logits: &Tensor,
+    targets: &Tensor,
+) -> candle_core::Result<Tensor> {
     let max = logits.max_keepdim(1)?.detach();
     let shifted = logits.broadcast_sub(&max)?;
     let log_sum_exp = shifted.exp()?.sum_keepdim(1)?.log()?;
@@ -655,6 +667,50 @@ impl FlatAdamW {
     /// Clipping and the AdamW update from the flat gradient of `loss`, which is recorded.
     fn update(&self, loss: &Tensor, grad: Tensor, o: &TrainerOptions) -> candle_core::Result<()> {
         self.loss.set(&loss.detach().to_dtype(DType::F32)?)?;
+        if crate::fused::applies(&grad) {
+            self.update_in_place(grad, o)
+        } else {
+            self.update_composed(grad, o)
+        }
+    }
+
+    /// `update` on the CPU: every buffer written in place (fused_adamw.rs).
+    fn update_in_place(&self, grad: Tensor, o: &TrainerOptions) -> candle_core::Result<()> {
+        use crate::fused_adamw::{norm, Moment, ParameterStep};
+        let norm = norm(&grad)?;
+        self.grad_norm.set(&norm)?;
+        let norm = f64::from(norm.to_scalar::<f32>()?);
+        let scale = if o.max_grad_norm > 0.0 {
+            (o.max_grad_norm / (norm + 1e-6)).min(1.0)
+        } else {
+            1.0
+        } as f32;
+        let moment = |beta: f64, squared| Moment {
+            beta: beta as f32,
+            keep: (1.0 - beta) as f32,
+            scale,
+            squared,
+        };
+        self.m.inplace_op2(&grad, &moment(o.beta1, false))?;
+        self.v.inplace_op2(&grad, &moment(o.beta2, true))?;
+        drop(grad);
+        let schedule = self.schedule.to_vec1::<f32>()?;
+        for ((_, var), &offset) in self.vars.iter().zip(&self.offsets) {
+            let step = ParameterStep {
+                offset,
+                learning_rate: schedule[0],
+                first_correction: schedule[1],
+                second_correction: schedule[2],
+                eps: o.eps as f32,
+                weight_decay: o.weight_decay as f32,
+            };
+            var.inplace_op3(&self.m, &self.v, &step)?;
+        }
+        Ok(())
+    }
+
+    /// `update` from candle's ops, which a CUDA graph replays.
+    fn update_composed(&self, grad: Tensor, o: &TrainerOptions) -> candle_core::Result<()> {
         let norm = grad.sqr()?.sum_all()?.sqrt()?;
         self.grad_norm.set(&norm)?;
         let grad = if o.max_grad_norm > 0.0 {
@@ -722,6 +778,51 @@ mod tests {
     };
     use crate::lora::LoraConfig;
     use crate::testing::{max_abs_diff, tiny_engine};
+
+    /// The CPU's in-place AdamW writes what the composed one (the GPU's) computes, with
+    /// clipping and weight decay on, over three steps.
+    #[test]
+    fn the_in_place_update_is_the_composed_update() {
+        let device = candle_core::Device::Cpu;
+        let start = [
+            Tensor::randn(0f32, 1.0, (3, 70_000), &device).unwrap(),
+            Tensor::randn(0f32, 1.0, (5, 4), &device).unwrap(),
+        ];
+        let optimizer = || {
+            let vars = start
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (format!("v{i}"), Var::from_tensor(t).unwrap()))
+                .collect();
+            super::FlatAdamW::new(vars, &device).unwrap()
+        };
+        let (in_place, composed) = (optimizer(), optimizer());
+        let options = TrainerOptions {
+            weight_decay: 0.01,
+            max_grad_norm: 0.5,
+            ..TrainerOptions::default()
+        };
+        for step in 1..=3 {
+            let grad = Tensor::randn(0f32, 1.0, 210_020, &device).unwrap();
+            for optimizer in [&in_place, &composed] {
+                optimizer.prepare_step(1e-2, step, &options).unwrap();
+            }
+            in_place.update_in_place(grad.clone(), &options).unwrap();
+            composed.update_composed(grad, &options).unwrap();
+            let norms = [&in_place, &composed].map(|o| o.last_loss_and_grad_norm().unwrap().1);
+            assert!((norms[0] - norms[1]).abs() < 1e-3 * norms[1], "{norms:?}");
+            for index in 0..start.len() {
+                let diff = max_abs_diff(&in_place.vars[index].1, &composed.vars[index].1);
+                assert!(
+                    diff < 1e-6,
+                    "step {step}, variable {index} differs by {diff}"
+                );
+                let (m, v) = in_place.moments_of(index).unwrap();
+                let (m_ref, v_ref) = composed.moments_of(index).unwrap();
+                assert!(max_abs_diff(&m, &m_ref) < 1e-6 && max_abs_diff(&v, &v_ref) < 1e-6);
+            }
+        }
+    }
 
     /// A step taken one example at a time (gradients summed, each weighted by its answer
     /// tokens) is the step of the whole batch: same loss, gradient norm and variables.
