@@ -62,6 +62,9 @@ pub struct GenerateArgs {
     /// 0 is greedy; the built-in question writer samples at 0.2.
     #[arg(long, default_value_t = 0.0)]
     pub temperature: f64,
+    /// Replay each decoding step as a CUDA graph (GPU only; `false` measures eager launches).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub cuda_graphs: bool,
 }
 
 pub async fn run(config: Config, command: BenchCommand) -> anyhow::Result<ExitCode> {
@@ -94,6 +97,7 @@ pub async fn run(config: Config, command: BenchCommand) -> anyhow::Result<ExitCo
                 Some(shape) => Arc::new(random_engine(&shape, &device)?),
                 None => lift_runtime::infra::load_engine(&config, &a.model).await?,
             };
+            engine.set_decode_graphs(a.cuda_graphs);
             for batch in a.batches {
                 let engine = engine.clone();
                 let (new_tokens, temperature) = (a.new_tokens, a.temperature);

@@ -68,9 +68,13 @@ pub struct GenerateBench {
     pub device: String,
     pub batch: usize,
     pub temperature: f64,
+    /// GPU: decoding steps replayed as CUDA graphs.
+    pub cuda_graphs: bool,
     pub new_tokens: usize,
     pub seconds: f64,
     pub tokens_per_s: f64,
+    /// The first row's reply, to hold runs of one model to the same text (greedy).
+    pub first_reply: String,
 }
 
 fn device_name(device: &Device) -> String {
@@ -320,8 +324,10 @@ pub fn bench_generate(
         device: device_name(engine.device()),
         batch,
         temperature,
+        cuda_graphs: engine.device().is_cuda() && engine.decode_graphs(),
         new_tokens: generated,
         seconds,
         tokens_per_s: generated as f64 / seconds,
+        first_reply: outputs.first().map(|o| o.text.clone()).unwrap_or_default(),
     })
 }

@@ -1,7 +1,8 @@
 //! The loaded base model with its tokenizer: what generation and training run on.
 
 use std::path::{Path, PathBuf};
-use std::sync::{OnceLock, PoisonError, RwLock, RwLockReadGuard};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock, RwLockReadGuard};
 
 use candle_core::{DType, Device};
 
@@ -153,6 +154,29 @@ pub struct Engine {
     /// host breaks the capture. Generation and training hold a shared turn; a capture holds
     /// the stream alone.
     stream_turns: RwLock<()>,
+    /// On a GPU, a generation's decoding steps replay one CUDA graph (`decode_graph.rs`).
+    decode_graphs: AtomicBool,
+    /// Trainers alive on this engine (`TrainerPresence`).
+    trainers: AtomicUsize,
+}
+
+/// Counts a trainer for as long as it lives. Decoding is captured into graphs only while no
+/// trainer lives: a capture records whatever any thread queues on the device's one stream,
+/// and a trainer queues batch uploads, loss reads and frees outside the stream turns, which
+/// broke captures (`CUDA_ERROR_INVALID_VALUE`) when generation and training overlapped.
+pub(crate) struct TrainerPresence(Arc<Engine>);
+
+impl TrainerPresence {
+    pub(crate) fn new(engine: Arc<Engine>) -> Self {
+        engine.trainers.fetch_add(1, Ordering::SeqCst);
+        Self(engine)
+    }
+}
+
+impl Drop for TrainerPresence {
+    fn drop(&mut self) {
+        self.0.trainers.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Engine {
@@ -193,6 +217,8 @@ impl Engine {
             model_id,
             json_vocab: OnceLock::new(),
             stream_turns: RwLock::new(()),
+            decode_graphs: AtomicBool::new(true),
+            trainers: AtomicUsize::new(0),
         }
     }
 
@@ -231,6 +257,22 @@ impl Engine {
         self.stream_turns
             .write()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// GPU only: whether decoding steps are replayed as CUDA graphs (the default); off,
+    /// every kernel is launched on its own, which `lift bench generate --cuda-graphs false`
+    /// measures.
+    pub fn set_decode_graphs(&self, on: bool) {
+        self.decode_graphs.store(on, Ordering::Relaxed);
+    }
+
+    pub fn decode_graphs(&self) -> bool {
+        self.decode_graphs.load(Ordering::Relaxed)
+    }
+
+    /// Whether a generation may capture its decoding steps now (see `TrainerPresence`).
+    pub(crate) fn may_capture_decoding(&self) -> bool {
+        self.decode_graphs() && self.trainers.load(Ordering::SeqCst) == 0
     }
 
     pub(crate) fn json_vocab(&self) -> Result<&JsonVocab> {

@@ -12,6 +12,8 @@ use candle_core::{DType, Tensor};
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
+#[cfg(feature = "cuda")]
+use crate::decode_graph::DecodeGraph;
 use crate::engine::Engine;
 use crate::error::{EngineError, Result};
 use crate::json_constraint::{
@@ -78,6 +80,35 @@ pub struct GenerationOutput {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
     pub finish_reason: FinishReason,
+}
+
+/// One decoding step's inputs for a graph (`decode_graph.rs`), row-major over every row of
+/// the batch, finished ones included.
+pub(crate) struct DecodeInputs {
+    pub ids: Vec<u32>,
+    pub positions: Vec<u32>,
+    /// Additive mask over the cache's fixed capacity, `rows x capacity`.
+    pub mask: Vec<f32>,
+    /// The cache column this step's keys and values go to.
+    pub column: usize,
+}
+
+/// Stands in for the GPU's decoding graph in builds without CUDA, where there is none.
+#[cfg(not(feature = "cuda"))]
+enum DecodeGraph {}
+
+#[cfg(not(feature = "cuda"))]
+impl DecodeGraph {
+    fn step<'e>(
+        &mut self,
+        _: &'e Engine,
+        _: &mut Option<std::sync::RwLockReadGuard<'e, ()>>,
+        _: Option<&LoraAdapter>,
+        _: &mut KvCache,
+        _: DecodeInputs,
+    ) -> candle_core::Result<Tensor> {
+        match *self {}
+    }
 }
 
 /// Below this many scores per step (rows x vocabulary) sampling stays on the calling thread.
@@ -219,7 +250,7 @@ impl Engine {
         if requests.is_empty() {
             return Ok(Vec::new());
         }
-        let _turn = self.shared_stream_turn();
+        let mut turn = Some(self.shared_stream_turn());
         let prompts = requests
             .iter()
             .map(|r| self.encode_prompt(r))
@@ -260,13 +291,28 @@ impl Engine {
         }
         let b = requests.len();
         let mut active: Vec<usize> = (0..b).collect();
+        let longest_reply = requests
+            .iter()
+            .map(|r| self.token_budget(&r.params))
+            .max()
+            .unwrap_or(1);
+        let capacity = rows[0].column_mask.len() + longest_reply;
+        let mut graph = self.decode_graph(&mut cache, b, capacity)?;
         let json_vocab = if requests.iter().any(|r| r.params.constraint.is_some()) {
             Some(self.json_vocab()?)
         } else {
             None
         };
         loop {
-            let step_logits: Vec<Vec<f32>> = logits.squeeze(1)?.to_dtype(DType::F32)?.to_vec2()?;
+            let mut step_logits: Vec<Vec<f32>> =
+                logits.squeeze(1)?.to_dtype(DType::F32)?.to_vec2()?;
+            if graph.is_some() {
+                // A graph's batch keeps every row, in request order.
+                step_logits = active
+                    .iter()
+                    .map(|&r| std::mem::take(&mut step_logits[r]))
+                    .collect();
+            }
             let mut next_tokens =
                 self.next_tokens(&mut rows, &active, requests, &step_logits, json_vocab)?;
             for (slot, &row_index) in active.iter().enumerate() {
@@ -291,14 +337,21 @@ impl Engine {
                 break;
             }
             if still.len() != active.len() {
-                let keep = Tensor::from_vec(
-                    still.iter().map(|&s| s as u32).collect::<Vec<_>>(),
-                    still.len(),
-                    device,
-                )?;
-                cache.select_rows(&keep)?;
+                if graph.is_none() {
+                    let keep = Tensor::from_vec(
+                        still.iter().map(|&s| s as u32).collect::<Vec<_>>(),
+                        still.len(),
+                        device,
+                    )?;
+                    cache.select_rows(&keep)?;
+                }
                 next_tokens = still.iter().map(|&s| next_tokens[s]).collect();
                 active = still.iter().map(|&s| active[s]).collect();
+            }
+            if let Some(graph) = graph.as_mut() {
+                let inputs = self.graph_step_inputs(&mut rows, &active, &next_tokens, capacity);
+                logits = graph.step(self, &mut turn, adapter, &mut cache, inputs)?;
+                continue;
             }
             let n = active.len();
             let mut step_ids = Vec::with_capacity(n);
@@ -333,6 +386,63 @@ impl Engine {
                 finish_reason: row.finish.unwrap_or(FinishReason::Length),
             })
             .collect())
+    }
+
+    /// The batch's decoding steps as one CUDA graph over a cache of `capacity` columns, on a
+    /// GPU with decoding graphs on and a capacity the model's positions cover.
+    #[cfg(feature = "cuda")]
+    fn decode_graph(
+        &self,
+        cache: &mut KvCache,
+        rows: usize,
+        capacity: usize,
+    ) -> Result<Option<DecodeGraph>> {
+        let candle_core::Device::Cuda(device) = self.model.device() else {
+            return Ok(None);
+        };
+        if !self.may_capture_decoding() || capacity > self.model.config.max_position_embeddings {
+            return Ok(None);
+        }
+        cache.fix_capacity(capacity)?;
+        Ok(Some(DecodeGraph::new(self, device, rows, capacity)?))
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    fn decode_graph(&self, _: &mut KvCache, _: usize, _: usize) -> Result<Option<DecodeGraph>> {
+        Ok(None)
+    }
+
+    /// The next step's inputs for every row of a graph's batch: a finished row decodes a pad
+    /// token, whose logits nobody reads.
+    fn graph_step_inputs(
+        &self,
+        rows: &mut [Row],
+        active: &[usize],
+        next_tokens: &[Option<u32>],
+        capacity: usize,
+    ) -> DecodeInputs {
+        let mut tokens = vec![None; rows.len()];
+        for (&row, &token) in active.iter().zip(next_tokens) {
+            tokens[row] = token;
+        }
+        let mut inputs = DecodeInputs {
+            ids: Vec::with_capacity(rows.len()),
+            positions: Vec::with_capacity(rows.len()),
+            mask: Vec::with_capacity(rows.len() * capacity),
+            column: rows[0].column_mask.len(),
+        };
+        for (row, token) in rows.iter_mut().zip(tokens) {
+            inputs.ids.push(token.unwrap_or(self.tokenizer.pad_id()));
+            inputs.positions.push(row.next_position);
+            row.next_position += 1;
+            row.column_mask.push(0.0);
+            inputs.mask.extend_from_slice(&row.column_mask);
+            let unused = capacity.saturating_sub(row.column_mask.len());
+            inputs
+                .mask
+                .extend(std::iter::repeat_n(f32::NEG_INFINITY, unused));
+        }
+        inputs
     }
 
     /// Runs the prompts through the model and returns the last-position logits `[rows, 1,

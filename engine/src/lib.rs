@@ -4,6 +4,8 @@
 pub mod batcher;
 pub mod bench;
 pub mod config;
+#[cfg(feature = "cuda")]
+mod decode_graph;
 pub mod decode_weight;
 pub mod engine;
 pub mod error;

@@ -2,7 +2,7 @@
 //! projections. candle-transformers' models use fused ops without backward, return only the
 //! last position's logits and hold concrete `Linear`s, so they cannot be fine-tuned.
 
-use candle_core::{DType, Device, Result, Tensor, D};
+use candle_core::{DType, Device, Result, Tensor, Var, D};
 
 use crate::config::ModelConfig;
 use crate::decode_weight::DecodeWeight;
@@ -176,15 +176,24 @@ impl DecoderLayer {
 }
 
 /// Keys and values of past positions, per layer: `[b, kv_heads, s, d]`.
+///
+/// A cache grows by one column per decoding step, unless it was given a fixed capacity
+/// (`fix_capacity`): then each layer's keys and values sit in buffers of `capacity` columns
+/// and a step writes its own in place, at a column it reads from the device
+/// (`set_write_column`). The step's shapes and buffers are then the same from step to step,
+/// which is what lets a GPU replay it as a CUDA graph (`decode_graph.rs`).
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
+    /// `[1, 1, 1, 1]` u32, once the capacity is fixed.
+    write_column: Option<Var>,
 }
 
 impl KvCache {
     pub fn new(num_layers: usize) -> Self {
         Self {
             layers: vec![None; num_layers],
+            write_column: None,
         }
     }
 
@@ -202,6 +211,73 @@ impl KvCache {
             *v = v.index_select(rows, 0)?;
         }
         Ok(())
+    }
+
+    /// Moves every layer's keys and values into zeroed buffers of `capacity` columns (the
+    /// columns past the cached ones stay zero, so a masked score over them is finite).
+    /// Every layer must hold at least one column.
+    pub fn fix_capacity(&mut self, capacity: usize) -> Result<()> {
+        let device = match self.layers.first() {
+            Some(Some((k, _))) => k.device().clone(),
+            _ => candle_core::bail!("only a cache that holds a prompt can be given a capacity"),
+        };
+        for slot in &mut self.layers {
+            let Some((k, v)) = slot.as_ref() else {
+                candle_core::bail!("only a cache that holds a prompt can be given a capacity");
+            };
+            let (b, heads, columns, d) = k.dims4()?;
+            if columns > capacity {
+                candle_core::bail!("{columns} cached columns do not fit a capacity of {capacity}");
+            }
+            let [k, v] = [k, v].map(|x| -> Result<Tensor> {
+                let buffer = Tensor::zeros((b, heads, capacity, d), x.dtype(), x.device())?;
+                buffer.slice_set(x, 2, 0)?;
+                Ok(buffer)
+            });
+            *slot = Some((k?, v?));
+        }
+        self.write_column = Some(Var::zeros((1, 1, 1, 1), DType::U32, &device)?);
+        Ok(())
+    }
+
+    /// Where the next decoding step writes its keys and values, in a cache of fixed capacity.
+    pub fn set_write_column(&self, column: usize) -> Result<()> {
+        let Some(write_column) = &self.write_column else {
+            candle_core::bail!("the cache has no fixed capacity");
+        };
+        let column = Tensor::new(&[[[[column as u32]]]], write_column.device())?;
+        write_column.set(&column)
+    }
+}
+
+/// One layer's cache, as a forward call sees it.
+struct LayerCache<'a> {
+    slot: &'a mut Option<(Tensor, Tensor)>,
+    write_column: Option<&'a Tensor>,
+}
+
+impl LayerCache<'_> {
+    /// The keys and values of every cached column and of these new ones (`[b, kv_heads, t,
+    /// d]`), which the cache keeps.
+    fn append(self, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
+        if let (Some((keys, values)), Some(column)) = (self.slot.as_ref(), self.write_column) {
+            if k.dim(2)? != 1 {
+                candle_core::bail!("a cache of fixed capacity takes one token per row and step");
+            }
+            let at = column.broadcast_as(k.shape())?.contiguous()?;
+            keys.scatter_set(&at, &k, 2)?;
+            values.scatter_set(&at, &v, 2)?;
+            return Ok((keys.clone(), values.clone()));
+        }
+        let (k, v) = match self.slot.take() {
+            Some((past_k, past_v)) => (
+                Tensor::cat(&[&past_k, &k], 2)?,
+                Tensor::cat(&[&past_v, &v], 2)?,
+            ),
+            None => (k, v),
+        };
+        *self.slot = Some((k.clone(), v.clone()));
+        Ok((k, v))
     }
 }
 
@@ -308,7 +384,10 @@ impl Model {
             .index_select(&input.input_ids.flatten_all()?, 0)?
             .reshape((b, t, hidden))?;
         for (index, layer) in self.layers.iter().enumerate() {
-            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[index]);
+            let layer_cache = cache.as_deref_mut().map(|c| LayerCache {
+                slot: &mut c.layers[index],
+                write_column: c.write_column.as_ref().map(Var::as_tensor),
+            });
             let at = (index, decoding);
             x = self.layer_forward(at, layer, &x, &rope, input, layer_cache)?;
         }
@@ -351,7 +430,7 @@ impl Model {
         x: &Tensor,
         rope: &RopeTables,
         input: &ForwardInput,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        cache: Option<LayerCache>,
     ) -> Result<Tensor> {
         let cfg = &self.config;
         let (b, t, _) = x.dims3()?;
@@ -377,17 +456,7 @@ impl Model {
         let v = heads_first(v, kv_heads)?;
 
         let (k, v) = match cache {
-            Some(slot) => {
-                let (k, v) = match slot.take() {
-                    Some((past_k, past_v)) => (
-                        Tensor::cat(&[&past_k, &k], 2)?,
-                        Tensor::cat(&[&past_v, &v], 2)?,
-                    ),
-                    None => (k, v),
-                };
-                *slot = Some((k.clone(), v.clone()));
-                (k, v)
-            }
+            Some(cache) => cache.append(k, v)?,
             None => (k, v),
         };
         let s = k.dim(2)?;
@@ -453,4 +522,77 @@ pub fn causal_mask(t: usize, past: usize, dtype: DType, device: &Device) -> Resu
         .flat_map(|i| (0..total).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
         .collect();
     Tensor::from_vec(values, (1, 1, t, total), device)?.to_dtype(dtype)
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Tensor};
+
+    use super::{causal_mask, ForwardInput, KvCache, LogitsFor};
+    use crate::testing::{max_abs_diff, tiny_engine};
+
+    /// What a GPU's decoding graph runs (`decode_graph.rs`): keys and values written in place
+    /// at a column read from the device, attention over the whole capacity with the unused
+    /// columns masked. It must give the logits of a cache that grows by concatenation.
+    #[test]
+    fn a_cache_of_fixed_capacity_decodes_as_a_growing_one() {
+        let engine = tiny_engine(3);
+        let model = &engine.model;
+        let device = model.device();
+        let (rows, prompt, capacity) = (2, 5, 12);
+        let ids: Vec<u32> = (0..(rows * prompt) as u32)
+            .map(|i| 40 + i * 7 % 50)
+            .collect();
+        let input_ids = Tensor::from_vec(ids, (rows, prompt), device).unwrap();
+        let positions = Tensor::arange(0u32, prompt as u32, device)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap()
+            .repeat((rows, 1))
+            .unwrap();
+        let mask = causal_mask(prompt, 0, DType::F32, device).unwrap();
+        let mut growing = KvCache::new(model.config.num_layers);
+        let prefill = ForwardInput {
+            input_ids: &input_ids,
+            positions: &positions,
+            mask: Some(&mask),
+            adapter: None,
+            logits: LogitsFor::LastPosition,
+            decoding: false,
+        };
+        model.forward(&prefill, Some(&mut growing)).unwrap();
+        let mut fixed = growing.clone();
+        fixed.fix_capacity(capacity).unwrap();
+
+        for step in 0..4 {
+            let column = prompt + step;
+            let ids = Tensor::new(&[[60 + step as u32], [90 - step as u32]], device).unwrap();
+            let positions = Tensor::new(&[[column as u32], [column as u32]], device).unwrap();
+            let decode = |mask: &Tensor, cache: &mut KvCache| {
+                let input = ForwardInput {
+                    input_ids: &ids,
+                    positions: &positions,
+                    mask: Some(mask),
+                    adapter: None,
+                    logits: LogitsFor::LastPosition,
+                    decoding: false,
+                };
+                model.forward(&input, Some(cache)).unwrap()
+            };
+            let all_columns = Tensor::zeros((rows, 1, 1, column + 1), DType::F32, device).unwrap();
+            let expected = decode(&all_columns, &mut growing);
+            let used: Vec<f32> = (0..capacity)
+                .map(|c| if c <= column { 0.0 } else { f32::NEG_INFINITY })
+                .collect();
+            let used = Tensor::new(used.as_slice(), device)
+                .unwrap()
+                .reshape((1, 1, 1, capacity))
+                .unwrap()
+                .repeat((rows, 1, 1, 1))
+                .unwrap();
+            fixed.set_write_column(column).unwrap();
+            let got = decode(&used, &mut fixed);
+            assert!(max_abs_diff(&got, &expected) < 1e-4, "step {step}");
+        }
+    }
 }

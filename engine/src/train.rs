@@ -124,6 +124,7 @@ pub struct EncodedExample {
 
 pub struct SftTrainer {
     engine: Arc<Engine>,
+    _presence: crate::engine::TrainerPresence,
     adapter: LoraAdapter,
     options: TrainerOptions,
     optimizer: FlatAdamW,
@@ -146,6 +147,7 @@ impl SftTrainer {
             _ => None,
         };
         Ok(Self {
+            _presence: crate::engine::TrainerPresence::new(engine.clone()),
             engine,
             adapter,
             options,
