@@ -87,6 +87,11 @@ impl DecodeGraph {
                 self.run(engine, adapter, cache)?;
                 self.state = State::Warm;
             }
+            // A trainer that started since this generation did makes a capture unsafe.
+            State::Warm if !engine.may_capture_decoding() => {
+                self.state = State::Eager;
+                self.run(engine, adapter, cache)?;
+            }
             State::Warm => {
                 turn.take();
                 let exclusive = engine.exclusive_stream_turn();

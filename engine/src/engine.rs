@@ -271,6 +271,7 @@ impl Engine {
     }
 
     /// Whether a generation may capture its decoding steps now (see `TrainerPresence`).
+    #[cfg(feature = "cuda")]
     pub(crate) fn may_capture_decoding(&self) -> bool {
         self.decode_graphs() && self.trainers.load(Ordering::SeqCst) == 0
     }

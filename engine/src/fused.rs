@@ -88,12 +88,10 @@ struct RmsNorm {
     eps: f32,
 }
 
-impl RmsNorm {
-    /// `1 / sqrt(mean(x^2) + eps)` of one row.
-    fn inverse_rms(&self, x: &[f32]) -> f32 {
-        let mean_square = x.iter().map(|v| v * v).sum::<f32>() / x.len().max(1) as f32;
-        1.0 / (mean_square + self.eps).sqrt()
-    }
+/// `1 / sqrt(mean(x^2) + eps)` of one row.
+fn inverse_rms(x: &[f32], eps: f32) -> f32 {
+    let mean_square = x.iter().map(|v| v * v).sum::<f32>() / x.len().max(1) as f32;
+    1.0 / (mean_square + eps).sqrt()
 }
 
 impl CustomOp1 for RmsNorm {
@@ -115,7 +113,7 @@ impl CustomOp1 for RmsNorm {
         let mut y = vec![0f32; x.len()];
         fill_rows(&mut y, width, |row, out| {
             let x = &x[row * width..(row + 1) * width];
-            let scale = self.inverse_rms(x);
+            let scale = inverse_rms(x, self.eps);
             for ((o, x), w) in out.iter_mut().zip(x).zip(weight) {
                 *o = x * scale * w;
             }
@@ -155,15 +153,11 @@ impl CustomOp2 for RmsNormBackward {
         let (guard, weight_layout) = self.weight.storage_and_layout();
         let weight = captured(&guard, weight_layout, self.name())?;
         let width = last_dim(x_layout);
-        let norm = RmsNorm {
-            weight: self.weight.clone(),
-            eps: self.eps,
-        };
         let mut dx = vec![0f32; x.len()];
         fill_rows(&mut dx, width, |row, out| {
             let span = row * width..(row + 1) * width;
             let (x, grad) = (&x[span.clone()], &grad[span]);
-            let r = norm.inverse_rms(x);
+            let r = inverse_rms(x, self.eps);
             let mean = x
                 .iter()
                 .zip(grad)

@@ -90,6 +90,10 @@ pub(crate) struct DecodeInputs {
     /// Additive mask over the cache's fixed capacity, `rows x capacity`.
     pub mask: Vec<f32>,
     /// The cache column this step's keys and values go to.
+    #[cfg_attr(
+        not(feature = "cuda"),
+        expect(dead_code, reason = "read by the GPU's decoding graph only")
+    )]
     pub column: usize,
 }
 
@@ -109,6 +113,13 @@ impl DecodeGraph {
     ) -> candle_core::Result<Tensor> {
         match *self {}
     }
+}
+
+/// What a row picks its next token from.
+enum RowScores {
+    Logits(Vec<f32>),
+    /// The device's greedy pick (`Engine::step_scores`).
+    Picked(u32),
 }
 
 /// Below this many scores per step (rows x vocabulary) sampling stays on the calling thread.
@@ -304,17 +315,16 @@ impl Engine {
             None
         };
         loop {
-            let mut step_logits: Vec<Vec<f32>> =
-                logits.squeeze(1)?.to_dtype(DType::F32)?.to_vec2()?;
+            let mut step_scores = self.step_scores(&logits, &rows, &active, requests)?;
             if graph.is_some() {
                 // A graph's batch keeps every row, in request order.
-                step_logits = active
+                step_scores = active
                     .iter()
-                    .map(|&r| std::mem::take(&mut step_logits[r]))
+                    .map(|&r| std::mem::replace(&mut step_scores[r], RowScores::Picked(0)))
                     .collect();
             }
             let mut next_tokens =
-                self.next_tokens(&mut rows, &active, requests, &step_logits, json_vocab)?;
+                self.next_tokens(&mut rows, &active, requests, step_scores, json_vocab)?;
             for (slot, &row_index) in active.iter().enumerate() {
                 let row = &mut rows[row_index];
                 let request = &requests[row.request];
@@ -589,7 +599,34 @@ impl Engine {
         }
     }
 
-    /// The next token of every active row (`active` ascending, `logits` in its order). Rows
+    /// What each row of the step's logits `[rows, 1, vocab]` picks its next token from. On a
+    /// GPU, when every active row decodes greedily with nothing to constrain or penalise, the
+    /// device takes the argmax and only the tokens cross to the host (at batch 64, 12 MB of
+    /// logits a step otherwise, and a pass over them per row).
+    fn step_scores(
+        &self,
+        logits: &Tensor,
+        rows: &[Row],
+        active: &[usize],
+        requests: &[GenerationRequest],
+    ) -> Result<Vec<RowScores>> {
+        let logits = logits.squeeze(1)?;
+        let plain_greedy = |row: &Row| {
+            let params = &requests[row.request].params;
+            row.forced.is_empty()
+                && row.json.is_none()
+                && params.temperature <= 0.0
+                && params.repetition_penalty == 1.0
+        };
+        if logits.device().is_cuda() && active.iter().all(|&r| plain_greedy(&rows[r])) {
+            let picked = logits.argmax(candle_core::D::Minus1)?.to_vec1::<u32>()?;
+            return Ok(picked.into_iter().map(RowScores::Picked).collect());
+        }
+        let logits: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
+        Ok(logits.into_iter().map(RowScores::Logits).collect())
+    }
+
+    /// The next token of every active row (`active` ascending, `scores` in its order). Rows
     /// are independent, so a large batch spreads its sampling (a pass over the vocabulary per
     /// row) over the CPU's cores.
     fn next_tokens(
@@ -597,23 +634,26 @@ impl Engine {
         rows: &mut [Row],
         active: &[usize],
         requests: &[GenerationRequest],
-        logits: &[Vec<f32>],
+        scores: Vec<RowScores>,
         json_vocab: Option<&JsonVocab>,
     ) -> Result<Vec<Option<u32>>> {
         let mut is_active = vec![false; rows.len()];
         active.iter().for_each(|&i| is_active[i] = true);
-        let mut work: Vec<(&mut Row, &[f32])> = rows
+        let vocab = match scores.first() {
+            Some(RowScores::Logits(logits)) => logits.len(),
+            _ => 0,
+        };
+        let mut work: Vec<(&mut Row, RowScores)> = rows
             .iter_mut()
             .enumerate()
             .filter(|(i, _)| is_active[*i])
             .map(|(_, row)| row)
-            .zip(logits.iter().map(Vec::as_slice))
+            .zip(scores)
             .collect();
-        let pick = |(row, logits): &mut (&mut Row, &[f32])| {
+        let pick = |(row, scores): &mut (&mut Row, RowScores)| {
             let params = &requests[row.request].params;
-            self.next_token(row, params, logits, json_vocab)
+            self.next_token(row, params, scores, json_vocab)
         };
-        let vocab = logits.first().map_or(0, Vec::len);
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         if threads == 1 || work.len() * vocab < PARALLEL_SAMPLING_MIN_SCORES {
             return work.iter_mut().map(pick).collect();
@@ -638,7 +678,7 @@ impl Engine {
         &self,
         row: &mut Row,
         params: &SamplingParams,
-        logits: &[f32],
+        scores: &RowScores,
         json_vocab: Option<&JsonVocab>,
     ) -> Result<Option<u32>> {
         if let Some(token) = row.forced.pop_front() {
@@ -650,7 +690,11 @@ impl Engine {
                 return Ok(None);
             }
         }
-        let mut scores = logits.to_vec();
+        let logits = match scores {
+            RowScores::Logits(logits) => logits,
+            RowScores::Picked(token) => return Ok(self.unless_stop(row, *token)),
+        };
+        let mut scores = logits.clone();
         if params.repetition_penalty != 1.0 {
             for &id in &row.generated {
                 let s = &mut scores[id as usize];
@@ -684,11 +728,16 @@ impl Engine {
             json.string_tokens += 1;
             return Ok(Some(token));
         }
+        Ok(self.unless_stop(row, token))
+    }
+
+    /// `token`, or None with the row finished when it is a stop token.
+    fn unless_stop(&self, row: &mut Row, token: u32) -> Option<u32> {
         if self.tokenizer.stop_ids().contains(&token) {
             row.finish = Some(FinishReason::Stop);
-            return Ok(None);
+            return None;
         }
-        Ok(Some(token))
+        Some(token)
     }
 
     /// Updates the row's text, applies stop strings, streams what is safe to show.

@@ -58,8 +58,12 @@ pub struct RmsNorm {
 }
 
 impl RmsNorm {
-    /// Normalises in f32 whatever the model dtype, like the HF reference.
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// Normalises in f32 whatever the model dtype, like the HF reference. `one_kernel`
+    /// (`one_kernel_ops`) takes candle-nn's kernel, which has no backward.
+    fn forward(&self, x: &Tensor, one_kernel: bool) -> Result<Tensor> {
+        if one_kernel {
+            return candle_nn::ops::rms_norm(x, &self.weight, self.eps as f32);
+        }
         if fused::applies(x) {
             return fused::rms_norm(x, &self.weight, self.eps);
         }
@@ -69,6 +73,15 @@ impl RmsNorm {
         let normed = x32.broadcast_div(&(mean_square + self.eps)?.sqrt()?)?;
         normed.to_dtype(dtype)?.broadcast_mul(&self.weight)
     }
+}
+
+/// Whether a forward call takes single-kernel ops without a backward (candle-nn's RMSNorm
+/// and softmax) where the differentiable ones launch several kernels: in the steps that pick
+/// tokens on a GPU, whose time is kernel launches and latencies, not arithmetic (a
+/// decoding step of SmolLM2 is about 50 kernels a layer). Prompts, scoring and training keep
+/// the differentiable ops.
+fn one_kernel_ops(input: &ForwardInput, x: &Tensor) -> bool {
+    input.decoding && x.device().is_cuda()
 }
 
 /// Rotary embedding tables, HF layout (rotate the two halves of each head).
@@ -396,7 +409,7 @@ impl Model {
             LogitsFor::LastPosition => x.narrow(1, t - 1, 1)?,
             LogitsFor::FlatPositions(rows) => x.reshape((b * t, hidden))?.index_select(rows, 0)?,
         };
-        let x = self.norm.forward(&x)?;
+        let x = self.norm.forward(&x, one_kernel_ops(input, &x))?;
         let logits = base_product(&x, &self.lm_head, self.lm_head_decode.as_ref(), decoding)?;
         logits.to_dtype(DType::F32)
     }
@@ -440,7 +453,8 @@ impl Model {
             input.adapter.map(|_| h.to_dtype(DType::F32)).transpose()
         };
 
-        let h = layer.input_layernorm.forward(x)?;
+        let one_kernel = one_kernel_ops(input, x);
+        let h = layer.input_layernorm.forward(x, one_kernel)?;
         let h32 = with_f32(&h)?;
         let lora = input.adapter.zip(h32.as_ref());
         let q = self.project(&attn.q_proj, &h, lora, at, Projection::Q)?;
@@ -470,8 +484,11 @@ impl Model {
             Some(mask) => scores.broadcast_add(mask)?,
             None => scores,
         };
+        // In f32: candle-nn's kernel would take the exponentials in the model dtype.
         let scores = scores.to_dtype(DType::F32)?;
-        let probs = if fused::applies(&scores) {
+        let probs = if one_kernel {
+            candle_nn::ops::softmax_last_dim(&scores)?
+        } else if fused::applies(&scores) {
             fused::softmax_last_dim(&scores)?
         } else {
             softmax_last_dim(&scores)?
@@ -488,7 +505,7 @@ impl Model {
         let attn_out = self.project(&attn.o_proj, &attended, lora, at, Projection::O)?;
         let x = (x + attn_out)?;
 
-        let h = layer.post_attention_layernorm.forward(&x)?;
+        let h = layer.post_attention_layernorm.forward(&x, one_kernel)?;
         let h32 = with_f32(&h)?;
         let lora = input.adapter.zip(h32.as_ref());
         let gate = self.project(&layer.mlp.gate_proj, &h, lora, at, Projection::Gate)?;

@@ -138,6 +138,8 @@ pub struct SftTrainer {
 
 impl SftTrainer {
     pub fn new(engine: Arc<Engine>, adapter: LoraAdapter, options: TrainerOptions) -> Result<Self> {
+        // Counted before its first device work (the optimizer's buffers).
+        let presence = crate::engine::TrainerPresence::new(engine.clone());
         let optimizer = FlatAdamW::new(adapter.named_vars(), engine.device())?;
         #[cfg(feature = "cuda")]
         let graphs = match engine.device() {
@@ -147,7 +149,7 @@ impl SftTrainer {
             _ => None,
         };
         Ok(Self {
-            _presence: crate::engine::TrainerPresence::new(engine.clone()),
+            _presence: presence,
             engine,
             adapter,
             options,
