@@ -678,7 +678,7 @@ impl Engine {
         &self,
         row: &mut Row,
         params: &SamplingParams,
-        scores: &RowScores,
+        scores: &mut RowScores,
         json_vocab: Option<&JsonVocab>,
     ) -> Result<Option<u32>> {
         if let Some(token) = row.forced.pop_front() {
@@ -690,11 +690,10 @@ impl Engine {
                 return Ok(None);
             }
         }
-        let logits = match scores {
-            RowScores::Logits(logits) => logits,
+        let mut scores = match scores {
+            RowScores::Logits(logits) => std::mem::take(logits),
             RowScores::Picked(token) => return Ok(self.unless_stop(row, *token)),
         };
-        let mut scores = logits.clone();
         if params.repetition_penalty != 1.0 {
             for &id in &row.generated {
                 let s = &mut scores[id as usize];
