@@ -11,11 +11,12 @@
 
 use std::sync::RwLockReadGuard;
 
-use candle_core::cuda_backend::cudarc::driver::{sys, CudaGraph};
+use candle_core::cuda_backend::cudarc::driver::CudaGraph;
 use candle_core::{CudaDevice, DType, Result, Tensor, Var};
 use tracing::{debug, warn};
 
 use crate::generate::DecodeInputs;
+use crate::graph::record_graph;
 use crate::lora::LoraAdapter;
 use crate::model::{ForwardInput, KvCache, LogitsFor};
 use crate::Engine;
@@ -95,7 +96,7 @@ impl DecodeGraph {
             State::Warm => {
                 turn.take();
                 let exclusive = engine.exclusive_stream_turn();
-                let captured = self.capture(engine, adapter, cache);
+                let captured = record_graph(&self.device, || self.run(engine, adapter, cache));
                 drop(exclusive);
                 *turn = Some(engine.shared_stream_turn());
                 match captured {
@@ -136,34 +137,5 @@ impl DecodeGraph {
             Some(cache),
         )?;
         self.logits.set(&logits)
-    }
-
-    /// Records the step into a graph; nothing runs until it is launched.
-    fn capture(
-        &self,
-        engine: &Engine,
-        adapter: Option<&LoraAdapter>,
-        cache: &mut KvCache,
-    ) -> Result<CudaGraph> {
-        let stream = self.device.cuda_stream();
-        let _upload_cache = self.device.enable_cuda_graph_htod_cache();
-        stream
-            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
-            .map_err(candle_core::Error::wrap)?;
-        let recorded = self.run(engine, adapter, cache);
-        let graph = stream.end_capture(
-            sys::CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH,
-        );
-        match (recorded, graph) {
-            (Ok(()), Ok(Some(graph))) => Ok(graph),
-            (recorded, graph) => {
-                // Errors of calls made while the capture was broken are parked in the
-                // context; clear them so they do not surface in a later, unrelated call.
-                let _ = stream.context().check_err();
-                recorded?;
-                graph.map_err(candle_core::Error::wrap)?;
-                candle_core::bail!("the capture produced no graph")
-            }
-        }
     }
 }

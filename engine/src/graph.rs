@@ -170,32 +170,46 @@ impl StepGraphs {
             answer_tokens: batch.answer_tokens,
             packed: None,
         };
-        let stream = self.device.cuda_stream();
-        let _upload_cache = self.device.enable_cuda_graph_htod_cache();
-        stream
-            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
-            .map_err(candle_core::Error::wrap)?;
-        let recorded = step(&static_batch);
-        drop(static_batch);
-        // Memory a replay allocates and does not free (none, when `step` keeps its
-        // contract) is released before the next replay rather than piling up.
-        let graph = stream.end_capture(
-            sys::CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH,
-        );
-        match (recorded, graph) {
-            (Ok(()), Ok(Some(graph))) => Ok(CapturedStep {
-                graph,
-                last_used: self.clock,
-                buffers,
-            }),
-            (recorded, graph) => {
-                // Errors of calls made while the capture was broken are parked in the
-                // context; clear them so they do not surface in a later, unrelated call.
-                let _ = stream.context().check_err();
-                recorded?;
-                graph.map_err(candle_core::Error::wrap)?;
-                candle_core::bail!("the capture produced no graph")
-            }
+        let graph = record_graph(&self.device, move || {
+            let recorded = step(&static_batch);
+            drop(static_batch);
+            recorded
+        })?;
+        Ok(CapturedStep {
+            graph,
+            last_used: self.clock,
+            buffers,
+        })
+    }
+}
+
+/// Records what `record` queues on `device`'s stream into a graph, with candle's upload
+/// cache on; nothing runs until the graph is launched. `record` must free everything it
+/// allocates before it returns (the training step and the decoding step do).
+pub(crate) fn record_graph(
+    device: &CudaDevice,
+    record: impl FnOnce() -> Result<()>,
+) -> Result<CudaGraph> {
+    let stream = device.cuda_stream();
+    let _upload_cache = device.enable_cuda_graph_htod_cache();
+    stream
+        .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
+        .map_err(candle_core::Error::wrap)?;
+    let recorded = record();
+    // Memory a replay allocates and does not free (none, when `record` keeps its contract)
+    // is released before the next replay rather than piling up.
+    let graph = stream.end_capture(
+        sys::CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH,
+    );
+    match (recorded, graph) {
+        (Ok(()), Ok(Some(graph))) => Ok(graph),
+        (recorded, graph) => {
+            // Errors of calls made while the capture was broken are parked in the context;
+            // clear them so they do not surface in a later, unrelated call.
+            let _ = stream.context().check_err();
+            recorded?;
+            graph.map_err(candle_core::Error::wrap)?;
+            candle_core::bail!("the capture produced no graph")
         }
     }
 }
