@@ -148,7 +148,44 @@ fn keep_freed_memory_between_steps() {
     }
 }
 
+/// Two settings of candle's CPU backend, made once before any thread starts (each one only
+/// where the environment does not already set it). Measured with `lift bench train --batch 4
+/// --seq 96 --rank 16` and `lift bench generate`, release, 2 cores, 2026-12-05
+/// (docs/benchmarks.md, "Thread settings").
+/// - `RAYON_NUM_THREADS`: unset, candle works out its thread count again for every matmul, and
+///   on Linux that parses `/proc/cpuinfo` each time: decoding one sequence went from 66 to 87
+///   tokens/s once the count was given. It is candle's own count (physical cores), capped by
+///   what this process may use (`available_parallelism` honours CPU quotas and affinity).
+/// - `CANDLE_BARRIER_POOL_SPIN_LIMIT`: candle's pool (its element-wise ops, our 8-bit decoding
+///   kernel) spins 25,000 times before a worker sleeps, while gemm runs its matmuls on rayon's
+///   threads, so in training the idle worker spun on a core gemm needed (18 % of a step's CPU
+///   samples). With 2,000 spins a LoRA step took 2.2 to 2.3 s against 2.8 s, and decoding stayed
+///   within 3 %.
+#[allow(clippy::disallowed_methods)] // candle's and rayon's own variables, before any thread starts
+fn configure_cpu_threads() {
+    let physical = lift_engine::cpu_threads();
+    let allowed = std::thread::available_parallelism().map_or(physical, usize::from);
+    let settings = [
+        (
+            "RAYON_NUM_THREADS",
+            physical.min(allowed).max(1).to_string(),
+        ),
+        ("CANDLE_BARRIER_POOL_SPIN_LIMIT", "2000".to_string()),
+    ];
+    for (variable, value) in settings {
+        if std::env::var_os(variable).is_none() {
+            // SAFETY: called first in `main`, before any other thread exists to read the
+            // environment.
+            #[allow(unsafe_code)]
+            unsafe {
+                std::env::set_var(variable, value);
+            }
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    configure_cpu_threads();
     keep_freed_memory_between_steps();
     let cli = Cli::parse();
     lift_shared::tls::install_crypto_provider();

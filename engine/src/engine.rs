@@ -116,6 +116,12 @@ impl Default for DeviceChoice {
     }
 }
 
+/// The threads candle's CPU backend uses when `RAYON_NUM_THREADS` does not say: the physical
+/// cores (or, on Linux, the cores that a `CANDLE_CPU_MASK` or a big/little layout prefers).
+pub fn cpu_threads() -> usize {
+    candle_core::utils::get_num_threads()
+}
+
 /// CPU unless the `cuda` feature is on, a GPU is present and `choice` allows it.
 pub fn pick_device(choice: DeviceChoice) -> Device {
     if choice.cpu_only || !candle_core::utils::cuda_is_available() {

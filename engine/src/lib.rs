@@ -35,7 +35,9 @@ pub mod train;
 pub use batcher::{Batcher, BatcherOptions};
 pub use candle_core::{DType, Device};
 pub use config::{Architecture, ModelConfig};
-pub use engine::{default_dtype, pick_device, DeviceChoice, Engine, ModelSource, DEFAULT_MODEL_ID};
+pub use engine::{
+    cpu_threads, default_dtype, pick_device, DeviceChoice, Engine, ModelSource, DEFAULT_MODEL_ID,
+};
 pub use error::{EngineError, Result};
 pub use generate::{
     FinishReason, GenerationOutput, GenerationRequest, OutputConstraint, SamplingParams,
