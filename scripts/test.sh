@@ -50,4 +50,9 @@ step "build the lift binary (the cross-process tests run it)"
 cargo build -p lift-cli --features lift-engine/testing
 
 step "cargo test"
+# The thread settings `lift` makes in its main (cli/src/main.rs, configure_cpu_threads), for
+# the tests that run the engine in their own process: unset, candle parses /proc/cpuinfo for
+# every matmul, and its idle pool worker spins on a core the matmuls need.
+export RAYON_NUM_THREADS=${RAYON_NUM_THREADS:-$(nproc)}
+export CANDLE_BARRIER_POOL_SPIN_LIMIT=${CANDLE_BARRIER_POOL_SPIN_LIMIT:-2000}
 cargo test --workspace -- --test-threads=2
