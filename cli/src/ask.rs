@@ -82,6 +82,7 @@ pub async fn ranked_answers(
         .map(|q| ContrastPrompt {
             prompt: qa_prompt(title, q),
             baseline: qa_prompt(title, BASELINE_QUESTION),
+            question: q.clone(),
         })
         .collect();
     tokio::task::spawn_blocking(move || engine.rank_replies(adapter.as_deref(), &prompts, &options))

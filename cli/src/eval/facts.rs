@@ -53,6 +53,7 @@ impl FactAnswers {
                                     "log_prob": c.given_prompt.log_prob,
                                     "baseline_log_prob": c.given_baseline.log_prob,
                                     "tokens": c.given_prompt.tokens,
+                                    "question_log_prob": c.question_given_reply.log_prob,
                                 })
                             })
                             .collect()
@@ -87,23 +88,36 @@ impl FactAnswers {
 
 /// Baseline weights the candidates summary picks with (0: by likelihood alone).
 const CANDIDATE_BASELINE_WEIGHTS: [f64; 5] = [0.0, 0.25, 0.5, 0.75, 1.0];
+/// Weights of log p(question | reply) in the noisy-channel picks of the summary.
+const CANDIDATE_QUESTION_WEIGHTS: [f64; 4] = [0.25, 0.5, 1.0, 2.0];
 
 /// Over the questions whose candidates were drawn: how many the greedy answer got, how many
 /// have the key fact in some candidate, and how many the best candidate by contrast gets
-/// at each baseline weight (`lift_engine::rerank`).
+/// at each baseline weight and by the noisy channel at each question weight
+/// (`lift_engine::rerank`).
 fn candidates_summary(results: &[FactAnswers]) -> serde_json::Value {
     let drawn: Vec<(&FactQuestion, &RankedReplies)> = results
         .iter()
         .flat_map(|r| r.document.questions.iter().zip(&r.settings.candidates))
         .collect();
+    let answered_by = |score: &dyn Fn(&Candidate) -> f64| {
+        drawn
+            .iter()
+            .filter(|(q, ranked)| q.is_answered_by(&ranked.best_by(score).text))
+            .count()
+    };
     let by_weight: Vec<_> = CANDIDATE_BASELINE_WEIGHTS
         .iter()
         .map(|&weight| {
-            let answered = drawn
-                .iter()
-                .filter(|(q, ranked)| q.is_answered_by(&ranked.best(weight).text))
-                .count();
+            let answered = answered_by(&|c| c.contrast(weight));
             json!({ "baseline_weight": weight, "answered": answered })
+        })
+        .collect();
+    let by_channel: Vec<_> = CANDIDATE_QUESTION_WEIGHTS
+        .iter()
+        .map(|&weight| {
+            let answered = answered_by(&|c| c.channel(weight));
+            json!({ "question_weight": weight, "answered": answered })
         })
         .collect();
     json!({
@@ -117,6 +131,7 @@ fn candidates_summary(results: &[FactAnswers]) -> serde_json::Value {
             .filter(|(q, ranked)| ranked.candidates.iter().any(|c| q.is_answered_by(&c.text)))
             .count(),
         "best_by_contrast": by_weight,
+        "best_by_channel": by_channel,
     })
 }
 

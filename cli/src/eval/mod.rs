@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use lift_engine::{Engine, LoraAdapter, RankedReplies, RerankOptions};
+use lift_engine::{Candidate, Engine, LoraAdapter, RankedReplies, RerankOptions};
 use lift_eval::facts::{load_fact_documents, FactDocument, FactQuestion, FactScore};
 use lift_eval::haystack::{build_haystack, load_essays};
 use lift_eval::metrics::{contains_answer, contains_key_facts, exact_match, token_f1};
@@ -89,8 +89,8 @@ pub struct FactsArgs {
     pub only: Vec<String>,
     /// A diagnostic: also draw this many sampled answers (temperature 1) per question from the
     /// adapted model, and report every candidate, whether it holds the key fact, and its
-    /// log-probability under its question and under a question asking nothing
-    /// (`lift_engine::rerank`); 0 draws none. Whether the fact is among the candidates says
+    /// log-probability under its question and under a question asking nothing, and the
+    /// question's given it under the base model (`lift_engine::rerank`); 0 draws none. Whether the fact is among the candidates says
     /// whether the adapter stored it where the greedy answer did not find it. At most 32: every
     /// draw is a row of one generation batch per document.
     #[arg(long, default_value_t = 0,
