@@ -200,13 +200,18 @@ impl LoraAdapter {
 
     /// The LoRA term for `x` `[.., in]` in f32, or None when the projection carries no
     /// adapter. The scale applies to the rank-sized intermediate, the smallest tensor.
+    /// The pair trained on `projection` of `layer`, if the adapter has one there.
+    pub fn pair(&self, layer: usize, projection: Projection) -> Option<&LoraPair> {
+        self.layers.get(layer).and_then(|l| l.get(&projection))
+    }
+
     pub fn delta(
         &self,
         layer: usize,
         projection: Projection,
         x: &Tensor,
     ) -> CandleResult<Option<Tensor>> {
-        let Some(pair) = self.layers.get(layer).and_then(|l| l.get(&projection)) else {
+        let Some(pair) = self.pair(layer, projection) else {
             return Ok(None);
         };
         let mut dims = x.dims().to_vec();

@@ -6,9 +6,9 @@ use candle_core::{DType, Device, Result, Tensor, Var, D};
 
 use crate::config::ModelConfig;
 use crate::decode_weight::DecodeWeight;
-use crate::frozen::frozen_matmul;
+use crate::frozen::{frozen_matmul, lora_matmul};
 use crate::fused;
-use crate::lora::{LoraAdapter, Projection};
+use crate::lora::{LoraAdapter, LoraPair, Projection};
 use crate::ops::swap_halves;
 
 /// A frozen base-model projection, `y = x W^T (+ b)`, W stored `[out, in]` as in HF.
@@ -30,7 +30,31 @@ impl Linear {
     }
 
     fn forward(&self, x: &Tensor, decoding: bool) -> Result<Tensor> {
-        let y = base_product(x, &self.weight, self.decode.as_ref(), decoding)?;
+        self.add_bias(base_product(
+            x,
+            &self.weight,
+            self.decode.as_ref(),
+            decoding,
+        )?)
+    }
+
+    /// The projection and the LoRA term of `pair` as one op, where `lora_matmul` applies:
+    /// on the CPU in f32, from the f32 weight (not a decoding copy).
+    fn forward_fused_lora(
+        &self,
+        x: &Tensor,
+        decoding: bool,
+        pair: &LoraPair,
+        scale: f64,
+    ) -> Result<Option<Tensor>> {
+        if !fused::applies(x) || (decoding && self.decode.is_some()) {
+            return Ok(None);
+        }
+        self.add_bias(lora_matmul(x, &self.weight, pair, scale)?)
+            .map(Some)
+    }
+
+    fn add_bias(&self, y: Tensor) -> Result<Tensor> {
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
@@ -425,6 +449,14 @@ impl Model {
         (layer, decoding): (usize, bool),
         projection: Projection,
     ) -> Result<Tensor> {
+        if let Some((adapter, _)) = lora_input {
+            if let Some(pair) = adapter.pair(layer, projection) {
+                let scale = adapter.config.scale();
+                if let Some(y) = linear.forward_fused_lora(x, decoding, pair, scale)? {
+                    return Ok(y);
+                }
+            }
+        }
         let base = linear.forward(x, decoding)?;
         let delta = match lora_input {
             Some((adapter, x32)) => adapter.delta(layer, projection, x32)?,

@@ -79,13 +79,18 @@ pub struct TrainerOptions {
     /// On a GPU, replay each batch shape's step as one CUDA graph from its second occurrence
     /// on (the step is launch-bound at LIFT's batch sizes). Ignored on CPU.
     pub cuda_graphs: bool,
-    /// On a CPU, a step's examples go through forward and backward this many at a time (one
-    /// packed row each, `packed_row`) and their gradients are summed before the one update:
-    /// the same step, with the activation memory of a smaller batch (a laptop's RAM is the
-    /// limit there, not the matmul width). Ignored on a GPU, where a step is one captured
-    /// graph. At 2, the quick start's job peaked at 2.2 GB; at 4, 3.2 GB and a quarter
-    /// faster (docs/benchmarks.md).
+    /// On a CPU, a step's examples go through forward and backward at most this many at a
+    /// time, in one packed row (`packed_row`) of at most `cpu_row_tokens` tokens, and their
+    /// gradients are summed before the one update: the same step, with the activation memory
+    /// of a smaller batch (a laptop's RAM is the limit there). Ignored on a GPU, where a step
+    /// is one captured graph. With the projection and its LoRA term fused (`frozen.rs`), the
+    /// quick start's job at 4 a row took 235 s and peaked at 2.3 GB, at 2 a row 336 s and
+    /// 1.8 GB (docs/benchmarks.md, "One op for a projection and its LoRA term").
     pub cpu_micro_batch: usize,
+    /// The most tokens of one packed row, unless a single example is longer: activation
+    /// memory grows with a row's tokens and attention's with their square, and LIFT's rows
+    /// of 4 short exchanges stay well under it.
+    pub cpu_row_tokens: usize,
 }
 
 impl Default for TrainerOptions {
@@ -100,7 +105,8 @@ impl Default for TrainerOptions {
             max_grad_norm: 1.0,
             max_seq_len: 512,
             cuda_graphs: true,
-            cpu_micro_batch: 2,
+            cpu_micro_batch: 4,
+            cpu_row_tokens: 512,
         }
     }
 }
@@ -185,13 +191,17 @@ impl SftTrainer {
     }
 
     pub fn batch(&self, examples: &[SftExample]) -> Result<SftBatch> {
-        if examples.is_empty() {
-            return Err(EngineError::InvalidRequest("empty training batch".into()));
-        }
         let encoded = examples
             .iter()
             .map(|e| self.encode(e))
             .collect::<Result<Vec<_>>>()?;
+        self.batch_of(encoded)
+    }
+
+    fn batch_of(&self, encoded: Vec<EncodedExample>) -> Result<SftBatch> {
+        if encoded.is_empty() {
+            return Err(EngineError::InvalidRequest("empty training batch".into()));
+        }
         let device = self.engine.device();
         // A CPU step costs time per token, and LIFT's examples share their prompt's start;
         // a GPU step replays a graph captured per batch shape, which a mask made per batch
@@ -253,16 +263,27 @@ impl SftTrainer {
 
     /// One optimizer step on `examples`.
     pub fn step(&mut self, examples: &[SftExample]) -> Result<StepStats> {
-        let micro = self.options.cpu_micro_batch.max(1);
-        if !self.engine.device().is_cpu() || examples.len() <= micro {
+        if !self.engine.device().is_cpu() {
             let batch = self.batch(examples)?;
             return self.step_batch(&batch);
         }
-        let batches = examples
-            .chunks(micro)
-            .map(|chunk| self.batch(chunk))
+        let encoded = examples
+            .iter()
+            .map(|e| self.encode(e))
             .collect::<Result<Vec<_>>>()?;
-        self.step_micro_batches(&batches)
+        let rows = cpu_rows(
+            encoded,
+            self.options.cpu_micro_batch.max(1),
+            self.options.cpu_row_tokens,
+        );
+        let mut batches = rows
+            .into_iter()
+            .map(|row| self.batch_of(row))
+            .collect::<Result<Vec<_>>>()?;
+        match batches.len() {
+            1 => self.step_batch(&batches.remove(0)),
+            _ => self.step_micro_batches(&batches),
+        }
     }
 
     /// One optimizer step over several batches: the gradient of the mean loss over all their
@@ -425,17 +446,55 @@ impl PackedRow {
     }
 }
 
-pub(crate) fn packed_row(encoded: &[EncodedExample]) -> PackedRow {
+/// Examples in order, grouped into packed rows of at most `per_row` examples and
+/// `row_tokens` tokens each (an example longer than that alone in its row).
+fn cpu_rows(
+    encoded: Vec<EncodedExample>,
+    per_row: usize,
+    row_tokens: usize,
+) -> Vec<Vec<EncodedExample>> {
+    let mut rows: Vec<Vec<EncodedExample>> = Vec::new();
+    for example in encoded {
+        let fits = rows.last().is_some_and(|row| {
+            let with: Vec<&EncodedExample> = row.iter().chain([&example]).collect();
+            with.len() <= per_row && packed_len(&with) <= row_tokens
+        });
+        match rows.last_mut() {
+            Some(row) if fits => row.push(example),
+            _ => rows.push(vec![example]),
+        }
+    }
+    rows
+}
+
+/// How many of the exchanges' first tokens a packed row computes once. Shared inputs only:
+/// no answer token (its loss belongs to one exchange) and not an exchange's last token
+/// (only ever a target).
+fn shared_len(encoded: &[&EncodedExample]) -> usize {
     let first = &encoded[0].ids;
-    // Shared inputs only: no answer token (its loss belongs to one exchange) and not an
-    // exchange's last token (only ever a target).
-    let shared = (0..first.len())
+    (0..first.len())
         .take_while(|&j| {
             encoded
                 .iter()
                 .all(|e| j + 1 < e.ids.len() && e.ids[j] == first[j] && !e.is_answer[j])
         })
-        .count();
+        .count()
+}
+
+/// The inputs of `packed_row(encoded)`: the shared start once, each exchange's own tokens
+/// but its last.
+fn packed_len(encoded: &[&EncodedExample]) -> usize {
+    let shared = shared_len(encoded);
+    shared
+        + encoded
+            .iter()
+            .map(|e| e.ids.len() - 1 - shared)
+            .sum::<usize>()
+}
+
+pub(crate) fn packed_row(encoded: &[EncodedExample]) -> PackedRow {
+    let first = &encoded[0].ids;
+    let shared = shared_len(&encoded.iter().collect::<Vec<_>>());
     let mut row = PackedRow {
         inputs: first[..shared].to_vec(),
         positions: (0..shared as u32).collect(),
@@ -777,8 +836,8 @@ mod tests {
     use candle_core::{Tensor, Var};
 
     use super::{
-        answer_positions, graph_bucket, packed_row, AnswerPositions, EncodedExample, SftBatch,
-        SftExample, SftTrainer, TrainerOptions,
+        answer_positions, cpu_rows, graph_bucket, packed_len, packed_row, AnswerPositions,
+        EncodedExample, SftBatch, SftExample, SftTrainer, TrainerOptions,
     };
     use crate::lora::LoraConfig;
     use crate::testing::{max_abs_diff, tiny_engine};
@@ -834,16 +893,19 @@ mod tests {
     fn a_step_in_micro_batches_is_the_step_of_the_whole_batch() {
         let engine = Arc::new(tiny_engine(5));
         let config = LoraConfig::new(4, 8.0, &[]).unwrap();
-        let trainer_with = |micro: usize| {
+        let trainer_with = |micro: usize, row_tokens: usize| {
             let options = TrainerOptions {
                 learning_rate: 1e-2,
                 cpu_micro_batch: micro,
+                cpu_row_tokens: row_tokens,
                 ..TrainerOptions::default()
             };
             let adapter = engine.new_adapter(config.clone(), 7).unwrap();
             SftTrainer::new(engine.clone(), adapter, options).unwrap()
         };
-        let (mut whole, mut micro) = (trainer_with(8), trainer_with(1));
+        let (mut whole, mut micro) = (trainer_with(8, 4096), trainer_with(1, 4096));
+        // Rows cut by their token count rather than their number of examples.
+        let mut short_rows = trainer_with(8, 8);
         let examples = [
             SftExample {
                 prompt: "Where is the lamp?".into(),
@@ -861,11 +923,52 @@ mod tests {
         for _ in 0..2 {
             let a = whole.step(&examples).unwrap();
             let b = micro.step(&examples).unwrap();
+            let c = short_rows.step(&examples).unwrap();
             assert_same_step(&a, &b);
+            assert_same_step(&a, &c);
             // One packed row computes the chat template's shared start once.
             assert!(a.tokens < b.tokens);
+            assert_eq!(b.tokens, c.tokens);
         }
         assert_same_adapter(&whole, &micro);
+        assert_same_adapter(&whole, &short_rows);
+    }
+
+    /// Rows keep the examples' order, hold at most `per_row` of them and `row_tokens`
+    /// packed tokens, and an example longer than that alone.
+    #[test]
+    fn cpu_rows_are_capped_by_examples_and_by_packed_tokens() {
+        // Four shared tokens, then `own` tokens no other example has; the last is answer.
+        let example = |index: u32, own: u32| EncodedExample {
+            ids: (0..4)
+                .chain((0..own).map(|j| 1000 * (index + 1) + j))
+                .collect(),
+            is_answer: (0..4 + own as usize)
+                .map(|j| j == 3 + own as usize)
+                .collect(),
+        };
+        let lengths = |rows: &[Vec<EncodedExample>]| -> Vec<Vec<usize>> {
+            rows.iter()
+                .map(|row| row.iter().map(|e| e.ids.len() - 4).collect())
+                .collect()
+        };
+        let make = |owns: &[u32]| {
+            (0..)
+                .zip(owns)
+                .map(|(index, &own)| example(index, own))
+                .collect::<Vec<_>>()
+        };
+        // By count: 4 shared + 3 x 2 own tokens (each without its last) = 10 <= 100.
+        let rows = cpu_rows(make(&[3, 3, 3, 3, 3]), 3, 100);
+        assert_eq!(lengths(&rows), vec![vec![3, 3, 3], vec![3, 3]]);
+        // By tokens: a row of the 5 and the 10 would pack 4 + 4 + 9 = 17 > 16.
+        let rows = cpu_rows(make(&[5, 10, 2, 40, 1]), 8, 16);
+        assert_eq!(
+            lengths(&rows),
+            vec![vec![5], vec![10, 2], vec![40], vec![1]]
+        );
+        let refs: Vec<&EncodedExample> = rows[1].iter().collect();
+        assert_eq!(packed_len(&refs), packed_row(&rows[1]).inputs.len());
     }
 
     /// Same loss, gradient norm and answer tokens.
