@@ -84,8 +84,9 @@ pub struct TrainerOptions {
     /// gradients are summed before the one update: the same step, with the activation memory
     /// of a smaller batch (a laptop's RAM is the limit there). Ignored on a GPU, where a step
     /// is one captured graph. With the projection and its LoRA term fused (`frozen.rs`), the
-    /// quick start's job at 4 a row took 235 s and peaked at 2.3 GB, at 2 a row 336 s and
-    /// 1.8 GB (docs/benchmarks.md, "One op for a projection and its LoRA term").
+    /// quick start's job at 4 a row took 235 to 335 s over three runs and peaked at 2.3 GB,
+    /// at 2 a row 336 s and 1.8 GB (docs/benchmarks.md, "One op for a projection and its
+    /// LoRA term").
     pub cpu_micro_batch: usize,
     /// The most tokens of one packed row, unless a single example is longer: activation
     /// memory grows with a row's tokens and attention's with their square, and LIFT's rows
