@@ -6,7 +6,7 @@
 //! On the CPU in f32 the projection and its LoRA term are one op (`lora_matmul`). Composed,
 //! autograd keeps the base product, the low-rank product and their sum, three `[rows, out]`
 //! tensors a projection, and its backward fills a zeroed accumulator for each node before
-//! adding into it; fused, the output alone is kept and the backward is five matmuls.
+//! adding into it; fused, the output alone is kept and the backward is six matmuls.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Storage, Tensor};

@@ -198,13 +198,13 @@ impl LoraAdapter {
         })
     }
 
-    /// The LoRA term for `x` `[.., in]` in f32, or None when the projection carries no
-    /// adapter. The scale applies to the rank-sized intermediate, the smallest tensor.
     /// The pair trained on `projection` of `layer`, if the adapter has one there.
     pub fn pair(&self, layer: usize, projection: Projection) -> Option<&LoraPair> {
         self.layers.get(layer).and_then(|l| l.get(&projection))
     }
 
+    /// The LoRA term for `x` `[.., in]` in f32, or None when the projection carries no
+    /// adapter. The scale applies to the rank-sized intermediate, the smallest tensor.
     pub fn delta(
         &self,
         layer: usize,

@@ -106,20 +106,26 @@ fn candidates_summary(results: &[FactAnswers]) -> serde_json::Value {
             .filter(|(q, ranked)| q.is_answered_by(&ranked.best_by(score).text))
             .count()
     };
-    let by_weight: Vec<_> = CANDIDATE_BASELINE_WEIGHTS
-        .iter()
-        .map(|&weight| {
-            let answered = answered_by(&|c| c.contrast(weight));
-            json!({ "baseline_weight": weight, "answered": answered })
-        })
-        .collect();
-    let by_channel: Vec<_> = CANDIDATE_QUESTION_WEIGHTS
-        .iter()
-        .map(|&weight| {
-            let answered = answered_by(&|c| c.channel(weight));
-            json!({ "question_weight": weight, "answered": answered })
-        })
-        .collect();
+    // Per weight, how many the best candidate by `score(candidate, weight)` answers.
+    let picks = |weight_key: &str, weights: &[f64], score: fn(&Candidate, f64) -> f64| {
+        weights
+            .iter()
+            .map(|&weight| {
+                let answered = answered_by(&|c| score(c, weight));
+                json!({ weight_key: weight, "answered": answered })
+            })
+            .collect::<Vec<_>>()
+    };
+    let by_weight = picks(
+        "baseline_weight",
+        &CANDIDATE_BASELINE_WEIGHTS,
+        Candidate::contrast,
+    );
+    let by_channel = picks(
+        "question_weight",
+        &CANDIDATE_QUESTION_WEIGHTS,
+        Candidate::channel,
+    );
     json!({
         "questions": drawn.len(),
         "greedy_answered": drawn

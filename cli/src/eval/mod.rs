@@ -90,9 +90,10 @@ pub struct FactsArgs {
     /// A diagnostic: also draw this many sampled answers (temperature 1) per question from the
     /// adapted model, and report every candidate, whether it holds the key fact, and its
     /// log-probability under its question and under a question asking nothing, and the
-    /// question's given it under the base model (`lift_engine::rerank`); 0 draws none. Whether the fact is among the candidates says
-    /// whether the adapter stored it where the greedy answer did not find it. At most 32: every
-    /// draw is a row of one generation batch per document.
+    /// question's given it under the base model (`lift_engine::rerank`); 0 draws none.
+    /// Whether the fact is among the candidates says whether the adapter stored it where the
+    /// greedy answer did not find it. At most 32: every draw is a row of one generation batch
+    /// per document.
     #[arg(long, default_value_t = 0,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=32))]
     pub candidates: usize,
