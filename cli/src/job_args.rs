@@ -81,6 +81,10 @@ pub struct JobOptions {
     /// LoRA alpha [default: 2 x rank].
     #[arg(long)]
     pub alpha: Option<f32>,
+    /// Projections that get a LoRA pair, comma-separated (q_proj, k_proj, v_proj, o_proj,
+    /// gate_proj, up_proj, down_proj) [default: all seven].
+    #[arg(long, value_delimiter = ',')]
+    pub target_modules: Vec<String>,
     /// AdamW learning rate of the LoRA matrices.
     #[arg(long, default_value_t = TRAINING.learning_rate)]
     pub learning_rate: f64,
@@ -188,7 +192,7 @@ impl JobOptions {
                 rank: self.rank,
                 // 0: the server's 2 x rank.
                 alpha: self.alpha.unwrap_or(0.0),
-                target_modules: Vec::new(),
+                target_modules: self.target_modules.clone(),
                 learning_rate: self.learning_rate,
                 schedule: match self.schedule {
                     ScheduleArg::Constant => proto::Schedule::Constant,
@@ -203,5 +207,37 @@ impl JobOptions {
                 min_steps: Some(self.min_steps),
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Options {
+        #[command(flatten)]
+        job: JobOptions,
+    }
+
+    fn training(args: &[&str]) -> proto::TrainingOptions {
+        let options = Options::try_parse_from(std::iter::once("lift").chain(args.iter().copied()))
+            .expect("valid options");
+        options
+            .job
+            .to_request(Vec::new())
+            .training
+            .expect("training options")
+    }
+
+    #[test]
+    fn target_modules_are_a_comma_separated_list_and_default_to_all() {
+        assert!(training(&[]).target_modules.is_empty());
+        assert_eq!(
+            training(&["--target-modules", "gate_proj,up_proj,down_proj"]).target_modules,
+            ["gate_proj", "up_proj", "down_proj"]
+        );
     }
 }

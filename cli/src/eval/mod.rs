@@ -498,6 +498,7 @@ fn lift_config(args: &LiftArgs) -> serde_json::Value {
         "min_steps": job.min_steps,
         "learning_rate": job.learning_rate,
         "rank": job.rank,
+        "target_modules": job.target_modules,
         "batch_size": job.batch_size,
         "cloze": job.cloze,
         "restatements": job.restatements,
