@@ -493,12 +493,13 @@ async fn synthesize_facts(
                     let (pairs, parse_dropped) = collector.into_parts();
                     dropped.add(&parse_dropped);
                     let mut kept = 0;
+                    let clause = evidence(span, &sentence.text);
                     for pair in pairs {
                         let fits = source
-                            .check_question(&pair.question, &answer, &chunk.title)
+                            .check_question(&pair.question, &answer, clause, &chunk.title)
                             .map_err(|reason| reason.to_string())
                             .and_then(|()| {
-                                asks_for_kind(&pair.question, span)
+                                asks_for_kind(&pair.question, &sentence.text, span)
                                     .then_some(())
                                     .ok_or_else(|| {
                                         "question word does not fit the fact".to_string()

@@ -573,9 +573,16 @@ fn clause_rest(after: &str) -> &str {
     &after[..end]
 }
 
+/// Words by which a question asks for a time, so that a date can be its answer.
+const TIME_WORDS: &[&str] = &[
+    "when", "year", "years", "date", "day", "days", "month", "century", "decade", "time", "week",
+    "season", "hour",
+];
+
 /// Whether a question's question word can have the span as its answer: a weak generator
-/// asks "Who built the mill?" for a place as readily as for a person.
-pub fn asks_for_kind(question: &str, span: &FactSpan) -> bool {
+/// asks "Who built the mill?" for a place as readily as for a person, "What was the purpose of
+/// the roof?" for a year, and "How many days did the demonstrations last?" for "40 minutes".
+pub fn asks_for_kind(question: &str, sentence: &str, span: &FactSpan) -> bool {
     let lower = question.to_lowercase();
     let opens = |word: &str| {
         lower == word
@@ -584,12 +591,42 @@ pub fn asks_for_kind(question: &str, span: &FactSpan) -> bool {
     };
     let asks_time = opens("when") || lower.contains("what year") || lower.contains("which year");
     let asks_amount = opens("how many") || opens("how much");
+    let names_a_time = lower
+        .split(|c: char| !c.is_alphanumeric())
+        .any(|word| TIME_WORDS.contains(&word));
     match span.kind {
-        FactKind::Date => !asks_amount && !opens("who") && !opens("where"),
-        FactKind::Quantity | FactKind::Number => !asks_time && !opens("who") && !opens("where"),
+        FactKind::Date => names_a_time && !asks_amount && !opens("who") && !opens("where"),
+        FactKind::Quantity | FactKind::Number => {
+            !asks_time
+                && !opens("who")
+                && !opens("where")
+                && counts_what_the_span_counts(&lower, sentence, span)
+        }
         FactKind::Name if span.is_place => !asks_time && !asks_amount && !opens("who"),
-        FactKind::Name | FactKind::Code | FactKind::Quoted => !asks_time && !asks_amount,
+        FactKind::Code => !asks_time && !asks_amount && !opens("who") && !opens("where"),
+        FactKind::Name | FactKind::Quoted => !asks_time && !asks_amount,
     }
+}
+
+/// For "how many X": whether X is what the span counts, its unit ("22 feet") or, for a bare
+/// number, the word after it ("forty-eight paddles"). Other questions pass.
+fn counts_what_the_span_counts(lower_question: &str, sentence: &str, span: &FactSpan) -> bool {
+    let Some(rest) = lower_question.split("how many ").nth(1) else {
+        return true;
+    };
+    let Some(counted) = rest.split_whitespace().next() else {
+        return true;
+    };
+    let text = span.text(sentence);
+    let unit = match text.rsplit_once(' ') {
+        Some((_, unit)) if unit.chars().all(char::is_alphabetic) => Some(unit.to_lowercase()),
+        Some(_) => None,
+        None => words(&sentence[span.end..])
+            .first()
+            .map(|word| word.text.to_lowercase()),
+    };
+    let counted = counted.trim_matches(|c: char| !c.is_alphanumeric());
+    unit.is_none_or(|unit| crate::ground::same_stem(counted, &unit))
 }
 
 fn collapse_spaces(text: &str) -> String {
@@ -810,15 +847,56 @@ mod tests {
 
     #[test]
     fn a_question_word_must_fit_the_kind_of_fact() {
-        let spans = fact_spans("The mill was built in 1761 at Ormsby by Ada Brell.");
+        let sentence = "The mill was built in 1761 at Ormsby by Ada Brell.";
+        let spans = fact_spans(sentence);
         let (year, place, person) = (&spans[0], &spans[1], &spans[2]);
         assert!(place.is_place && !person.is_place);
-        assert!(asks_for_kind("When was the mill built?", year));
-        assert!(!asks_for_kind("How many mills were built?", year));
-        assert!(!asks_for_kind("Who built the mill?", place));
-        assert!(asks_for_kind("Where was the mill built?", place));
-        assert!(asks_for_kind("Who built the mill?", person));
-        assert!(!asks_for_kind("In what year was the mill built?", person));
+        let fits = |question: &str, span: &FactSpan| asks_for_kind(question, sentence, span);
+        assert!(fits("When was the mill built?", year));
+        assert!(fits("In what year was the mill built?", year));
+        assert!(!fits("How many mills were built?", year));
+        assert!(!fits("What was the purpose of the mill?", year));
+        assert!(!fits("Who built the mill?", place));
+        assert!(fits("Where was the mill built?", place));
+        assert!(fits("Who built the mill?", person));
+        assert!(!fits("In what year was the mill built?", person));
+    }
+
+    #[test]
+    fn a_code_is_not_asked_for_as_a_person_and_a_count_names_what_it_counts() {
+        let sentence =
+            "The mill is listed as QTM-1761-B and its wheel carried forty-eight paddles.";
+        let spans = fact_spans(sentence);
+        let code = spans.iter().find(|s| s.kind == FactKind::Code).unwrap();
+        let count = spans
+            .iter()
+            .find(|s| s.text(sentence).starts_with("forty-eight"))
+            .unwrap();
+        let fits = |question: &str, span: &FactSpan| asks_for_kind(question, sentence, span);
+        assert!(fits("What is the mill's listing number?", code));
+        assert!(!fits("Who is the owner of the mill?", code));
+        assert!(fits("How many paddles did the wheel carry?", count));
+        assert!(fits("How many paddle did the wheel carry?", count));
+        assert!(!fits("How many days did the wheel turn?", count));
+
+        let sentence = "A single demonstration lasts about 40 minutes.";
+        let minutes = &fact_spans(sentence)[0];
+        assert_eq!(minutes.kind, FactKind::Quantity);
+        assert!(asks_for_kind(
+            "How many minutes does a demonstration last?",
+            sentence,
+            minutes
+        ));
+        assert!(!asks_for_kind(
+            "How many days does a demonstration last?",
+            sentence,
+            minutes
+        ));
+        assert!(asks_for_kind(
+            "How long does a demonstration last?",
+            sentence,
+            minutes
+        ));
     }
 
     #[test]
