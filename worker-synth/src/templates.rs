@@ -71,6 +71,37 @@ const ROLE_ENDINGS: &[&str] = &[
     "priest",
     "chef",
     "coach",
+    "commander",
+    "operator",
+    "supervisor",
+    "coordinator",
+    "administrator",
+    "chief",
+    "superintendent",
+    "principal",
+    "steward",
+    "clerk",
+    "nurse",
+    "dean",
+    "bishop",
+    "sergeant",
+    "colonel",
+    "admiral",
+    "commodore",
+    "sheriff",
+    "landlord",
+    "landlady",
+    "caretaker",
+    "organiser",
+    "organizer",
+    "instructor",
+    "presenter",
+    "producer",
+    "deputy",
+    "assistant",
+    "apprentice",
+    "professor",
+    "lecturer",
     "winner",
     "champion",
     "ist",
@@ -97,6 +128,79 @@ fn names_a_role(subject: &[crate::facts::Word<'_>]) -> bool {
             .iter()
             .any(|ending| ends(&head, ending) || ends(singular, ending))
     })
+}
+
+/// Words after a fact that make it one end of a range or a pair when a value follows them.
+const CONTINUING_WORDS: &[&str] = &["to", "and", "or", "until", "till", "through"];
+
+/// Words that open a sentence without being its subject ("Today the station is ...", "In
+/// 1823 it was ..."): inverting the auxiliary over them makes no question.
+const NOT_A_SUBJECT: &[&str] = &[
+    "today",
+    "now",
+    "then",
+    "here",
+    "also",
+    "however",
+    "in",
+    "on",
+    "at",
+    "during",
+    "after",
+    "before",
+    "since",
+    "until",
+    "when",
+    "while",
+    "if",
+    "because",
+    "although",
+    "though",
+    "as",
+    "once",
+    "and",
+    "but",
+    "or",
+    "so",
+    "yet",
+    "for",
+    "from",
+    "with",
+    "by",
+    "under",
+    "over",
+    "between",
+    "through",
+    "within",
+    "without",
+    "into",
+    "about",
+    "around",
+    "across",
+    "along",
+    "yesterday",
+    "tomorrow",
+    "recently",
+    "originally",
+    "finally",
+    "eventually",
+    "meanwhile",
+    "later",
+    "earlier",
+    "currently",
+    "every",
+    "each",
+];
+
+/// Whether the words before an auxiliary read as a subject: no opening adverb or
+/// preposition, and no conjunction right before the auxiliary, which then belongs to a second
+/// verb ("The panel weighs 8.5 kilograms and was conserved ...").
+fn is_a_subject(subject: &[crate::facts::Word<'_>]) -> bool {
+    let lower = |word: &crate::facts::Word<'_>| word.text.to_lowercase();
+    let opens = subject.first().map(lower);
+    let closes = subject.last().map(lower);
+    !opens.is_some_and(|word| NOT_A_SUBJECT.contains(&word.as_str()))
+        && !closes.is_some_and(|word| ["and", "or", "but"].contains(&word.as_str()))
 }
 
 const AUXILIARIES: &[&str] = &[
@@ -478,6 +582,54 @@ fn fronted_question(sentence: &str, span: &FactSpan) -> Option<String> {
         || subject_words.len() > 8
         || subject_words.iter().any(|w| w.ends_clause)
         || span.start < aux.end
+        || !is_a_subject(subject_words)
+        // "NOTICE IS HEREBY GIVEN" is a formula, not a clause to invert.
+        || aux.text != aux.text.to_lowercase()
+    {
+        return None;
+    }
+    // The fact must be in the auxiliary's own clause: past a comma, or a second auxiliary
+    // ("will begin on Monday and is expected to last eleven weeks"), the question would
+    // join two statements ("When is the commander Rosalind Achebe, who joined the crew?").
+    let between = all
+        .iter()
+        .skip(aux_index)
+        .take_while(|word| word.end <= span.start);
+    if between.clone().any(|word| word.ends_clause)
+        || between
+            .skip(1)
+            .any(|word| AUXILIARIES.contains(&word.text.to_lowercase().as_str()))
+    {
+        return None;
+    }
+    // A fact that is one end of a range or the first of a pair ("Monday to Friday",
+    // "Saturday 23 August", "4 and 5 March") leaves the rest dangling once fronted.
+    let next = words(&sentence[span.end..]);
+    let opens_a_value = |word: &crate::facts::Word<'_>| {
+        word.text
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_digit() || c.is_uppercase())
+    };
+    let continues = match next.as_slice() {
+        [first, ..]
+            if first
+                .text
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_digit()) =>
+        {
+            true
+        }
+        [first, second, ..] => {
+            CONTINUING_WORDS.contains(&first.text.to_lowercase().as_str()) && opens_a_value(second)
+        }
+        _ => false,
+    };
+    if continues
+        && !sentence[span.end..]
+            .trim_start()
+            .starts_with([',', ';', '.', ':'])
     {
         return None;
     }
@@ -540,11 +692,35 @@ fn fronted_question(sentence: &str, span: &FactSpan) -> Option<String> {
             }
         }
     }
-    let rest = format!(
-        "{} {}",
-        sentence[aux.end..rest_end].trim(),
-        clause_rest(&sentence[span.end..]).trim()
-    );
+    // "until 31 December", "Monday to Friday": fronted, such a word is left with nothing
+    // after it ("When will it receive fixes until?").
+    if rest_end == span.start
+        && preceding_word(sentence, span).is_some_and(|word| {
+            CONTINUING_WORDS.contains(&word.as_str())
+                || ["from", "since", "before", "after", "between"].contains(&word.as_str())
+        })
+    {
+        return None;
+    }
+    let mut wh = wh;
+    let mut after = clause_rest(&sentence[span.end..]);
+    // "staffed by nineteen on-call firefighters": a count whose span did not take what it
+    // counts takes the next word with it ("How many firefighters is the station staffed
+    // by?", not "How many is the station staffed by firefighters?").
+    if wh == "how many" {
+        if let Some(counted) = words(after).first() {
+            let lower = counted.text.to_lowercase();
+            if !counted.text.chars().all(char::is_alphabetic)
+                || !crate::ground::is_content_word(&lower)
+                || ABSORBED_PREPOSITIONS.contains(&lower.as_str())
+            {
+                return None;
+            }
+            wh = format!("how many {lower}");
+            after = &after[counted.end..];
+        }
+    }
+    let rest = format!("{} {}", sentence[aux.end..rest_end].trim(), after.trim());
     let question = format!(
         "{} {} {} {}",
         capitalise_first(&wh),
@@ -897,6 +1073,60 @@ mod tests {
             sentence,
             minutes
         ));
+    }
+
+    #[test]
+    fn no_fronted_question_over_an_opening_adverb_a_comma_or_a_range() {
+        // Seen on a fire station's text and the dev set's minutes: each fronted question
+        // joined what the sentence keeps apart.
+        let staffed = questions("Today the station is staffed by nineteen on-call firefighters.");
+        assert!(
+            staffed.iter().all(|(q, _)| !q.contains("is today")),
+            "{staffed:?}"
+        );
+        let commander = questions(
+            "The station commander is Rosalind Achebe, who joined the crew in 2004 and took charge in 2017.",
+        );
+        assert!(commander.contains(&pair("Who is the station commander?", "Rosalind Achebe")));
+        assert!(
+            commander.iter().all(|(q, _)| !q.starts_with("When is")),
+            "{commander:?}"
+        );
+        let hours = questions("Service enquiries are answered Monday to Friday.");
+        assert!(
+            hours.iter().all(|(q, _)| !q.starts_with("When")),
+            "{hours:?}"
+        );
+        let closure = questions(
+            "The closure will begin on Monday 2 June 2025 and is expected to last for eleven weeks.",
+        );
+        assert!(
+            closure
+                .iter()
+                .all(|(q, _)| !q.starts_with("How many weeks will")),
+            "{closure:?}"
+        );
+        let count = questions("The station is staffed by nineteen on-call firefighters.");
+        assert!(
+            count.contains(&pair(
+                "How many firefighters is the station staffed by?",
+                "nineteen on-call"
+            )),
+            "{count:?}"
+        );
+        // Inversion over "there" and over a subject with a number still reads.
+        assert!(
+            questions("There are 117 islands in the archipelago.").contains(&pair(
+                "How many islands are there in the archipelago?",
+                "117 islands"
+            ))
+        );
+        assert!(
+            questions("The FD-340XL is supplied with nine trays instead of six.").contains(&pair(
+                "How many trays is the FD-340XL supplied with instead of six?",
+                "nine trays"
+            ))
+        );
     }
 
     #[test]
