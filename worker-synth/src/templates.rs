@@ -527,10 +527,18 @@ fn quantity_phrase(text: &str) -> String {
     if text.starts_with(['$', '€', '£', '¥']) {
         return "how much money".to_string();
     }
-    match text.rsplit_once(' ') {
-        Some((_, unit)) if unit.chars().all(char::is_alphabetic) => format!("how many {unit}"),
-        _ => "how many".to_string(),
+    match unit_of(text) {
+        Some(unit) => format!("how many {unit}"),
+        None => "how many".to_string(),
     }
+}
+
+/// The unit of a quantity, its last word when that is all letters ("22 feet" -> "feet").
+fn unit_of(quantity: &str) -> Option<&str> {
+    quantity
+        .rsplit_once(' ')
+        .map(|(_, unit)| unit)
+        .filter(|unit| unit.chars().all(char::is_alphabetic))
 }
 
 fn preceding_word(sentence: &str, span: &FactSpan) -> Option<String> {
@@ -825,12 +833,12 @@ fn counts_what_the_span_counts(lower_question: &str, sentence: &str, span: &Fact
         return true;
     };
     let text = span.text(sentence);
-    let unit = match text.rsplit_once(' ') {
-        Some((_, unit)) if unit.chars().all(char::is_alphabetic) => Some(unit.to_lowercase()),
-        Some(_) => None,
-        None => words(&sentence[span.end..])
+    let unit = if text.contains(' ') {
+        unit_of(text).map(str::to_lowercase)
+    } else {
+        words(&sentence[span.end..])
             .first()
-            .map(|word| word.text.to_lowercase()),
+            .map(|word| word.text.to_lowercase())
     };
     let counted = counted.trim_matches(|c: char| !c.is_alphanumeric());
     unit.is_none_or(|unit| crate::ground::same_stem(counted, &unit))
