@@ -129,6 +129,11 @@ fn ends_sentence(before: &str, after: &str, strong: bool) -> bool {
     if strong {
         return true;
     }
+    // "7. Charges and Payment", "Funding. This work was supported by ...": a lone number or
+    // word before the full stop labels what follows on its line, it is no sentence of its own.
+    if !before.trim().contains(char::is_whitespace) {
+        return false;
+    }
     let word_start = before
         .char_indices()
         .rev()
@@ -309,6 +314,24 @@ mod tests {
         assert_eq!(
             split("See Fig. 3 and No. 5 on pp. 12-14. Done."),
             vec!["See Fig. 3 and No. 5 on pp. 12-14.", "Done."]
+        );
+    }
+
+    #[test]
+    fn a_lone_label_stays_with_what_follows_on_its_line() {
+        assert_eq!(
+            split("7. Charges\n7.1 The fee is due. Each invoice is payable.\nFunding. It was paid. Done."),
+            vec![
+                "7. Charges",
+                "7.1 The fee is due.",
+                "Each invoice is payable.",
+                "Funding. It was paid.",
+                "Done."
+            ]
+        );
+        assert_eq!(
+            split("Methods.\nSeeds were sown."),
+            vec!["Methods.", "Seeds were sown."]
         );
     }
 

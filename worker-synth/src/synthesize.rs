@@ -281,8 +281,8 @@ fn normalise_words(text: &str) -> String {
 }
 
 /// The sentence as the continuation of the sentence before it (the last one of its left
-/// context), or as the start of the document.
-fn passage_task(sentence: &SentenceUnit) -> QaPair {
+/// context), or as the start of the document; a list label goes at its end, as in every answer.
+fn passage_task(sentence: &SentenceUnit, label: Option<&str>) -> QaPair {
     let before = previous_sentence(&sentence.left_context);
     let question = if before.is_empty() {
         "How does the text begin?".to_string()
@@ -291,7 +291,7 @@ fn passage_task(sentence: &SentenceUnit) -> QaPair {
     };
     QaPair {
         question,
-        answer: sentence.text.trim().to_string(),
+        answer: with_suffix(sentence.text.trim(), label),
     }
 }
 
@@ -320,24 +320,67 @@ fn previous_sentence(text: &str) -> &str {
 /// recalled anything (on the dev set it then named the right kind of fact from another
 /// sentence); every answer of the recipe being document text keeps one answer style.
 ///
-/// Under a Markdown heading the answer ends with it: in a changelog, a manual or minutes the
-/// heading holds facts the sentence relies on ("## 4.2.1" for "Fixed a crash when ..."), and a
-/// question names the sentence's content to ask for them. The model writes an answer left to
-/// right, so the sentence the question points at comes first and the heading is then recalled
-/// from it; an answer that opened with the heading made the model name one before it knew
-/// which sentence was asked for (on the dev set's changelog, the most frequent heading).
-fn evidence_answer(span: &FactSpan, sentence: &str, heading: Option<&str>) -> String {
+/// The answer ends with the sentence's `suffix` (see [`answer_suffix`]).
+fn evidence_answer(span: &FactSpan, sentence: &str, suffix: Option<&str>) -> String {
     // A list item's marker is layout, not content.
     let evidence = evidence(span, sentence)
-        .trim_start_matches(['-', '*', '•'])
+        .trim_start_matches(['-', '*', '•', '#'])
         .trim_start();
-    match heading {
-        Some(heading) => {
-            let body = evidence.trim_end_matches(['.', ';', ':', ',']).trim_end();
-            format!("{body} ({heading}).")
-        }
-        None => evidence.to_string(),
+    with_suffix(evidence, suffix)
+}
+
+/// What an answer about a sentence ends with: the Markdown heading it stands under and the
+/// list or clause number it opens with. In a changelog, a manual, minutes or a contract these
+/// hold facts the sentence relies on ("## 4.2.1" for "Fixed a crash when ...", "7.4" for the
+/// clause on late payment), and a question names the sentence's content to ask for them. The
+/// model writes an answer left to right, so the sentence the question points at comes first
+/// and the heading or number is then recalled from it; answers that opened with them made the
+/// model name one before it knew which sentence was asked for (on the dev set's changelog the
+/// most frequent heading, on its contract a clause number and then that clause).
+fn answer_suffix(heading: Option<&str>, label: Option<&str>) -> Option<String> {
+    match (heading, label) {
+        (Some(heading), Some(label)) => Some(format!("{heading}, {label}")),
+        (heading, label) => heading.or(label).map(str::to_string),
     }
+}
+
+/// `text (suffix).`, or the text alone.
+fn with_suffix(text: &str, suffix: Option<&str>) -> String {
+    match suffix {
+        Some(suffix) => {
+            let body = text.trim_end_matches(['.', ';', ':', ',']).trim_end();
+            format!("{body} ({suffix}).")
+        }
+        None => text.to_string(),
+    }
+}
+
+/// The list or clause number a sentence opens with ("7.1 The Customer shall ...", "3. Turn the
+/// dial ...", "(b) the Goods ..."), without its dot and brackets, and the sentence after it.
+/// A plain number is no label ("14 March 1687 ...", "2024 saw ..."), nor a version before a
+/// dash ("4.2.0 - 2 May 2024").
+fn list_label(sentence: &str) -> Option<(&str, &str)> {
+    const MAX_PART_DIGITS: usize = 3;
+    let (first, rest) = sentence.trim_start().split_once(char::is_whitespace)?;
+    let rest = rest.trim_start();
+    let bracketed = first.strip_prefix('(').unwrap_or(first).strip_suffix(')');
+    let label = match bracketed {
+        Some(inner) => {
+            let short = (1..=MAX_PART_DIGITS).contains(&inner.len());
+            (short && inner.chars().all(|c| c.is_ascii_alphanumeric())).then_some(inner)?
+        }
+        None => {
+            let number = first.strip_suffix('.').unwrap_or(first);
+            let numeric = number.split('.').all(|part| {
+                (1..=MAX_PART_DIGITS).contains(&part.len())
+                    && part.chars().all(|c| c.is_ascii_digit())
+            });
+            let marked = first.ends_with('.') || number.contains('.');
+            let opens_a_sentence = rest.starts_with(char::is_uppercase);
+            (numeric && marked && opens_a_sentence).then_some(number)?
+        }
+    };
+    (!rest.is_empty()).then_some((label, rest))
 }
 
 /// The nearest Markdown heading (`#` line) before a sentence, within its left context; none
@@ -408,10 +451,25 @@ async fn synthesize_facts(
     sentence: &SentenceUnit,
     tuning: &SynthesisTuning,
 ) -> Result<SentenceTasks, GeneratorError> {
+    // A list or clause number is layout: facts and questions come from the text after it, and
+    // answers name it at their end.
+    let label = list_label(&sentence.text);
+    let unlabelled;
+    let sentence = match label {
+        Some((_, body)) => {
+            unlabelled = SentenceUnit {
+                text: body.to_string(),
+                ..sentence.clone()
+            };
+            &unlabelled
+        }
+        None => sentence,
+    };
+    let label = label.map(|(label, _)| label);
     let mut spans = fact_spans(&sentence.text);
     if spans.is_empty() {
         return Ok(SentenceTasks {
-            tasks: vec![(TaskKind::Passage, passage_task(sentence))],
+            tasks: vec![(TaskKind::Passage, passage_task(sentence, label))],
             dropped: DropCounts::default(),
         });
     }
@@ -432,7 +490,8 @@ async fn synthesize_facts(
     let generated: Vec<FactSpan> = spans.iter().take(generated_facts).cloned().collect();
     spans.sort_by_key(|span| span.start);
 
-    let heading = section_heading(sentence, &sentence.left_context);
+    let suffix = answer_suffix(section_heading(sentence, &sentence.left_context), label);
+    let suffix = suffix.as_deref();
     let source = SentenceSource::new(&sentence.text, &sentence.left_context);
     // Each with the index of its fact in `spans`.
     let requests: Vec<(usize, QaRequest)> = spans
@@ -515,7 +574,7 @@ async fn synthesize_facts(
                         kept += 1;
                         let pair = QaPair {
                             question: pair.question,
-                            answer: evidence_answer(span, &sentence.text, heading),
+                            answer: evidence_answer(span, &sentence.text, suffix),
                         };
                         keep(TaskKind::FactQa, pair, &mut tasks);
                     }
@@ -531,7 +590,7 @@ async fn synthesize_facts(
         for templated in templated_questions(&sentence.text, span, Some(&chunk.title)) {
             let pair = QaPair {
                 question: templated.question,
-                answer: evidence_answer(span, &sentence.text, heading),
+                answer: evidence_answer(span, &sentence.text, suffix),
             };
             keep(TaskKind::FactTemplate, pair, &mut tasks);
         }
@@ -551,7 +610,7 @@ async fn synthesize_facts(
                 for (fact, templated) in questions {
                     let pair = QaPair {
                         question: templated.question,
-                        answer: evidence_answer(&spans[fact], &sentence.text, heading),
+                        answer: evidence_answer(&spans[fact], &sentence.text, suffix),
                     };
                     keep(TaskKind::Restated, pair, &mut tasks);
                 }
@@ -572,7 +631,7 @@ async fn synthesize_facts(
             let keyed = keyed_question(&sentence.text, span, key.text(&sentence.text));
             let pair = QaPair {
                 question: keyed.question,
-                answer: evidence_answer(span, &sentence.text, heading),
+                answer: evidence_answer(span, &sentence.text, suffix),
             };
             keep(TaskKind::Keyed, pair, &mut tasks);
         }
@@ -584,12 +643,12 @@ async fn synthesize_facts(
     for subject in names.chain(keys.iter().map(|key| key.text(&sentence.text))) {
         let pair = QaPair {
             question: format!("What does the text say about {subject}?"),
-            answer: sentence.text.trim().to_string(),
+            answer: with_suffix(sentence.text.trim(), suffix),
         };
         keep(TaskKind::Recall, pair, &mut tasks);
     }
     if options.recite_fact_sentences {
-        keep(TaskKind::Passage, passage_task(sentence), &mut tasks);
+        keep(TaskKind::Passage, passage_task(sentence, label), &mut tasks);
     }
     metrics::QA_PAIRS_PER_SENTENCE.observe(tasks.len() as f64);
     Ok(SentenceTasks { tasks, dropped })
@@ -896,6 +955,49 @@ mod tests {
         assert_eq!(section_heading(&title, &title.left_context), None);
         let plain = unit("It burned in 1851.", "The mill was built in 1761.");
         assert_eq!(section_heading(&plain, &plain.left_context), None);
+    }
+
+    #[test]
+    fn a_list_label_is_a_number_or_letter_with_a_dot_or_brackets() {
+        let label = |sentence: &str| list_label(sentence).map(|(label, _)| label);
+        assert_eq!(
+            list_label("7.1 The Customer shall pay."),
+            Some(("7.1", "The Customer shall pay."))
+        );
+        assert_eq!(label("3. Turn the dial."), Some("3"));
+        assert_eq!(label("(b) the Goods stored."), Some("b"));
+        assert_eq!(label("iv) the term."), Some("iv"));
+        for unlabelled in [
+            "14 March 1687 saw the founding.",
+            "2024 was a dry year.",
+            "4.2.0 - 2 May 2024",
+            "3.5 metres of rope.",
+            "(2024) The year.",
+            "7.",
+        ] {
+            assert_eq!(label(unlabelled), None, "{unlabelled}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_clause_number_goes_to_the_end_of_every_answer() {
+        let sentence = "7.4 The Provider may charge interest at 4 per cent per annum.";
+        let chunk = fact_first_chunk("Agreement", "7.3 Invoices are monthly.", sentence);
+        let synthesis = synthesize_chunk(
+            &crate::instant::InstantGenerator,
+            &chunk,
+            &SynthesisTuning::default(),
+        )
+        .await;
+        assert!(!synthesis.tasks.is_empty());
+        for task in &synthesis.tasks {
+            assert!(
+                task.answer.starts_with("The Provider") && task.answer.ends_with(" (7.4)."),
+                "{task:?}"
+            );
+            assert!(!task.question.contains("7.4"), "{task:?}");
+        }
+        assert_eq!(synthesis.facts.found, synthesis.facts.covered);
     }
 
     /// A server generator whose model writes nothing parseable.
