@@ -166,17 +166,17 @@ mod tests {
             documents: vec![
                 Document {
                     title: "First".into(),
-                    text: "One. Two. Three. Four. Five.".into(),
+                    text: "Go one. Go two. Go three. Go four. Go five.".into(),
                 },
                 Document {
                     title: "Second".into(),
-                    text: "Six. Seven.".into(),
+                    text: "Go six. Go seven.".into(),
                 },
             ],
             base_model: "default".into(),
             synthesis: SynthesisOptions {
                 chunk_sentences,
-                left_context_chars: 9,
+                left_context_chars: 15,
                 ..SynthesisOptions::default()
             },
             training: TrainingOptions::default(),
@@ -212,7 +212,7 @@ mod tests {
             ]
         );
         assert_eq!(chunks[3].sentences[0].document, 1);
-        assert_eq!(chunks[3].sentences[0].text, "Six.");
+        assert_eq!(chunks[3].sentences[0].text, "Go six.");
     }
 
     #[test]
@@ -223,10 +223,10 @@ mod tests {
         let chunks: Vec<SynthChunk> = plan.chunks(&id, &spec).collect();
         let first = &chunks[0].sentences;
         assert_eq!(first[0].left_context, "");
-        assert_eq!(first[2].left_context, "One. Two.");
+        assert_eq!(first[2].left_context, "Go one. Go two.");
         let second_doc = chunks.last().unwrap();
         assert_eq!(second_doc.sentences[0].left_context, "");
-        assert_eq!(second_doc.sentences[1].left_context, "Six.");
+        assert_eq!(second_doc.sentences[1].left_context, "Go six.");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! Over 600 lines: both recipes share the parsing, grounding and drop accounting of one
 //! sentence; 260 of the lines are tests.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 
 use futures::future::join_all;
@@ -323,7 +324,8 @@ fn previous_sentence(text: &str) -> &str {
 /// The answer ends with the sentence's `suffix` (see [`answer_suffix`]).
 fn evidence_answer(span: &FactSpan, sentence: &str, suffix: Option<&str>) -> String {
     // A list item's marker is layout, not content.
-    let evidence = evidence(span, sentence)
+    let evidence = evidence(span, sentence);
+    let evidence = evidence
         .trim_start_matches(['-', '*', '•', '#'])
         .trim_start();
     with_suffix(evidence, suffix)
@@ -401,13 +403,17 @@ fn section_heading<'a>(sentence: &SentenceUnit, left_context: &'a str) -> Option
 /// Sentences up to this many words are evidence whole; longer ones give the clause of the fact.
 const WHOLE_SENTENCE_WORDS: usize = 20;
 
-/// The clause around a span (between commas, semicolons and colons), with the clause before it
-/// when it is too short to say what it is about; the whole sentence when it is short. Long
-/// sentences would make every training example long, and a CPU step costs time per token.
-fn evidence<'a>(span: &FactSpan, sentence: &'a str) -> &'a str {
+/// The clause around a span (between commas, semicolons and colons); the whole sentence when
+/// it is short. Long sentences would make every training example long, and a CPU step costs
+/// time per token. A clause too short to say what it is about gets the sentence's first clause
+/// before it, where the subject is: in a list ("For the dough: ..., 430 millilitres of water, 3
+/// tablespoons of honey, ...") the clause before an item is another item, and an answer that
+/// opened with that item's value would teach the model to name a value before it has recalled
+/// which item is asked for.
+fn evidence<'a>(span: &FactSpan, sentence: &'a str) -> Cow<'a, str> {
     let sentence = sentence.trim_end();
     if sentence.split_whitespace().count() <= WHOLE_SENTENCE_WORDS {
-        return sentence.trim();
+        return Cow::Borrowed(sentence.trim());
     }
     // Punctuation followed by a space: the comma of "186,000" does not end a clause.
     let boundaries: Vec<usize> = sentence
@@ -421,18 +427,21 @@ fn evidence<'a>(span: &FactSpan, sentence: &'a str) -> &'a str {
         .copied()
         .find(|&boundary| boundary >= span.end)
         .unwrap_or(sentence.len());
-    let boundary_before = |position: usize| {
-        boundaries
-            .iter()
-            .rev()
-            .find(|&&boundary| boundary < position)
-            .map_or(0, |boundary| boundary + 1)
-    };
-    let mut start = boundary_before(span.start);
-    if start > 0 && sentence[start..end].split_whitespace().count() < 6 {
-        start = boundary_before(start - 1);
+    let start = boundaries
+        .iter()
+        .rev()
+        .find(|&&boundary| boundary < span.start)
+        .map_or(0, |boundary| boundary + 1);
+    let clause = sentence[start..end].trim();
+    if start == 0 || clause.split_whitespace().count() >= 6 {
+        return Cow::Borrowed(clause);
     }
-    sentence[start..end].trim()
+    // The first boundary is the one before the clause, or an earlier one.
+    let first_clause = sentence[..=boundaries[0]].trim();
+    if boundaries[0] + 1 == start {
+        return Cow::Borrowed(sentence[..end].trim());
+    }
+    Cow::Owned(format!("{first_clause} {clause}"))
 }
 
 struct SentenceTasks {
@@ -555,7 +564,7 @@ async fn synthesize_facts(
                     let clause = evidence(span, &sentence.text);
                     for pair in pairs {
                         let fits = source
-                            .check_question(&pair.question, &answer, clause, &chunk.title)
+                            .check_question(&pair.question, &answer, &clause, &chunk.title)
                             .map_err(|reason| reason.to_string())
                             .and_then(|()| {
                                 asks_for_kind(&pair.question, &sentence.text, span)
@@ -932,6 +941,26 @@ mod tests {
             evidence(amount, thousands),
             "The Trust raised 186,000 pounds over twelve years"
         );
+        let list = "For the dough: all of the starter, 400 grams of strong white bread flour, \
+                    250 grams of light rye flour, 3 tablespoons of heather honey, 14 grams of \
+                    fine sea salt, and 2 teaspoons of toasted caraway seeds.";
+        let spans = fact_spans(list);
+        let honey = spans
+            .iter()
+            .find(|s| s.text(list).starts_with("3 "))
+            .unwrap();
+        assert_eq!(
+            evidence(honey, list),
+            "For the dough: 3 tablespoons of heather honey"
+        );
+        let flour = spans
+            .iter()
+            .find(|s| s.text(list).starts_with("400"))
+            .unwrap();
+        assert_eq!(
+            evidence(flour, list),
+            "400 grams of strong white bread flour"
+        );
     }
 
     #[test]
@@ -959,7 +988,9 @@ mod tests {
 
     #[test]
     fn a_list_label_is_a_number_or_letter_with_a_dot_or_brackets() {
-        let label = |sentence: &str| list_label(sentence).map(|(label, _)| label);
+        fn label(sentence: &str) -> Option<&str> {
+            list_label(sentence).map(|(label, _)| label)
+        }
         assert_eq!(
             list_label("7.1 The Customer shall pay."),
             Some(("7.1", "The Customer shall pay."))
