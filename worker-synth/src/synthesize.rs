@@ -301,7 +301,15 @@ fn previous_sentence(text: &str) -> &str {
     const PREVIOUS_SENTENCE_CHARS: usize = 200;
     let text = text.trim_end();
     let body = text.trim_end_matches(['.', '!', '?', '"', ')']);
-    let start = body.rfind(['.', '!', '?', '\n']).map_or(0, |end| end + 1);
+    // A full stop inside a token ("3.4 metres", "7.1 The Customer") ends nothing.
+    let start = body
+        .char_indices()
+        .rev()
+        .find(|&(at, c)| {
+            c == '\n'
+                || (matches!(c, '.' | '!' | '?') && body[at + 1..].starts_with(char::is_whitespace))
+        })
+        .map_or(0, |(end, _)| end + 1);
     let mut last = text[start..].trim_start();
     if last.len() > PREVIOUS_SENTENCE_CHARS {
         let mut cut = last.len() - PREVIOUS_SENTENCE_CHARS;
@@ -907,6 +915,10 @@ mod tests {
         assert_eq!(
             previous_sentence("The mill was built in 1761. It burned in 1851.\n\n"),
             "It burned in 1851."
+        );
+        assert_eq!(
+            previous_sentence("Intro. The lock lifts boats by 3.4 metres."),
+            "The lock lifts boats by 3.4 metres."
         );
         assert_eq!(previous_sentence("One sentence only"), "One sentence only");
         assert_eq!(previous_sentence(""), "");
