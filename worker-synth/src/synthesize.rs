@@ -800,12 +800,21 @@ mod tests {
         }
     }
 
+    /// The chunk's tasks with the generator that answers at once, and the default tuning.
+    async fn synthesize_instantly(chunk: &SynthChunk) -> ChunkSynthesis {
+        synthesize_chunk(
+            &crate::instant::InstantGenerator,
+            chunk,
+            &SynthesisTuning::default(),
+        )
+        .await
+    }
+
     #[tokio::test]
     async fn each_fact_is_asked_by_a_key_phrase_that_also_recalls_the_sentence() {
         let sentence = "A solar-powered water pump was installed in 2016 by Ada Brell.";
         let mut chunk = fact_first_chunk("Veskar Hut", "The hut has a water supply.", sentence);
         chunk.options.key_phrases = 2;
-        let tuning = SynthesisTuning::default();
         let questions = |synthesis: &ChunkSynthesis, kind: TaskKind| -> Vec<String> {
             synthesis
                 .tasks
@@ -814,7 +823,7 @@ mod tests {
                 .map(|task| format!("{} -> {}", task.question, task.answer))
                 .collect()
         };
-        let synthesis = synthesize_chunk(&crate::instant::InstantGenerator, &chunk, &tuning).await;
+        let synthesis = synthesize_instantly(&chunk).await;
         // Keys, most distinctive first: "solar-powered water pump" (two words the text before
         // lacks), "Ada Brell"; each fact takes the next key that is not itself.
         assert_eq!(
@@ -836,8 +845,7 @@ mod tests {
 
         let mut without = chunk.clone();
         without.options.key_phrases = 0;
-        let synthesis =
-            synthesize_chunk(&crate::instant::InstantGenerator, &without, &tuning).await;
+        let synthesis = synthesize_instantly(&without).await;
         assert!(questions(&synthesis, TaskKind::Keyed).is_empty());
         assert_eq!(questions(&synthesis, TaskKind::Recall).len(), 1);
     }
@@ -847,13 +855,8 @@ mod tests {
         let passages = |chunk: &SynthChunk| {
             let chunk = chunk.clone();
             async move {
-                let synthesis = synthesize_chunk(
-                    &crate::instant::InstantGenerator,
-                    &chunk,
-                    &SynthesisTuning::default(),
-                )
-                .await;
-                synthesis
+                synthesize_instantly(&chunk)
+                    .await
                     .tasks
                     .iter()
                     .filter(|task| task.kind == TaskKind::Passage.name())
@@ -882,12 +885,7 @@ mod tests {
                         millilitres of water, 3 tablespoons of honey, 14 grams of sea salt, and \
                         2 teaspoons of caraway seeds.";
         let chunk = fact_first_chunk("Honey Rye", "", sentence);
-        let synthesis = synthesize_chunk(
-            &crate::instant::InstantGenerator,
-            &chunk,
-            &SynthesisTuning::default(),
-        )
-        .await;
+        let synthesis = synthesize_instantly(&chunk).await;
         let templated: Vec<&Task> = synthesis
             .tasks
             .iter()
@@ -956,23 +954,16 @@ mod tests {
         let list = "For the dough: all of the starter, 400 grams of strong white bread flour, \
                     250 grams of light rye flour, 3 tablespoons of heather honey, 14 grams of \
                     fine sea salt, and 2 teaspoons of toasted caraway seeds.";
-        let spans = fact_spans(list);
-        let honey = spans
-            .iter()
-            .find(|s| s.text(list).starts_with("3 "))
-            .unwrap();
+        let evidence_of = |value: &str| {
+            let spans = fact_spans(list);
+            let span = spans.iter().find(|s| s.text(list).starts_with(value));
+            evidence(span.unwrap(), list).into_owned()
+        };
         assert_eq!(
-            evidence(honey, list),
+            evidence_of("3 "),
             "For the dough: 3 tablespoons of heather honey"
         );
-        let flour = spans
-            .iter()
-            .find(|s| s.text(list).starts_with("400"))
-            .unwrap();
-        assert_eq!(
-            evidence(flour, list),
-            "400 grams of strong white bread flour"
-        );
+        assert_eq!(evidence_of("400"), "400 grams of strong white bread flour");
     }
 
     #[test]
@@ -1026,12 +1017,7 @@ mod tests {
     async fn a_clause_number_goes_to_the_end_of_every_answer() {
         let sentence = "7.4 The Provider may charge interest at 4 per cent per annum.";
         let chunk = fact_first_chunk("Agreement", "7.3 Invoices are monthly.", sentence);
-        let synthesis = synthesize_chunk(
-            &crate::instant::InstantGenerator,
-            &chunk,
-            &SynthesisTuning::default(),
-        )
-        .await;
+        let synthesis = synthesize_instantly(&chunk).await;
         assert!(!synthesis.tasks.is_empty());
         for task in &synthesis.tasks {
             assert!(
