@@ -445,10 +445,10 @@ fn evidence<'a>(span: &FactSpan, sentence: &'a str) -> Cow<'a, str> {
         return Cow::Borrowed(clause);
     }
     // The first boundary is the one before the clause, or an earlier one.
-    let first_clause = sentence[..=boundaries[0]].trim();
     if boundaries[0] + 1 == start {
         return Cow::Borrowed(sentence[..end].trim());
     }
+    let first_clause = sentence[..=boundaries[0]].trim();
     Cow::Owned(format!("{first_clause} {clause}"))
 }
 
