@@ -549,6 +549,11 @@ async fn synthesize_facts(
         }
     );
 
+    // Every question about a fact, whoever wrote it, is trained with the same answer.
+    let fact_answers: Vec<String> = spans
+        .iter()
+        .map(|span| evidence_answer(span, &sentence.text, suffix))
+        .collect();
     let mut tasks: Vec<(TaskKind, QaPair)> = Vec::new();
     let mut dropped = DropCounts::default();
     let mut seen_questions = HashSet::new();
@@ -591,7 +596,7 @@ async fn synthesize_facts(
                         kept += 1;
                         let pair = QaPair {
                             question: pair.question,
-                            answer: evidence_answer(span, &sentence.text, suffix),
+                            answer: fact_answers[fact].clone(),
                         };
                         keep(TaskKind::FactQa, pair, &mut tasks);
                     }
@@ -607,7 +612,7 @@ async fn synthesize_facts(
         for templated in templated_questions(&sentence.text, span, Some(&chunk.title)) {
             let pair = QaPair {
                 question: templated.question,
-                answer: evidence_answer(span, &sentence.text, suffix),
+                answer: fact_answers[fact].clone(),
             };
             keep(TaskKind::FactTemplate, pair, &mut tasks);
         }
@@ -627,7 +632,7 @@ async fn synthesize_facts(
                 for (fact, templated) in questions {
                     let pair = QaPair {
                         question: templated.question,
-                        answer: evidence_answer(&spans[fact], &sentence.text, suffix),
+                        answer: fact_answers[fact].clone(),
                     };
                     keep(TaskKind::Restated, pair, &mut tasks);
                 }
@@ -648,7 +653,7 @@ async fn synthesize_facts(
             let keyed = keyed_question(&sentence.text, span, key.text(&sentence.text));
             let pair = QaPair {
                 question: keyed.question,
-                answer: evidence_answer(span, &sentence.text, suffix),
+                answer: fact_answers[fact].clone(),
             };
             keep(TaskKind::Keyed, pair, &mut tasks);
         }
