@@ -641,20 +641,10 @@ fn fronted_question(sentence: &str, span: &FactSpan) -> Option<String> {
     let next = words(&sentence[span.end..]);
     let opens_a_value = |word: &crate::facts::Word<'_>| {
         word.text
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_digit() || c.is_uppercase())
+            .starts_with(|c: char| c.is_ascii_digit() || c.is_uppercase())
     };
     let continues = match next.as_slice() {
-        [first, ..]
-            if first
-                .text
-                .chars()
-                .next()
-                .is_some_and(|c| c.is_ascii_digit()) =>
-        {
-            true
-        }
+        [first, ..] if first.text.starts_with(|c: char| c.is_ascii_digit()) => true,
         [first, second, ..] => {
             CONTINUING_WORDS.contains(&first.text.to_lowercase().as_str()) && opens_a_value(second)
         }
