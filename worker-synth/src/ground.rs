@@ -222,6 +222,35 @@ impl SentenceSource<'_> {
     }
 }
 
+/// Whether a question names more of another clause of its sentence than of its own: a weak
+/// generator asked for "25 grams" of "For the starter: 150 grams of dark rye flour, ..., and 25
+/// grams of mature rye sourdough" writes "How many grams of dark rye flour did the starter
+/// use?", and trained with that answer the question leads the model from one item to another's
+/// value. `own` is the answer's clause (`evidence`), `others` those of the sentence's other
+/// facts; a clause shared with the answer's is no rival.
+pub fn about_another_clause(question: &str, own: &str, others: &[&str]) -> bool {
+    let named = |clause: &str| {
+        let words = SourceWords::new(clause, "");
+        let mut seen = HashSet::new();
+        tokens(question)
+            .filter(|token| match token {
+                Token::Number(number) => words.numbers.contains(number),
+                Token::Word(word) => {
+                    is_content_word(word)
+                        && !QUESTION_WORDS.contains(&word.as_str())
+                        && words.has_word(word)
+                }
+            })
+            .filter(|token| seen.insert(format!("{token:?}")))
+            .count()
+    };
+    let own_named = named(own);
+    others
+        .iter()
+        .filter(|other| other.trim() != own.trim())
+        .any(|other| named(other) > own_named)
+}
+
 /// Whether two words are one word in another form ("paddle" and "paddles", "box" and
 /// "boxes"; `stem` alone makes "paddl" of the plural).
 pub(crate) fn same_stem(a: &str, b: &str) -> bool {
@@ -311,6 +340,32 @@ fn stem(word: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_question_naming_a_sibling_clause_is_about_it() {
+        let own = "and 25 grams of mature rye sourdough.";
+        let others = [
+            "For the starter: 150 grams of dark rye flour",
+            "150 millilitres of warm water (about 30 degrees Celsius)",
+        ];
+        assert!(about_another_clause(
+            "How many grams of dark rye flour did the starter use?",
+            own,
+            &others
+        ));
+        assert!(!about_another_clause(
+            "How many grams of mature sourdough went into the starter?",
+            own,
+            &others
+        ));
+        // Words both clauses have do not decide, nor does a clause that is the answer's own.
+        assert!(!about_another_clause("How many grams?", own, &others));
+        assert!(!about_another_clause(
+            "How many grams of dark rye flour did the starter use?",
+            others[0],
+            &[others[0]]
+        ));
+    }
 
     const NEEDLE: &str = "The best thing to do in San Francisco is eat a sandwich and sit in \
                           Dolores Park on a sunny day.";

@@ -18,11 +18,11 @@ use lift_shared::spec::QuestionRecipe;
 use crate::cloze::cloze_tasks;
 use crate::facts::{fact_spans, FactKind, FactSpan};
 use crate::generator::{GeneratorError, QaGenerator, QaRequest, RestateRequest};
-use crate::ground::{GroundingPolicy, SentenceSource};
+use crate::ground::{about_another_clause, GroundingPolicy, SentenceSource};
 use crate::keys::key_phrases;
 use crate::parse::{DropCounts, PairCollector, ParseLimits, QaPair};
 use crate::restate::restated_questions;
-use crate::templates::{asks_for_kind, keyed_question, templated_questions};
+use crate::templates::{asks_for_kind, capitalise_first, keyed_question, templated_questions};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SynthesisTuning {
@@ -393,6 +393,17 @@ fn list_label(sentence: &str) -> Option<(&str, &str)> {
     (!rest.is_empty()).then_some((label, rest))
 }
 
+/// A Markdown list item's text without its bullet ("- 6 stackable drying trays ..."), which
+/// would otherwise open the item's questions ("- 6 stackable drying trays (part number what
+/// code)?").
+fn without_bullet(sentence: &str) -> Option<&str> {
+    let text = sentence.trim_start();
+    let rest = text.strip_prefix(['-', '*', '•'])?;
+    rest.starts_with(char::is_whitespace)
+        .then(|| rest.trim_start())
+        .filter(|rest| !rest.is_empty())
+}
+
 /// The nearest Markdown heading (`#` line) before a sentence, within its left context; none
 /// for a sentence that is a heading itself.
 fn section_heading<'a>(sentence: &SentenceUnit, left_context: &'a str) -> Option<&'a str> {
@@ -423,23 +434,8 @@ fn evidence<'a>(span: &FactSpan, sentence: &'a str) -> Cow<'a, str> {
     if sentence.split_whitespace().count() <= WHOLE_SENTENCE_WORDS {
         return Cow::Borrowed(sentence.trim());
     }
-    // Punctuation followed by a space: the comma of "186,000" does not end a clause.
-    let boundaries: Vec<usize> = sentence
-        .char_indices()
-        .zip(sentence.chars().skip(1))
-        .filter(|((_, c), next)| matches!(c, ',' | ';' | ':') && next.is_whitespace())
-        .map(|((index, _), _)| index)
-        .collect();
-    let end = boundaries
-        .iter()
-        .copied()
-        .find(|&boundary| boundary >= span.end)
-        .unwrap_or(sentence.len());
-    let start = boundaries
-        .iter()
-        .rev()
-        .find(|&&boundary| boundary < span.start)
-        .map_or(0, |boundary| boundary + 1);
+    let boundaries = clause_boundaries(sentence);
+    let (start, end) = clause_around(span, &boundaries, sentence.len());
     let clause = sentence[start..end].trim();
     if start == 0 || clause.split_whitespace().count() >= 6 {
         return Cow::Borrowed(clause);
@@ -450,6 +446,100 @@ fn evidence<'a>(span: &FactSpan, sentence: &'a str) -> Cow<'a, str> {
     }
     let first_clause = sentence[..=boundaries[0]].trim();
     Cow::Owned(format!("{first_clause} {clause}"))
+}
+
+/// Where a sentence's clauses end: punctuation followed by a space (the comma of "186,000"
+/// does not end a clause).
+fn clause_boundaries(sentence: &str) -> Vec<usize> {
+    sentence
+        .char_indices()
+        .zip(sentence.chars().skip(1))
+        .filter(|((_, c), next)| matches!(c, ',' | ';' | ':') && next.is_whitespace())
+        .map(|((index, _), _)| index)
+        .collect()
+}
+
+/// The byte range of the clause that holds a span: after the boundary before it, up to the
+/// first boundary after it.
+fn clause_around(span: &FactSpan, boundaries: &[usize], len: usize) -> (usize, usize) {
+    let end = boundaries
+        .iter()
+        .copied()
+        .find(|&boundary| boundary >= span.end)
+        .unwrap_or(len);
+    let start = boundaries
+        .iter()
+        .rev()
+        .find(|&&boundary| boundary < span.start)
+        .map_or(0, |boundary| boundary + 1);
+    (start, end)
+}
+
+/// Longest opening clause that goes before a later clause in its questions.
+const MAX_LEAD_WORDS: usize = 6;
+
+/// Words that join a clause to the one before it; a question built from the clause alone
+/// drops them.
+const JOINING_WORDS: &[&str] = &[
+    "and", "but", "or", "then", "so", "yet", "when", "while", "whereas",
+];
+
+/// The clause of a long sentence that holds a fact, as a sentence of its own for templated
+/// questions, and the fact's span in it. The sentence's templated questions for a fact deep in
+/// it carry every clause before ("For the dough: all of the starter, 400 grams of ..., 430
+/// millilitres of water, 3 tablespoons of heather honey, how many grams of fine sea salt?"): a
+/// long key in which the words that pick this fact are few and last, unlike a reader's question
+/// ("How many grams of sea salt go into the dough?"). The clause's question is short and names
+/// what the fact is about; a short opening clause, where a list's lead-in or the subject
+/// stands, goes before it ("For the dough: how many grams of fine sea salt?", "The mill pond
+/// covered how many acres ...?"). None for a sentence whose evidence is the whole of it.
+fn clause_question_source(span: &FactSpan, sentence: &str) -> Option<(String, FactSpan)> {
+    let sentence = sentence.trim_end();
+    if sentence.split_whitespace().count() <= WHOLE_SENTENCE_WORDS {
+        return None;
+    }
+    let boundaries = clause_boundaries(sentence);
+    let (start, end) = clause_around(span, &boundaries, sentence.len());
+    let first_boundary = boundaries.first().copied().filter(|&first| first < start);
+    let lead = first_boundary
+        .map(|first| {
+            let colon = if sentence[first..].starts_with(':') {
+                ":"
+            } else {
+                ""
+            };
+            format!("{}{colon}", sentence[..first].trim())
+        })
+        .filter(|lead| lead.split_whitespace().count() <= MAX_LEAD_WORDS);
+    let mut clause_start = start + (sentence[start..].len() - sentence[start..].trim_start().len());
+    let mut joined = false;
+    if let Some((first, rest)) = sentence[clause_start..span.start].split_once(char::is_whitespace)
+    {
+        if JOINING_WORDS.contains(&first.to_lowercase().as_str()) {
+            clause_start = span.start - rest.trim_start().len();
+            joined = true;
+        }
+    }
+    // The sentence's own questions already start at the first clause, or at the lead and the
+    // clause right after it.
+    let follows_lead = lead.is_some() && first_boundary.is_some_and(|first| first + 1 == start);
+    if clause_start == 0 || (follows_lead && !joined) {
+        return None;
+    }
+    let clause = &sentence[clause_start..end];
+    let source = match &lead {
+        Some(lead) => format!("{lead} {clause}"),
+        // ASCII only: the span's offsets stay right.
+        None if clause.starts_with(|c: char| c.is_ascii_lowercase()) => capitalise_first(clause),
+        None => clause.to_string(),
+    };
+    let offset = source.len() - clause.len();
+    let rebased = FactSpan {
+        start: span.start - clause_start + offset,
+        end: span.end - clause_start + offset,
+        ..span.clone()
+    };
+    Some((source, rebased))
 }
 
 struct SentenceTasks {
@@ -468,19 +558,21 @@ async fn synthesize_facts(
     sentence: &SentenceUnit,
     tuning: &SynthesisTuning,
 ) -> Result<SentenceTasks, GeneratorError> {
-    // A list or clause number is layout: facts and questions come from the text after it, and
-    // answers name it at their end.
-    let label = list_label(&sentence.text);
+    // A list's bullet is layout, and so is a list or clause number: facts and questions come
+    // from the text after them, and answers name the number at their end.
+    let bulleted = without_bullet(&sentence.text);
+    let text = bulleted.unwrap_or(&sentence.text);
+    let label = list_label(text);
+    let body = label.map_or(text, |(_, body)| body);
     let unlabelled;
-    let sentence = match label {
-        Some((_, body)) => {
-            unlabelled = SentenceUnit {
-                text: body.to_string(),
-                ..sentence.clone()
-            };
-            &unlabelled
-        }
-        None => sentence,
+    let sentence = if bulleted.is_some() || label.is_some() {
+        unlabelled = SentenceUnit {
+            text: body.to_string(),
+            ..sentence.clone()
+        };
+        &unlabelled
+    } else {
+        sentence
     };
     let label = label.map(|(label, _)| label);
     let mut spans = fact_spans(&sentence.text);
@@ -554,6 +646,11 @@ async fn synthesize_facts(
         .iter()
         .map(|span| evidence_answer(span, &sentence.text, suffix))
         .collect();
+    let clauses: Vec<Cow<str>> = spans
+        .iter()
+        .map(|span| evidence(span, &sentence.text))
+        .collect();
+    let clauses: Vec<&str> = clauses.iter().map(|clause| clause.as_ref()).collect();
     let mut tasks: Vec<(TaskKind, QaPair)> = Vec::new();
     let mut dropped = DropCounts::default();
     let mut seen_questions = HashSet::new();
@@ -574,11 +671,18 @@ async fn synthesize_facts(
                     let (pairs, parse_dropped) = collector.into_parts();
                     dropped.add(&parse_dropped);
                     let mut kept = 0;
-                    let clause = evidence(span, &sentence.text);
+                    let clause = clauses[fact];
                     for pair in pairs {
                         let fits = source
-                            .check_question(&pair.question, &answer, &clause, &chunk.title)
+                            .check_question(&pair.question, &answer, clause, &chunk.title)
                             .map_err(|reason| reason.to_string())
+                            .and_then(|()| {
+                                (!about_another_clause(&pair.question, clause, &clauses))
+                                    .then_some(())
+                                    .ok_or_else(|| {
+                                        "question is about another fact's clause".to_string()
+                                    })
+                            })
                             .and_then(|()| {
                                 asks_for_kind(&pair.question, &sentence.text, span)
                                     .then_some(())
@@ -609,7 +713,13 @@ async fn synthesize_facts(
                 }
             }
         }
-        for templated in templated_questions(&sentence.text, span, Some(&chunk.title)) {
+        let clause_questions = clause_question_source(span, &sentence.text)
+            .map(|(clause, span)| templated_questions(&clause, &span, Some(&chunk.title)))
+            .unwrap_or_default();
+        for templated in templated_questions(&sentence.text, span, Some(&chunk.title))
+            .into_iter()
+            .chain(clause_questions)
+        {
             let pair = QaPair {
                 question: templated.question,
                 answer: fact_answers[fact].clone(),
@@ -972,6 +1082,57 @@ mod tests {
     }
 
     #[test]
+    fn a_fact_deep_in_a_long_sentence_is_also_asked_from_its_clause() {
+        let questions_of = |sentence: &str, value: &str| {
+            let spans = fact_spans(sentence);
+            let span = spans.iter().find(|s| s.text(sentence).starts_with(value));
+            clause_question_source(span.unwrap(), sentence).map(|(clause, span)| {
+                assert!(clause[span.start..].starts_with(value), "{clause}");
+                let questions = templated_questions(&clause, &span, None);
+                questions
+                    .into_iter()
+                    .map(|q| q.question)
+                    .collect::<Vec<_>>()
+            })
+        };
+        let list = "For the dough: all of the starter, 400 grams of strong white bread flour, \
+                    250 grams of light rye flour, 3 tablespoons of heather honey, 14 grams of \
+                    fine sea salt, and 2 teaspoons of toasted caraway seeds.";
+        assert_eq!(
+            questions_of(list, "14"),
+            Some(vec![
+                "For the dough: how many grams of fine sea salt?".to_string()
+            ])
+        );
+        // The joining word goes; a short opening clause, the subject here, stays.
+        let pond = "The mill pond, known locally as the Long Hold, covered eleven acres and was \
+                    held back by an earth dam 340 yards long.";
+        let acres = questions_of(pond, "eleven").unwrap();
+        assert!(
+            acres.contains(&"The mill pond covered how many acres and was held back by an earth dam 340 yards long?".to_string()),
+            "{acres:?}"
+        );
+        let storm = "A great storm on the night of 7 November 1851 breached the dam in two \
+                     places, and the mill stood idle for nineteen months while repairs were made.";
+        assert_eq!(
+            questions_of(storm, "nineteen"),
+            Some(vec![
+                "The mill stood idle for how many months while repairs were made?".to_string()
+            ])
+        );
+        // The first clause is asked from the sentence already; a short sentence is evidence
+        // whole.
+        assert_eq!(questions_of(storm, "7 November"), None);
+        assert_eq!(
+            questions_of(list, "400"),
+            Some(vec![
+                "For the dough: how many grams of strong white bread flour?".to_string()
+            ])
+        );
+        assert_eq!(questions_of("The wheel carried 48 paddles.", "48"), None);
+    }
+
+    #[test]
     fn an_answer_under_a_markdown_heading_ends_with_it() {
         let unit = |text: &str, left_context: &str| SentenceUnit {
             index: 3,
@@ -1015,6 +1176,22 @@ mod tests {
             "7.",
         ] {
             assert_eq!(label(unlabelled), None, "{unlabelled}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bullet_opens_no_question() {
+        assert_eq!(without_bullet("- 6 trays"), Some("6 trays"));
+        assert_eq!(without_bullet("• 6 trays"), Some("6 trays"));
+        for kept in ["-6 degrees at night.", "*Note*: keep dry.", "- ", "6 trays"] {
+            assert_eq!(without_bullet(kept), None, "{kept}");
+        }
+        let item = "- 6 stackable drying trays (part number TR-4412)";
+        let chunk = fact_first_chunk("Dehydrator manual", "What is in the box", item);
+        let synthesis = synthesize_instantly(&chunk).await;
+        assert!(!synthesis.tasks.is_empty());
+        for task in &synthesis.tasks {
+            assert!(!task.question.starts_with('-'), "{task:?}");
         }
     }
 

@@ -250,6 +250,7 @@ pub fn templated_questions(
     };
     push(in_place_question(sentence, span));
     push(fronted_question(sentence, span));
+    push(bracketed_label_question(sentence, span));
     for question in role_verb_questions(sentence, span, topic) {
         push(Some(question));
     }
@@ -556,7 +557,7 @@ fn as_question(text: &str) -> String {
     format!("{body}?")
 }
 
-fn capitalise_first(text: &str) -> String {
+pub(crate) fn capitalise_first(text: &str) -> String {
     let mut chars = text.chars();
     match chars.next() {
         Some(first) => first.to_uppercase().chain(chars).collect(),
@@ -758,6 +759,72 @@ fn fronted_question(sentence: &str, span: &FactSpan) -> Option<String> {
         rest.trim()
     );
     Some(as_question(&collapse_spaces(&question)))
+}
+
+/// The last word of a label that names a value in brackets: "(part number TR-4412)".
+const LABEL_NOUNS: &[&str] = &[
+    "number",
+    "code",
+    "reference",
+    "ref",
+    "id",
+    "identifier",
+    "serial",
+    "model",
+    "version",
+    "grant",
+    "licence",
+    "license",
+    "isbn",
+];
+
+/// Words that open the noun phrase a bracketed value belongs to.
+const PHRASE_OPENERS: &[&str] = &["a", "an", "the", "one", "each", "every", "its", "their"];
+
+/// "6 stackable drying trays (part number TR-4412)" -> "What is the part number of the stackable
+/// drying trays?": a value labelled in brackets after what it belongs to is asked for by its
+/// label and that thing, as a reader asks, where the in-place question reads "6 stackable
+/// drying trays (part number what code)?".
+fn bracketed_label_question(sentence: &str, span: &FactSpan) -> Option<String> {
+    const MAX_LABEL_WORDS: usize = 3;
+    const MAX_OWNER_WORDS: usize = 6;
+    let before = &sentence[..span.start];
+    let open = before.rfind('(')?;
+    if !sentence[span.end..].trim_start().starts_with(')') {
+        return None;
+    }
+    let label = words(&before[open + 1..]);
+    let all_letters = |word: &crate::facts::Word<'_>| word.text.chars().all(char::is_alphabetic);
+    if label.is_empty() || label.len() > MAX_LABEL_WORDS || !label.iter().all(all_letters) {
+        return None;
+    }
+    let label_noun = label.last()?.text.to_lowercase();
+    if !LABEL_NOUNS.contains(&label_noun.as_str()) {
+        return None;
+    }
+    let owner_text = &before[..open];
+    let clause_start = owner_text.rfind([',', ';', ':', '(']).map_or(0, |at| at + 1);
+    let owner_words = words(&owner_text[clause_start..]);
+    // Back from the bracket to the count or article that opens the noun phrase.
+    let opens_phrase = |word: &crate::facts::Word<'_>| {
+        word.text.starts_with(|c: char| c.is_ascii_digit())
+            || PHRASE_OPENERS.contains(&word.text.to_lowercase().as_str())
+    };
+    let first = owner_words
+        .iter()
+        .rposition(opens_phrase)
+        .map_or(0, |at| at + 1);
+    let owner = &owner_words[first..];
+    if owner.is_empty() || owner.len() > MAX_OWNER_WORDS || owner.iter().any(|w| w.ends_clause) {
+        return None;
+    }
+    let owner = owner_text[clause_start..][owner[0].start..owner[owner.len() - 1].end].to_string();
+    let label = label
+        .iter()
+        .map(|word| word.text.to_lowercase())
+        .collect::<Vec<_>>()
+        .join(" ");
+    Some(format!("What is the {label} of the {owner}?"))
 }
 
 /// What follows a span up to the end of its clause: after a comma or semicolon comes another
@@ -1188,6 +1255,30 @@ mod tests {
         let all = questions("Tomas Brell arrived on 4 June 1889.");
         assert!(all.iter().all(|(q, _)| !q.starts_with("When")));
         assert!(all.contains(&pair("Tomas Brell arrived on what date?", "4 June 1889")));
+    }
+
+    #[test]
+    fn a_value_labelled_in_brackets_is_asked_for_by_its_label() {
+        let asked = |sentence: &str, value: &str| {
+            let spans = fact_spans(sentence);
+            let span = spans.iter().find(|s| s.text(sentence).starts_with(value));
+            bracketed_label_question(sentence, span.unwrap())
+        };
+        assert_eq!(
+            asked("6 stackable drying trays (part number TR-4412)", "TR-4412").as_deref(),
+            Some("What is the part number of the stackable drying trays?")
+        );
+        assert_eq!(
+            asked(
+                "The dehydrator has a thermal fuse (part number FZ-220) behind the rear panel.",
+                "FZ-220"
+            )
+            .as_deref(),
+            Some("What is the part number of the thermal fuse?")
+        );
+        // A bracket that is not a label, or a label of something else.
+        assert_eq!(asked("Warm water (about 30 degrees Celsius).", "30 degrees"), None);
+        assert_eq!(asked("It holds 6 trays (see page 12).", "12"), None);
     }
 
     #[test]
