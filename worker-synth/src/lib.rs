@@ -12,6 +12,7 @@ pub mod instant;
 pub mod keys;
 pub mod openai;
 pub mod parse;
+mod past_tense;
 pub mod prompt;
 pub mod restate;
 pub mod synthesize;

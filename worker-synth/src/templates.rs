@@ -9,6 +9,7 @@
 //! 250 are word lists, one word per line.
 
 use crate::facts::{names_a_weekday, names_an_ordinal, words, FactKind, FactSpan};
+use crate::past_tense;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TemplatedQuestion {
@@ -217,6 +218,13 @@ fn is_a_subject(subject: &[crate::facts::Word<'_>]) -> bool {
     !opens.is_some_and(|word| NOT_A_SUBJECT.contains(&word.as_str()))
         && !closes.is_some_and(|word| ["and", "or", "but"].contains(&word.as_str()))
 }
+
+/// Words that show the words before a past form are not its subject: a modal or "be" makes it
+/// a participle, an object pronoun makes the sentence an order or a clause.
+const NOT_IN_A_DID_SUBJECT: &[&str] = &[
+    "be", "been", "being", "may", "might", "shall", "do", "does", "did", "not", "them", "it",
+    "him", "us", "me", "you",
+];
 
 const AUXILIARIES: &[&str] = &[
     "is", "are", "was", "were", "has", "have", "had", "will", "can", "could", "would", "must",
@@ -596,9 +604,55 @@ fn in_place_question(sentence: &str, span: &FactSpan) -> Option<String> {
 /// in the rest, the question word goes first and the auxiliary before the subject.
 fn fronted_question(sentence: &str, span: &FactSpan) -> Option<String> {
     let all = words(sentence);
-    let aux_index = all
+    let is_auxiliary =
+        |word: &crate::facts::Word<'_>| AUXILIARIES.contains(&word.text.to_lowercase().as_str());
+    // A sentence without an auxiliary before its fact's clause ends is asked with "did" and
+    // its verb's base form ("The mill first turned on 2 June 1765" -> "When did the mill first
+    // turn?"); one with an auxiliary later is not, as a past form before it is a participle
+    // ("Seeds collected in 2019 were sown ...").
+    let clause_end = all
         .iter()
-        .position(|word| AUXILIARIES.contains(&word.text.to_lowercase().as_str()))?;
+        .position(|word| word.start >= span.end && word.ends_clause)
+        .unwrap_or(all.len());
+    let (aux_index, did_verb) = match all.iter().take(clause_end).position(is_auxiliary) {
+        Some(index) => (index, None),
+        None => {
+            // The words before a verb are a subject only if one of them says what it is ("The
+            // retired keeper moved ...": "retired" is no verb).
+            let names_something = |index: usize| {
+                all[..index]
+                    .iter()
+                    .any(|word| crate::ground::is_content_word(&word.text.to_lowercase()))
+            };
+            let (index, base) = all[..clause_end]
+                .iter()
+                .enumerate()
+                .skip(1)
+                .filter(|&(index, _)| names_something(index))
+                .find_map(|(index, word)| Some((index, past_tense::base_form(word.text)?)))?;
+            let lower = |word: &crate::facts::Word<'_>| word.text.to_lowercase();
+            // "The trays may be washed at 55 degrees" (a modal or "be" before a participle),
+            // "Place them in baskets floured ..." (an order, its object before the participle),
+            // "measured 22 feet across and carried forty-eight paddles" (a second verb before
+            // the fact).
+            let subject_is_no_subject = all[..index]
+                .iter()
+                .any(|word| NOT_IN_A_DID_SUBJECT.contains(&lower(word).as_str()))
+                // A changelog's "Updated the bundled TLS library ...".
+                || past_tense::base_form(&lower(&all[0])).is_some();
+            let second_verb = all[index + 1..]
+                .iter()
+                .take_while(|word| word.end <= span.start)
+                .any(|word| {
+                    ["and", "or", "but"].contains(&lower(word).as_str())
+                        || past_tense::base_form(word.text).is_some()
+                });
+            if subject_is_no_subject || second_verb {
+                return None;
+            }
+            (index, Some(base))
+        }
+    };
     let aux = &all[aux_index];
     // "Today the station is staffed by ..." -> "How many firefighters is the station staffed
     // by today?": a one-word time adverb before the subject goes to the end.
@@ -672,7 +726,7 @@ fn fronted_question(sentence: &str, span: &FactSpan) -> Option<String> {
     // "Its first skipper was Maud Ellery, who ..." -> "Who was its first skipper?": a name
     // right after a copula is what the subject is, asked for by the subject alone (the
     // in-place question would say "was what" of a person).
-    let copula = COPULAS.contains(&aux.text.to_lowercase().as_str());
+    let copula = did_verb.is_none() && COPULAS.contains(&aux.text.to_lowercase().as_str());
     if copula
         && matches!(span.kind, FactKind::Name | FactKind::Quoted)
         && !span.is_place
@@ -729,6 +783,11 @@ fn fronted_question(sentence: &str, span: &FactSpan) -> Option<String> {
     }
     let mut wh = wh;
     let mut after = clause_rest(&sentence[span.end..]);
+    // "began on 14 March 1762 and took just over three years": the question asks about the
+    // first verb only.
+    if did_verb.is_some() {
+        after = after.split(" and ").next().unwrap_or(after);
+    }
     // "staffed by nineteen on-call firefighters": a count whose span did not take what it
     // counts takes the next word with it ("How many firefighters is the station staffed
     // by?", not "How many is the station staffed by firefighters?").
@@ -745,16 +804,19 @@ fn fronted_question(sentence: &str, span: &FactSpan) -> Option<String> {
             after = &after[counted.end..];
         }
     }
+    let (inverted, verb) = match did_verb {
+        Some(base) => ("did".to_string(), base),
+        None => (aux.text.to_lowercase(), String::new()),
+    };
     let rest = format!(
-        "{} {} {}",
+        "{verb} {} {} {}",
         sentence[aux.end..rest_end].trim(),
         after.trim(),
         adverb.unwrap_or_default()
     );
     let question = format!(
-        "{} {} {} {}",
+        "{} {inverted} {} {}",
         capitalise_first(&wh),
-        aux.text.to_lowercase(),
         subject,
         rest.trim()
     );
@@ -803,7 +865,9 @@ fn bracketed_label_question(sentence: &str, span: &FactSpan) -> Option<String> {
         return None;
     }
     let owner_text = &before[..open];
-    let clause_start = owner_text.rfind([',', ';', ':', '(']).map_or(0, |at| at + 1);
+    let clause_start = owner_text
+        .rfind([',', ';', ':', '('])
+        .map_or(0, |at| at + 1);
     let owner_words = words(&owner_text[clause_start..]);
     // Back from the bracket to the count or article that opens the noun phrase.
     let opens_phrase = |word: &crate::facts::Word<'_>| {
@@ -1251,10 +1315,37 @@ mod tests {
     }
 
     #[test]
-    fn sentences_without_an_auxiliary_get_no_fronted_question() {
+    fn a_sentence_without_an_auxiliary_is_asked_with_did() {
         let all = questions("Tomas Brell arrived on 4 June 1889.");
-        assert!(all.iter().all(|(q, _)| !q.starts_with("When")));
         assert!(all.contains(&pair("Tomas Brell arrived on what date?", "4 June 1889")));
+        assert!(all.contains(&pair("When did Tomas Brell arrive?", "4 June 1889")));
+        let all = questions("The mill first turned on 2 June 1765.");
+        assert!(all.contains(&pair("When did the mill first turn?", "2 June 1765")));
+        let all = questions("The retired keeper moved to Dunmere in 1990.");
+        assert!(
+            all.contains(&pair(
+                "When did the retired keeper move to Dunmere?",
+                "1990"
+            )),
+            "{all:?}"
+        );
+        let all = questions("The Trust raised 186,000 pounds over twelve years.");
+        assert!(
+            all.contains(&pair(
+                "How many pounds did the Trust raise over twelve years?",
+                "186,000 pounds"
+            )),
+            "{all:?}"
+        );
+        // A past participle before an auxiliary, or a verb that is not in the past, is not
+        // asked with "did".
+        for sentence in [
+            "Seeds collected in 2019 were sown in March.",
+            "The ferry crosses the river 14 times a day.",
+        ] {
+            let all = questions(sentence);
+            assert!(all.iter().all(|(q, _)| !q.contains(" did ")), "{all:?}");
+        }
     }
 
     #[test]
@@ -1277,7 +1368,10 @@ mod tests {
             Some("What is the part number of the thermal fuse?")
         );
         // A bracket that is not a label, or a label of something else.
-        assert_eq!(asked("Warm water (about 30 degrees Celsius).", "30 degrees"), None);
+        assert_eq!(
+            asked("Warm water (about 30 degrees Celsius).", "30 degrees"),
+            None
+        );
         assert_eq!(asked("It holds 6 trays (see page 12).", "12"), None);
     }
 
