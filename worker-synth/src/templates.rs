@@ -1,12 +1,13 @@
 //! Questions built by rule from a sentence and one of its fact spans, so every fact has tasks
 //! whatever the generator writes. Several phrasings per fact: the sentence turned into a question
 //! in place ("The light was first lit in what year?") and a fronted question where the sentence has
-//! an auxiliary to invert ("When was the light first lit?"). A fact asked in one wording only is
+//! an auxiliary to invert ("When was the light first lit?"), or a verb in the past to ask with
+//! "did" ("When did the mill first turn?", `past_tense.rs`). A fact asked in one wording only is
 //! stored but not recalled by other wordings (ARCHITECTURE.md, "Absorption with a weak generator").
 //! A cloze would be a third, but with the sentence in the answer it only teaches copying.
 //!
-//! Over 1,200 lines: 370 of them are tests (one per kind of sentence a rule turns) and about
-//! 250 are word lists, one word per line.
+//! Over 1,400 lines: 430 of them are tests (one per kind of sentence a rule turns) and about
+//! 270 are word lists, one word per line.
 
 use crate::facts::{names_a_weekday, names_an_ordinal, words, FactKind, FactSpan};
 use crate::past_tense;
