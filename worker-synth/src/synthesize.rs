@@ -393,6 +393,16 @@ fn list_label(sentence: &str) -> Option<(&str, &str)> {
     (!rest.is_empty()).then_some((label, rest))
 }
 
+/// A sentence without its layout: a list's bullet, and its list or clause number, which it
+/// also gives.
+fn sentence_body(sentence: &str) -> (&str, Option<&str>) {
+    let text = without_bullet(sentence).unwrap_or(sentence);
+    match list_label(text) {
+        Some((label, body)) => (body, Some(label)),
+        None => (text, None),
+    }
+}
+
 /// A Markdown list item's text without its bullet ("- 6 stackable drying trays ..."), which
 /// would otherwise open the item's questions ("- 6 stackable drying trays (part number what
 /// code)?").
@@ -560,12 +570,9 @@ async fn synthesize_facts(
 ) -> Result<SentenceTasks, GeneratorError> {
     // A list's bullet is layout, and so is a list or clause number: facts and questions come
     // from the text after them, and answers name the number at their end.
-    let bulleted = without_bullet(&sentence.text);
-    let text = bulleted.unwrap_or(&sentence.text);
-    let label = list_label(text);
-    let body = label.map_or(text, |(_, body)| body);
+    let (body, label) = sentence_body(&sentence.text);
     let unlabelled;
-    let sentence = if bulleted.is_some() || label.is_some() {
+    let sentence = if body.len() != sentence.text.len() {
         unlabelled = SentenceUnit {
             text: body.to_string(),
             ..sentence.clone()
@@ -574,7 +581,6 @@ async fn synthesize_facts(
     } else {
         sentence
     };
-    let label = label.map(|(label, _)| label);
     let mut spans = fact_spans(&sentence.text);
     if spans.is_empty() {
         return Ok(SentenceTasks {
@@ -1186,12 +1192,17 @@ mod tests {
         for kept in ["-6 degrees at night.", "*Note*: keep dry.", "- ", "6 trays"] {
             assert_eq!(without_bullet(kept), None, "{kept}");
         }
-        let item = "- 6 stackable drying trays (part number TR-4412)";
-        let chunk = fact_first_chunk("Dehydrator manual", "What is in the box", item);
-        let synthesis = synthesize_instantly(&chunk).await;
-        assert!(!synthesis.tasks.is_empty());
-        for task in &synthesis.tasks {
-            assert!(!task.question.starts_with('-'), "{task:?}");
+        for item in [
+            "- 6 stackable drying trays (part number TR-4412)",
+            "- Updated the bundled TLS library to version 3.1.7 to address PSK-2024-0419.",
+        ] {
+            let chunk = fact_first_chunk("Manual", "What is in the box", item);
+            let synthesis = synthesize_instantly(&chunk).await;
+            assert!(!synthesis.tasks.is_empty());
+            for task in &synthesis.tasks {
+                assert!(!task.question.starts_with('-'), "{task:?}");
+            }
+            assert_eq!(synthesis.facts.found, synthesis.facts.covered, "{item}");
         }
     }
 
