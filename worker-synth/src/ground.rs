@@ -231,7 +231,6 @@ impl SentenceSource<'_> {
 pub fn about_another_clause(question: &str, own: &str, others: &[&str]) -> bool {
     let named = |clause: &str| {
         let words = SourceWords::new(clause, "");
-        let mut seen = HashSet::new();
         tokens(question)
             .filter(|token| match token {
                 Token::Number(number) => words.numbers.contains(number),
@@ -241,8 +240,8 @@ pub fn about_another_clause(question: &str, own: &str, others: &[&str]) -> bool 
                         && words.has_word(word)
                 }
             })
-            .filter(|token| seen.insert(format!("{token:?}")))
-            .count()
+            .collect::<HashSet<_>>()
+            .len()
     };
     let own_named = named(own);
     others
@@ -275,7 +274,7 @@ fn contains_phrase(haystack: &[String], needle: &[String]) -> bool {
         .any(|window| window == needle)
 }
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq, Hash)]
 enum Token {
     /// Digits with their inner separators, thousands commas removed (`1,000` -> `1000`).
     Number(String),

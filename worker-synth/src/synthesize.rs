@@ -329,10 +329,10 @@ fn previous_sentence(text: &str) -> &str {
 /// recalled anything (on the dev set it then named the right kind of fact from another
 /// sentence); every answer of the recipe being document text keeps one answer style.
 ///
-/// The answer ends with the sentence's `suffix` (see [`answer_suffix`]).
-fn evidence_answer(span: &FactSpan, sentence: &str, suffix: Option<&str>) -> String {
+/// The answer is the fact's `evidence` and ends with the sentence's `suffix` (see
+/// [`answer_suffix`]).
+fn evidence_answer(evidence: &str, suffix: Option<&str>) -> String {
     // A list item's marker is layout, not content.
-    let evidence = evidence(span, sentence);
     let evidence = evidence
         .trim_start_matches(['-', '*', '•', '#'])
         .trim_start();
@@ -647,16 +647,16 @@ async fn synthesize_facts(
         }
     );
 
-    // Every question about a fact, whoever wrote it, is trained with the same answer.
-    let fact_answers: Vec<String> = spans
-        .iter()
-        .map(|span| evidence_answer(span, &sentence.text, suffix))
-        .collect();
     let clauses: Vec<Cow<str>> = spans
         .iter()
         .map(|span| evidence(span, &sentence.text))
         .collect();
     let clauses: Vec<&str> = clauses.iter().map(|clause| clause.as_ref()).collect();
+    // Every question about a fact, whoever wrote it, is trained with the same answer.
+    let fact_answers: Vec<String> = clauses
+        .iter()
+        .map(|clause| evidence_answer(clause, suffix))
+        .collect();
     let mut tasks: Vec<(TaskKind, QaPair)> = Vec::new();
     let mut dropped = DropCounts::default();
     let mut seen_questions = HashSet::new();
@@ -1054,12 +1054,12 @@ mod tests {
         let spans = fact_spans(long);
         let year = spans.iter().find(|s| s.text(long) == "1761").unwrap();
         assert_eq!(
-            evidence_answer(year, long, None),
+            evidence_answer(&evidence(year, long), None),
             "It was commissioned in 1761 by the wool merchant Aldous van der Brekke"
         );
         let place = spans.iter().find(|s| s.text(long) == "Tressock").unwrap();
         assert_eq!(
-            evidence_answer(place, long, None),
+            evidence_answer(&evidence(place, long), None),
             "who had grown tired of paying the inland millers of Tressock to grind his tenants' \
              grain."
         );
@@ -1152,7 +1152,7 @@ mod tests {
         assert_eq!(heading, Some("4.2.1 - 18 June 2024"));
         let span = &fact_spans(&bullet.text)[0];
         assert_eq!(
-            evidence_answer(span, &bullet.text, heading),
+            evidence_answer(&evidence(span, &bullet.text), heading),
             "Fixed a crash with 65,535 files (4.2.1 - 18 June 2024)."
         );
         let title = unit("## 4.2.0 - 2 May 2024", before);
