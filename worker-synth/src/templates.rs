@@ -2,12 +2,13 @@
 //! whatever the generator writes. Several phrasings per fact: the sentence turned into a question
 //! in place ("The light was first lit in what year?") and a fronted question where the sentence has
 //! an auxiliary to invert ("When was the light first lit?"), or a verb in the past to ask with
-//! "did" ("When did the mill first turn?", `past_tense.rs`). A fact asked in one wording only is
+//! "did" ("When did the mill first turn?", `past_tense.rs`); a named place by where the named
+//! thing before it is ("Where is The Anchor and Lamp?"). A fact asked in one wording only is
 //! stored but not recalled by other wordings (ARCHITECTURE.md, "Absorption with a weak generator").
 //! A cloze would be a third, but with the sentence in the answer it only teaches copying.
 //!
-//! Over 1,400 lines: 430 of them are tests (one per kind of sentence a rule turns) and about
-//! 270 are word lists, one word per line.
+//! Over 1,500 lines: 460 of them are tests (one per kind of sentence a rule turns) and about
+//! 290 are word lists, one word per line.
 
 use crate::facts::{names_a_weekday, names_an_ordinal, words, FactKind, FactSpan};
 use crate::past_tense;
@@ -260,6 +261,9 @@ pub fn templated_questions(
     push(in_place_question(sentence, span));
     push(fronted_question(sentence, span));
     push(bracketed_label_question(sentence, span));
+    for question in located_questions(sentence, span) {
+        push(Some(question));
+    }
     for question in role_verb_questions(sentence, span, topic) {
         push(Some(question));
     }
@@ -520,12 +524,21 @@ fn question_phrase(sentence: &str, span: &FactSpan, at_start: bool) -> String {
         FactKind::Number if names_an_ordinal(text) => "which".to_string(),
         FactKind::Number => "what number".to_string(),
         FactKind::Code => "what code".to_string(),
-        FactKind::Name if span.is_place => "which place".to_string(),
-        FactKind::Name if at_start => "who".to_string(),
-        FactKind::Name if preceding_word(sentence, span).as_deref() == Some("by") => {
-            "whom".to_string()
+        FactKind::Name => {
+            let preceding = preceding_word(sentence, span);
+            let after_a_preposition = preceding
+                .as_deref()
+                .is_some_and(|word| PLACE_PRECEDING_WORDS.contains(&word));
+            match place_noun(text) {
+                // "on Quay Street"; a person may be called Lane or Bay, so only after a preposition.
+                Some(noun) if after_a_preposition => format!("which {noun}"),
+                _ if span.is_place => "which place".to_string(),
+                _ if at_start => "who".to_string(),
+                _ if preceding.as_deref() == Some("by") => "whom".to_string(),
+                _ => "what".to_string(),
+            }
         }
-        FactKind::Name | FactKind::Quoted => "what".to_string(),
+        FactKind::Quoted => "what".to_string(),
     }
 }
 
@@ -892,6 +905,117 @@ fn bracketed_label_question(sentence: &str, span: &FactSpan) -> Option<String> {
     Some(format!("What is the {label} of the {owner}?"))
 }
 
+/// Last words of a place's name that say what kind of place it is, and the word a reader asks
+/// with: "on Quay Street" is asked "on which street", where "on what" says nothing; few say
+/// "which row" or "which terrace".
+const PLACE_NOUNS: &[(&str, &str)] = &[
+    ("street", "street"),
+    ("road", "road"),
+    ("lane", "lane"),
+    ("avenue", "avenue"),
+    ("square", "square"),
+    ("quay", "quay"),
+    ("wharf", "wharf"),
+    ("row", "street"),
+    ("terrace", "street"),
+    ("crescent", "street"),
+    ("drive", "street"),
+    ("boulevard", "street"),
+    ("parade", "street"),
+    ("island", "island"),
+    ("bay", "bay"),
+    ("river", "river"),
+];
+
+/// The kind of place a name's last word says, as a reader asks for it ("Quay Street" ->
+/// "street").
+fn place_noun(name: &str) -> Option<&'static str> {
+    let last = words(name).last()?.text.to_lowercase();
+    PLACE_NOUNS
+        .iter()
+        .find(|(noun, _)| *noun == last)
+        .map(|&(_, asked_as)| asked_as)
+}
+
+/// Words before a place's name that make its last word its kind ("on Quay Street").
+const PLACE_PRECEDING_WORDS: &[&str] = &[
+    "on", "in", "at", "along", "off", "near", "from", "to", "across", "above", "below", "over",
+    "beside", "onto", "into", "via", "through", "past",
+];
+
+/// Prepositions that locate a named thing at a named place.
+const LOCATING_PREPOSITIONS: &[&str] = &["on", "in", "at"];
+
+/// Lower-case words inside a name ("The Anchor and Lamp", "Museum of Lace").
+const NAME_JOINS: &[&str] = &["and", "of"];
+
+/// "The Anchor and Lamp on Quay Street ..." -> "Where is The Anchor and Lamp?" and "On which
+/// street is The Anchor and Lamp?": a named thing right before a locating preposition and a
+/// named place is asked where it is, with none of the rest of the sentence, as a visitor asks.
+fn located_questions(sentence: &str, span: &FactSpan) -> Vec<String> {
+    if span.kind != FactKind::Name {
+        return Vec::new();
+    }
+    let all = words(sentence);
+    let Some(place) = all.iter().position(|word| word.start == span.start) else {
+        return Vec::new();
+    };
+    if place < 2 {
+        return Vec::new();
+    }
+    let preposition = all[place - 1].text.to_lowercase();
+    if !LOCATING_PREPOSITIONS.contains(&preposition.as_str()) || all[place - 1].ends_clause {
+        return Vec::new();
+    }
+    // Back from the preposition over the located thing's capitalised words and joins.
+    let last = place - 2;
+    if all[last].ends_clause || !all[last].text.starts_with(char::is_uppercase) {
+        return Vec::new();
+    }
+    let mut first = last;
+    while first > 0 {
+        let word = &all[first - 1];
+        let joins = NAME_JOINS.contains(&word.text);
+        if word.ends_clause || !(word.text.starts_with(char::is_uppercase) || joins) {
+            break;
+        }
+        first -= 1;
+    }
+    while NAME_JOINS.contains(&all[first].text) {
+        first += 1;
+    }
+    let thing = &all[first..=last];
+    // A lone capitalised word opening the sentence need not be a name ("Born in Leiden").
+    let opens_sentence_alone = first == 0 && last == 0;
+    if opens_sentence_alone
+        || thing
+            .iter()
+            .any(|word| word.text.chars().any(|c| c.is_ascii_digit()))
+    {
+        return Vec::new();
+    }
+    let mut name = sentence[thing[0].start..thing[thing.len() - 1].end].to_string();
+    // The sentence's capitalised opening article is not part of the name; a lower-case one
+    // before it is ("joined the Brill Institute in Leiden").
+    if first == 0 && thing[0].text == "The" {
+        name.replace_range(..1, "t");
+    } else if first > 0 && all[first - 1].text == "the" && !all[first - 1].ends_clause {
+        name.insert_str(0, "the ");
+    }
+    let past = all
+        .iter()
+        .any(|word| matches!(word.text, "was" | "were" | "had"));
+    let copula = if past { "was" } else { "is" };
+    let mut questions = vec![format!("Where {copula} {name}?")];
+    if let Some(noun) = place_noun(span.text(sentence)) {
+        questions.push(format!(
+            "{} which {noun} {copula} {name}?",
+            capitalise_first(&preposition)
+        ));
+    }
+    questions
+}
+
 /// What follows a span up to the end of its clause: after a comma or semicolon comes another
 /// statement, which makes the question longer without saying more about the fact.
 fn clause_rest(after: &str) -> &str {
@@ -1022,6 +1146,35 @@ mod tests {
         )));
         let subject = questions("Mara Quill founded the guild, which had 12 members.");
         assert_eq!(subject[0], pair("Who founded the guild?", "Mara Quill"));
+    }
+
+    #[test]
+    fn a_named_thing_at_a_named_place_is_asked_where_it_is() {
+        let all = questions(
+            "The best place to try it is The Anchor and Lamp on Quay Street, run since 1987.",
+        );
+        for question in [
+            "Where is The Anchor and Lamp?",
+            "On which street is The Anchor and Lamp?",
+            "The best place to try it is The Anchor and Lamp on which street?",
+        ] {
+            assert!(all.contains(&pair(question, "Quay Street")), "{all:?}");
+        }
+        let all = questions("The Harbour Museum in Dock Lane was opened by Ada Brell.");
+        assert!(
+            all.contains(&pair("Where was the Harbour Museum?", "Dock Lane")),
+            "{all:?}"
+        );
+        let all = questions("She joined the Brill Institute in Leiden.");
+        assert!(
+            all.contains(&pair("Where is the Brill Institute?", "Leiden")),
+            "{all:?}"
+        );
+        // A place after a verb locates no named thing.
+        let sentence = "She was born in Klaverhaven on 9 April 1887.";
+        for span in fact_spans(sentence) {
+            assert_eq!(located_questions(sentence, &span), Vec::<String>::new());
+        }
     }
 
     #[test]
