@@ -534,7 +534,7 @@ fn question_phrase(sentence: &str, span: &FactSpan, at_start: bool) -> String {
                 Some(noun) if after_a_preposition => format!("which {noun}"),
                 _ if span.is_place => "which place".to_string(),
                 _ if at_start => "who".to_string(),
-                _ if preceding.as_deref() == Some("by") => "whom".to_string(),
+                _ if agent_start(sentence, span).is_some() => "whom".to_string(),
                 _ => "what".to_string(),
             }
         }
@@ -570,6 +570,32 @@ fn preceding_word(sentence: &str, span: &FactSpan) -> Option<String> {
         .map(|word| word.text.to_lowercase())
 }
 
+/// Where the agent of a passive starts, for a name after "by" or "by the" ("cast by the
+/// Olderby Foundry"): the start of its "the", or of the name. None for a name that only
+/// qualifies the noun after it ("run by the Fairbrother family"), which is no agent.
+fn agent_start(sentence: &str, span: &FactSpan) -> Option<usize> {
+    let before = words(&sentence[..span.start]);
+    let after = &sentence[span.end..];
+    let qualifies_a_noun = !after.starts_with([',', ';', '.', ':', ')'])
+        && words(after).first().is_some_and(|word| {
+            word.text.starts_with(char::is_lowercase)
+                && crate::ground::is_content_word(&word.text.to_lowercase())
+        });
+    match before.as_slice() {
+        [.., by] if by.text == "by" => Some(span.start),
+        [.., by, the]
+            if by.text == "by"
+                && the.text == "the"
+                && !by.ends_clause
+                && !the.ends_clause
+                && !qualifies_a_noun =>
+        {
+            Some(the.start)
+        }
+        _ => None,
+    }
+}
+
 /// The sentence with its trailing punctuation replaced by a question mark.
 fn as_question(text: &str) -> String {
     let body = text
@@ -597,7 +623,7 @@ fn in_place_question(sentence: &str, span: &FactSpan) -> Option<String> {
     // regatta" -> "which regatta".
     let before = match before.len().checked_sub("the ".len()) {
         Some(cut)
-            if phrase.starts_with("which")
+            if (phrase.starts_with("which") || phrase == "whom")
                 && before.is_char_boundary(cut)
                 && before[cut..].eq_ignore_ascii_case("the ")
                 && (cut == 0 || before[..cut].ends_with(' ')) =>
@@ -756,7 +782,8 @@ fn fronted_question(sentence: &str, span: &FactSpan) -> Option<String> {
             aux.text.to_lowercase()
         )));
     }
-    let after_by = preceding_word(sentence, span).as_deref() == Some("by");
+    let agent = agent_start(sentence, span);
+    let after_by = agent.is_some();
     let wh = match span.kind {
         FactKind::Date => "when".to_string(),
         FactKind::Name if span.is_place => "where".to_string(),
@@ -770,7 +797,8 @@ fn fronted_question(sentence: &str, span: &FactSpan) -> Option<String> {
     };
     let absorbs_preposition =
         matches!(span.kind, FactKind::Date) || (span.kind == FactKind::Name && span.is_place);
-    let mut rest_end = span.start;
+    // "Who was the roof cast by?", without the "the" of "by the Olderby Foundry".
+    let mut rest_end = agent.unwrap_or(span.start);
     if absorbs_preposition {
         // The preposition may have an article after it ("on the last Saturday").
         let between = words(&sentence[aux.end..span.start]);
@@ -1146,6 +1174,24 @@ mod tests {
         )));
         let subject = questions("Mara Quill founded the guild, which had 12 members.");
         assert_eq!(subject[0], pair("Who founded the guild?", "Mara Quill"));
+    }
+
+    #[test]
+    fn an_agent_after_by_the_is_asked_for_with_who() {
+        let all = questions("Its iron roof was cast by the Olderby Foundry.");
+        for question in [
+            "Its iron roof was cast by whom?",
+            "Who was its iron roof cast by?",
+        ] {
+            assert!(all.contains(&pair(question, "Olderby Foundry")), "{all:?}");
+        }
+        // The name of the family is no agent: nothing asks "by whom family".
+        let all = questions("The oldest stall is run by the Pell family.");
+        assert!(
+            !all.iter()
+                .any(|(question, _)| question.contains("whom") || question.starts_with("Who")),
+            "{all:?}"
+        );
     }
 
     #[test]
