@@ -14,6 +14,8 @@
 # line per variant. Needs gpu-bin/lift (a `--features cuda` release build, docs/benchmarks.md)
 # and the default model under $LIFT_MODEL_DIR. Each process is stopped after
 # $LIFT_EVAL_TIMEOUT_S seconds (default 540), so a device call returns what finished.
+# With LIFT_EVAL_KEEP_TASKS=1, each document's job keeps its store (`--keep-store`) and the task
+# files of each variant come back as OUT_DIR/tasks-<set>-<name>.tar, to read what was trained.
 set -euo pipefail
 out=${1:?usage: scripts/eval-facts-gpu.sh OUT_DIR SET name[:options]...}
 set_dir=${2:?usage: scripts/eval-facts-gpu.sh OUT_DIR SET name[:options]...}
@@ -34,9 +36,11 @@ for variant in "$@"; do
     doc_name=$(basename "$doc" .toml)
     dir="$work/$name/$doc_name"
     mkdir -p "$dir"
+    keep=()
+    [[ ${LIFT_EVAL_KEEP_TASKS:-0} == 1 ]] && keep=(--keep-store "$dir/store")
     # shellcheck disable=SC2086 # the options are words on purpose
-    timeout "$timeout_s" "$lift" eval facts --set "$set_dir" --only "$doc_name" --out "$dir" $options \
-      >"$dir/stdout" 2>"$dir/stderr" &
+    timeout "$timeout_s" "$lift" eval facts --set "$set_dir" --only "$doc_name" --out "$dir" \
+      "${keep[@]}" $options >"$dir/stdout" 2>"$dir/stderr" &
     while (($(jobs -rp | wc -l) >= parallel)); do
       wait -n || true
     done
@@ -48,6 +52,10 @@ for variant in "$@"; do
   name=${variant%%:*}
   options=""
   [[ $variant == *:* ]] && options=${variant#*:}
+  if [[ ${LIFT_EVAL_KEEP_TASKS:-0} == 1 ]]; then
+    (cd "$work/$name" && find . -path '*/tasks/*.jsonl') |
+      tar -cf "$out/tasks-$set_name-$name.tar" -C "$work/$name" -T -
+  fi
   python3 - "$work/$name" "$out/facts-$set_name-$name.json" "$name" "$options" <<'PY'
 import glob, json, os, sys
 work, target, name, options = sys.argv[1:]

@@ -68,6 +68,11 @@ pub struct LiftArgs {
     /// Directory for report.json and the plots.
     #[arg(long)]
     pub out: PathBuf,
+    /// Keep the evaluation's jobs (task files, adapters) in this store directory, to read what
+    /// was trained afterwards (`jobs/<id>/tasks/*.jsonl`); default: a temporary store, removed
+    /// at the end.
+    #[arg(long)]
+    pub keep_store: Option<PathBuf>,
 }
 
 impl LiftArgs {
@@ -322,7 +327,7 @@ fn job_summary(status: &proto::JobStatus) -> serde_json::Value {
 }
 
 /// Loads the model and runs `work` against an in-process lift whose store is a temporary
-/// directory (evaluation jobs are throwaway).
+/// directory (evaluation jobs are throwaway), or `--keep-store`'s.
 async fn with_lift<T, Work>(
     config: &Config,
     args: &LiftArgs,
@@ -332,8 +337,20 @@ where
     Work: std::future::Future<Output = anyhow::Result<T>>,
 {
     let engine = infra::load_engine(config, &args.model()).await?;
-    let store_dir = tempfile::tempdir().context("cannot create a temporary store")?;
-    let store = Store::open(&store_dir.path().display().to_string(), None)?;
+    // Removed when dropped, at the end of this function: after the work is done.
+    let mut temporary = None;
+    let store_dir = match &args.keep_store {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create the store {}", dir.display()))?;
+            dir.clone()
+        }
+        None => temporary
+            .insert(tempfile::tempdir().context("cannot create a temporary store")?)
+            .path()
+            .to_path_buf(),
+    };
+    let store = Store::open(&store_dir.display().to_string(), None)?;
     let mut config = config.clone();
     config.model = args.model();
     let (engine_for_work, store_for_work) = (engine.clone(), store.clone());
