@@ -825,9 +825,9 @@ fn fronted_question(sentence: &str, span: &FactSpan) -> Option<String> {
     }
     let mut wh = wh;
     let mut after = clause_rest(&sentence[span.end..]);
-    // "began on 14 March 1762 and took just over three years": the question asks about the
-    // first verb only.
-    if did_verb.is_some() {
+    // "began on 14 March 1762 and took just over three years", "cast by the Olderby Foundry
+    // and spans 38 metres": the question asks about the first verb only.
+    if did_verb.is_some() || after_by {
         after = after.split(" and ").next().unwrap_or(after);
     }
     // "staffed by nineteen on-call firefighters": a count whose span did not take what it
@@ -1185,6 +1185,12 @@ mod tests {
         ] {
             assert!(all.contains(&pair(question, "Olderby Foundry")), "{all:?}");
         }
+        // A second verb after the agent is another statement.
+        let all = questions("The roof was cast by the Olderby Foundry and spans 38 metres.");
+        assert!(
+            all.contains(&pair("Who was the roof cast by?", "Olderby Foundry")),
+            "{all:?}"
+        );
         // The name of the family is no agent: nothing asks "by whom family".
         let all = questions("The oldest stall is run by the Pell family.");
         assert!(
