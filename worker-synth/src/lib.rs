@@ -14,6 +14,7 @@ pub mod openai;
 pub mod parse;
 mod past_tense;
 pub mod prompt;
+pub mod referent;
 pub mod restate;
 pub mod synthesize;
 pub mod templates;

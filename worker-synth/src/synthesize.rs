@@ -21,6 +21,7 @@ use crate::generator::{GeneratorError, QaGenerator, QaRequest, RestateRequest};
 use crate::ground::{about_another_clause, GroundingPolicy, SentenceSource};
 use crate::keys::key_phrases;
 use crate::parse::{DropCounts, PairCollector, ParseLimits, QaPair};
+use crate::referent::pronoun_referent;
 use crate::restate::restated_questions;
 use crate::templates::{asks_for_kind, capitalise_first, keyed_question, templated_questions};
 
@@ -666,6 +667,7 @@ async fn synthesize_facts(
         }
     };
 
+    let referent = pronoun_referent(&sentence.text, &sentence.left_context);
     let mut requests = requests.iter().zip(replies).peekable();
     for (fact, span) in spans.iter().enumerate() {
         let answer = span.text(&sentence.text).to_string();
@@ -726,8 +728,12 @@ async fn synthesize_facts(
             .into_iter()
             .chain(clause_questions)
         {
+            let question = match &referent {
+                Some(referent) => referent.named_in(&templated.question),
+                None => templated.question,
+            };
             let pair = QaPair {
-                question: templated.question,
+                question,
                 answer: fact_answers[fact].clone(),
             };
             keep(TaskKind::FactTemplate, pair, &mut tasks);

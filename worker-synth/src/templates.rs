@@ -957,7 +957,7 @@ const PLACE_NOUNS: &[(&str, &str)] = &[
 
 /// The kind of place a name's last word says, as a reader asks for it ("Quay Street" ->
 /// "street").
-fn place_noun(name: &str) -> Option<&'static str> {
+pub(crate) fn place_noun(name: &str) -> Option<&'static str> {
     let last = words(name).last()?.text.to_lowercase();
     PLACE_NOUNS
         .iter()
