@@ -106,11 +106,12 @@ pub(crate) fn words(sentence: &str) -> Vec<Word<'_>> {
         }
         let start = raw_start + (raw.len() - trimmed_start.len());
         let end = start + core.len();
+        let after = &raw[end - raw_start..].trim_end();
         words.push(Word {
             text: core,
             start,
             end,
-            ends_clause: raw.trim_end().len() > end - raw_start,
+            ends_clause: !after.is_empty() && !(*after == "." && is_abbreviation(core)),
         });
     }
     words
@@ -560,10 +561,24 @@ const PLACE_PREPOSITIONS: &[&str] = &[
     "through", "via",
 ];
 
+/// Words whose full stop abbreviates them instead of ending anything: an initial, part of the
+/// name it opens ("S. de Vries"), or a title, left out of the name after it like "The" ("Dr.
+/// Brauchli" gives "Brauchli", not "Dr" and "Brauchli").
+fn is_abbreviation(word: &str) -> bool {
+    let single_capital = word.len() == 1 && word.starts_with(|c: char| c.is_ascii_uppercase());
+    single_capital || TITLE_ABBREVIATIONS.contains(&word)
+}
+
+const TITLE_ABBREVIATIONS: &[&str] = &["Dr", "Mr", "Mrs", "Ms", "Prof", "St", "Capt", "Rev"];
+
+/// Capitalised abbreviations that label a number ("No. 17", "Vol. 3"), never a name.
+const NUMBER_LABELS: &[&str] = &["No", "Nos", "Vol", "Fig"];
+
 fn is_name_word(word: &Word<'_>) -> bool {
     // "Jan" may be a month or a name; only whole month names are never names here.
     let full_month = MONTHS[..12].contains(&word.lower().as_str());
     word.is_capitalised()
+        && !NUMBER_LABELS.contains(&word.text)
         && !full_month
         && !WEEKDAYS.contains(&word.lower().as_str())
         && !is_number_word(word)
@@ -810,6 +825,19 @@ mod tests {
         assert!(place[0].is_place);
         // A lone capitalised opening word is not a name; a particle needs a name after it.
         assert_eq!(spans("Afterwards the van of the keeper left."), vec![]);
+        // An initial or a title keeps its name whole; "No." labels a number.
+        assert_eq!(
+            spans("On the back was engraved: No. 17, S. de Vries, 1949."),
+            vec![
+                ("17", FactKind::Number),
+                ("S. de Vries", FactKind::Name),
+                ("1949", FactKind::Date)
+            ]
+        );
+        assert_eq!(
+            spans("The author is Dr. Annelise Brauchli."),
+            vec![("Annelise Brauchli", FactKind::Name)]
+        );
     }
 
     #[test]
