@@ -106,12 +106,13 @@ pub(crate) fn words(sentence: &str) -> Vec<Word<'_>> {
         }
         let start = raw_start + (raw.len() - trimmed_start.len());
         let end = start + core.len();
-        let after = &raw[end - raw_start..].trim_end();
+        let punctuation = raw[end - raw_start..].trim_end();
+        let abbreviated = punctuation == "." && is_abbreviation(core);
         words.push(Word {
             text: core,
             start,
             end,
-            ends_clause: !after.is_empty() && !(*after == "." && is_abbreviation(core)),
+            ends_clause: !punctuation.is_empty() && !abbreviated,
         });
     }
     words
