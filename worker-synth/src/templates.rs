@@ -754,8 +754,10 @@ fn fronted_question(sentence: &str, span: &FactSpan) -> Option<String> {
     }
     let first = &subject_words[0];
     let subject_text = &sentence[first.start..subject_words[subject_words.len() - 1].end];
+    // A function word loses the capital of the sentence's start; "I" keeps it.
     let subject = if first.text.chars().next().is_some_and(char::is_uppercase)
         && !crate::ground::is_content_word(&first.text.to_lowercase())
+        && first.text != "I"
     {
         let mut lowered = first.text.to_lowercase();
         lowered.push_str(&subject_text[first.text.len()..]);
@@ -1196,6 +1198,18 @@ mod tests {
         assert!(
             !all.iter()
                 .any(|(question, _)| question.contains("whom") || question.starts_with("Who")),
+            "{all:?}"
+        );
+    }
+
+    #[test]
+    fn the_speaker_i_keeps_its_capital_when_the_question_fronts_it() {
+        let all = questions("I have been making them for fourteen years.");
+        assert!(
+            all.contains(&pair(
+                "How many years have I been making them for?",
+                "fourteen years"
+            )),
             "{all:?}"
         );
     }
