@@ -105,6 +105,12 @@ pub async fn synthesize_chunk(
         QuestionRecipe::FactFirst | QuestionRecipe::Templates => true,
     };
     let outcomes = join_all(chunk.sentences.iter().map(|sentence| async move {
+        if is_label_line(&sentence.text) {
+            return Ok(SentenceTasks {
+                tasks: Vec::new(),
+                dropped: DropCounts::default(),
+            });
+        }
         if fact_first {
             return synthesize_facts(generator, chunk, sentence, tuning).await;
         }
@@ -145,7 +151,7 @@ pub async fn synthesize_chunk(
         match outcome {
             Ok(SentenceTasks { tasks, dropped }) => {
                 synthesis.pairs_dropped.add(&dropped);
-                if tasks.is_empty() {
+                if tasks.is_empty() && !is_label_line(&sentence.text) {
                     // The generator answered, but nothing it wrote is usable: the sentence
                     // failed, and the reason says what was wrong with the replies.
                     let reason = format!("no usable question/answer pair ({})", dropped.describe());
@@ -274,6 +280,22 @@ impl FactCoverage {
 }
 
 /// Lower case, alphanumeric words only, single spaces: "€1,250" and "1250" compare equal.
+/// Most words of a line that labels what follows rather than saying something.
+const MAX_LABEL_WORDS: usize = 3;
+
+/// A line that only labels what follows ("Fixed", "Security", "## Cleaning"), with no fact
+/// in it: layout, not text to learn. Trained as the answer of its passage task, a one-word
+/// line became what the adapted model said to questions sharing its word ("What is the
+/// identifier of the vulnerability fixed by ...?" -> "Fixed"). The sentences under it keep it
+/// in their left context, and a Markdown heading with facts ("## 4.2.1 - 18 June 2024") is
+/// still asked about.
+fn is_label_line(text: &str) -> bool {
+    let text = text.trim();
+    let short = text.split_whitespace().count() <= MAX_LABEL_WORDS
+        && !text.ends_with(['.', '!', '?', '"', '\'', ')']);
+    (text.starts_with('#') || short) && fact_spans(text).is_empty()
+}
+
 fn normalise_words(text: &str) -> String {
     text.split(|c: char| !c.is_alphanumeric() && c != ',')
         .map(|word| word.replace(',', "").to_lowercase())
@@ -1188,6 +1210,28 @@ mod tests {
             "7.",
         ] {
             assert_eq!(label(unlabelled), None, "{unlabelled}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_line_that_labels_what_follows_is_not_trained_and_not_failed() {
+        for label in ["Fixed", "Security", "## Cleaning and care"] {
+            let chunk = fact_first_chunk("Pondskater Changelog", "## 4.2.1 - 18 June 2024", label);
+            let synthesis = synthesize_instantly(&chunk).await;
+            assert!(synthesis.tasks.is_empty(), "{label}: {:?}", synthesis.tasks);
+            assert!(
+                synthesis.failures.is_empty(),
+                "{label}: {:?}",
+                synthesis.failures
+            );
+        }
+        // A heading with facts is asked about; a short sentence is text.
+        for text in ["## 4.2.1 - 18 June 2024", "She never asked."] {
+            let chunk = fact_first_chunk("Pondskater Changelog", "Fixed", text);
+            assert!(
+                !synthesize_instantly(&chunk).await.tasks.is_empty(),
+                "{text}"
+            );
         }
     }
 
