@@ -118,6 +118,27 @@ pub(crate) fn words(sentence: &str) -> Vec<Word<'_>> {
     words
 }
 
+/// The sentences of a text, last first: a sentence ends at a line break or at a full stop,
+/// question or exclamation mark followed by a space ("3.4 metres" ends nothing).
+pub(crate) fn sentences_backwards(text: &str) -> impl Iterator<Item = &str> {
+    let mut ends: Vec<usize> = text
+        .char_indices()
+        .filter(|&(at, c)| {
+            c == '\n'
+                || (matches!(c, '.' | '!' | '?') && text[at + 1..].starts_with(char::is_whitespace))
+        })
+        .map(|(at, _)| at + 1)
+        .collect();
+    ends.insert(0, 0);
+    ends.push(text.len());
+    ends.windows(2)
+        .rev()
+        .map(|pair| text[pair[0]..pair[1]].trim())
+        .filter(|sentence| !sentence.is_empty())
+        .collect::<Vec<_>>()
+        .into_iter()
+}
+
 const MONTHS: &[&str] = &[
     "january",
     "february",

@@ -9,7 +9,7 @@
 //! opens with "Her" or "His" is asked about the name's ("Who was Edda Marrowby's best
 //! apprentice?"). Without a name the question keeps its pronoun.
 
-use crate::facts::{fact_spans, words, FactKind};
+use crate::facts::{fact_spans, sentences_backwards, words, FactKind};
 use crate::templates::place_noun;
 
 /// Pronouns that stand for a person: the subject, the possessive and every form. "It" and
@@ -144,27 +144,6 @@ fn uses_any_form(sentence: &str, pronoun: &Pronoun) -> bool {
 fn bare_lowercase(word: &str) -> String {
     word.trim_matches(|c: char| !c.is_alphanumeric())
         .to_lowercase()
-}
-
-/// The sentences of a text, last first: a sentence ends at a line break or at a full stop,
-/// question or exclamation mark followed by a space ("3.4 metres" ends nothing).
-fn sentences_backwards(text: &str) -> impl Iterator<Item = &str> {
-    let mut ends: Vec<usize> = text
-        .char_indices()
-        .filter(|&(at, c)| {
-            c == '\n'
-                || (matches!(c, '.' | '!' | '?') && text[at + 1..].starts_with(char::is_whitespace))
-        })
-        .map(|(at, _)| at + 1)
-        .collect();
-    ends.insert(0, 0);
-    ends.push(text.len());
-    ends.windows(2)
-        .rev()
-        .map(|pair| text[pair[0]..pair[1]].trim())
-        .filter(|sentence| !sentence.is_empty())
-        .collect::<Vec<_>>()
-        .into_iter()
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use lift_shared::metrics;
 use lift_shared::spec::QuestionRecipe;
 
 use crate::cloze::cloze_tasks;
-use crate::facts::{fact_spans, FactKind, FactSpan};
+use crate::facts::{fact_spans, sentences_backwards, FactKind, FactSpan};
 use crate::generator::{GeneratorError, QaGenerator, QaRequest, RestateRequest};
 use crate::ground::{about_another_clause, GroundingPolicy, SentenceSource};
 use crate::keys::key_phrases;
@@ -104,8 +104,13 @@ pub async fn synthesize_chunk(
         QuestionRecipe::FreeQa => false,
         QuestionRecipe::FactFirst | QuestionRecipe::Templates => true,
     };
-    let outcomes = join_all(chunk.sentences.iter().map(|sentence| async move {
-        if is_label_line(&sentence.text) {
+    let labels: Vec<bool> = chunk
+        .sentences
+        .iter()
+        .map(|sentence| is_label_line(&sentence.text))
+        .collect();
+    let outcomes = join_all(chunk.sentences.iter().zip(&labels).map(|(sentence, &label)| async move {
+        if label {
             return Ok(SentenceTasks {
                 tasks: Vec::new(),
                 dropped: DropCounts::default(),
@@ -146,12 +151,12 @@ pub async fn synthesize_chunk(
         pairs_dropped: DropCounts::default(),
         facts: FactCoverage::default(),
     };
-    for (sentence, outcome) in chunk.sentences.iter().zip(outcomes) {
+    for ((sentence, outcome), label) in chunk.sentences.iter().zip(outcomes).zip(labels) {
         let mut sentence_tasks: Vec<(TaskKind, QaPair)> = Vec::new();
         match outcome {
             Ok(SentenceTasks { tasks, dropped }) => {
                 synthesis.pairs_dropped.add(&dropped);
-                if tasks.is_empty() && !is_label_line(&sentence.text) {
+                if tasks.is_empty() && !label {
                     // The generator answered, but nothing it wrote is usable: the sentence
                     // failed, and the reason says what was wrong with the replies.
                     let reason = format!("no usable question/answer pair ({})", dropped.describe());
@@ -279,7 +284,6 @@ impl FactCoverage {
     }
 }
 
-/// Lower case, alphanumeric words only, single spaces: "€1,250" and "1250" compare equal.
 /// Most words of a line that labels what follows rather than saying something.
 const MAX_LABEL_WORDS: usize = 3;
 
@@ -296,6 +300,7 @@ fn is_label_line(text: &str) -> bool {
     (text.starts_with('#') || short) && fact_spans(text).is_empty()
 }
 
+/// Lower case, alphanumeric words only, single spaces: "€1,250" and "1250" compare equal.
 fn normalise_words(text: &str) -> String {
     text.split(|c: char| !c.is_alphanumeric() && c != ',')
         .map(|word| word.replace(',', "").to_lowercase())
@@ -322,18 +327,7 @@ fn passage_task(sentence: &SentenceUnit, label: Option<&str>) -> QaPair {
 /// The last sentence of a text, at most `PREVIOUS_SENTENCE_CHARS` long (cut at a word).
 fn previous_sentence(text: &str) -> &str {
     const PREVIOUS_SENTENCE_CHARS: usize = 200;
-    let text = text.trim_end();
-    let body = text.trim_end_matches(['.', '!', '?', '"', ')']);
-    // A full stop inside a token ("3.4 metres", "7.1 The Customer") ends nothing.
-    let start = body
-        .char_indices()
-        .rev()
-        .find(|&(at, c)| {
-            c == '\n'
-                || (matches!(c, '.' | '!' | '?') && body[at + 1..].starts_with(char::is_whitespace))
-        })
-        .map_or(0, |(end, _)| end + 1);
-    let mut last = text[start..].trim_start();
+    let mut last = sentences_backwards(text).next().unwrap_or("");
     if last.len() > PREVIOUS_SENTENCE_CHARS {
         let mut cut = last.len() - PREVIOUS_SENTENCE_CHARS;
         while !last.is_char_boundary(cut) {
