@@ -16,6 +16,9 @@
 # $LIFT_EVAL_TIMEOUT_S seconds (default 540), so a device call returns what finished.
 # With LIFT_EVAL_KEEP_TASKS=1, each document's job keeps its store (`--keep-store`) and the task
 # files of each variant come back as OUT_DIR/tasks-<set>-<name>.tar, to read what was trained.
+# With LIFT_EVAL_WALL_S, no process starts after that many seconds and those running are
+# stopped then, so the reports are merged before the device call's own limit ends it (the model
+# and binaries move with scripts/gpu-stage.sh).
 set -euo pipefail
 out=${1:?usage: scripts/eval-facts-gpu.sh OUT_DIR SET name[:options]...}
 set_dir=${2:?usage: scripts/eval-facts-gpu.sh OUT_DIR SET name[:options]...}
@@ -27,12 +30,22 @@ export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib:${LD_LIBRAR
 export LIFT_SYNTH_CONCURRENCY=${LIFT_SYNTH_CONCURRENCY:-32}
 work=$(mktemp -d)
 set_name=$(basename "$set_dir")
+wall_s=${LIFT_EVAL_WALL_S:-0}
+watchdogs=0
+if ((wall_s > 0)); then
+  # `timeout` passes the TERM on to its document's process.
+  (sleep "$wall_s"; touch "$work/stop"; pkill -TERM -P $$ -x timeout || true) >/dev/null 2>&1 &
+  watchdog=$!
+  watchdogs=1
+fi
+documents=()
 
 for variant in "$@"; do
   name=${variant%%:*}
   options=""
   [[ $variant == *:* ]] && options=${variant#*:}
   for doc in "$set_dir"/*.toml; do
+    [[ -e $work/stop ]] && break 2
     doc_name=$(basename "$doc" .toml)
     dir="$work/$name/$doc_name"
     mkdir -p "$dir"
@@ -41,12 +54,17 @@ for variant in "$@"; do
     # shellcheck disable=SC2086 # the options are words on purpose
     timeout "$timeout_s" "$lift" eval facts --set "$set_dir" --only "$doc_name" --out "$dir" \
       "${keep[@]}" $options >"$dir/stdout" 2>"$dir/stderr" &
-    while (($(jobs -rp | wc -l) >= parallel)); do
+    documents+=($!)
+    while (($(jobs -rp | wc -l) >= parallel + watchdogs)); do
       wait -n || true
     done
   done
 done
-wait || true
+wait "${documents[@]}" || true
+if ((watchdogs == 1)); then
+  pkill -P "$watchdog" || true
+  kill "$watchdog" 2>/dev/null || true
+fi
 
 for variant in "$@"; do
   name=${variant%%:*}
