@@ -267,7 +267,127 @@ pub fn templated_questions(
     for question in role_verb_questions(sentence, span, topic) {
         push(Some(question));
     }
+    for question in named_thing_questions(sentence, span) {
+        push(Some(question));
+    }
+    push(appositive_role_question(sentence, span));
     questions
+}
+
+/// Words that give a thing its name right before the name: "a wooden sluice called the Gannet
+/// Gate".
+const NAMING_WORDS: &[&str] = &["called", "named", "nicknamed", "code-named", "codenamed"];
+
+/// Nouns for a person that say nothing about which one.
+const UNSPECIFIC_PERSONS: &[&str] = &[
+    "man",
+    "woman",
+    "boy",
+    "girl",
+    "person",
+    "child",
+    "lady",
+    "gentleman",
+    "young man",
+    "young woman",
+    "old man",
+    "old woman",
+];
+
+/// Whether a sentence speaks of the past: its questions about a name or a role then say "was".
+fn in_the_past(sentence: &str) -> bool {
+    words(sentence)
+        .iter()
+        .any(|word| matches!(word.text.to_lowercase().as_str(), "was" | "were" | "had"))
+}
+
+/// The indefinite noun phrase that ends `text`, within its clause and without its article:
+/// "Each spring the pans are filled through a wooden sluice" -> "wooden sluice". Only "a" or
+/// "an" opens it: after a definite subject "named" and "called" are mostly verbs ("the Harbour
+/// Board named Ada Brell harbourmaster"). None when longer than a reader would repeat.
+fn indefinite_phrase_ending(text: &str) -> Option<&str> {
+    const MAX_PHRASE_WORDS: usize = 5;
+    let clause_start = text.rfind([',', ';', ':', '(']).map_or(0, |at| at + 1);
+    let clause = &text[clause_start..];
+    let all = words(clause);
+    let opener = all.iter().rposition(|word| {
+        PHRASE_OPENERS.contains(&word.text.to_lowercase().as_str())
+            || word.text.starts_with(|c: char| c.is_ascii_digit())
+    })?;
+    if !matches!(all[opener].text.to_lowercase().as_str(), "a" | "an") {
+        return None;
+    }
+    let phrase = &all[opener + 1..];
+    let fits = !phrase.is_empty() && phrase.len() <= MAX_PHRASE_WORDS;
+    (fits && phrase.iter().all(|word| !word.ends_clause))
+        .then(|| &clause[phrase[0].start..phrase[phrase.len() - 1].end])
+}
+
+/// "... through a wooden sluice called the Gannet Gate" -> "What is the name of the wooden
+/// sluice?", "What is the wooden sluice called?": readers ask for a name by the thing it names,
+/// where the in-place question ("... a wooden sluice called the what?") keeps the sentence.
+fn named_thing_questions(sentence: &str, span: &FactSpan) -> Vec<String> {
+    if span.kind != FactKind::Name {
+        return Vec::new();
+    }
+    let before = sentence[..span.start].trim_end();
+    let before = before
+        .strip_suffix(" the")
+        .or_else(|| before.strip_suffix(" The"))
+        .unwrap_or(before);
+    let Some(naming_at) = before.rfind(' ').map(|at| at + 1) else {
+        return Vec::new();
+    };
+    if !NAMING_WORDS.contains(&before[naming_at..].to_lowercase().as_str()) {
+        return Vec::new();
+    }
+    let Some(thing) = indefinite_phrase_ending(&before[..naming_at]) else {
+        return Vec::new();
+    };
+    // "What is the name of the woman?" fits every woman of the document.
+    if UNSPECIFIC_PERSONS.contains(&thing.to_lowercase().as_str()) {
+        return Vec::new();
+    }
+    let copula = if in_the_past(sentence) { "was" } else { "is" };
+    vec![
+        format!("What {copula} the name of the {thing}?"),
+        format!("What {copula} the {thing} called?"),
+    ]
+}
+
+/// "The current manager, Philippa Stroud, took over in 2011." -> "Who is the current
+/// manager?": a role named before a person in commas, where the in-place question reads "The
+/// current manager, what?".
+fn appositive_role_question(sentence: &str, span: &FactSpan) -> Option<String> {
+    const MAX_ROLE_WORDS: usize = 4;
+    if span.kind != FactKind::Name || span.is_place {
+        return None;
+    }
+    let before = sentence[..span.start].trim_end().strip_suffix(',')?;
+    if !sentence[span.end..].trim_start().starts_with(',') || before.contains([',', ';', ':']) {
+        return None;
+    }
+    let role = words(before);
+    let opener = role.first()?.text.to_lowercase();
+    if !matches!(opener.as_str(), "the" | "its" | "their")
+        || role.len() < 2
+        || role.len() > MAX_ROLE_WORDS
+        || !names_a_role(&role[1..])
+    {
+        return None;
+    }
+    let current = role
+        .iter()
+        .any(|word| word.text.eq_ignore_ascii_case("current"));
+    let copula = if current || !in_the_past(sentence) {
+        "is"
+    } else {
+        "was"
+    };
+    Some(format!(
+        "Who {copula} {opener} {}?",
+        &before[role[1].start..]
+    ))
 }
 
 /// What the holder of a role does, present and past: people ask "Who conducts the choir?"
@@ -1139,6 +1259,42 @@ mod tests {
 
     fn pair(question: &str, answer: &str) -> (String, String) {
         (question.to_string(), answer.to_string())
+    }
+
+    #[test]
+    fn a_name_is_asked_by_the_thing_it_names() {
+        let all = questions(
+            "Each spring the pans are filled through a wooden sluice called the Gannet Gate.",
+        );
+        assert!(all.contains(&pair(
+            "What is the name of the wooden sluice?",
+            "Gannet Gate"
+        )));
+        assert!(all.contains(&pair("What is the wooden sluice called?", "Gannet Gate")));
+        let past = questions("Her largest puppet was a dragon named Old Smoke.");
+        assert!(past.contains(&pair("What was the dragon called?", "Old Smoke")));
+        let person = questions("The keeper is a woman named Odalys Fenwarrow.");
+        assert!(!person
+            .iter()
+            .any(|(question, _)| question.contains("the woman")));
+        // After a definite subject "named" is a verb: nothing is named the board.
+        let verb = questions("In 1923 the Harbour Board named Ada Brell harbourmaster.");
+        assert!(!verb
+            .iter()
+            .any(|(question, _)| question.contains("Board called")));
+    }
+
+    #[test]
+    fn a_role_before_a_name_in_commas_is_asked_for() {
+        let all = questions("The current manager, Philippa Stroud, took over in 2011.");
+        assert!(all.contains(&pair("Who is the current manager?", "Philippa Stroud")));
+        let past = questions("Its first skipper, Maud Ellery, had sailed the lake for years.");
+        assert!(past.contains(&pair("Who was its first skipper?", "Maud Ellery")));
+        // Not a role: a place in commas is no person.
+        let place = questions("The old mill, Brenlow House, had stood empty since 1901.");
+        assert!(!place
+            .iter()
+            .any(|(question, _)| question.starts_with("Who")));
     }
 
     #[test]
