@@ -294,11 +294,12 @@ const UNSPECIFIC_PERSONS: &[&str] = &[
     "old woman",
 ];
 
-/// Whether a sentence speaks of the past: its questions about a name or a role then say "was".
+/// Whether a sentence speaks of the past: its questions about where a thing is, a name or a
+/// role then say "was".
 fn in_the_past(sentence: &str) -> bool {
     words(sentence)
         .iter()
-        .any(|word| matches!(word.text.to_lowercase().as_str(), "was" | "were" | "had"))
+        .any(|word| matches!(word.text, "was" | "were" | "had"))
 }
 
 /// The indefinite noun phrase that ends `text`, within its clause and without its article:
@@ -1152,10 +1153,7 @@ fn located_questions(sentence: &str, span: &FactSpan) -> Vec<String> {
     } else if first > 0 && all[first - 1].text == "the" && !all[first - 1].ends_clause {
         name.insert_str(0, "the ");
     }
-    let past = all
-        .iter()
-        .any(|word| matches!(word.text, "was" | "were" | "had"));
-    let copula = if past { "was" } else { "is" };
+    let copula = if in_the_past(sentence) { "was" } else { "is" };
     let mut questions = vec![format!("Where {copula} {name}?")];
     if let Some(noun) = place_noun(span.text(sentence)) {
         questions.push(format!(
