@@ -8,8 +8,7 @@
 #   seal   SEAL's single-passage protocol: 20 single paragraphs, all their answerable
 #          questions asked with no passage (4 processes of 5 passages)
 # $LIFT_BENCHMARKS (default "niah squad seal") picks which run. At most $LIFT_EVAL_PARALLEL
-# processes (default 10; about 10 fit the H200's memory since training steps replay CUDA
-# graphs, scripts/eval-facts-gpu.sh) run at once, the others start as those finish. On 2 CPU cores these take many hours; on the H200 one call of a few minutes.
+# processes (default: as many as the free GPU memory holds, scripts/gpu-processes.sh) run at once, the others start as those finish. On 2 CPU cores these take many hours; on the H200 one call of a few minutes.
 # The whole NIAH grid of issue 18 (25 cells) in two calls, for example:
 #   LIFT_BENCHMARKS=niah LIFT_NIAH_LENGTHS="8192 16384" LIFT_NIAH_DEPTHS="0 25 50 75 100" ...
 #
@@ -25,7 +24,7 @@ out=${1:?usage: scripts/eval-benchmarks-gpu.sh OUT_DIR [lift options]...}
 shift
 lift=${LIFT_BIN:-gpu-bin/lift}
 timeout_s=${LIFT_EVAL_TIMEOUT_S:-540}
-parallel=${LIFT_EVAL_PARALLEL:-10}
+parallel=${LIFT_EVAL_PARALLEL:-$(scripts/gpu-processes.sh)}
 benchmarks=${LIFT_BENCHMARKS:-niah squad seal}
 export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}
 export LIFT_SYNTH_CONCURRENCY=${LIFT_SYNTH_CONCURRENCY:-32}

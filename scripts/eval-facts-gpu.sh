@@ -7,9 +7,9 @@
 # Run from the repository root ON the GPU machine:
 #   scripts/eval-facts-gpu.sh OUT_DIR SET 'name[:lift options]'...
 #   e.g. scripts/eval-facts-gpu.sh "$OUT" eval/facts/dev default 'epochs6:--epochs 6'
-# About 10 processes fit the H200: since a job's training steps replay their CUDA graphs,
-# each keeps up to 13.4 GB of GPU memory (20 at once ran it out of memory, docs/benchmarks.md).
-# So at most $LIFT_EVAL_PARALLEL (default 10) run at once, the others start as those finish.
+# Since a job's training steps replay their CUDA graphs, each process keeps up to 13.4 GB of
+# GPU memory: at most $LIFT_EVAL_PARALLEL run at once (default: as many as the free GPU memory
+# holds, scripts/gpu-processes.sh; 6 on an H100, 10 on an H200), the others start as those finish.
 # Writes OUT_DIR/facts-<set>-<name>.json (the documents' reports merged) and prints one JSON
 # line per variant. Needs gpu-bin/lift (a `--features cuda` release build, docs/benchmarks.md)
 # and the default model under $LIFT_MODEL_DIR. Each process is stopped after
@@ -25,7 +25,7 @@ set_dir=${2:?usage: scripts/eval-facts-gpu.sh OUT_DIR SET name[:options]...}
 shift 2
 lift=${LIFT_BIN:-gpu-bin/lift}
 timeout_s=${LIFT_EVAL_TIMEOUT_S:-540}
-parallel=${LIFT_EVAL_PARALLEL:-10}
+parallel=${LIFT_EVAL_PARALLEL:-$(scripts/gpu-processes.sh)}
 export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}
 export LIFT_SYNTH_CONCURRENCY=${LIFT_SYNTH_CONCURRENCY:-32}
 work=$(mktemp -d)
