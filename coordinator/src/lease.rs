@@ -15,9 +15,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use lift_broker::queues;
 use lift_shared::ids::JobId;
+use lift_shared::messages::{now_ms, Headers, ProgressEvent};
 use lift_shared::state::JobStatus;
-use lift_store::{layout, AdapterCommit, Heartbeat};
+use lift_store::{layout, AdapterCommit, Heartbeat, StoreError};
 use tokio::sync::watch;
 
 use crate::jobs::{apply_adapter_commit, persist, stopped, Context, JobEntry};
@@ -58,6 +60,9 @@ pub(crate) async fn run_lease_watchdog(ctx: Arc<Context>, shutdown: watch::Recei
             match ctx.store.adapter_commit(&status.job_id).await {
                 Ok(Some(commit)) => finish_committed(&ctx, &entry, &commit).await,
                 Ok(None) => reassign(&ctx, &entry).await,
+                Err(error @ StoreError::Json { .. }) => {
+                    fail_unreadable_commit(&ctx, &status, &error).await
+                }
                 Err(error) => {
                     tracing::warn!(job_id = %status.job_id, %error, "failed to read the adapter commit");
                 }
@@ -142,6 +147,27 @@ async fn finish_committed(ctx: &Context, entry: &JobEntry, commit: &AdapterCommi
     let mut record = entry.record.lock().await;
     if let Err(error) = apply_adapter_commit(&ctx.store, entry, &mut record, commit).await {
         tracing::warn!(job_id = %record.job_id, %error, "failed to record the adapter commit");
+    }
+}
+
+/// A commit that exists but does not parse will not parse later either (the store is fine: it
+/// returned the bytes), and the run that wrote it is gone: the job fails with the reason,
+/// through the events queue as a trainer's report would, rather than waiting forever.
+async fn fail_unreadable_commit(ctx: &Context, status: &JobStatus, error: &StoreError) {
+    let event = ProgressEvent::TrainingFailed {
+        job_id: status.job_id.clone(),
+        generation: status.trainer_generation,
+        reason: format!("the adapter commit is unreadable: {}", error.with_causes()),
+        at_ms: now_ms(),
+    };
+    let payload = serde_json::to_vec(&event).expect("events serialize");
+    if let Err(error) = ctx
+        .broker
+        .publish(queues::EVENTS, &payload, Headers::default())
+        .await
+    {
+        // The next pass, a lease from now, tries again.
+        tracing::warn!(job_id = %status.job_id, %error, "failed to report an unreadable adapter commit");
     }
 }
 

@@ -605,6 +605,24 @@ async fn a_silent_trainer_whose_adapter_is_committed_succeeds_the_job() {
 }
 
 #[tokio::test]
+async fn a_silent_trainer_whose_adapter_commit_is_unreadable_fails_the_job() {
+    let h = start().await;
+    let (job, _) = submit(&h, 6).await;
+    drain(&h.broker, queues::TRAIN).await;
+    claim(&h, &job, 0, "gpu-0").await;
+    // As an older trainer wrote it after its loss became NaN: serde writes NaN as null.
+    let commit = r#"{"generation":0,"trainer":"gpu-0","steps":60,"final_loss":null,"at_ms":1}"#;
+    h.store
+        .put_overwrite(&layout::adapter_commit(&job), commit)
+        .await
+        .unwrap();
+    let status = wait_for_stored(&h, &job, |s| s.state == JobState::Failed).await;
+    let error = status.error.unwrap_or_default();
+    assert!(error.contains("adapter commit is unreadable"), "{error}");
+    assert_eq!(h.broker.queue_depth(queues::TRAIN).await.unwrap(), 0);
+}
+
+#[tokio::test]
 async fn grpc_server_answers_health_and_service_calls() {
     let h = start().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

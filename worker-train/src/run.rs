@@ -289,11 +289,17 @@ impl JobRun {
         let timer = metrics::TRAINING_STEP_SECONDS.start_timer();
         let stats = state.trainer.step(batch)?;
         timer.observe_duration();
+        let step = state.trainer.steps_done();
+        if !stats.loss.is_finite() {
+            return Err(TrainError::Diverged {
+                step,
+                loss: stats.loss,
+            });
+        }
         metrics::TRAINING_TOKENS.inc_by(stats.tokens as u64);
         metrics::TRAINING_LOSS.set(f64::from(stats.loss));
         state.last_loss = stats.loss;
         state.steps_since_checkpoint += 1;
-        let step = state.trainer.steps_done();
         self.current_step.store(step, Ordering::Relaxed);
         self.report(ProgressEvent::TrainingStep {
             job_id: self.job().clone(),

@@ -15,6 +15,7 @@ use lift_store::{layout, Store};
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::Checkpoint;
+use crate::error::TrainError;
 use crate::run::{JobRun, RunOptions, RunOutcome};
 
 fn tasks(chunk: u32, n: u32) -> Vec<u8> {
@@ -536,5 +537,29 @@ async fn a_job_no_trainer_took_in_time_fails_with_the_reason() {
             && reasons[0].contains("serves tiny-random"),
         "{}",
         reasons[0]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_whose_loss_stops_being_a_number_fails_and_commits_nothing() {
+    let f = Fixture::new();
+    f.claim(0, "test-trainer").await;
+    f.put_tasks(0, 4).await;
+    let mut run = f.run(1, 2, 100, CancellationToken::new());
+    // Scales the adapter's output by 5e29: the first update overflows it.
+    run.assignment.options.alpha = 2e30;
+    let result = tokio::task::spawn_blocking(move || run.run())
+        .await
+        .unwrap();
+    let Err(TrainError::Diverged { step, loss }) = result else {
+        panic!("{result:?}");
+    };
+    assert!(step >= 1 && !loss.is_finite(), "step {step}, loss {loss}");
+    assert_eq!(f.store.adapter_commit(&f.job).await.unwrap(), None);
+    // Every event reads back (a NaN would be written as null), and none reports that step.
+    let reported = steps(&f.events().await, 1);
+    assert!(
+        reported.iter().all(|&reported| reported < step),
+        "{reported:?}"
     );
 }
