@@ -18,7 +18,10 @@
 # Needs $LIFT_BIN (default gpu-bin/lift, a `--features cuda` release build, docs/benchmarks.md),
 # the default model under $LIFT_MODEL_DIR and the evaluation data under $LIFT_EVAL_DATA_DIR
 # (scripts/fetch-eval-data.sh). Each process is stopped after $LIFT_EVAL_TIMEOUT_S seconds
-# (default 540); NIAH keeps the cells a stopped process finished, SQuAD groups do not.
+# (default 540); NIAH keeps the cells a stopped process finished, SQuAD groups do not. With
+# LIFT_EVAL_WALL_S, no process starts after that many seconds and those running are stopped
+# then, so the reports are merged before a device call's own limit ends the script (session 34
+# lost a whole call's reports to that limit).
 set -euo pipefail
 out=${1:?usage: scripts/eval-benchmarks-gpu.sh OUT_DIR [lift options]...}
 shift
@@ -29,13 +32,24 @@ benchmarks=${LIFT_BENCHMARKS:-niah squad seal}
 export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}
 export LIFT_SYNTH_CONCURRENCY=${LIFT_SYNTH_CONCURRENCY:-32}
 work=$(mktemp -d)
+wall_s=${LIFT_EVAL_WALL_S:-0}
+watchdogs=0
+if ((wall_s > 0)); then
+  # `timeout` passes the TERM on to its process.
+  (sleep "$wall_s"; touch "$work/stop"; pkill -TERM -P $$ -x timeout || true) >/dev/null 2>&1 &
+  watchdog=$!
+  watchdogs=1
+fi
+processes=()
 
 run() {
+  [[ -e $work/stop ]] && return 0
   local dir=$work/$1
   shift
   mkdir -p "$dir"
   timeout "$timeout_s" "$lift" eval "$@" --out "$dir" >"$dir/stdout" 2>"$dir/stderr" &
-  while (($(jobs -rp | wc -l) >= parallel)); do
+  processes+=($!)
+  while (($(jobs -rp | wc -l) >= parallel + watchdogs)); do
     wait -n || true
   done
 }
@@ -61,7 +75,11 @@ if wanted seal; then
       --questions-per-group 100 "$@"
   done
 fi
-wait || true
+((${#processes[@]} > 0)) && { wait "${processes[@]}" || true; }
+if ((watchdogs == 1)); then
+  pkill -P "$watchdog" || true
+  kill "$watchdog" 2>/dev/null || true
+fi
 
 for benchmark in $benchmarks; do
   reports=("$work/$benchmark"/*/report.json)
