@@ -32,26 +32,19 @@ benchmarks=${LIFT_BENCHMARKS:-niah squad seal}
 export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}
 export LIFT_SYNTH_CONCURRENCY=${LIFT_SYNTH_CONCURRENCY:-32}
 work=$(mktemp -d)
-wall_s=${LIFT_EVAL_WALL_S:-0}
-watchdogs=0
-if ((wall_s > 0)); then
-  # `timeout` passes the TERM on to its process.
-  (sleep "$wall_s"; touch "$work/stop"; pkill -TERM -P $$ -x timeout || true) >/dev/null 2>&1 &
-  watchdog=$!
-  watchdogs=1
-fi
+# shellcheck source=scripts/eval-deadline.sh
+source "$(dirname "${BASH_SOURCE[0]}")/eval-deadline.sh"
+deadline_start "$work"
 processes=()
 
 run() {
-  [[ -e $work/stop ]] && return 0
+  deadline_passed && return 0
   local dir=$work/$1
   shift
   mkdir -p "$dir"
   timeout "$timeout_s" "$lift" eval "$@" --out "$dir" >"$dir/stdout" 2>"$dir/stderr" &
   processes+=($!)
-  while (($(jobs -rp | wc -l) >= parallel + watchdogs)); do
-    wait -n || true
-  done
+  wait_for_slot
 }
 
 wanted() { [[ " $benchmarks " == *" $1 "* ]]; }
@@ -76,10 +69,7 @@ if wanted seal; then
   done
 fi
 ((${#processes[@]} > 0)) && { wait "${processes[@]}" || true; }
-if ((watchdogs == 1)); then
-  pkill -P "$watchdog" || true
-  kill "$watchdog" 2>/dev/null || true
-fi
+deadline_end
 
 for benchmark in $benchmarks; do
   reports=("$work/$benchmark"/*/report.json)

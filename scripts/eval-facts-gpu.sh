@@ -30,14 +30,9 @@ export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib:${LD_LIBRAR
 export LIFT_SYNTH_CONCURRENCY=${LIFT_SYNTH_CONCURRENCY:-32}
 work=$(mktemp -d)
 set_name=$(basename "$set_dir")
-wall_s=${LIFT_EVAL_WALL_S:-0}
-watchdogs=0
-if ((wall_s > 0)); then
-  # `timeout` passes the TERM on to its document's process.
-  (sleep "$wall_s"; touch "$work/stop"; pkill -TERM -P $$ -x timeout || true) >/dev/null 2>&1 &
-  watchdog=$!
-  watchdogs=1
-fi
+# shellcheck source=scripts/eval-deadline.sh
+source "$(dirname "${BASH_SOURCE[0]}")/eval-deadline.sh"
+deadline_start "$work"
 documents=()
 
 for variant in "$@"; do
@@ -45,7 +40,7 @@ for variant in "$@"; do
   options=""
   [[ $variant == *:* ]] && options=${variant#*:}
   for doc in "$set_dir"/*.toml; do
-    [[ -e $work/stop ]] && break 2
+    deadline_passed && break 2
     doc_name=$(basename "$doc" .toml)
     dir="$work/$name/$doc_name"
     mkdir -p "$dir"
@@ -55,16 +50,11 @@ for variant in "$@"; do
     timeout "$timeout_s" "$lift" eval facts --set "$set_dir" --only "$doc_name" --out "$dir" \
       "${keep[@]}" $options >"$dir/stdout" 2>"$dir/stderr" &
     documents+=($!)
-    while (($(jobs -rp | wc -l) >= parallel + watchdogs)); do
-      wait -n || true
-    done
+    wait_for_slot
   done
 done
 wait "${documents[@]}" || true
-if ((watchdogs == 1)); then
-  pkill -P "$watchdog" || true
-  kill "$watchdog" 2>/dev/null || true
-fi
+deadline_end
 
 for variant in "$@"; do
   name=${variant%%:*}
