@@ -78,8 +78,9 @@ for benchmark in $benchmarks; do
     tail -n 5 "$work/$benchmark"/*/stderr >&2 || true
     continue
   fi
-  # A merge whose plots cannot be drawn (no DejaVu font on the machine) still writes the report.
-  "$lift" eval merge --out "$out/$benchmark" "${reports[@]}" || echo "$benchmark: see the error above" >&2
+  # A merge whose plots cannot be drawn (no DejaVu font on the machine) still writes the report,
+  # and so does one with failed jobs (status 3, `jobs_failed` in its line).
+  "$lift" eval merge --out "$out/$benchmark" "${reports[@]}" || echo "$benchmark: merge exited $?, see above" >&2
   for dir in "$work/$benchmark"/*/; do
     [[ -e $dir/report.json ]] || { echo "$benchmark: $(basename "$dir") did not finish:" >&2; tail -n 5 "$dir/stderr" >&2; }
   done

@@ -29,6 +29,7 @@ parallel=${LIFT_EVAL_PARALLEL:-$(scripts/gpu-processes.sh)}
 export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}
 export LIFT_SYNTH_CONCURRENCY=${LIFT_SYNTH_CONCURRENCY:-32}
 work=$(mktemp -d)
+mkdir -p "$out"
 set_name=$(basename "$set_dir")
 # shellcheck source=scripts/eval-deadline.sh
 source "$(dirname "${BASH_SOURCE[0]}")/eval-deadline.sh"
@@ -98,8 +99,11 @@ per_document = [
     }
     for d in documents
 ]
+# A document whose job failed (out of GPU memory, a diverged loss) is in the report with its
+# LIFT answers empty: scored, but counted here so that a low score is not read as a result.
+jobs_failed = [os.path.basename(d["file"]) for d in documents if d["job"].get("state") != "succeeded"]
 summary = {"variant": name, "options": options, "overall": overall,
-           "documents": per_document, "failed": failed}
+           "documents": per_document, "failed": failed, "jobs_failed": jobs_failed}
 json.dump({**summary, "reports": documents}, open(target, "w"), indent=1)
 print(json.dumps(summary))
 PY

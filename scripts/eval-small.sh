@@ -13,13 +13,18 @@ scripts/fetch-model.sh >/dev/null
 scripts/fetch-eval-data.sh >/dev/null
 cargo build -p lift-cli --quiet
 lift="$CARGO_TARGET_DIR/debug/lift"
+jobs_failed=0
 
 run() {
     local name="$1"
     shift
-    local started=$SECONDS
-    "$lift" eval "$@" --out "$out/$name"
+    local started=$SECONDS status=0
+    "$lift" eval "$@" --out "$out/$name" || status=$?
     echo "eval-small: $name took $((SECONDS - started)) s" >&2
+    # 3: the report is written but some of its jobs failed (its `jobs_failed`); the other
+    # runs go on, and the script ends with 3.
+    [[ $status == 0 || $status == 3 ]] || exit "$status"
+    [[ $status == 0 ]] || jobs_failed=1
 }
 
 case "${2:-all}" in
@@ -37,3 +42,4 @@ case "${2:-all}" in
         run ablation-cloze niah --lengths 256 --depths 50 --cloze
         ;;
 esac
+((jobs_failed == 0)) || exit 3

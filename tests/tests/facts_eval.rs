@@ -74,3 +74,50 @@ fn eval_facts_reports_the_three_settings_and_fact_coverage_for_a_dev_document() 
         "LIFT {lift} below the base model {base}"
     );
 }
+
+#[test]
+fn eval_facts_whose_job_fails_writes_its_report_and_exits_with_the_job_failed_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let set = Path::new(env!("CARGO_MANIFEST_DIR")).join("../eval/facts/dev");
+    let out = dir.path().join("report");
+    let (set, out_arg) = (set.display().to_string(), out.display().to_string());
+    // An absurd LoRA alpha overflows the adapter at its first update: the job fails as
+    // diverged within a few steps. Templated questions only, so no generator call is waited on.
+    let args = [
+        "eval",
+        "facts",
+        "--set",
+        &set,
+        "--only",
+        "changelog",
+        "--recipe",
+        "templates",
+        "--alpha",
+        "1e30",
+        "--epochs",
+        "1",
+        "--min-steps",
+        "0",
+        "--out",
+        &out_arg,
+    ];
+    let mut process = LiftProcess::spawn("eval-facts-failed-job", &args, &[], dir.path());
+    let status = process
+        .wait_exit(Duration::from_secs(900))
+        .unwrap_or_else(|| panic!("lift eval facts did not finish:\n{}", process.log_text()));
+    let log = process.log_text();
+    assert_eq!(status.code(), Some(3), "exit status 3 (job failed):\n{log}");
+    assert!(
+        log.contains("1 LIFT job(s) did not succeed"),
+        "says why it failed:\n{log}"
+    );
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["jobs_failed"], 1, "{}", report["jobs_failed"]);
+    let job = &report["documents"][0]["job"];
+    assert_eq!(job["state"], "failed", "{job}");
+    assert!(
+        job["error"].as_str().unwrap().contains("diverged"),
+        "the job's reason is kept: {job}"
+    );
+}

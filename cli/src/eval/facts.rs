@@ -141,7 +141,8 @@ fn candidates_summary(results: &[FactAnswers]) -> serde_json::Value {
     })
 }
 
-pub(super) async fn run(config: Config, args: FactsArgs) -> anyhow::Result<()> {
+/// Returns how many of its jobs did not succeed.
+pub(super) async fn run(config: Config, args: FactsArgs) -> anyhow::Result<usize> {
     let mut documents = load_fact_documents(&args.set).with_context(|| {
         format!(
             "cannot load the fact set at {} (run from the lift repository, or pass --set DIR)",
@@ -237,6 +238,7 @@ pub(super) async fn run(config: Config, args: FactsArgs) -> anyhow::Result<()> {
         .filter_map(|r| r.job["seconds"].as_f64())
         .collect();
     let candidates = (args.candidates > 0).then(|| candidates_summary(&results));
+    let failed = jobs_failed(results.iter().map(|r| &r.job));
     let report = json!({
         "eval": "facts",
         "candidates": candidates,
@@ -250,6 +252,7 @@ pub(super) async fn run(config: Config, args: FactsArgs) -> anyhow::Result<()> {
         "facts_covered": results.iter().filter_map(|r| r.job["facts_covered"].as_u64()).sum::<u64>(),
         "mean_job_seconds": job_seconds.iter().sum::<f64>() / job_seconds.len().max(1) as f64,
         "documents": results.iter().map(FactAnswers::to_json).collect::<Vec<_>>(),
+        "jobs_failed": failed,
         "seconds": started.elapsed().as_secs_f64(),
     });
     let path = write_report_and_plots(&args.lift.out, &report)?;
@@ -279,8 +282,9 @@ pub(super) async fn run(config: Config, args: FactsArgs) -> anyhow::Result<()> {
             "facts_found": report["facts_found"],
             "facts_covered": report["facts_covered"],
             "mean_job_seconds": report["mean_job_seconds"],
+            "jobs_failed": failed,
             "documents": per_document,
         }))?
     );
-    Ok(())
+    Ok(failed)
 }

@@ -28,6 +28,7 @@ use crate::job_args::JobOptions;
 mod facts;
 mod niah;
 mod squad;
+use crate::exit::Exit;
 use crate::{ask, client};
 
 #[derive(Subcommand)]
@@ -164,14 +165,33 @@ const ANSWER_TOKENS: usize = 48;
 const PROMPT_OVERHEAD_TOKENS: usize = 96;
 
 pub async fn run(config: Config, command: EvalCommand) -> anyhow::Result<std::process::ExitCode> {
-    match command {
+    let jobs_failed = match command {
         EvalCommand::Niah(args) => niah::run(config, args).await?,
         EvalCommand::Squad(args) => squad::run(config, args).await?,
         EvalCommand::Facts(args) => facts::run(config, args).await?,
         EvalCommand::Merge { out, reports } => merge_reports(&out, &reports)?,
-        EvalCommand::Plot { report } => plot_report(&report)?,
+        EvalCommand::Plot { report } => {
+            plot_report(&report)?;
+            0
+        }
+    };
+    // The report is written either way; a job that did not succeed (out of GPU memory, a
+    // diverged loss) left its questions unanswered, so the scores understate LIFT.
+    if jobs_failed > 0 {
+        eprintln!(
+            "eval: {jobs_failed} LIFT job(s) did not succeed: their questions count as unanswered \
+             (each job's `error` in the report says why)"
+        );
+        return Ok(Exit::JobFailed.into());
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// How many of a report's jobs (`job_summary`) did not succeed.
+fn jobs_failed<'a>(jobs: impl IntoIterator<Item = &'a serde_json::Value>) -> usize {
+    jobs.into_iter()
+        .filter(|job| job["state"] != "succeeded")
+        .count()
 }
 
 fn data_dir(config: &Config, args: &LiftArgs) -> PathBuf {
@@ -370,7 +390,8 @@ fn write_report(out: &Path, report: &serde_json::Value) -> anyhow::Result<PathBu
 
 /// One report from several of one kind: their cells (NIAH) or answers (SQuAD) and jobs
 /// together, the scores computed again over all of them, the plots drawn again.
-fn merge_reports(out: &Path, paths: &[PathBuf]) -> anyhow::Result<()> {
+/// Merges reports of one kind into one; returns how many of their jobs did not succeed.
+fn merge_reports(out: &Path, paths: &[PathBuf]) -> anyhow::Result<usize> {
     let reports = paths
         .iter()
         .map(|path| read_report(path))
@@ -399,11 +420,13 @@ fn merge_reports(out: &Path, paths: &[PathBuf]) -> anyhow::Result<()> {
             .collect()
     };
     let jobs = gather("jobs");
+    let failed = jobs_failed(&jobs);
     let mut report = json!({
         "eval": kind,
         "config": reports[0]["config"],
         "merged_from": paths,
         "jobs": jobs,
+        "jobs_failed": failed,
         // The processes ran side by side: the merged run took as long as the longest.
         "seconds": reports.iter().filter_map(|r| r["seconds"].as_f64()).fold(0.0, f64::max),
     });
@@ -427,11 +450,12 @@ fn merge_reports(out: &Path, paths: &[PathBuf]) -> anyhow::Result<()> {
             "report": path,
             "reports": paths.len(),
             "jobs": report["jobs"].as_array().map_or(0, Vec::len),
+            "jobs_failed": failed,
             scores: report[scores],
             "gap_closed": report.get("gap_closed"),
         }))?
     );
-    Ok(())
+    Ok(failed)
 }
 
 /// Writes the report, then draws its plots next to it: a run whose plots cannot be drawn

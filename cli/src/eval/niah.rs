@@ -2,7 +2,8 @@
 
 use super::*;
 
-pub(super) async fn run(config: Config, args: NiahArgs) -> anyhow::Result<()> {
+/// Returns how many of its jobs did not succeed.
+pub(super) async fn run(config: Config, args: NiahArgs) -> anyhow::Result<usize> {
     anyhow::ensure!(
         !args.lengths.is_empty() && !args.depths.is_empty(),
         "--lengths and --depths need at least one value each"
@@ -102,6 +103,7 @@ pub(super) async fn run(config: Config, args: NiahArgs) -> anyhow::Result<()> {
     .await?;
 
     let summary = niah_summary(&cells);
+    let failed = jobs_failed(&jobs);
     let report = json!({
         "eval": "niah",
         "config": {
@@ -116,14 +118,17 @@ pub(super) async fn run(config: Config, args: NiahArgs) -> anyhow::Result<()> {
         "summary": summary,
         "cells": cells,
         "jobs": jobs,
+        "jobs_failed": failed,
         "seconds": started.elapsed().as_secs_f64(),
     });
     let path = write_report_and_plots(&args.lift.out, &report)?;
     println!(
         "{}",
-        serde_json::to_string(&json!({ "report": path, "summary": report["summary"] }))?
+        serde_json::to_string(
+            &json!({ "report": path, "summary": report["summary"], "jobs_failed": failed })
+        )?
     );
-    Ok(())
+    Ok(failed)
 }
 
 /// Key-fact hits and mean F1 of each setting over the cells it could run.

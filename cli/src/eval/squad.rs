@@ -2,7 +2,8 @@
 
 use super::*;
 
-pub(super) async fn run(config: Config, args: SquadArgs) -> anyhow::Result<()> {
+/// Returns how many of its jobs did not succeed.
+pub(super) async fn run(config: Config, args: SquadArgs) -> anyhow::Result<usize> {
     anyhow::ensure!(
         args.groups > 0 && args.questions_per_group > 0,
         "--groups and --questions-per-group must be at least 1"
@@ -82,6 +83,7 @@ pub(super) async fn run(config: Config, args: SquadArgs) -> anyhow::Result<()> {
     .await?;
 
     let scores = squad_scores(&answers);
+    let failed = jobs_failed(&jobs);
     let report = json!({
         "eval": "squad",
         "config": {
@@ -96,16 +98,20 @@ pub(super) async fn run(config: Config, args: SquadArgs) -> anyhow::Result<()> {
         "gap_closed": gap_closed(&scores),
         "answers": answers,
         "jobs": jobs,
+        "jobs_failed": failed,
         "seconds": started.elapsed().as_secs_f64(),
     });
     let path = write_report_and_plots(&args.lift.out, &report)?;
     println!(
         "{}",
-        serde_json::to_string(
-            &json!({ "report": path, "scores": report["scores"], "gap_closed": report["gap_closed"] })
-        )?
+        serde_json::to_string(&json!({
+            "report": path,
+            "scores": report["scores"],
+            "gap_closed": report["gap_closed"],
+            "jobs_failed": failed,
+        }))?
     );
-    Ok(())
+    Ok(failed)
 }
 
 pub(super) fn squad_scores(answers: &[serde_json::Value]) -> Vec<SquadScore> {
