@@ -2,7 +2,9 @@
 //!
 //! Events arrive at least once and in any order across workers, so [`JobStatus::apply`] is
 //! idempotent: a chunk is counted once (a bitmap inside the record remembers which), training
-//! steps only move forward, and terminal jobs ignore further events.
+//! steps only move forward, and terminal jobs ignore further events but one: the trainer reads
+//! task files from the store, not the events, so a job can succeed before its last
+//! `ChunkSynthesized` is read, and that chunk's counts still belong in its status.
 //!
 //! Over 600 lines: 260 of them are tests of the state machine.
 
@@ -256,7 +258,10 @@ impl JobStatus {
 
     /// Folds one progress event into the record. Pure and idempotent; see the module docs.
     pub fn apply(&mut self, event: &ProgressEvent, failed_share_threshold: f64) -> ApplyOutcome {
-        if self.state.is_terminal() || event.job_id() != &self.job_id {
+        // What a succeeded job trained on is in its status even when its event came late.
+        let late_chunk = self.state == JobState::Succeeded
+            && matches!(event, ProgressEvent::ChunkSynthesized { .. });
+        if (self.state.is_terminal() && !late_chunk) || event.job_id() != &self.job_id {
             return ApplyOutcome::default();
         }
         if event
@@ -506,6 +511,34 @@ mod tests {
     }
 
     #[test]
+    fn a_chunk_read_after_the_job_succeeded_still_counts_and_changes_no_state() {
+        let mut record = status(2);
+        record.apply(&synthesized(0, 1_500), 0.5);
+        let commit = crate::records::AdapterCommit {
+            generation: 0,
+            trainer: "trainer-a".into(),
+            steps: 4,
+            final_loss: 0.5,
+            at_ms: 2_000,
+        };
+        assert!(record.apply_adapter_commit(&commit, "s3://b/a".into(), 2_000));
+        let late = record.apply(&synthesized(1, 1_800), 0.5);
+        assert!(late.changed);
+        assert_eq!(late.transition, None);
+        assert_eq!(record.state, JobState::Succeeded);
+        assert_eq!(record.chunks_synthesized, 2);
+        assert_eq!(record.tasks_total, 12);
+        assert_eq!(record.finished_at_ms, Some(2_000));
+        // A failure read after the end is not counted (no marker was written for the trainer),
+        // and a job that did not succeed keeps the counts it ended with.
+        assert!(!record.apply(&failed(1), 0.5).changed);
+        let mut cancelled = status(2);
+        cancelled.transition(JobState::Cancelled, 1_000);
+        assert!(!cancelled.apply(&synthesized(0, 1_500), 0.5).changed);
+        assert_eq!(cancelled.chunks_synthesized, 0);
+    }
+
+    #[test]
     fn failure_after_success_of_the_same_chunk_is_ignored() {
         let mut record = status(4);
         record.apply(&synthesized(0, 1_500), 0.5);
@@ -588,7 +621,8 @@ mod tests {
         assert_eq!(outcome.transition, Some(JobState::Succeeded));
         assert_eq!(record.finished_at_ms, Some(9_000));
         assert_eq!(record.trainer, None);
-        assert!(!record.apply(&synthesized(0, 9_500), 0.5).changed);
+        assert!(!record.apply(&step(13, 0.2), 0.5).changed);
+        assert_eq!(record.step, 12);
     }
 
     #[test]

@@ -53,6 +53,13 @@ async fn a_job_completes_with_one_task_file_per_chunk_and_a_loadable_adapter() {
         .await;
     let status = cluster.wait_for_terminal(&job, JOB_TIMEOUT).await;
     assert!(succeeded(&status), "{status:?}\n{}", cluster.logs());
+    // The trainer reads the task files, not the events: the job may end before the
+    // coordinator has read the last chunk's event, which still counts when it comes.
+    let status = cluster
+        .wait_until(&job, Duration::from_secs(60), |s| {
+            s.chunks_synthesized + s.chunks_failed == s.chunks_total
+        })
+        .await;
     assert_eq!(
         task_files(&cluster, &job).await.len() as u32,
         status.chunks_synthesized
@@ -388,6 +395,13 @@ async fn every_process_reconnects_after_the_broker_closes_all_connections() {
     rabbitmqctl(&["close_all_connections", "lift test: forced close"]);
     let status = cluster.wait_for_terminal(&job, JOB_TIMEOUT).await;
     assert!(succeeded(&status), "{status:?}\n{}", cluster.logs());
+    // The trainer reads the task files, not the events: the job may end before the
+    // coordinator has read the last chunk's event, which still counts when it comes.
+    let status = cluster
+        .wait_until(&job, Duration::from_secs(60), |s| {
+            s.chunks_synthesized + s.chunks_failed == s.chunks_total
+        })
+        .await;
     assert_eq!(
         task_files(&cluster, &job).await.len() as u32,
         status.chunks_synthesized

@@ -3,20 +3,25 @@
 //! (`scripts/eval-small.sh docs/results facts`, docs/results.md); this proves the command
 //! runs end to end and reports what it promises.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
 use std::time::Duration;
 
 use lift_tests::LiftProcess;
 use serde_json::Value;
 
-#[test]
-fn eval_facts_reports_the_three_settings_and_fact_coverage_for_a_dev_document() {
-    let dir = tempfile::tempdir().unwrap();
+/// `lift eval facts` on the dev set's changelog for one epoch, with `options` besides: the
+/// process (for its log), how it exited and the report's directory.
+fn eval_changelog(
+    dir: &Path,
+    name: &str,
+    options: &[&str],
+    timeout: Duration,
+) -> (LiftProcess, ExitStatus, PathBuf) {
     let set = Path::new(env!("CARGO_MANIFEST_DIR")).join("../eval/facts/dev");
-    let out = dir.path().join("report");
+    let out = dir.join("report");
     let (set, out_arg) = (set.display().to_string(), out.display().to_string());
-    // One epoch keeps the slice short; the fact-first synthesis is the default's.
-    let args = [
+    let mut args = vec![
         "eval",
         "facts",
         "--set",
@@ -30,10 +35,20 @@ fn eval_facts_reports_the_three_settings_and_fact_coverage_for_a_dev_document() 
         "--out",
         &out_arg,
     ];
-    let mut process = LiftProcess::spawn("eval-facts", &args, &[], dir.path());
+    args.extend_from_slice(options);
+    let mut process = LiftProcess::spawn(name, &args, &[], dir);
     let status = process
-        .wait_exit(Duration::from_secs(1500))
+        .wait_exit(timeout)
         .unwrap_or_else(|| panic!("lift eval facts did not finish:\n{}", process.log_text()));
+    (process, status, out)
+}
+
+#[test]
+fn eval_facts_reports_the_three_settings_and_fact_coverage_for_a_dev_document() {
+    let dir = tempfile::tempdir().unwrap();
+    // One epoch keeps the slice short; the fact-first synthesis is the default's.
+    let (process, status, out) =
+        eval_changelog(dir.path(), "eval-facts", &[], Duration::from_secs(1500));
     assert!(
         status.success(),
         "lift eval facts failed:\n{}",
@@ -78,33 +93,14 @@ fn eval_facts_reports_the_three_settings_and_fact_coverage_for_a_dev_document() 
 #[test]
 fn eval_facts_whose_job_fails_writes_its_report_and_exits_with_the_job_failed_status() {
     let dir = tempfile::tempdir().unwrap();
-    let set = Path::new(env!("CARGO_MANIFEST_DIR")).join("../eval/facts/dev");
-    let out = dir.path().join("report");
-    let (set, out_arg) = (set.display().to_string(), out.display().to_string());
     // An absurd LoRA alpha overflows the adapter at its first update: the job fails as
     // diverged within a few steps. Templated questions only, so no generator call is waited on.
-    let args = [
-        "eval",
-        "facts",
-        "--set",
-        &set,
-        "--only",
-        "changelog",
-        "--recipe",
-        "templates",
-        "--alpha",
-        "1e30",
-        "--epochs",
-        "1",
-        "--min-steps",
-        "0",
-        "--out",
-        &out_arg,
-    ];
-    let mut process = LiftProcess::spawn("eval-facts-failed-job", &args, &[], dir.path());
-    let status = process
-        .wait_exit(Duration::from_secs(900))
-        .unwrap_or_else(|| panic!("lift eval facts did not finish:\n{}", process.log_text()));
+    let (process, status, out) = eval_changelog(
+        dir.path(),
+        "eval-facts-failed-job",
+        &["--recipe", "templates", "--alpha", "1e30"],
+        Duration::from_secs(900),
+    );
     let log = process.log_text();
     assert_eq!(status.code(), Some(3), "exit status 3 (job failed):\n{log}");
     assert!(
