@@ -520,6 +520,21 @@ impl Cluster {
         status
     }
 
+    /// Waits for the job to succeed and for its status to count every chunk: the trainer reads
+    /// task files, not events, so a job can succeed before the coordinator has read its last
+    /// chunk's event, which still counts when it comes (`JobStatus::apply`).
+    pub async fn wait_for_success_with_every_chunk(
+        &self,
+        job_id: &str,
+        timeout: Duration,
+    ) -> proto::JobStatus {
+        self.wait_for_success(job_id, timeout).await;
+        self.wait_until(job_id, Duration::from_secs(60), |s| {
+            s.chunks_synthesized + s.chunks_failed == s.chunks_total
+        })
+        .await
+    }
+
     pub async fn wait_for_terminal(&self, job_id: &str, timeout: Duration) -> proto::JobStatus {
         self.wait_until(job_id, timeout, |s| {
             matches!(

@@ -51,14 +51,8 @@ async fn a_job_completes_with_one_task_file_per_chunk_and_a_loadable_adapter() {
     let job = cluster
         .submit("Vellmar Island", &made_up_document(4), 2)
         .await;
-    let status = cluster.wait_for_terminal(&job, JOB_TIMEOUT).await;
-    assert!(succeeded(&status), "{status:?}\n{}", cluster.logs());
-    // The trainer reads the task files, not the events: the job may end before the
-    // coordinator has read the last chunk's event, which still counts when it comes.
     let status = cluster
-        .wait_until(&job, Duration::from_secs(60), |s| {
-            s.chunks_synthesized + s.chunks_failed == s.chunks_total
-        })
+        .wait_for_success_with_every_chunk(&job, JOB_TIMEOUT)
         .await;
     assert_eq!(
         task_files(&cluster, &job).await.len() as u32,
@@ -99,8 +93,9 @@ async fn killing_a_synth_worker_mid_job_loses_no_chunk_and_trains_none_twice() {
         .wait_until(&job, JOB_TIMEOUT, |s| s.chunks_synthesized >= 1)
         .await;
     cluster.synth_workers[0].kill_hard();
-    let status = cluster.wait_for_terminal(&job, JOB_TIMEOUT).await;
-    assert!(succeeded(&status), "{status:?}\n{}", cluster.logs());
+    let status = cluster
+        .wait_for_success_with_every_chunk(&job, JOB_TIMEOUT)
+        .await;
     // No chunk lost: each one ended synthesized (the small generator may fail on one).
     assert_eq!(
         status.chunks_synthesized + status.chunks_failed,
@@ -393,14 +388,8 @@ async fn every_process_reconnects_after_the_broker_closes_all_connections() {
         .wait_until(&job, JOB_TIMEOUT, |s| s.chunks_synthesized >= 1)
         .await;
     rabbitmqctl(&["close_all_connections", "lift test: forced close"]);
-    let status = cluster.wait_for_terminal(&job, JOB_TIMEOUT).await;
-    assert!(succeeded(&status), "{status:?}\n{}", cluster.logs());
-    // The trainer reads the task files, not the events: the job may end before the
-    // coordinator has read the last chunk's event, which still counts when it comes.
     let status = cluster
-        .wait_until(&job, Duration::from_secs(60), |s| {
-            s.chunks_synthesized + s.chunks_failed == s.chunks_total
-        })
+        .wait_for_success_with_every_chunk(&job, JOB_TIMEOUT)
         .await;
     assert_eq!(
         task_files(&cluster, &job).await.len() as u32,
