@@ -374,6 +374,30 @@ fn is_ordinal(word: &Word<'_>) -> bool {
     }
 }
 
+/// The unit of an amount written as one hyphenated word, in the singular as written: "72-hour"
+/// and "38-kilometre" give "hour" and "kilometre", "17-year-old" gives "year", "two-person"
+/// gives "person". A spelled number ("twenty-four") or an ordinal ("twenty-first") has none.
+pub(crate) fn hyphenated_unit(text: &str) -> Option<&str> {
+    let (number, rest) = text.split_once('-')?;
+    let unit = rest.split('-').next().unwrap_or(rest);
+    let is_number = (number.chars().all(|c| c.is_ascii_digit() || matches!(c, '.' | ','))
+        && number.starts_with(|c: char| c.is_ascii_digit()))
+        // "one-way", "one-off": "one" in a compound is mostly no amount.
+        || (NUMBER_WORDS.contains(&number.to_lowercase().as_str())
+            && !number.eq_ignore_ascii_case("one")
+            && !number.eq_ignore_ascii_case("zero"));
+    let is_unit = unit.len() >= 2
+        && unit.chars().all(|c| c.is_ascii_lowercase())
+        && !NUMBER_WORDS.contains(&unit)
+        && !NOT_UNITS.contains(&unit)
+        && !ORDINAL_WORDS.contains(&unit)
+        && !matches!(
+            unit,
+            "first" | "second" | "third" | "st" | "nd" | "rd" | "th"
+        );
+    (is_number && is_unit).then_some(unit)
+}
+
 fn is_digit_number(word: &Word<'_>) -> bool {
     word.has_digit()
         && word
@@ -401,6 +425,18 @@ fn number_spans(sentence: &str, words: &[Word<'_>]) -> Vec<FactSpan> {
                 start: word.start,
                 end: word.end,
                 kind: FactKind::Number,
+                is_place: false,
+            });
+            index += 1;
+            continue;
+        }
+        if hyphenated_unit(word.text).is_some() {
+            // "a 72-hour pulse", "a two-person lift": an amount and its unit in one word,
+            // asked for as an amount ("how many hours"), not as a code.
+            spans.push(FactSpan {
+                start: word.start,
+                end: word.end,
+                kind: FactKind::Quantity,
                 is_place: false,
             });
             index += 1;
@@ -586,7 +622,7 @@ const PLACE_PREPOSITIONS: &[&str] = &[
 /// Words whose full stop abbreviates them instead of ending anything: an initial, part of the
 /// name it opens ("S. de Vries"), or a title, left out of the name after it like "The" ("Dr.
 /// Brauchli" gives "Brauchli", not "Dr" and "Brauchli").
-fn is_abbreviation(word: &str) -> bool {
+pub(crate) fn is_abbreviation(word: &str) -> bool {
     let single_capital = word.len() == 1 && word.starts_with(|c: char| c.is_ascii_uppercase());
     single_capital || TITLE_ABBREVIATIONS.contains(&word)
 }
@@ -751,6 +787,34 @@ mod tests {
         assert_eq!(
             spans("They met Ada on Monday."),
             vec![("Ada", FactKind::Name), ("Monday", FactKind::Date)]
+        );
+    }
+
+    #[test]
+    fn an_amount_hyphenated_to_its_unit_is_a_quantity_not_a_code() {
+        assert_eq!(
+            spans("a single 72-hour pulse along a 38-kilometre transect"),
+            vec![
+                ("72-hour", FactKind::Quantity),
+                ("38-kilometre", FactKind::Quantity)
+            ]
+        );
+        assert_eq!(
+            spans("two-person lifting, for a 17-year-old apprentice"),
+            vec![
+                ("two-person", FactKind::Quantity),
+                ("17-year-old", FactKind::Quantity)
+            ]
+        );
+        // Spelled numbers and ordinals keep their kinds; codes and compounds of "one" are
+        // no amounts.
+        assert_eq!(
+            spans("twenty-four months, the twenty-first day, a one-way trip, model GC-1200"),
+            vec![
+                ("twenty-four months", FactKind::Quantity),
+                ("twenty-first", FactKind::Number),
+                ("GC-1200", FactKind::Code)
+            ]
         );
     }
 

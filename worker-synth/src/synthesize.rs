@@ -413,14 +413,33 @@ fn list_label(sentence: &str) -> Option<(&str, &str)> {
     (!rest.is_empty()).then_some((label, rest))
 }
 
-/// A sentence without its layout: a list's bullet, and its list or clause number, which it
-/// also gives.
+/// A sentence without its layout: a list's bullet, a run-in heading, and its list or clause
+/// number, which it also gives.
 fn sentence_body(sentence: &str) -> (&str, Option<&str>) {
     let text = without_bullet(sentence).unwrap_or(sentence);
+    let text = without_run_in_heading(text).unwrap_or(text);
     match list_label(text) {
         Some((label, body)) => (body, Some(label)),
         None => (text, None),
     }
+}
+
+/// The sentence after a one-word run-in heading ("Methods. Seeds were collected ...",
+/// "Funding. The work was ..."), which the splitter keeps with the sentence it labels. In a
+/// question it is noise that every question of the sentence would start with; the answer
+/// keeps to the sentence too, and the heading stays in the left context of what follows.
+fn without_run_in_heading(sentence: &str) -> Option<&str> {
+    const MIN_HEADING_LETTERS: usize = 4;
+    let (first, rest) = sentence.trim_start().split_once(char::is_whitespace)?;
+    let word = first.strip_suffix('.')?;
+    let mut letters = word.chars();
+    let is_heading = letters.next().is_some_and(|c| c.is_uppercase())
+        && letters.all(|c| c.is_lowercase())
+        && word.chars().count() >= MIN_HEADING_LETTERS
+        && !crate::facts::is_abbreviation(word);
+    let rest = rest.trim_start();
+    let opens_a_sentence = rest.starts_with(|c: char| c.is_uppercase() || c.is_ascii_digit());
+    (is_heading && opens_a_sentence).then_some(rest)
 }
 
 /// A Markdown list item's text without its bullet ("- 6 stackable drying trays ..."), which
@@ -1148,7 +1167,8 @@ mod tests {
         assert_eq!(
             questions_of(storm, "nineteen"),
             Some(vec![
-                "The mill stood idle for how many months while repairs were made?".to_string()
+                "The mill stood idle for how many months while repairs were made?".to_string(),
+                "The mill stood idle for how long while repairs were made?".to_string()
             ])
         );
         // The first clause is asked from the sentence already; a short sentence is evidence
@@ -1207,6 +1227,32 @@ mod tests {
             "7.",
         ] {
             assert_eq!(label(unlabelled), None, "{unlabelled}");
+        }
+    }
+
+    #[test]
+    fn a_run_in_heading_is_left_out_of_the_sentence() {
+        assert_eq!(
+            sentence_body("Methods. Seeds were collected in 2022."),
+            ("Seeds were collected in 2022.", None)
+        );
+        assert_eq!(
+            sentence_body("- Funding. The work was paid for by the Trust."),
+            ("The work was paid for by the Trust.", None)
+        );
+        assert_eq!(
+            sentence_body("Results. 7.1 The Customer shall pay."),
+            ("The Customer shall pay.", Some("7.1"))
+        );
+        // A title, an initial, a short word or a lower-case continuation is no heading.
+        for text in [
+            "Prof. Okafor led the survey.",
+            "J. Smith led the survey.",
+            "Aim. To test it.",
+            "Results. they were clear.",
+            "Seeds were collected.",
+        ] {
+            assert_eq!(sentence_body(text), (text, None), "{text}");
         }
     }
 

@@ -258,8 +258,20 @@ pub fn templated_questions(
             }
         }
     };
-    push(in_place_question(sentence, span));
-    push(fronted_question(sentence, span));
+    let in_place = in_place_question(sentence, span);
+    let fronted = fronted_question(sentence, span);
+    // "How long" for a duration and "how much" for money, as often as "how many months" or
+    // "how many pounds": both, in place and fronted.
+    let everyday: Vec<String> = [&in_place, &fronted]
+        .into_iter()
+        .flatten()
+        .filter_map(|question| in_everyday_words(question, sentence, span))
+        .collect();
+    push(in_place);
+    push(fronted);
+    for question in everyday {
+        push(Some(question));
+    }
     push(bracketed_label_question(sentence, span));
     for question in located_questions(sentence, span) {
         push(Some(question));
@@ -671,9 +683,10 @@ fn quantity_phrase(text: &str) -> String {
     if text.starts_with(['$', '€', '£', '¥']) {
         return "how much money".to_string();
     }
-    match unit_of(text) {
-        Some(unit) => format!("how many {unit}"),
-        None => "how many".to_string(),
+    match (unit_of(text), crate::facts::hyphenated_unit(text)) {
+        (Some(unit), _) => format!("how many {unit}"),
+        (None, Some(unit)) => format!("how many {}", plural(unit)),
+        (None, None) => "how many".to_string(),
     }
 }
 
@@ -683,6 +696,96 @@ fn unit_of(quantity: &str) -> Option<&str> {
         .rsplit_once(' ')
         .map(|(_, unit)| unit)
         .filter(|unit| unit.chars().all(char::is_alphabetic))
+}
+
+/// Units of time: an amount of them is a duration.
+const TIME_UNITS: &[&str] = &[
+    "milliseconds",
+    "seconds",
+    "minutes",
+    "hours",
+    "days",
+    "nights",
+    "weeks",
+    "fortnights",
+    "months",
+    "years",
+    "decades",
+    "centuries",
+];
+
+/// Units of money written after the amount ("865 pounds").
+const MONEY_UNITS: &[&str] = &[
+    "pounds",
+    "pence",
+    "euros",
+    "cents",
+    "dollars",
+    "shillings",
+    "francs",
+    "crowns",
+    "kroner",
+    "guineas",
+    "yen",
+];
+
+/// A question for an amount with the words people ask it with: "how long" for a duration
+/// ("... for an initial term of how long?", "For how long was germination scored?"), "how
+/// much" for money ("The committee agreed to pay how much for ...?"), where the templates say
+/// "how many months" or "how many pounds". None for other facts, and for an amount hyphenated
+/// to its unit ("a how long pulse").
+fn in_everyday_words(question: &str, sentence: &str, span: &FactSpan) -> Option<String> {
+    if span.kind != FactKind::Quantity {
+        return None;
+    }
+    let text = span.text(sentence);
+    let asked = quantity_phrase(text);
+    let unit = unit_of(text).map(str::to_lowercase);
+    let is_one_of = |units: &[&str]| {
+        unit.as_deref().is_some_and(|unit| {
+            units
+                .iter()
+                .any(|known| *known == unit || known.strip_suffix('s') == Some(unit))
+        })
+    };
+    let everyday = if is_one_of(TIME_UNITS) {
+        "how long"
+    } else if is_one_of(MONEY_UNITS) || asked == "how much money" {
+        "how much"
+    } else {
+        return None;
+    };
+    if let Some(rest) = question.strip_prefix(&capitalise_first(&asked)) {
+        return Some(format!("{}{rest}", capitalise_first(everyday)));
+    }
+    let at = question.find(&asked)?;
+    Some(format!(
+        "{}{everyday}{}",
+        &question[..at],
+        &question[at + asked.len()..]
+    ))
+}
+
+/// The plural of a unit written in the singular ("a 72-hour pulse" is asked "how many hours").
+fn plural(unit: &str) -> String {
+    match unit {
+        "person" => return "people".to_string(),
+        "foot" => return "feet".to_string(),
+        "child" => return "children".to_string(),
+        "man" => return "men".to_string(),
+        "woman" => return "women".to_string(),
+        _ => {}
+    }
+    let consonant_y = unit.len() > 1
+        && unit.ends_with('y')
+        && !unit[..unit.len() - 1].ends_with(['a', 'e', 'i', 'o', 'u']);
+    if consonant_y {
+        format!("{}ies", &unit[..unit.len() - 1])
+    } else if unit.ends_with(['s', 'x']) || unit.ends_with("ch") || unit.ends_with("sh") {
+        format!("{unit}es")
+    } else {
+        format!("{unit}s")
+    }
 }
 
 fn preceding_word(sentence: &str, span: &FactSpan) -> Option<String> {
@@ -1229,6 +1332,8 @@ fn counts_what_the_span_counts(lower_question: &str, sentence: &str, span: &Fact
     let text = span.text(sentence);
     let unit = if text.contains(' ') {
         unit_of(text).map(str::to_lowercase)
+    } else if let Some(unit) = crate::facts::hyphenated_unit(text) {
+        Some(plural(unit))
     } else {
         words(&sentence[span.end..])
             .first()
@@ -1331,6 +1436,65 @@ mod tests {
         )));
         let subject = questions("Mara Quill founded the guild, which had 12 members.");
         assert_eq!(subject[0], pair("Who founded the guild?", "Mara Quill"));
+    }
+
+    #[test]
+    fn durations_and_money_are_also_asked_in_everyday_words() {
+        let term =
+            questions("This Agreement shall continue for an initial term of twenty-four months.");
+        assert!(term.contains(&pair(
+            "This Agreement shall continue for an initial term of how many months?",
+            "twenty-four months"
+        )));
+        assert!(term.contains(&pair(
+            "This Agreement shall continue for an initial term of how long?",
+            "twenty-four months"
+        )));
+        let scored = questions("Germination was scored daily for 35 days.");
+        assert!(scored.contains(&pair(
+            "Germination was scored daily for how long?",
+            "35 days"
+        )));
+        assert!(scored.contains(&pair(
+            "How long was Germination scored daily for?",
+            "35 days"
+        )));
+        let paid = questions("The committee agreed to pay 865 pounds for a new stopcock.");
+        assert!(paid.contains(&pair(
+            "The committee agreed to pay how much for a new stopcock?",
+            "865 pounds"
+        )));
+        let fee = questions("Storage costs £14.75 per pallet space per week.");
+        assert!(
+            fee.iter().any(
+                |(question, answer)| question.starts_with("Storage costs how much per")
+                    && answer == "£14.75"
+            ),
+            "{fee:?}"
+        );
+        // Not a duration nor money: only "how many".
+        let tower = questions("The tower stands 42 metres above Kessock Bay.");
+        assert!(!tower
+            .iter()
+            .any(|(question, _)| question.contains("how long")));
+    }
+
+    #[test]
+    fn an_amount_hyphenated_to_its_unit_is_asked_how_many_units() {
+        let pulse = questions("Each dish got a single 72-hour pulse of salt water.");
+        assert!(
+            pulse.iter().any(
+                |(question, answer)| question.contains("how many hours") && answer == "72-hour"
+            ),
+            "{pulse:?}"
+        );
+        assert!(!pulse.iter().any(|(question, _)| question.contains("code")));
+        let span = &fact_spans("Lifting is two-person work.")[0];
+        assert!(asks_for_kind(
+            "How many people does lifting need?",
+            "Lifting is two-person work.",
+            span
+        ));
     }
 
     #[test]
