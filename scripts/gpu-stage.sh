@@ -2,7 +2,7 @@
 # Moves the default model and `--features cuda` binaries to the lent GPU machine, whose calls
 # carry at most 64 MiB (working tree included): the 98 MB model goes in two calls, the
 # binaries (stripped, xz'd, about 15 MB each) in a third, with the data the benchmarks read
-# (SQuAD and the NIAH haystack, 2 MB xz'd, when scripts/fetch-eval-data.sh fetched them). Every
+# (SQuAD and the NIAH haystack, 0.8 MB xz'd, when scripts/fetch-eval-data.sh fetched them). Every
 # call lands in a fresh checkout, so `unpack` keeps what arrived under /root (lost when the
 # machine goes back).
 #
