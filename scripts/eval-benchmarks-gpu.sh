@@ -18,10 +18,11 @@
 # Needs $LIFT_BIN (default gpu-bin/lift, a `--features cuda` release build, docs/benchmarks.md),
 # the default model under $LIFT_MODEL_DIR and the evaluation data under $LIFT_EVAL_DATA_DIR
 # (scripts/fetch-eval-data.sh; scripts/gpu-stage.sh carries it to /root/eval-data). Each
-# process is stopped after $LIFT_EVAL_TIMEOUT_S seconds (default 540); NIAH keeps the cells a stopped process finished, SQuAD groups do not. With
-# LIFT_EVAL_WALL_S, no process starts after that many seconds and those running are stopped
-# then, so the reports are merged before a device call's own limit ends the script (session 34
-# lost a whole call's reports to that limit).
+# process is stopped after $LIFT_EVAL_TIMEOUT_S seconds (default 540); NIAH keeps the cells a
+# stopped process finished, SQuAD groups do not. With LIFT_EVAL_WALL_S, no process starts after
+# that many seconds and those running are stopped then, so the reports are merged before a
+# device call's own limit ends the script (session 34 lost a whole call's reports to that
+# limit).
 set -euo pipefail
 out=${1:?usage: scripts/eval-benchmarks-gpu.sh OUT_DIR [lift options]...}
 shift
